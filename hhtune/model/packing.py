@@ -1,0 +1,109 @@
+"""Turning latents into the model's single token sequence and back.
+
+The layout follows the official data proxy (``inference/pipeline/data_proxy.py``):
+
+* video latents ``[48, T, H, W]`` are cut into 1x2x2 patches; a token's channels are
+  ordered ``(C, pT, pH, pW)`` on the way in, and the model's output channels are read
+  as ``(pT, pH, pW, C)`` on the way out (the official packer and depacker differ, and
+  the weights were trained that way);
+* the sequence of one sample is ``[video tokens, audio tokens, text tokens]``;
+* each token has 9 coordinates ``(t, h, w, T, H, W, ref_T, ref_H, ref_W)`` that feed
+  the Fourier RoPE; audio and text use the official ``coords_style="v2"``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PATCH = (1, 2, 2)
+
+
+class Modality(IntEnum):
+    """Modality ids used in the packed sequence (official order)."""
+
+    VIDEO = 0
+    AUDIO = 1
+    TEXT = 2
+
+
+def patchify(video: Tensor) -> Tensor:
+    """``[B, C, T, H, W]`` video latents -> ``[B, T*(H/2)*(W/2), C*4]`` tokens, channels ``(C, pH, pW)``."""
+    b, c, t, h, w = video.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"video latent height and width must be even for the 1x2x2 patch, got {h}x{w}")
+    x = video.reshape(b, c, t, h // 2, 2, w // 2, 2)
+    return x.permute(0, 2, 3, 5, 1, 4, 6).reshape(b, t * (h // 2) * (w // 2), c * 4)
+
+
+def unpatchify(tokens: Tensor, latent_shape: tuple[int, int, int]) -> Tensor:
+    """Inverse layout of the model's video output: ``[B, N, 4*C]`` with channels ``(pH, pW, C)`` -> ``[B, C, T, H, W]``."""
+    t, h, w = latent_shape
+    b, _, ch = tokens.shape
+    c = ch // 4
+    x = tokens.reshape(b, t, h // 2, w // 2, 2, 2, c)
+    return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, t, h, w)
+
+
+def grid_coords(shape: tuple[int, int, int], ref_shape: tuple[int, int, int], t_offset: float = 0.0) -> Tensor:
+    """Coordinates ``[T*H*W, 9]`` of a (T, H, W) grid with its size and reference size, as the official ``get_coords``."""
+    t, h, w = shape
+    grid = torch.meshgrid(
+        torch.arange(t, dtype=torch.float32) + t_offset,
+        torch.arange(h, dtype=torch.float32),
+        torch.arange(w, dtype=torch.float32),
+        indexing="ij",
+    )
+    xyz = torch.stack(grid, dim=-1).reshape(-1, 3)
+    meta = torch.tensor([*shape, *ref_shape], dtype=torch.float32).expand(xyz.shape[0], 6)
+    return torch.cat([xyz, meta], dim=1)
+
+
+def video_coords(latent_shape: tuple[int, int, int]) -> Tensor:
+    """Coordinates of the video tokens of a ``(T, H, W)`` latent (spatial RoPE "extra": reference = own size)."""
+    t, h, w = latent_shape
+    grid = (t // PATCH[0], h // PATCH[1], w // PATCH[2])
+    return grid_coords(grid, grid)
+
+
+def audio_coords(num_audio: int) -> Tensor:
+    """Coordinates of ``num_audio`` audio tokens (``coords_style="v2"``: reference length ``(La-1)//4+1``)."""
+    return grid_coords((num_audio, 1, 1), ((num_audio - 1) // 4 + 1, 1, 1))
+
+
+def text_coords(num_text: int) -> Tensor:
+    """Coordinates of ``num_text`` text tokens (``coords_style="v2"``: time ``-Lt..-1``, reference 1)."""
+    return grid_coords((num_text, 1, 1), (1, 1, 1), t_offset=-float(num_text))
+
+
+def pack_sample(video: Tensor, audio: Tensor, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pack one sample into the official single-sequence inputs.
+
+    Args:
+        video: ``[48, T, H, W]`` latents; audio: ``[La, 64]``; text: ``[Lt, C]`` (already trimmed).
+    Returns:
+        ``x [L, max_channels]`` (zero padded), ``coords [L, 9]``, ``modality [L]`` (int64).
+    """
+    v = patchify(video.unsqueeze(0))[0]
+    parts = [v, audio, text]
+    width = max(p.shape[-1] for p in parts)
+    x = torch.cat([F.pad(p.float(), (0, width - p.shape[-1])) for p in parts], dim=0)
+    coords = torch.cat([video_coords(tuple(video.shape[1:])), audio_coords(audio.shape[0]), text_coords(text.shape[0])])
+    modality = torch.cat(
+        [torch.full((p.shape[0],), int(m), dtype=torch.int64) for p, m in zip(parts, Modality)]
+    )
+    return x, coords, modality
+
+
+def unpack_sample(
+    out: Tensor, latent_shape: tuple[int, int, int], num_audio: int, video_channels: int = 192, audio_channels: int = 64
+) -> tuple[Tensor, Tensor]:
+    """Split the official packed output of one sample into video ``[48, T, H, W]`` and audio ``[La, 64]`` velocities."""
+    t, h, w = latent_shape
+    nv = t * (h // 2) * (w // 2)
+    video = unpatchify(out[None, :nv, :video_channels], latent_shape)[0]
+    audio = out[nv : nv + num_audio, :audio_channels]
+    return video, audio

@@ -1,0 +1,453 @@
+"""The HappyHorse single-stream transformer, readable in one file.
+
+State-dict keys, shapes, dtypes and numerics match the official ``DiTModel``
+(daVinci-MagiHuman ``inference/model/dit/dit_module.py``):
+
+* bf16 weights in every block linear, fp32 embedders, norms, RoPE bands and output heads;
+* block linears take bf16 inputs and return bf16, the residual stream is fp32;
+* multi-modality RMSNorm scales by ``(weight + 1)``; sandwich layers (``mm_layers``)
+  hold three experts stacked along the output dim, in the order video, audio, text;
+* ``linear_qkv`` packs q, k, v and one sigmoid gate per query head;
+* SwiGLU7 (interleaved glu/linear halves, clamped at 7) or GELU7 in the MLP.
+
+Where we differ from the official code, the maths is the same but the layout is not:
+the official model sorts tokens by modality and runs one packed sequence through
+flash-attn; we keep each sample's ``[video, audio, text]`` segments contiguous in a
+``[B, L, C]`` batch, so expert dispatch is slicing and attention is
+``scaled_dot_product_attention`` with a key-padding (or block-diagonal) mask, and
+samples never attend to each other.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+from .packing import Modality, audio_coords, patchify, unpatchify, video_coords
+
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+class Segments(NamedTuple):
+    """Token counts of the three modality segments of every row (``[video | audio | text]``)."""
+
+    video: int
+    audio: int
+    text: int
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Split ``x`` along the sequence dim (dim 1) into video, audio and text parts."""
+        return torch.split(x, list(self), dim=1)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- norms
+
+
+class MultiModalityRMSNorm(nn.Module):
+    """RMSNorm computed in fp32 with a ``(weight + 1)`` scale, one weight per modality."""
+
+    def __init__(self, dim: int, num_modality: int = 1, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.dim, self.num_modality, self.eps = dim, num_modality, eps
+        self.weight = nn.Parameter(torch.zeros(dim * num_modality, dtype=torch.float32))
+
+    def forward(self, x: Tensor, segments: Segments | None = None) -> Tensor:
+        t = x.float()
+        t = t * torch.rsqrt(t.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        if self.num_modality == 1:
+            return (t * (self.weight + 1)).to(x.dtype)
+        if segments is None:
+            raise ValueError("a multi-modality norm needs the modality segments")
+        parts = [p * (w + 1) for p, w in zip(segments.split(t), self.weight.chunk(self.num_modality))]
+        return torch.cat(parts, dim=1).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- linears
+
+
+def _bf16_weight(module: nn.Module) -> Tensor:
+    """The module's weight as bf16, dequantising FP8 storage (``weight * fp8_scale``) on the fly."""
+    w = module.weight
+    if w.dtype == FP8_DTYPE:
+        return (w.float() * module.fp8_scale).to(torch.bfloat16)
+    return w.to(torch.bfloat16)
+
+
+class BF16Linear(nn.Linear):
+    """A bias-free linear with bf16 weights computed in bf16, returning the input dtype.
+
+    A plain ``nn.Linear`` subclass so PEFT wraps it by name. Optional FP8 storage keeps
+    ``weight`` in ``float8_e4m3fn`` with a per-tensor fp32 ``fp8_scale`` buffer.
+    """
+
+    def __init__(self, in_features: int, out_features: int, device: torch.device | None = None) -> None:
+        super().__init__(in_features, out_features, bias=False, device=device, dtype=torch.bfloat16)
+        self.register_buffer("fp8_scale", None, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.to(torch.bfloat16), _bf16_weight(self)).to(x.dtype)
+
+
+class ExpertLinear(nn.Module):
+    """Three modality experts stacked along the output dim (video, audio, text), bf16 compute."""
+
+    def __init__(self, in_features: int, out_features: int, num_experts: int = 3) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
+        self.weight = nn.Parameter(torch.empty(out_features * num_experts, in_features, dtype=torch.bfloat16))
+        self.register_buffer("fp8_scale", None, persistent=False)
+        if not self.weight.is_meta:
+            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, x: Tensor, segments: Segments) -> Tensor:
+        weights = _bf16_weight(self).chunk(self.num_experts)
+        parts = [F.linear(p.to(torch.bfloat16), w) for p, w in zip(segments.split(x), weights)]
+        return torch.cat(parts, dim=1).to(x.dtype)
+
+
+def _linear(in_features: int, out_features: int, multimodal: bool) -> nn.Module:
+    return ExpertLinear(in_features, out_features) if multimodal else BF16Linear(in_features, out_features)
+
+
+def _call_linear(linear: nn.Module, x: Tensor, segments: Segments) -> Tensor:
+    return linear(x, segments) if isinstance(linear, ExpertLinear) else linear(x)
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def swiglu7(x: Tensor, alpha: float = 1.702, limit: float = 7.0) -> Tensor:
+    """Clamped SwiGLU with interleaved (glu, linear) channels and a +1 on the linear half (fp32)."""
+    x = x.float()
+    glu = x[..., ::2].clamp(max=limit)
+    lin = x[..., 1::2].clamp(min=-limit, max=limit)
+    return glu * torch.sigmoid(alpha * glu) * (lin + 1)
+
+
+def gelu7(x: Tensor, alpha: float = 1.702, limit: float = 7.0) -> Tensor:
+    """Clamped sigmoid-GELU (fp32)."""
+    x = x.float().clamp(max=limit)
+    return x * torch.sigmoid(alpha * x)
+
+
+# --------------------------------------------------------------------------- RoPE
+
+
+class FourierRope(nn.Module):
+    """Element-wise Fourier RoPE over (t, h, w) from 9-column coordinates.
+
+    ``bands`` (``head_dim // 8`` inverse frequencies) is a persistent buffer, as in the
+    official checkpoint (``adapter.rope.bands``).
+    """
+
+    def __init__(self, head_dim: int, temperature: float = 10000.0) -> None:
+        super().__init__()
+        n = head_dim // 8
+        self.register_buffer("bands", 1.0 / temperature ** (torch.arange(n, dtype=torch.float32) / n))
+
+    def forward(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """``coords [..., 9]`` -> ``(cos, sin)``, each ``[..., 3 * head_dim // 8]``."""
+        xyz, sizes, refs = coords[..., 0:3], coords[..., 3:6], coords[..., 6:9]
+        scales = (refs - 1) / (sizes - 1)
+        scales = torch.where((refs == 1) & (sizes == 1), torch.ones_like(scales), scales)
+        if not torch.isfinite(scales).all():
+            raise ValueError("invalid RoPE coordinates: a size of 1 needs a reference size of 1")
+        centers = (sizes - 1) / 2
+        centers = torch.cat([torch.zeros_like(centers[..., :1]), centers[..., 1:]], dim=-1)  # time is not centred
+        proj = ((xyz - centers) * scales).unsqueeze(-1) * self.bands
+        return proj.cos().flatten(-2), proj.sin().flatten(-2)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first ``2 * cos.shape[-1]`` channels of ``x [B, L, H, D]`` (non-interleaved halves)."""
+    ro = cos.shape[-1] * 2
+    cos = torch.cat([cos, cos], dim=-1).unsqueeze(-2)
+    sin = torch.cat([sin, sin], dim=-1).unsqueeze(-2)
+    head, tail = x[..., :ro], x[..., ro:]
+    x1, x2 = head.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return torch.cat([head * cos + rotated * sin, tail], dim=-1)
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class Attention(nn.Module):
+    """Self-attention with GQA, q/k RMSNorm, Fourier RoPE and per-head sigmoid gating."""
+
+    def __init__(self, config: ModelConfig, multimodal: bool) -> None:
+        super().__init__()
+        n = 3 if multimodal else 1
+        self.num_heads_q, self.num_heads_kv, self.head_dim = config.num_heads_q, config.num_heads_kv, config.head_dim
+        self.gating = config.enable_attn_gating
+        q_size, kv_size = self.num_heads_q * self.head_dim, self.num_heads_kv * self.head_dim
+        self.split_sizes = [q_size, kv_size, kv_size, self.num_heads_q if self.gating else 0]
+        self.pre_norm = MultiModalityRMSNorm(config.hidden_size, n)
+        self.linear_qkv = _linear(config.hidden_size, sum(self.split_sizes), multimodal)
+        self.linear_proj = _linear(q_size, config.hidden_size, multimodal)
+        self.q_norm = MultiModalityRMSNorm(config.head_dim, n)
+        self.k_norm = MultiModalityRMSNorm(config.head_dim, n)
+
+    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor], seg: Segments, attn_mask: Tensor | None) -> Tensor:
+        b, length, _ = h.shape
+        x = self.pre_norm(h, seg).to(torch.bfloat16)
+        qkv = _call_linear(self.linear_qkv, x, seg).float()
+        q, k, v, g = torch.split(qkv, self.split_sizes, dim=-1)
+        q = self.q_norm(q.reshape(b, length, self.num_heads_q, self.head_dim), seg)
+        k = self.k_norm(k.reshape(b, length, self.num_heads_kv, self.head_dim), seg)
+        v = v.reshape(b, length, self.num_heads_kv, self.head_dim)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        # q, k, v are rounded to bf16 as the official flash-attn call does. On CUDA the
+        # softmax runs in SDPA's bf16 flash kernels; elsewhere there is no bf16 flash
+        # kernel, so we take the exact softmax in fp32 on the same rounded inputs.
+        compute = torch.bfloat16 if h.is_cuda else torch.float32
+        q, k, v = (t.to(torch.bfloat16).to(compute).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, enable_gqa=self.num_heads_q != self.num_heads_kv
+        ).transpose(1, 2).to(torch.bfloat16)
+        if self.gating:
+            out = out * torch.sigmoid(g).unsqueeze(-1)
+        out = out.reshape(b, length, -1).to(torch.bfloat16)
+        return _call_linear(self.linear_proj, out, seg)
+
+
+class MLP(nn.Module):
+    """Pre-normed MLP: SwiGLU7 (gated, 8/3 width) or GELU7 (4x width)."""
+
+    def __init__(self, config: ModelConfig, multimodal: bool, use_gelu7: bool) -> None:
+        super().__init__()
+        n = 3 if multimodal else 1
+        hidden = config.hidden_size
+        self.activation = gelu7 if use_gelu7 else swiglu7
+        inner = hidden * 4 if use_gelu7 else int(hidden * 4 * 2 / 3) // 4 * 4
+        self.pre_norm = MultiModalityRMSNorm(hidden, n)
+        self.up_gate_proj = _linear(hidden, inner if use_gelu7 else inner * 2, multimodal)
+        self.down_proj = _linear(inner, hidden, multimodal)
+
+    def forward(self, h: Tensor, seg: Segments) -> Tensor:
+        x = self.pre_norm(h, seg).to(torch.bfloat16)
+        x = _call_linear(self.up_gate_proj, x, seg).float()
+        x = self.activation(x).to(torch.bfloat16)
+        return _call_linear(self.down_proj, x, seg).float()
+
+
+class TransformerLayer(nn.Module):
+    """One pre-norm block (optionally sandwich post-norms) over the fp32 residual stream."""
+
+    def __init__(self, config: ModelConfig, index: int) -> None:
+        super().__init__()
+        multimodal = index in config.mm_layers
+        self.attention = Attention(config, multimodal)
+        self.mlp = MLP(config, multimodal, use_gelu7=index in config.gelu7_layers)
+        self.post_norm = index in config.post_norm_layers
+        if self.post_norm:
+            n = 3 if multimodal else 1
+            self.attn_post_norm = MultiModalityRMSNorm(config.hidden_size, n)
+            self.mlp_post_norm = MultiModalityRMSNorm(config.hidden_size, n)
+
+    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, seg: Segments, attn_mask: Tensor | None) -> Tensor:
+        a = self.attention(h, (cos, sin), seg, attn_mask)
+        if self.post_norm:
+            a = self.attn_post_norm(a, seg)
+        h = h + a
+        m = self.mlp(h, seg)
+        if self.post_norm:
+            m = self.mlp_post_norm(m, seg)
+        return h + m
+
+
+class Embedders(nn.Module):
+    """Per-modality fp32 input projections and the RoPE bands (official name: ``adapter``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.video_embedder = nn.Linear(config.video_in_channels, config.hidden_size, dtype=torch.float32)
+        self.text_embedder = nn.Linear(config.text_in_channels, config.hidden_size, dtype=torch.float32)
+        self.audio_embedder = nn.Linear(config.audio_in_channels, config.hidden_size, dtype=torch.float32)
+        self.rope = FourierRope(config.head_dim)
+
+
+class Block(nn.Module):
+    """The stack of layers (official name: ``block``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers))
+
+
+# --------------------------------------------------------------------------- model
+
+
+class HappyHorseTransformer(nn.Module):
+    """The single-stream audio+video+text denoiser; predicts velocity ``v = noise - x0``.
+
+    Build it on the meta device (``with torch.device("meta"):``) and load weights with
+    :func:`hhtune.model.load_checkpoint` to avoid materialising the 15B model twice.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.adapter = Embedders(config)
+        self.block = Block(config)
+        self.final_norm_video = MultiModalityRMSNorm(config.hidden_size)
+        self.final_norm_audio = MultiModalityRMSNorm(config.hidden_size)
+        self.final_linear_video = nn.Linear(config.hidden_size, config.video_in_channels, bias=False, dtype=torch.float32)
+        self.final_linear_audio = nn.Linear(config.hidden_size, config.audio_in_channels, bias=False, dtype=torch.float32)
+        self.gradient_checkpointing = False
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each layer in the backward pass instead of storing its activations."""
+        self.gradient_checkpointing = enabled
+
+    # -- core ------------------------------------------------------------------
+
+    def forward_tokens(
+        self, video: Tensor, audio: Tensor, text: Tensor, coords: Tensor, attn_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Run the transformer on token rows laid out ``[video | audio | text]``.
+
+        Args:
+            video: ``[B, Nv, video_in_channels]`` patch tokens; audio: ``[B, La, audio_in_channels]``;
+            text: ``[B, Lt, text_in_channels]``; coords: ``[B, Nv+La+Lt, 9]``;
+            attn_mask: optional bool mask broadcastable to ``[B, heads, L, L]`` (True = attend).
+        Returns:
+            video velocity tokens ``[B, Nv, video_in_channels]`` and audio ``[B, La, audio_in_channels]`` (fp32).
+        """
+        # The model carries its own precision policy (bf16 block linears, fp32 elsewhere);
+        # an outer autocast would change the fp32 parts, so it is switched off here.
+        with torch.autocast(device_type=video.device.type, enabled=False):
+            seg = Segments(video.shape[1], audio.shape[1], text.shape[1])
+            emb = self.adapter
+            h = torch.cat(
+                [emb.video_embedder(video.float()), emb.audio_embedder(audio.float()), emb.text_embedder(text.float())],
+                dim=1,
+            )
+            cos, sin = emb.rope(coords.float())
+            for layer in self.block.layers:
+                if self.gradient_checkpointing and torch.is_grad_enabled():
+                    h = checkpoint(layer, h, cos, sin, seg, attn_mask, use_reentrant=False)
+                else:
+                    h = layer(h, cos, sin, seg, attn_mask)
+            hv, ha, _ = seg.split(h)
+            out_video = self.final_linear_video(self.final_norm_video(hv.float()))
+            out_audio = self.final_linear_audio(self.final_norm_audio(ha.float()))
+        return out_video, out_audio
+
+    # -- batched API -----------------------------------------------------------
+
+    def forward(
+        self,
+        video: Tensor,
+        audio: Tensor,
+        text: Tensor,
+        *,
+        text_lengths: Tensor | None = None,
+        audio_lengths: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Velocities for a batch of samples that share one video latent shape.
+
+        Args:
+            video: ``[B, 48, T, H, W]`` noisy video latents (H, W even).
+            audio: ``[B, La, 64]`` noisy audio latents, padded to the longest.
+            text: ``[B, Lt, C]`` text features, padded to the longest.
+            text_lengths / audio_lengths: ``[B]`` real lengths; padding is masked out of attention.
+        Returns:
+            ``(video_velocity [B, 48, T, H, W], audio_velocity [B, La, 64])``; padded audio rows are zero.
+        """
+        b, _, t, hh, ww = video.shape
+        la, lt = audio.shape[1], text.shape[1]
+        dev = video.device
+        a_len = _lengths(audio_lengths, b, la, dev, "audio_lengths")
+        t_len = _lengths(text_lengths, b, lt, dev, "text_lengths")
+        tokens = patchify(video)
+        nv = tokens.shape[1]
+        coords = torch.cat(
+            [
+                video_coords((t, hh, ww)).to(dev).expand(b, nv, 9),
+                _padded_audio_coords(a_len, la),
+                _padded_text_coords(t_len, lt),
+            ],
+            dim=1,
+        )
+        mask = None
+        if bool((a_len < la).any()) or bool((t_len < lt).any()):
+            pos_a = torch.arange(la, device=dev)[None] < a_len[:, None]
+            pos_t = torch.arange(lt, device=dev)[None] < t_len[:, None]
+            valid = torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), pos_a, pos_t], dim=1)
+            mask = valid[:, None, None, :]
+        out_v, out_a = self.forward_tokens(tokens, audio, text, coords, mask)
+        out_a = out_a * (torch.arange(la, device=dev)[None, :, None] < a_len[:, None, None])
+        return unpatchify(out_v, (t, hh, ww)), out_a
+
+    # -- official packed API ---------------------------------------------------
+
+    def forward_packed(
+        self, x: Tensor, coords: Tensor, modality: Tensor, sample_lengths: list[int] | None = None
+    ) -> Tensor:
+        """The official single-sequence call: ``x [L, max_channels]``, ``coords [L, 9]``, ``modality [L]``.
+
+        Returns the official packed output ``[L, max(video_in, audio_in)]`` (video rows hold
+        ``(pT pH pW C)`` velocities, audio rows audio velocities, text rows zeros). With
+        ``sample_lengths`` (token counts of consecutive samples), attention is block-diagonal;
+        without it the whole sequence is one sample, as in the official code.
+        """
+        cfg = self.config
+        order = torch.argsort(modality, stable=True)
+        counts = [int((modality == m).sum()) for m in Modality]
+        xs, cs = x[order], coords[order]
+        nv, na, _ = counts
+        video, audio, text = torch.split(xs, counts, dim=0)
+        mask = None
+        if sample_lengths is not None:
+            if sum(sample_lengths) != x.shape[0]:
+                raise ValueError(f"sample_lengths sum to {sum(sample_lengths)}, but the sequence has {x.shape[0]} tokens")
+            ids = torch.repeat_interleave(torch.arange(len(sample_lengths), device=x.device),
+                                          torch.tensor(sample_lengths, device=x.device))[order]
+            mask = (ids[:, None] == ids[None, :])[None, None]
+        out_v, out_a = self.forward_tokens(
+            video[None, :, : cfg.video_in_channels],
+            audio[None, :, : cfg.audio_in_channels],
+            text[None, :, : cfg.text_in_channels],
+            cs[None],
+            mask,
+        )
+        out = torch.zeros(x.shape[0], max(cfg.video_in_channels, cfg.audio_in_channels), dtype=torch.float32, device=x.device)
+        out[order[:nv], : cfg.video_in_channels] = out_v[0]
+        out[order[nv : nv + na], : cfg.audio_in_channels] = out_a[0]
+        return out
+
+
+def _lengths(lengths: Tensor | None, batch: int, full: int, device: torch.device, name: str) -> Tensor:
+    if lengths is None:
+        return torch.full((batch,), full, dtype=torch.long, device=device)
+    lengths = torch.as_tensor(lengths, device=device).long()
+    if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > full).any()):
+        raise ValueError(f"{name} must be [{batch}] values in 0..{full}, got {lengths.tolist()}")
+    return lengths
+
+
+def _padded_audio_coords(lengths: Tensor, full: int) -> Tensor:
+    """Audio coords for each row's real length, padded to ``full`` (padding is masked out)."""
+    rows = []
+    for n in lengths.tolist():
+        c = audio_coords(max(n, 1))
+        rows.append(torch.cat([c, c[-1:].expand(full - c.shape[0], 9)]) if full >= c.shape[0] else c[:full])
+    return torch.stack(rows).to(lengths.device)
+
+
+def _padded_text_coords(lengths: Tensor, full: int) -> Tensor:
+    """Text coords (v2: time ``-Lt..-1``, size ``Lt``, reference 1) for each row's real length."""
+    t = torch.arange(full, dtype=torch.float32, device=lengths.device)[None] - lengths[:, None].float()
+    meta = torch.stack(
+        [lengths.float(), torch.ones_like(lengths, dtype=torch.float32), torch.ones_like(lengths, dtype=torch.float32)],
+        dim=-1,
+    )
+    meta = torch.cat([meta, torch.ones_like(meta)], dim=-1)[:, None].expand(-1, full, 6)
+    zeros = torch.zeros_like(t)
+    return torch.cat([torch.stack([t, zeros, zeros], dim=-1), meta], dim=-1)
