@@ -1,0 +1,70 @@
+"""LoRA placement, parameter counts and frozen base."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hhtune.lora import LoraSettings, add_lora, expected_trainable_parameters, target_module_names, trainable_parameter_count
+from hhtune.model import HappyHorseTransformer, ModelConfig
+
+
+@pytest.mark.parametrize("rank", [1, 32])
+def test_15b_rank_r_trains_exactly_2360448_r_parameters(rank):
+    with torch.device("meta"):
+        model = HappyHorseTransformer(ModelConfig.preset("15b"))
+    settings = LoraSettings(rank=rank)
+    peft_model = add_lora(model, settings)
+    assert trainable_parameter_count(peft_model) == 2_360_448 * rank
+    assert expected_trainable_parameters(model.config, settings) == 2_360_448 * rank
+    names = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    layers = {int(n.split("block.layers.")[1].split(".")[0]) for n in names}
+    assert layers == set(range(4, 36))
+    assert all("lora_A" in n or "lora_B" in n for n in names)
+
+
+def test_dora_and_subset_counts_match_formula():
+    with torch.device("meta"):
+        model = HappyHorseTransformer(ModelConfig.preset("tiny"))
+    settings = LoraSettings(rank=4, targets=["linear_qkv", "down_proj"], layers=[2, 5], use_dora=True)
+    peft_model = add_lora(model, settings)
+    assert trainable_parameter_count(peft_model) == expected_trainable_parameters(model.config, settings) > 0
+    assert target_module_names(model.config, settings) == [
+        "block.layers.2.attention.linear_qkv", "block.layers.2.mlp.down_proj",
+        "block.layers.5.attention.linear_qkv", "block.layers.5.mlp.down_proj",
+    ]  # fmt: skip
+
+
+def test_training_moves_only_the_adapter(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    peft_model = add_lora(tiny_model, LoraSettings(rank=4, init="gaussian"))
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    v, a, t = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 3, 32, generator=g)
+    for _ in range(2):
+        ov, oa = peft_model(v, a, t)
+        loss = ov.square().mean() + oa.square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    base = peft_model.get_base_model()
+    for name, p in base.named_parameters():
+        if "lora_" in name:
+            assert p.dtype == torch.float32
+            continue
+        clean = name.replace(".base_layer", "")
+        assert torch.equal(p, before[clean]) and p.dtype == before[clean].dtype, name
+    lora_b = [p for n, p in base.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_bad_lora_settings_are_named():
+    cfg = ModelConfig.preset("tiny")
+    with pytest.raises(ValueError, match=r"lora.layers \[0, 7\] cannot be adapted.*sandwich.*allowed: \[2, 3, 4, 5\]"):
+        target_module_names(cfg, LoraSettings(layers=[0, 3, 7]))
+    with pytest.raises(ValueError, match="linear_qkv"):
+        LoraSettings(targets=["qkv"])
+    with pytest.raises(ValueError, match="at least one"):
+        LoraSettings(targets=[])
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        LoraSettings(rnak=4)
