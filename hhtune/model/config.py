@@ -125,6 +125,15 @@ class ModelConfig(BaseModel):
         """Layers shared by all modalities (the default LoRA targets)."""
         return [i for i in range(self.num_layers) if i not in self.mm_layers]
 
+    # PEFT reads ``model.config`` like a Hugging Face config (``.get``, ``.to_dict``).
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style read of a field (PEFT compatibility)."""
+        return getattr(self, key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (PEFT compatibility)."""
+        return self.model_dump()
+
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
         """Return a named preset: ``"15b"`` (published shapes), ``"mid"`` (benchmarks) or ``"tiny"`` (tests)."""

@@ -1,0 +1,47 @@
+"""Shared pieces of the benchmarks: FLOP counts, a matmul ceiling and a timer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from hhtune.model import ModelConfig
+
+
+def forward_flops(cfg: ModelConfig, tokens: int) -> float:
+    """Matmul FLOPs of one forward over ``tokens`` tokens of one sample (linears + attention)."""
+    h, hd = cfg.hidden_size, cfg.head_dim
+    q = cfg.num_heads_q * hd
+    qkv = q + 2 * cfg.num_heads_kv * hd + (cfg.num_heads_q if cfg.enable_attn_gating else 0)
+    total = 0.0
+    for i in range(cfg.num_layers):
+        inner = 4 * h if i in cfg.gelu7_layers else int(h * 4 * 2 / 3) // 4 * 4
+        up = inner if i in cfg.gelu7_layers else 2 * inner
+        total += 2 * tokens * (h * qkv + q * h + h * up + inner * h)  # linears
+        total += 4 * tokens * tokens * q  # QK^T and PV
+    return total
+
+
+def matmul_ceiling(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
+    """Achieved FLOP/s of a large square matmul in ``dtype``: the ceiling the model is compared with."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = best_time(lambda: a @ b, repeats, device)
+    return 2 * n**3 / seconds
+
+
+def best_time(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
+    """Best wall time of ``fn`` over ``repeats`` runs after one warm-up."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best

@@ -1,0 +1,257 @@
+"""Training recipes: YAML validated by pydantic, with dotted command-line overrides.
+
+Every default lives here. A recipe file only states what differs; a typo or a bad
+value fails before anything loads, with the dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .lora import LoraSettings, adapted_layers
+from .model.config import ModelConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSection(_Section):
+    """Which transformer is trained and how it is held in memory."""
+
+    checkpoint: str | None = Field(None, description="official-layout checkpoint folder; null = random init of `preset`")
+    preset: Literal["15b", "mid", "tiny"] | None = Field(None, description="architecture when no checkpoint (or to check it)")
+    variant: Literal["distill", "base"] = Field("distill", description="the checkpoint being trained")
+    eval_checkpoint: str | None = Field(None, description="distilled checkpoint the adapter is validated on")
+    block_dtype: Literal["bf16", "fp32"] = Field("bf16", description="storage of frozen block linears")
+    fp8_base: bool = Field(False, description="keep an FP8 checkpoint's frozen weights in FP8 (dequantised on the fly)")
+    gradient_checkpointing: bool = True
+    init_seed: int = Field(0, description="seed of the random init when checkpoint is null")
+
+    @model_validator(mode="after")
+    def _need_one(self) -> "ModelSection":
+        if self.checkpoint is None and self.preset is None:
+            raise ValueError("set model.checkpoint (a checkpoint folder) or model.preset (one of 15b, mid, tiny)")
+        return self
+
+
+class DataSection(_Section):
+    """The dataset built by data_prep and how batches are drawn from it."""
+
+    dataset: str = Field(..., description="DATASET_DIR written by `python -m data_prep build`")
+    batch_size: int = Field(1, ge=1, description="clips per micro-batch per process (same bucket)")
+    num_workers: int = Field(0, ge=0)
+    repeat: int = Field(1, ge=1, description="passes over the dataset per epoch (small datasets)")
+
+
+class LossSection(_Section):
+    """The flow-matching objective."""
+
+    video_weight: float = Field(1.0, ge=0)
+    audio_weight: float = Field(1.0, ge=0)
+    sigma_distribution: Literal["uniform", "logit_normal"] = "uniform"
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = Field(1.0, gt=0)
+    shift: float = Field(5.0, gt=0, description="timestep shift of the model's schedule")
+    speech_weight: float = Field(1.0, ge=1.0, description="loss multiplier on spoken frames (1 = off)")
+    i2v_probability: float = Field(0.0, ge=0, le=1, description="share of samples trained as image-to-video")
+    caption_dropout: float | None = Field(None, ge=0, le=1, description="null = 0.1 for base, 0 for distill")
+
+
+class OptimizerSection(_Section):
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    eps: float = Field(1e-8, gt=0)
+    eight_bit: bool = Field(False, description="bitsandbytes AdamW8bit (CUDA only)")
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainSection(_Section):
+    """Length, batch arithmetic and numerics of the run."""
+
+    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    max_consecutive_nonfinite: int = Field(5, ge=1, description="stop after this many NaN/inf losses in a row")
+    output_dir: str = Field("runs/hhtune", description="RUN_DIR: checkpoints, samples, adapter, logs")
+
+
+class CheckpointingSection(_Section):
+    """Resumable training state."""
+
+    every_steps: int = Field(250, ge=1)
+    keep_last: int = Field(3, ge=1)
+    resume: bool = Field(True, description="continue from the newest checkpoint in RUN_DIR")
+
+
+class ValidationSection(_Section):
+    """Samples rendered during training with the 8-step distilled sampler."""
+
+    every_steps: int | None = Field(None, ge=1, description="null = only at the end")
+    at_end: bool = True
+    prompts: list[str] = Field(default_factory=list)
+    reference_images: list[str] = Field(default_factory=list)
+    seconds: float = Field(2.0, gt=0)
+    aspect: Literal["16:9", "9:16", "4:3", "1:1"] = "16:9"
+    base_resolution: int = Field(256, ge=32)
+    seed: int = 1234
+    encoders: str | None = Field(None, description="folder of the VAEs/text encoder (EncoderPaths), or 'tiny'")
+    acoustic_model: str | None = None
+
+
+class LoggingSection(_Section):
+    """Where metrics go."""
+
+    wandb_mode: Literal["online", "offline", "disabled"] = "offline"
+    project: str = "hhtune"
+    run_name: str | None = None
+    every_steps: int = Field(1, ge=1)
+
+
+class ExportSection(_Section):
+    """Adapter files written at the end of the run."""
+
+    formats: list[Literal["peft", "comfyui", "kohya", "merged", "merged_single", "merged_fp8"]] = Field(
+        default_factory=lambda: ["peft", "comfyui"]
+    )
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    trigger_words: list[str] = Field(default_factory=list)
+
+
+class Recipe(_Section):
+    """A whole training recipe."""
+
+    model: ModelSection
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    data: DataSection
+    loss: LossSection = Field(default_factory=LossSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    checkpointing: CheckpointingSection = Field(default_factory=CheckpointingSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="after")
+    def _lora_fits_the_preset(self) -> "Recipe":
+        cfg = self.preset_config()
+        if cfg is not None:
+            adapted_layers(cfg, self.lora)  # raises naming the allowed layers
+        return self
+
+    @property
+    def caption_dropout(self) -> float:
+        """Caption dropout, defaulting by variant (CFG needs it on the base model)."""
+        if self.loss.caption_dropout is not None:
+            return self.loss.caption_dropout
+        return 0.1 if self.model.variant == "base" else 0.0
+
+    def preset_config(self) -> ModelConfig | None:
+        """The preset's config, when one is named."""
+        return ModelConfig.preset(self.model.preset) if self.model.preset else None
+
+    def hash(self) -> str:
+        """Stable hash of the resolved recipe (for adapter metadata)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names every bad key."""
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``section.key=value`` overrides and validate.
+
+    Relative paths inside the recipe stay relative to the working directory (the
+    README runs everything from the repository root).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path} must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        _apply_override(data, item)
+    return validate_recipe(data, source=str(path))
+
+
+def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a recipe dict, turning pydantic's errors into one message per bad key."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(format_errors(e, source)) from None
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise RecipeError(f"override {item!r} must look like section.key=value (e.g. train.max_steps=200)")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise RecipeError(f"override {item!r}: the key must be dotted, e.g. lora.rank=32")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {item!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def format_errors(error: ValidationError, source: str) -> str:
+    """One line per problem: dotted key, the value given, and what is allowed."""
+    lines = [f"{source}: {error.error_count()} problem(s)"]
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            lines.append(f"  {key}: unknown key; allowed keys here: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required but missing")
+        else:
+            lines.append(f"  {key} = {err.get('input')!r}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    cls: type[BaseModel] = Recipe
+    for part in loc:
+        field = cls.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return sorted(cls.model_fields)
+
+
+def recipe_table(recipe: Recipe) -> list[tuple[str, str]]:
+    """The resolved recipe flattened to ``(dotted key, value)`` rows for printing."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            rows.append((prefix, json.dumps(value)))
+
+    walk("", recipe.model_dump(mode="json"))
+    return rows

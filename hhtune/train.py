@@ -1,0 +1,60 @@
+"""Fine-tune a LoRA adapter on HappyHorse.
+
+Usage:
+    accelerate launch hhtune/train.py RECIPE.yaml [section.key=value ...]
+    python -m hhtune.train RECIPE.yaml [section.key=value ...]
+
+Re-running the same command resumes from the newest checkpoint in the run folder.
+Example: accelerate launch hhtune/train.py recipes/quickstart.yaml train.max_steps=50 lora.rank=8
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script (`accelerate launch hhtune/train.py`): import the installed package,
+    # not sibling modules by their bare names.
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, validate the recipe, and train."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="hhtune/train.py",
+        description="Fine-tune a LoRA adapter on HappyHorse from a YAML recipe (see recipes/).",
+        epilog="Overrides use dotted keys, e.g. train.max_steps=200 lora.rank=32 logging.wandb_mode=disabled. "
+        "Re-running the same command resumes from the run's newest checkpoint.",
+    )
+    parser.add_argument("recipe", help="path to a YAML recipe")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    args = parser.parse_intermixed_args(argv)
+
+    from hhtune.recipe import RecipeError, load_recipe, recipe_table
+    from hhtune.training import DatasetError, TrainingError, train
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_recipe:
+        for key, value in recipe_table(recipe):
+            print(f"{key} = {value}")
+        return 0
+    try:
+        train(recipe)
+    except (DatasetError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

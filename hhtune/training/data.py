@@ -1,0 +1,167 @@
+"""Reading a data_prep dataset and cutting it into bucketed, reproducible micro-batches.
+
+The order of micro-batches is a pure function of ``(seed, global micro-batch index)``:
+process ``r`` of ``W`` takes indices ``r, r+W, r+2W, ...``. That makes resuming exact
+(skip what was consumed) and makes W processes see the same samples per optimizer step
+as one process with W times the gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+FORMAT_VERSION = 1
+LATENT_COLUMNS = ("video_latents", "audio_latents", "text_embeds")
+META_COLUMNS = ("clip_id", "num_frames", "width", "height", "speech_mask", "language")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that training cannot use, with the reason and the fix."""
+
+
+@dataclass
+class Batch:
+    """One micro-batch; every clip shares the bucket (frame count and resolution)."""
+
+    video: Tensor  # [B, 48, T, H, W]
+    audio: Tensor  # [B, La, 64]
+    audio_lengths: Tensor  # [B]
+    text: Tensor  # [B, Lt, C]
+    text_lengths: Tensor  # [B]
+    speech_mask: Tensor  # [B, La] in [0, 1]
+    reference: Tensor | None  # [B, 48, 1, H, W] where available
+    has_reference: Tensor  # [B] bool
+    index: int  # global micro-batch index (seeds the noise of its samples)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in moved.items()})
+
+    @property
+    def size(self) -> int:
+        return int(self.video.shape[0])
+
+
+class TrainingDataset:
+    """A ``DATASET_DIR`` from data_prep, validated, with bucket groups for batching."""
+
+    def __init__(self, path: str | Path) -> None:
+        import datasets
+
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            raise DatasetError(
+                f"{self.path} is not a data_prep dataset (no manifest.json); build one with "
+                f"`python -m data_prep build FOOTAGE_DIR --out {self.path} --encode`"
+            )
+        self.manifest = json.loads(manifest_path.read_text())
+        version = self.manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DatasetError(f"{self.path}: dataset format_version {version!r}, this hhtune reads {FORMAT_VERSION}")
+        if not self.manifest.get("encoded", False):
+            raise DatasetError(
+                f"{self.path} has no latents: training needs an encoded dataset; re-run data_prep build with --encode"
+            )
+        try:
+            ds = datasets.load_from_disk(str(self.path / "dataset"))
+        except FileNotFoundError as e:
+            raise DatasetError(f"{self.path}/dataset is missing or incomplete ({e})") from e
+        missing = [c for c in (*LATENT_COLUMNS, *META_COLUMNS) if c not in ds.column_names]
+        if missing:
+            raise DatasetError(f"{self.path}: dataset lacks columns {missing}; rebuild it with this hhtune's data_prep")
+        if len(ds) == 0:
+            raise DatasetError(f"{self.path}: the dataset has no clips (see {self.path}/report.html for why)")
+        self._has_reference = "reference_latents" in ds.column_names
+        self.ds = ds
+        keys = zip(ds["num_frames"], ds["height"], ds["width"])
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(tuple(key), []).append(i)
+        self.groups = dict(sorted(groups.items()))
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def text_channels(self) -> int:
+        """Channels of the stored text features."""
+        return int(torch.as_tensor(self.ds[0]["text_embeds"]).shape[-1])
+
+    def epoch_batches(self, epoch: int, seed: int, batch_size: int, repeat: int = 1) -> list[list[int]]:
+        """Row indices of every micro-batch of one epoch, shuffled reproducibly."""
+        rng = random.Random(seed * 1_000_003 + epoch)
+        batches: list[list[int]] = []
+        for rows in self.groups.values():
+            for _ in range(repeat):
+                rows = list(rows)
+                rng.shuffle(rows)
+                batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def collate(self, rows: list[int], index: int) -> Batch:
+        """Stack the rows of one bucket into a :class:`Batch` (audio and text padded)."""
+        items = [self.ds[i] for i in rows]
+        video = torch.stack([torch.as_tensor(it["video_latents"], dtype=torch.float32) for it in items])
+        audio, audio_len = _pad([torch.as_tensor(it["audio_latents"], dtype=torch.float32) for it in items])
+        text, text_len = _pad([torch.as_tensor(it["text_embeds"], dtype=torch.float32) for it in items])
+        masks = [torch.as_tensor(it["speech_mask"], dtype=torch.float32) for it in items]
+        speech = torch.zeros(len(items), audio.shape[1])
+        for b, m in enumerate(masks):
+            n = min(len(m), audio.shape[1])
+            speech[b, :n] = m[:n]
+        refs = [it.get("reference_latents") if self._has_reference else None for it in items]
+        has_ref = torch.tensor([r is not None for r in refs])
+        reference = None
+        if bool(has_ref.any()):
+            reference = torch.stack(
+                [torch.as_tensor(r, dtype=torch.float32) if r is not None else video[b, :, :1] for b, r in enumerate(refs)]
+            )
+        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index)
+
+
+def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    lengths = torch.tensor([s.shape[0] for s in seqs])
+    out = torch.zeros(len(seqs), int(lengths.max()), seqs[0].shape[-1])
+    for b, s in enumerate(seqs):
+        out[b, : s.shape[0]] = s
+    return out, lengths
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """The micro-batches one process consumes: item ``k`` is global batch ``start + k * world``.
+
+    A map-style dataset so a ``DataLoader`` with workers prefetches them in order.
+    """
+
+    def __init__(self, data: TrainingDataset, *, seed: int, batch_size: int, repeat: int, start: int, world: int,
+                 count: int) -> None:  # fmt: skip
+        self.data, self.seed, self.batch_size, self.repeat = data, seed, batch_size, repeat
+        self.start, self.world, self.count = start, world, count
+        self._epoch_cache: dict[int, list[list[int]]] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def rows(self, global_index: int) -> list[int]:
+        """Row indices of global micro-batch ``global_index``."""
+        per_epoch = len(self._epoch(0))
+        epoch, pos = divmod(global_index, per_epoch)
+        return self._epoch(epoch)[pos]
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epoch_cache:
+            self._epoch_cache = {epoch: self.data.epoch_batches(epoch, self.seed, self.batch_size, self.repeat)}
+        return self._epoch_cache[epoch]
+
+    def __getitem__(self, k: int) -> Batch:
+        g = self.start + k * self.world
+        return self.data.collate(self.rows(g), g)

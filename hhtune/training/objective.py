@@ -1,0 +1,121 @@
+"""The flow-matching objective the model was trained with.
+
+``x_t = (1 - sigma) * x0 + sigma * noise`` and the target velocity ``v = noise - x0``,
+jointly over video and audio latents. Every random choice of a sample (sigma, noise,
+caption dropout, image-to-video) comes from a generator seeded by
+``(seed, global micro-batch index, row)``, so a step's loss does not depend on how the
+run is split over processes or whether it was resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..recipe import LossSection
+from .data import Batch
+
+
+def shift_sigma(u: Tensor, shift: float) -> Tensor:
+    """The model's timestep shift: ``shift * u / (1 + (shift - 1) * u)``."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def sample_generator(seed: int, batch_index: int, row: int) -> torch.Generator:
+    """The generator of one sample's random choices."""
+    mixed = (seed * 0x9E3779B1 + batch_index * 0x85EBCA77 + row * 0xC2B2AE3D) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+def sample_sigma(cfg: LossSection, gen: torch.Generator) -> float:
+    """One training sigma: uniform or logit-normal in (0, 1), then the schedule's shift."""
+    if cfg.sigma_distribution == "uniform":
+        u = torch.rand((), generator=gen)
+    else:
+        u = torch.sigmoid(cfg.logit_normal_mean + cfg.logit_normal_std * torch.randn((), generator=gen))
+    return float(shift_sigma(u.clamp(1e-5, 1 - 1e-5), cfg.shift))
+
+
+@dataclass
+class LossOutput:
+    """The loss to back-propagate and what is logged about it."""
+
+    loss: Tensor
+    video_loss: Tensor
+    audio_loss: Tensor
+    sigmas: Tensor  # [B]
+    per_sample: Tensor  # [B] detached
+    tokens: int
+
+
+def video_frame_weights(speech_mask: Tensor, latent_frames: int, speech_weight: float) -> Tensor:
+    """Per latent-frame weights ``[B, T]`` from a per-video-frame speech mask ``[B, F]``.
+
+    Latent frame 0 covers video frame 0; latent frame ``j >= 1`` covers frames
+    ``4j-3 .. 4j`` (the VAE's 4x causal temporal stride). A latent frame is spoken
+    when any of its frames is.
+    """
+    b, f = speech_mask.shape
+    out = torch.ones(b, latent_frames, device=speech_mask.device)
+    if speech_weight == 1.0:
+        return out
+    for j in range(latent_frames):
+        lo, hi = (0, 1) if j == 0 else (4 * j - 3, 4 * j + 1)
+        if lo < f:
+            out[:, j] += (speech_weight - 1) * speech_mask[:, lo:min(hi, f)].amax(dim=1)
+    return out
+
+
+def flow_matching_loss(
+    model: torch.nn.Module, batch: Batch, cfg: LossSection, *, seed: int, caption_dropout: float
+) -> LossOutput:
+    """Noise the batch, predict velocities and return the weighted MSE against ``noise - x0``."""
+    dev = batch.video.device
+    bsz = batch.size
+    gens = [sample_generator(seed, batch.index, r) for r in range(bsz)]
+    sigmas = torch.tensor([sample_sigma(cfg, g) for g in gens], device=dev)
+    noise_v = torch.stack([torch.randn(batch.video.shape[1:], generator=g) for g in gens]).to(dev)
+    noise_a = torch.stack([torch.randn(batch.audio.shape[1:], generator=g) for g in gens]).to(dev)
+    drop = torch.tensor([float(torch.rand((), generator=g)) < caption_dropout for g in gens], device=dev)
+    i2v = torch.tensor([float(torch.rand((), generator=g)) < cfg.i2v_probability for g in gens], device=dev)
+    i2v &= batch.has_reference.to(dev)
+
+    s_v = sigmas.view(-1, 1, 1, 1, 1)
+    s_a = sigmas.view(-1, 1, 1)
+    x_v = (1 - s_v) * batch.video + s_v * noise_v
+    x_a = (1 - s_a) * batch.audio + s_a * noise_a
+    if bool(i2v.any()) and batch.reference is not None:
+        # image-to-video: the first latent frame is the clean reference, as the sampler pins it
+        x_v[i2v, :, :1] = batch.reference[i2v]
+    text_lengths = torch.where(drop, torch.zeros_like(batch.text_lengths), batch.text_lengths)
+
+    pred_v, pred_a = model(x_v, x_a, batch.text, text_lengths=text_lengths, audio_lengths=batch.audio_lengths)
+    target_v, target_a = noise_v - batch.video, noise_a - batch.audio
+
+    t = batch.video.shape[2]
+    frames_w = video_frame_weights(batch.speech_mask, t, cfg.speech_weight)
+    frames_w[i2v, 0] = 0.0  # the pinned frame is given, not predicted
+    err_v = (pred_v.float() - target_v).square().mean(dim=(1, 3, 4))  # [B, T]
+    valid_a = (torch.arange(batch.audio.shape[1], device=dev)[None] < batch.audio_lengths[:, None]).float()
+    audio_w = valid_a * (1 + (cfg.speech_weight - 1) * batch.speech_mask)
+    err_a = (pred_a.float() - target_a).square().mean(dim=2)  # [B, La]
+
+    video_loss = (err_v * frames_w).sum() / frames_w.sum().clamp_min(1e-8)
+    audio_loss = (err_a * audio_w).sum() / audio_w.sum().clamp_min(1e-8)
+    loss = cfg.video_weight * video_loss + cfg.audio_weight * audio_loss
+    per_sample = (
+        cfg.video_weight * (err_v * frames_w).sum(1) / frames_w.sum(1).clamp_min(1e-8)
+        + cfg.audio_weight * (err_a * audio_w).sum(1) / audio_w.sum(1).clamp_min(1e-8)
+    ).detach()
+    nv = t * (batch.video.shape[3] // 2) * (batch.video.shape[4] // 2)
+    tokens = int(bsz * nv + batch.audio_lengths.sum() + text_lengths.sum())
+    return LossOutput(loss, video_loss.detach(), audio_loss.detach(), sigmas, per_sample, tokens)
+
+
+def sigma_bucket(sigma: float, buckets: int = 4) -> str:
+    """Name of the sigma bucket a sample falls in, e.g. ``sigma_0.50-0.75``."""
+    i = min(int(math.floor(sigma * buckets)), buckets - 1)
+    return f"sigma_{i / buckets:.2f}-{(i + 1) / buckets:.2f}"
