@@ -136,7 +136,7 @@ def test_two_processes_equal_one_process_with_double_accumulation(dataset, tmp_p
     two = _recipe(dataset, tmp_path / "two", train={"max_steps": 4})
     r1 = _run_cli(one, tmp_path)
     assert r1.returncode == 0, r1.stderr[-3000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]  # fmt: skip
     r2 = _run_cli(two, tmp_path, launcher=launcher)
     assert r2.returncode == 0, r2.stderr[-3000:]
