@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
@@ -45,3 +46,14 @@ def best_time(fn: Callable[[], object], repeats: int, device: str = "cpu") -> fl
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def parse_args(doc: str | None) -> argparse.Namespace:
+    """The benchmarks' shared command line: --device, --presets, --repeats."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--presets", nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    args.presets = args.presets or (["15b"] if args.device == "cuda" else ["tiny", "mid"])
+    return args

@@ -11,14 +11,13 @@ peak memory. Record GPU results in benchmarks/RESULTS.md with device and date.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, forward_flops, matmul_ceiling  # noqa: E402
+from _common import best_time, forward_flops, matmul_ceiling, parse_args  # noqa: E402
 
 from hhtune.model import HappyHorseTransformer, ModelConfig  # noqa: E402
 
@@ -94,12 +93,8 @@ def batching(device: str, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--presets", nargs="+", default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    presets = args.presets or (["15b"] if args.device == "cuda" else ["tiny", "mid"])
+    args = parse_args(__doc__)
+    presets = args.presets
     ceiling = matmul_ceiling(torch.bfloat16, args.device, n=4096 if args.device == "cuda" else 1024)
     print(f"device {args.device}; bf16 matmul ceiling measured in this run = 1.00")
     print(f"{'preset':6} {'tokens':>7} {'fwd tok/s':>10} {'fwd/ceil':>9} {'f+b/ceil':>9} {'f+b / fwd time':>15}")

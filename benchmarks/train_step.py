@@ -12,7 +12,6 @@ the 15b shapes at 256p 5 s, rank 32, with and without gradient checkpointing.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time  # noqa: E402
+from _common import best_time, parse_args  # noqa: E402
 
 from hhtune.lora import LoraSettings, add_lora  # noqa: E402
 from hhtune.model import HappyHorseTransformer, ModelConfig  # noqa: E402
@@ -73,12 +72,8 @@ def measure(preset: str, device: str, repeats: int, checkpointing: bool, tmp: Pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--presets", nargs="+", default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    presets = args.presets or (["15b"] if args.device == "cuda" else ["tiny", "mid"])
+    args = parse_args(__doc__)
+    presets = args.presets
     print(f"device {args.device}; LoRA rank 32 on the shared layers")
     print(f"{'preset':6} {'ckpt':>5} {'step / floor':>13} {'data share':>11}")
     with tempfile.TemporaryDirectory() as tmp:

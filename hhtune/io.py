@@ -35,12 +35,8 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text through a temporary file (fsynced) and a rename."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    """Write UTF-8 text through a temporary file (fsynced) and a rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
