@@ -215,14 +215,14 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
-def format_errors(error: ValidationError, source: str) -> str:
-    """One line per problem: dotted key, the value given, and what is allowed."""
+def format_errors(error: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """One line per problem: dotted key, the value given, and what is allowed (keys looked up from ``root``)."""
     lines = [f"{source}: {error.error_count()} problem(s)"]
     for err in error.errors():
         loc = [str(p) for p in err["loc"]]
         key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
+            allowed = _allowed_keys(root or Recipe, loc[:-1])
             lines.append(f"  {key}: unknown key; allowed keys here: {', '.join(allowed)}")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required but missing")
@@ -231,8 +231,7 @@ def format_errors(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _allowed_keys(loc: list[str]) -> list[str]:
-    cls: type[BaseModel] = Recipe
+def _allowed_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:
     for part in loc:
         field = cls.model_fields.get(part)
         ann = getattr(field, "annotation", None)

@@ -1,0 +1,70 @@
+"""The data config (YAML, validated like recipes): defaults for a footage folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hhtune.recipe import format_errors
+
+Bucket = Literal["16:9", "9:16", "4:3", "1:1"]
+
+
+class DataConfig(BaseModel):
+    """How a footage folder becomes a dataset. Every default lives here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    language: str | None = Field(None, description="default language when metadata names none (en, zh, yue, ja, ko, de, fr)")
+    trigger: str | None = Field(None, description="trigger word put at the start of every caption")
+    speaker: str = Field("the speaker", description="speaker description in Dialogue lines when metadata names none")
+    background_sound: str = "No prominent background sound"
+    buckets: list[Bucket] = Field(default_factory=lambda: ["16:9", "9:16", "4:3", "1:1"])
+    base_resolution: int = Field(256, ge=32, multiple_of=32, description="short side in pixels")
+    min_seconds: float = Field(1.0, gt=0)
+    max_seconds: float = Field(5.0, gt=0)
+    encoders: str | None = Field(None, description="folder with video_vae/, audio_vae/, text_encoder/")
+    tiny_encoders: bool = Field(False, description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
+    acoustic_model: str | None = Field(None, description="wav2vec2 phoneme CTC model folder for forced alignment")
+    asr_model: str | None = Field(None, description="Whisper model folder for clips without transcripts")
+    workers: int = Field(2, ge=1)
+    encode_batch_size: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(f"max_seconds ({self.max_seconds}) must be >= min_seconds ({self.min_seconds})")
+        if not self.buckets:
+            raise ValueError("buckets must name at least one of 16:9, 9:16, 4:3, 1:1")
+        if self.language is not None:
+            from .languages import normalise_language
+
+            self.language = normalise_language(self.language)
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes what stages 1-7 produce."""
+        keep = self.model_dump(exclude={"workers", "encode_batch_size", "encoders", "tiny_encoders"})
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_data_config(path: str | Path | None, overrides: dict | None = None) -> DataConfig:
+    """Read and validate a data config YAML (``None``: all defaults); a typo names the key and the allowed keys."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"data config not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{p} must be a mapping of settings")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return DataConfig.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(format_errors(e, str(path or "data config"), root=DataConfig)) from None
