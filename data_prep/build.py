@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -82,6 +83,8 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
             f"{work} was built from other footage or settings ({json.loads(stamp.read_text())}); "
             "pass --rebuild to start over instead of mixing stale clips in"
         )
+    for leftover in work.rglob(".*.tmp") if work.exists() else []:  # writes cut off by a kill
+        leftover.unlink()
     (work / "units").mkdir(parents=True, exist_ok=True)
     (work / "clips").mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps(settings))
@@ -90,7 +93,10 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
     todo = [rel for rel in files if not (work / "units" / unit_name(rel)).is_file()]
     units: dict[str, dict] = {}
     if todo:
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo))) as pool, _bar(progress, len(todo)) as bar:
+        # spawn, not fork: forking a process whose torch/OpenMP threads already run can deadlock the child
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx) as pool, \
+                _bar(progress, len(todo)) as bar:  # fmt: skip
             futures = {pool.submit(prepare_file, footage / rel, rel, meta.get(rel, {}), cfg, work): rel for rel in todo}
             for fut in as_completed(futures):
                 units[futures[fut]] = fut.result()

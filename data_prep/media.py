@@ -48,11 +48,14 @@ def probe(path: str | Path) -> Probe:
     v = video[0]
     num, den = (v.get("avg_frame_rate") or v.get("r_frame_rate") or "0/1").split("/")
     fps = float(num) / float(den) if float(den) else 0.0
+    # Clockwise display rotation: the legacy `rotate` tag is clockwise; the display matrix
+    # (what ffprobe reports as side-data "rotation") is counter-clockwise.
     rotation = 0
     for sd in v.get("side_data_list", []) or []:
         if "rotation" in sd:
-            rotation = int(sd["rotation"]) % 360
-    rotation = int(v.get("tags", {}).get("rotate", rotation)) % 360
+            rotation = int(-float(sd["rotation"])) % 360
+    if "rotate" in v.get("tags", {}):
+        rotation = int(v["tags"]["rotate"]) % 360
     w, h = int(v.get("width", 0)), int(v.get("height", 0))
     if rotation in (90, 270):
         w, h = h, w
@@ -72,9 +75,11 @@ def read_frames(path: str | Path, start: float, num_frames: int, info: Probe) ->
     n = len(vr)
     idx = np.clip(np.round((start + np.arange(num_frames) / FPS) * info.fps).astype(np.int64), 0, n - 1)
     frames = vr.get_batch(idx.tolist()).asnumpy()
-    # decord does not apply the container's rotation; do it here (counter-clockwise tag).
-    k = {90: 3, 180: 2, 270: 1}.get(info.rotation, 0)
-    return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
+    # decord builds with FFmpeg's autorotation apply the display matrix themselves (checked against
+    # `ffmpeg -i` output); rotate here only when the frames still have the coded orientation.
+    if info.rotation in (90, 270) and frames.shape[1:3] == (info.width, info.height) != (info.height, info.width):
+        frames = np.ascontiguousarray(np.rot90(frames, k=3 if info.rotation == 90 else 1, axes=(1, 2)))
+    return frames
 
 
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:

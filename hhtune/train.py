@@ -16,9 +16,10 @@ from pathlib import Path
 if __name__ == "__main__" and not __package__:
     # Run as a script (`accelerate launch hhtune/train.py`): import the installed package,
     # not sibling modules by their bare names.
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    if (_here / "__init__.py").is_file() and str(_here.parent) not in sys.path:
+        sys.path.insert(0, str(_here.parent))  # a source checkout that is not pip-installed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,82 @@
+"""CTC Viterbi against hand-built emissions, speech activity, and both alignment paths on real speech."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from data_prep.align import align, build_tiny_recognizer, PhonemeRecognizer, speech_activity, viterbi_align
+from data_prep.g2p import phonemize
+
+
+def _emissions(best: list[int], vocab: int = 4, sharp: float = 0.9) -> np.ndarray:
+    lp = np.full((len(best), vocab), (1 - sharp) / (vocab - 1))
+    lp[np.arange(len(best)), best] = sharp
+    return np.log(lp)
+
+
+def test_viterbi_finds_the_known_path():
+    # frames: blank a a blank b b b blank  -> a on frames 1-2, b on 4-6
+    lp = _emissions([0, 1, 1, 0, 2, 2, 2, 0])
+    spans = viterbi_align(lp, [1, 2])
+    assert [(k, a, b) for k, a, b, _ in spans] == [(0, 1, 3), (1, 4, 7)]
+    assert all(c == pytest.approx(0.9) for *_, c in spans)
+
+
+def test_forced_alignment_differs_from_greedy_decoding():
+    # greedy would read "a b a", but we force the transcript "a a": a blank must separate them
+    lp = _emissions([1, 1, 2, 1, 1])
+    spans = viterbi_align(lp, [1, 1])
+    (k0, a0, b0, _), (k1, a1, b1, _) = spans
+    assert b0 <= a1 - 1 and a0 == 0 and b1 == 5  # a gap frame (blank) between the two a's
+
+
+def test_viterbi_needs_enough_frames():
+    with pytest.raises(ValueError, match="3 frames cannot hold 2 tokens \\(need at least 3\\)|2 frames cannot hold"):
+        viterbi_align(_emissions([1, 1]), [1, 1])
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    wav = tmp_path_factory.mktemp("speech") / "s.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), "hello brave new world"], check=True)
+    import librosa
+
+    audio, _ = librosa.load(wav, sr=16000)
+    silence = np.zeros(16000, dtype=np.float32)
+    return np.concatenate([silence, audio, silence])
+
+
+def test_speech_activity_finds_the_speech(speech):
+    active = speech_activity(speech, 16000, 0.04)
+    t = np.flatnonzero(active) * 0.04
+    end = len(speech) / 16000
+    assert 0.9 < t[0] < 1.2 and end - 1.6 < t[-1] < end - 0.9  # espeak adds ~0.3 s of its own trailing silence
+    assert not speech_activity(np.zeros(32000, dtype=np.float32), 16000).any()
+
+
+def test_rough_alignment_is_ordered_inside_speech(speech):
+    words = phonemize("hello brave new world", "en")
+    a = align(speech, words)
+    assert a.method == "rough" and [w.label for w in a.words] == ["hello", "brave", "new", "world"]
+    assert a.words[0].start >= 0.9 and a.words[-1].end <= len(speech) / 16000 - 0.8
+    for x, y in zip(a.words, a.words[1:]):
+        assert x.end <= y.start + 1e-9
+
+
+def test_ctc_alignment_with_a_local_recognizer(speech, tmp_path):
+    rec = PhonemeRecognizer(build_tiny_recognizer(tmp_path / "rec"))
+    words = phonemize("hello brave new world", "en")
+    a = align(speech, words, rec)
+    assert a.method == "ctc" and [w.label for w in a.words] == ["hello", "brave", "new", "world"]
+    for x, y in zip(a.phonemes, a.phonemes[1:]):
+        assert x.end <= y.start + 1e-9
+    assert all(0 <= p.confidence <= 1 for p in a.phonemes)
+    assert isinstance(rec.transcribe(speech[:16000]), list)
+
+
+def test_recognizer_path_must_exist(tmp_path):
+    with pytest.raises(ValueError, match="acoustic model not found"):
+        PhonemeRecognizer(tmp_path)

@@ -1,0 +1,69 @@
+"""G2P for the seven languages, offline."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_prep.g2p import normalise_numbers, phonemize
+from data_prep.languages import normalise_language, script_language
+
+CASES = {
+    "en": ("Hello world", [["h", "ə", "l", "oʊ"], ["w", "ɜː", "l", "d"]]),
+    "de": ("Guten Tag", [["ɡ", "uː", "t", "ə", "n"], ["t", "ɑː", "k"]]),
+    "fr": ("Bonjour", [["b", "ɔ̃", "ʒ", "u", "ʁ"]]),
+}
+
+
+@pytest.mark.parametrize("lang", sorted(CASES))
+def test_espeak_languages_give_ipa_per_word(lang):
+    text, expected = CASES[lang]
+    assert [w.phonemes for w in phonemize(text, lang)] == expected
+
+
+def test_korean_words_and_ipa():
+    words = phonemize("안녕하세요 반갑습니다", "ko")
+    assert [w.word for w in words] == ["안녕하세요", "반갑습니다"]
+    assert "ɐ" in words[0].phonemes and "n" in words[0].phonemes
+
+
+def test_mandarin_keeps_tones_and_segments_words():
+    words = phonemize("欢迎来到春季系列", "zh")
+    assert [w.word for w in words][:2] == ["欢迎", "来到"]
+    assert words[0].phonemes == ["h", "uan1", "y", "ing2"]
+    assert words[0].ipa  # espeak cmn-latn-pinyin IPA alongside
+
+
+def test_cantonese_jyutping_with_tones():
+    words = phonemize("你好，我哋今日去飲茶", "yue")
+    assert words[0].phonemes == ["n", "ei5"]
+    assert ["ng", "o5", "d", "ei6"] == next(w.phonemes for w in words if w.word == "我哋")
+
+
+def test_japanese_offline_dictionary():
+    words = phonemize("こんにちは、今日はいい天気です", "ja")
+    assert words[0].phonemes == ["k", "o", "N", "n", "i", "ch", "i", "w", "a"]
+    assert any(w.word == "天気" for w in words)
+
+
+def test_numbers_are_spelled_in_the_language():
+    assert "twenty-five" in normalise_numbers("25 dollars", "en")
+    assert "fünfundzwanzig" in normalise_numbers("25 Euro", "de")
+    assert "vingt-cinq" in normalise_numbers("25 euros", "fr")
+    assert normalise_numbers("99元", "zh") == "九十九元"
+    assert normalise_numbers("2025年", "yue") == "二千零二十五年"
+    assert [w.word for w in phonemize("only 3 left", "en")] == ["only", "three", "left"]
+
+
+def test_mixed_language_text_reads_latin_words_as_english():
+    words = phonemize("我们的 OK 价格", "zh")
+    ok = next(w for w in words if w.word == "OK")
+    assert ok.phonemes and all(p.isascii() is False or p.isalpha() for p in ok.phonemes)
+
+
+def test_language_names_and_script_check():
+    assert normalise_language("en-US") == "en" and normalise_language("Cantonese") == "yue"
+    assert normalise_language("cmn") == "zh" and normalise_language("ja-JP") == "ja"
+    with pytest.raises(ValueError, match="unknown language 'klingon'; allowed: en, zh, yue, ja, ko, de, fr"):
+        normalise_language("klingon")
+    assert "ja" in script_language("こんにちは") and "en" not in script_language("你好世界")
+    assert script_language("Hello there") == {"en", "de", "fr"}
