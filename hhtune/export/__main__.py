@@ -1,0 +1,44 @@
+"""``python -m hhtune.export SOURCE --format FMT --out PATH``: write an adapter for another front-end.
+
+SOURCE is a training run folder, a PEFT adapter folder, or a ComfyUI/kohya file.
+Merged formats need --base (an official-layout checkpoint); --also PATH[:STRENGTH]
+merges further adapters in the same pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _spec(text: str) -> tuple[str, float]:
+    path, sep, strength = text.rpartition(":")
+    return (path, float(strength)) if sep and strength.replace(".", "", 1).isdigit() else (text, 1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import FORMATS, AdapterError, export_adapter
+
+    parser = argparse.ArgumentParser(prog="python -m hhtune.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("source", type=Path)
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--base", type=Path, help="base checkpoint for merged formats")
+    parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--also", action="append", default=[], help="another adapter to merge, PATH[:STRENGTH]")
+    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
+    args = parser.parse_args(argv)
+    try:
+        out = export_adapter(args.source, args.format, args.out, base=args.base, strength=args.strength,
+                             dtype=args.dtype, extra=[_spec(s) for s in args.also])  # fmt: skip
+    except (AdapterError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

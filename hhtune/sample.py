@@ -1,0 +1,82 @@
+"""Generate a clip with HappyHorse (+ adapters) and write an mp4 with sound.
+
+    python -m hhtune.sample --model CHECKPOINT_OR_PRESET --encoders ENCODERS_DIR \
+        [--adapter PATH[:STRENGTH] ...] --prompt "..." [--image ref.png] [--audio speech.wav] \
+        [--seconds 5] [--aspect 16:9] [--sampler distilled|base] [--seed 0] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hhtune.sample", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--model", required=True, help="official-layout checkpoint folder, or a preset (tiny) for tests")
+    parser.add_argument("--encoders", required=True, type=Path, help="folder with video_vae/, audio_vae/, text_encoder/")
+    parser.add_argument("--adapter", action="append", default=[], help="adapter file or folder, optionally :STRENGTH")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--image", type=Path, help="reference first frame (image-to-video)")
+    parser.add_argument("--audio", type=Path, help="given audio (audio-to-video): kept fixed")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--aspect", default="16:9", choices=["16:9", "9:16", "4:3", "1:1"])
+    parser.add_argument("--base-resolution", type=int, default=256)
+    parser.add_argument("--sampler", default="distilled", choices=["distilled", "base"])
+    parser.add_argument("--video-guidance", type=float, default=5.0)
+    parser.add_argument("--audio-guidance", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from rich.progress import Progress
+
+    from hhtune.encoders import EncoderPaths
+    from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint
+    from hhtune.sampling import generate, write_mp4, write_previews
+
+    if args.model in ModelConfig.preset_names():
+        torch.manual_seed(0)
+        model = HappyHorseTransformer(ModelConfig.preset(args.model)).to(args.device)
+    else:
+        model = load_checkpoint(args.model, device=args.device)
+    for spec in args.adapter:
+        path, _, strength = spec.rpartition(":") if ":" in spec and spec.rsplit(":", 1)[1].replace(".", "", 1).isdigit() else (spec, "", "1")
+        from hhtune.adapters import load as load_adapter
+
+        model = load_adapter(path, model, strength=float(strength))
+    model.eval()
+    encoders = EncoderPaths(video_vae=args.encoders / "video_vae", audio_vae=args.encoders / "audio_vae",
+                            text_encoder=args.encoders / "text_encoder")  # fmt: skip
+    image = None
+    if args.image:
+        from PIL import Image
+
+        image = np.asarray(Image.open(args.image).convert("RGB"))
+    steps = 8 if args.sampler == "distilled" else 32
+    with Progress() as bar:
+        task = bar.add_task(f"{args.sampler} sampling", total=steps)
+        g = generate(model, args.prompt, encoders, seconds=args.seconds, aspect=args.aspect,
+                     base_resolution=args.base_resolution, sampler=args.sampler, seed=args.seed, reference_image=image,
+                     audio_path=str(args.audio) if args.audio else None, video_guidance=args.video_guidance,
+                     audio_guidance=args.audio_guidance, device=args.device, progress=lambda i: bar.advance(task))  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    mp4 = write_mp4(g.frames, g.audio, args.out / "sample.mp4")
+    write_previews(g, args.out / "sample")
+    print(f"wrote {mp4}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""From prompt to mp4: latent sizes, the model as a velocity function, decoding and muxing."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..encoders import AUDIO_SAMPLE_RATE, EncoderPaths, load_audio_vae, load_text_encoder, load_video_vae
+from ..io import atomic_path
+from .samplers import sample_base, sample_distilled
+
+ASPECTS = {"16:9": (16, 9), "9:16": (9, 16), "4:3": (4, 3), "1:1": (1, 1)}
+FPS = 25
+OUTPUT_AUDIO_RATE = 44100  # the official post-processing resamples decoded audio by 441/512
+NEGATIVE_PROMPT = "low quality, worst quality, blurry, distorted, static, noise, hiss, distortion, muffled"
+
+
+def latent_shapes(seconds: float, aspect: str, base_resolution: int = 256) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, int]]:
+    """``(video_shape, audio_shape, (width, height))`` of one clip: frames = 25 s + 1 rounded to 4k+1."""
+    if aspect not in ASPECTS:
+        raise ValueError(f"unknown aspect {aspect!r}; allowed: {', '.join(ASPECTS)}")
+    frames = int(round(seconds * FPS)) // 4 * 4 + 1
+    w, h = ASPECTS[aspect]
+    long_side = int(math.ceil(base_resolution * max(w, h) / min(w, h) / 32) * 32)
+    width, height = (long_side, base_resolution) if w >= h else (base_resolution, long_side)
+    return (1, 48, (frames - 1) // 4 + 1, height // 16, width // 16), (1, frames, 64), (width, height)
+
+
+def model_velocity_fn(model: torch.nn.Module, text: Tensor, text_length: int):
+    """Bind a model and one prompt's features into ``velocity_fn(video, audio)``."""
+    lengths = torch.tensor([text_length], device=text.device)
+
+    @torch.no_grad()
+    def fn(video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
+        return model(video, audio, text, text_lengths=lengths)
+
+    return fn
+
+
+@dataclass
+class Generated:
+    """Latents and decoded media of one sample."""
+
+    video_latents: Tensor
+    audio_latents: Tensor
+    frames: np.ndarray  # [F, H, W, 3] uint8
+    audio: np.ndarray  # [N, 2] float32 at 44100 Hz
+
+
+def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, seconds: float = 2.0, aspect: str = "16:9",
+             base_resolution: int = 256, sampler: str = "distilled", seed: int = 0, reference_image: np.ndarray | None = None,
+             audio_path: str | None = None, video_guidance: float = 5.0, audio_guidance: float = 5.0,
+             device: str | torch.device = "cpu", progress=None) -> Generated:  # fmt: skip
+    """Sample one clip and decode it. ``reference_image`` ([H, W, 3] uint8) makes it image-to-video."""
+    video_vae, audio_vae = load_video_vae(encoders.video_vae, device), load_audio_vae(encoders.audio_vae, device)
+    text_enc = load_text_encoder(encoders.text_encoder, device)
+    feats, lengths = text_enc.encode([prompt])
+    text = feats[:, : int(lengths[0])].to(device)
+    vshape, ashape, (width, height) = latent_shapes(seconds, aspect, base_resolution)
+    reference = None
+    if reference_image is not None:
+        from data_prep.buckets import resize_crop
+
+        pixels = resize_crop(reference_image[None], width, height)[0]
+        ref = torch.from_numpy(pixels).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
+        reference = video_vae.encode(ref.to(device))
+    fixed_audio = None
+    if audio_path is not None:
+        from data_prep.media import read_audio
+
+        wave = torch.from_numpy(read_audio(audio_path, AUDIO_SAMPLE_RATE))[: ashape[1] * 2048]
+        wave = torch.nn.functional.pad(wave, (0, ashape[1] * 2048 - wave.shape[0]))
+        fixed_audio = audio_vae.encode(wave[None, None].expand(1, 2, -1))
+    gen = torch.Generator().manual_seed(seed)
+    fn = model_velocity_fn(model, text, text.shape[1])
+    kwargs = dict(generator=gen, reference_first_frame=reference, fixed_audio=fixed_audio, device=device, callback=progress)
+    if sampler == "distilled":
+        video, audio = sample_distilled(fn, vshape, ashape, **kwargs)
+    elif sampler == "base":
+        neg, neg_len = text_enc.encode([NEGATIVE_PROMPT])
+        uncond = model_velocity_fn(model, neg[:, : int(neg_len[0])].to(device), int(neg_len[0]))
+        video, audio = sample_base(fn, uncond, vshape, ashape, video_guidance=video_guidance,
+                                   audio_guidance=audio_guidance, **kwargs)  # fmt: skip
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}; allowed: distilled, base")
+    frames = ((video_vae.decode(video)[0].permute(1, 2, 3, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    wave = audio_vae.decode(audio)[0].cpu().numpy().T  # [N, 2] at 51200
+    return Generated(video, audio, frames, to_output_rate(wave))
+
+
+def to_output_rate(wave: np.ndarray) -> np.ndarray:
+    """51200 Hz -> 44100 Hz (ratio 441/512), as the official post-processing does."""
+    from scipy.signal import resample
+
+    return resample(wave, int(round(wave.shape[0] * OUTPUT_AUDIO_RATE / AUDIO_SAMPLE_RATE)), axis=0).astype(np.float32)
+
+
+def write_mp4(frames: np.ndarray, audio: np.ndarray, path: str | Path) -> Path:
+    """H.264 yuv420p + AAC mp4 with faststart (plays in browsers), written atomically."""
+    import soundfile as sf
+
+    path = Path(path)
+    f, h, w, _ = frames.shape
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "a.wav"
+        sf.write(wav, np.clip(audio, -1, 1), OUTPUT_AUDIO_RATE)
+        with atomic_path(path) as out:
+            cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(FPS),
+                   "-i", "-", "-i", str(wav), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                   "-c:a", "aac", "-shortest", "-movflags", "+faststart", "-f", "mp4", str(out)]  # fmt: skip
+            subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
+    return path
+
+
+def write_previews(generated: Generated, stem: str | Path) -> tuple[Path, Path]:
+    """A contact sheet (6 frames) and a waveform PNG next to the mp4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    stem = Path(stem)
+    pick = generated.frames[np.linspace(0, len(generated.frames) - 1, 6).round().astype(int)]
+    sheet = stem.with_name(stem.name + "_contact.png")
+    with atomic_path(sheet) as tmp:
+        Image.fromarray(np.concatenate(list(pick), axis=1)).save(tmp, format="PNG")
+    wave_png = stem.with_name(stem.name + "_waveform.png")
+    fig, ax = plt.subplots(figsize=(8, 2), dpi=80)
+    t = np.arange(len(generated.audio)) / OUTPUT_AUDIO_RATE
+    ax.plot(t, generated.audio[:, 0], linewidth=0.5)
+    ax.set_xlabel("seconds")
+    fig.tight_layout()
+    with atomic_path(wave_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return sheet, wave_png

@@ -1,0 +1,54 @@
+"""Prompt to mp4 on the CPU with the tiny model and tiny random decoders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hhtune.encoders import build_tiny_encoders
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    return build_tiny_encoders(tmp_path_factory.mktemp("enc"))
+
+
+def _streams(mp4: Path) -> list[dict]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,codec_type,duration", "-of", "json",
+                          str(mp4)], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return json.loads(out)["streams"]
+
+
+def test_sample_command_writes_a_playable_mp4(encoders, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (80, 48), (200, 30, 30)).save(image)
+    cmd = [sys.executable, "-m", "hhtune.sample", "--model", "tiny", "--encoders", str(Path(encoders.video_vae).parent),
+           "--prompt", 'A host. Dialogue:\n<host, English>: "Hi."', "--seconds", "1", "--base-resolution", "64",
+           "--image", str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    assert res.returncode == 0, res.stderr[-3000:]
+    streams = _streams(tmp_path / "out" / "sample.mp4")
+    kinds = {s["codec_type"]: s for s in streams}
+    assert kinds["video"]["codec_name"] == "h264" and kinds["audio"]["codec_name"] == "aac"
+    assert abs(float(kinds["video"]["duration"]) - 1.0) < 0.1 and abs(float(kinds["audio"]["duration"]) - 1.0) < 0.1
+    assert (tmp_path / "out" / "sample_contact.png").is_file() and (tmp_path / "out" / "sample_waveform.png").is_file()
+
+
+def test_validation_hook_saves_clips_and_returns_metrics(encoders, tmp_path):
+    import torch
+
+    from hhtune.model import HappyHorseTransformer, ModelConfig
+    from hhtune.sampling.validation import run_validation
+
+    torch.manual_seed(0)
+    model = HappyHorseTransformer(ModelConfig.preset("tiny")).eval()
+    scores = run_validation(model, ['A host. Dialogue:\n<host, English>: "Hi."'], encoders=encoders, out_dir=tmp_path,
+                            step=5, seed=0, seconds=0.5, base_resolution=64)  # fmt: skip
+    assert (tmp_path / "prompt00.mp4").is_file()
+    assert set(scores) >= {"av_offset_frames", "av_sync_confidence"}
