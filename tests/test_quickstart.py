@@ -59,3 +59,7 @@ def test_readme_quickstart_runs_end_to_end(tmp_path):
     first, last = sum(r["loss"] for r in records[:10]) / 10, sum(r["loss"] for r in records[-10:]) / 10
     assert last < first  # it learns something even in 40 steps
     assert (tmp_path / "runs" / "quickstart" / "dataset" / "report.html").is_file()
+    for fmt, name in (("peft", "adapter_model.safetensors"), ("comfyui", "adapter_comfyui.safetensors"),
+                      ("kohya", "adapter_kohya.safetensors")):  # fmt: skip
+        assert (run / "export" / fmt / name).is_file()
+    assert (run / "samples" / "step-00000040" / "prompt00.mp4").is_file()

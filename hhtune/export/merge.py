@@ -38,14 +38,25 @@ def _merged_shard(file: Path, adapters: list[tuple[LoraWeights, float]], dtype: 
             path = key.removesuffix(".weight")
             deltas = [(w, strength) for w, strength in adapters if path in w.modules]
             if deltas:
-                t = t.float()
-                for w, strength in deltas:
-                    d = w.delta(path)
-                    if d.shape != t.shape:
-                        raise AdapterError(f"{path}: adapter delta {list(d.shape)} does not fit base weight {list(t.shape)}")
-                    t = t + strength * d
+                t = _add_deltas(path, t.to(original), deltas)
             out.update(_store(key, t.to(original), dtype))
     return out
+
+
+def _add_deltas(path: str, t: torch.Tensor, deltas: list[tuple[LoraWeights, float]], rows: int = 2048) -> torch.Tensor:
+    """``t + sum(strength * alpha/r * B @ A)`` computed in fp32 a block of rows at a time (bounded temporaries)."""
+    for w, _ in deltas:
+        a, b, _ = w.modules[path]
+        if (b.shape[0], a.shape[1]) != tuple(t.shape):
+            raise AdapterError(f"{path}: adapter delta {[b.shape[0], a.shape[1]]} does not fit base weight {list(t.shape)}")
+    t = t.clone()
+    for start in range(0, t.shape[0], rows):
+        block = t[start : start + rows].float()
+        for w, strength in deltas:
+            a, b, alpha = w.modules[path]
+            block += (strength * alpha / a.shape[0]) * (b[start : start + rows].float() @ a.float())
+        t[start : start + rows] = block.to(t.dtype)
+    return t
 
 
 def _store(key: str, t: torch.Tensor, dtype: str) -> dict[str, torch.Tensor]:

@@ -343,6 +343,8 @@ def _validate(recipe, accelerator, wrapped, data, run_dir, step, metrics, log) -
             encoders=_encoder_paths(recipe, data), out_dir=run_dir / "samples" / f"step-{step:08d}", step=step,
             seed=recipe.validation.seed, reference_images=recipe.validation.reference_images or None,
             acoustic_model=recipe.validation.acoustic_model, wandb_run=metrics.wandb_run if metrics else None,
+            seconds=recipe.validation.seconds, aspect=recipe.validation.aspect,
+            base_resolution=recipe.validation.base_resolution,
         )  # fmt: skip
     if metrics is not None and scores:
         metrics.log(step, {f"val/{k}": v for k, v in scores.items()})
