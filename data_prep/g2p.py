@@ -104,6 +104,11 @@ def _cjk_tokens(tokens: list[str]) -> list[str]:
     return [t for t in (s.strip() for s in tokens) if t and (re.search(r"\w", t))]
 
 
+def _english(word: str) -> WordPhonemes:
+    """A Latin-script word inside Chinese or Japanese text, read as English."""
+    return WordPhonemes(word, _espeak_words([word], "en-us")[0])
+
+
 def _mandarin(text: str) -> list[WordPhonemes]:
     import jieba
     from pypinyin import Style, lazy_pinyin
@@ -111,7 +116,7 @@ def _mandarin(text: str) -> list[WordPhonemes]:
     out = []
     for tok in _cjk_tokens(jieba.lcut(text)):
         if _LATIN_WORD.fullmatch(tok):
-            out.append(WordPhonemes(tok, _espeak_words([tok], "en-us")[0]))
+            out.append(_english(tok))
             continue
         ini = lazy_pinyin(tok, style=Style.INITIALS, strict=False)
         fin = lazy_pinyin(tok, style=Style.FINALS_TONE3, neutral_tone_with_five=True, strict=False)
@@ -127,7 +132,7 @@ def _cantonese(text: str) -> list[WordPhonemes]:
     out = []
     for tok in _cjk_tokens(pycantonese.segment(text)):
         if _LATIN_WORD.fullmatch(tok):
-            out.append(WordPhonemes(tok, _espeak_words([tok], "en-us")[0]))
+            out.append(_english(tok))
             continue
         phones: list[str] = []
         for _, jp in pycantonese.characters_to_jyutping(tok):
@@ -149,7 +154,7 @@ def _japanese(text: str) -> list[WordPhonemes]:
         if not re.search(r"\w", surface):
             continue
         if _LATIN_WORD.fullmatch(surface):
-            out.append(WordPhonemes(surface, _espeak_words([surface], "en-us")[0]))
+            out.append(_english(surface))
             continue
         phones = [p for p in pyopenjtalk.g2p(surface).split() if p not in ("pau", "sil")]
         if phones:

@@ -119,27 +119,25 @@ def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).contiguous()
 
 
-def write_comfyui(w: LoraWeights, path: Path, dtype: torch.dtype) -> Path:
-    """One safetensors file in ComfyUI / FastVideo's generic LoRA layout (alpha always written)."""
+def _write_pairs(w: LoraWeights, path: Path, dtype: torch.dtype, fmt: str, stem, a_name: str, b_name: str) -> Path:
     tensors = {}
     for p, (a, b, alpha) in sorted(w.modules.items()):
-        tensors[f"diffusion_model.{p}.lora_A.weight"] = _cast(a, dtype)
-        tensors[f"diffusion_model.{p}.lora_B.weight"] = _cast(b, dtype)
-        tensors[f"diffusion_model.{p}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
-    atomic_save_file(tensors, path, _header(w.described(), "comfyui"))
+        k = stem(p)
+        tensors[f"{k}.{a_name}.weight"] = _cast(a, dtype)
+        tensors[f"{k}.{b_name}.weight"] = _cast(b, dtype)
+        tensors[f"{k}.alpha"] = torch.tensor(alpha, dtype=torch.float32)  # always written: a missing alpha means scale 1
+    atomic_save_file(tensors, path, _header(w.described(), fmt))
     return path
+
+
+def write_comfyui(w: LoraWeights, path: Path, dtype: torch.dtype) -> Path:
+    """One safetensors file in ComfyUI / FastVideo's generic LoRA layout."""
+    return _write_pairs(w, path, dtype, "comfyui", lambda p: f"diffusion_model.{p}", "lora_A", "lora_B")
 
 
 def write_kohya(w: LoraWeights, path: Path, dtype: torch.dtype) -> Path:
     """One safetensors file with kohya-ss key names."""
-    tensors = {}
-    for p, (a, b, alpha) in sorted(w.modules.items()):
-        k = "lora_unet_" + p.replace(".", "_")
-        tensors[f"{k}.lora_down.weight"] = _cast(a, dtype)
-        tensors[f"{k}.lora_up.weight"] = _cast(b, dtype)
-        tensors[f"{k}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
-    atomic_save_file(tensors, path, _header(w.described(), "kohya"))
-    return path
+    return _write_pairs(w, path, dtype, "kohya", lambda p: "lora_unet_" + p.replace(".", "_"), "lora_down", "lora_up")
 
 
 def write_peft(w: LoraWeights, folder: Path, dtype: torch.dtype) -> Path:
