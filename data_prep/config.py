@@ -33,7 +33,6 @@ class DataConfig(BaseModel):
     acoustic_model: str | None = Field(None, description="wav2vec2 phoneme CTC model folder for forced alignment")
     asr_model: str | None = Field(None, description="Whisper model folder for clips without transcripts")
     workers: int = Field(2, ge=1)
-    encode_batch_size: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -49,7 +48,7 @@ class DataConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes what stages 1-7 produce."""
-        keep = self.model_dump(exclude={"workers", "encode_batch_size", "encoders", "tiny_encoders"})
+        keep = self.model_dump(exclude={"workers", "encoders", "tiny_encoders"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
