@@ -17,6 +17,15 @@ from .export.formats import AdapterError, LoraWeights, read_adapter
 from .fingerprint import base_fingerprint
 
 
+def parse_spec(text: str) -> tuple[str, float]:
+    """``"path/to/adapter:0.8"`` -> ``("path/to/adapter", 0.8)``; no suffix means strength 1."""
+    path, sep, strength = text.rpartition(":")
+    try:
+        return (path, float(strength)) if sep and path else (text, 1.0)
+    except ValueError:
+        return text, 1.0
+
+
 def _check(w: LoraWeights, model: torch.nn.Module, source: str) -> None:
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     modules = dict(base.named_modules())

@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         model = HappyHorseTransformer(ModelConfig.preset(args.model)).to(args.device)
     else:
         model = load_checkpoint(args.model, device=args.device)
-    for spec in args.adapter:
-        path, _, strength = spec.rpartition(":") if ":" in spec and spec.rsplit(":", 1)[1].replace(".", "", 1).isdigit() else (spec, "", "1")
-        from hhtune.adapters import load as load_adapter
+    from hhtune.adapters import load as load_adapter, parse_spec
 
-        model = load_adapter(path, model, strength=float(strength))
+    for spec in args.adapter:
+        path, strength = parse_spec(spec)
+        model = load_adapter(path, model, strength=strength)
     model.eval()
     encoders = EncoderPaths(video_vae=args.encoders / "video_vae", audio_vae=args.encoders / "audio_vae",
                             text_encoder=args.encoders / "text_encoder")  # fmt: skip

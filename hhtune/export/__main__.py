@@ -12,12 +12,8 @@ import sys
 from pathlib import Path
 
 
-def _spec(text: str) -> tuple[str, float]:
-    path, sep, strength = text.rpartition(":")
-    return (path, float(strength)) if sep and strength.replace(".", "", 1).isdigit() else (text, 1.0)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from ..adapters import parse_spec
     from . import FORMATS, AdapterError, export_adapter
 
     parser = argparse.ArgumentParser(prog="python -m hhtune.export", description=__doc__,
@@ -32,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_adapter(args.source, args.format, args.out, base=args.base, strength=args.strength,
-                             dtype=args.dtype, extra=[_spec(s) for s in args.also])  # fmt: skip
+                             dtype=args.dtype, extra=[parse_spec(s) for s in args.also])  # fmt: skip
     except (AdapterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -183,3 +183,11 @@ def test_bad_files_are_named(tmp_path, base_dir):
         export_adapter(trained, "onnx", tmp_path / "m")
     with pytest.raises(AdapterError, match="adapter not found"):
         adapters.load(tmp_path / "nothing.safetensors", _base())
+
+
+def test_adapter_specs_on_the_command_line():
+    from hhtune.adapters import parse_spec
+
+    assert parse_spec("runs/brand/adapter:0.8") == ("runs/brand/adapter", 0.8)
+    assert parse_spec("runs/brand/adapter") == ("runs/brand/adapter", 1.0)
+    assert parse_spec("lora.safetensors:1.5") == ("lora.safetensors", 1.5)
