@@ -1,31 +1,62 @@
-"""Tiny random-weight configs of the real encoder classes, written to disk like real checkpoints."""
+"""Tiny random-weight configs of the real encoder classes, saved the way real checkpoints are."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from ._common import EncoderPaths
+from .video import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 
-def save_tiny_video_vae(path: Path, seed: int) -> None:
-    """A Wan2.2-style ``AutoencoderKLWan`` (z_dim 48, patch 2, residual, 4x16x16) with narrow layers."""
+# Bumped whenever the tiny configs change, so a folder built by older code is rebuilt.
+_TINY_VERSION = 2
+_STAMP = "tiny_encoders.json"
+
+
+def build_tiny_encoders(out_dir: str | Path, seed: int = 0, text_hidden_size: int = 32) -> EncoderPaths:
+    """Random-weight tiny encoders in ``out_dir/{video_vae,audio_vae,text_encoder}`` (tests, quick start).
+
+    They are instances of the real classes saved with ``save_pretrained``, so they load through
+    :func:`load_video_vae` and friends. The video VAE keeps 48 latent channels, patch size 2 and the
+    4x16x16 stride; the audio VAE 64 latent channels and the 2048 hop (the real strides 2,4,4,8,8);
+    only widths and depths shrink. Weights depend only on ``seed`` (the caller's RNG state is left
+    alone). Calling again with the same arguments reuses the folders.
+    """
+    out = Path(out_dir)
+    paths = EncoderPaths(video_vae=out / "video_vae", audio_vae=out / "audio_vae", text_encoder=out / "text_encoder")
+    stamp = out / _STAMP
+    want = {"seed": seed, "text_hidden_size": text_hidden_size, "version": _TINY_VERSION}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return paths
+    with torch.random.fork_rng(devices=[]):
+        _save_tiny_video_vae(paths.video_vae, seed)
+        _save_tiny_audio_vae(paths.audio_vae, seed)
+        _save_tiny_text_encoder(paths.text_encoder, seed, text_hidden_size)
+    stamp.write_text(json.dumps(want))
+    return paths
+
+
+def _save_tiny_video_vae(path: Path, seed: int) -> None:
+    """A Wan2.2-style ``AutoencoderKLWan`` (residual blocks, patch 2, z_dim 48, 4x16x16) four channels wide."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
     model = AutoencoderKLWan(
-        base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-        attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0, is_residual=True,
-        in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
-        latents_mean=torch.linspace(-0.5, 0.5, 48).tolist(), latents_std=torch.linspace(0.5, 1.5, 48).tolist(),
+        base_dim=4, decoder_base_dim=4, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
+        temperal_downsample=[False, True, True], dropout=0.0, is_residual=True, in_channels=12, out_channels=12,
+        patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+        latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD),
     )  # fmt: skip
     model.save_pretrained(path)
 
 
-def save_tiny_audio_vae(path: Path, seed: int) -> None:
-    """An ``AutoencoderOobleck`` with the Stable Audio Open hop (2048) and 64 latent channels, shallow layers.
+def _save_tiny_audio_vae(path: Path, seed: int) -> None:
+    """An ``AutoencoderOobleck`` with the Stable Audio Open strides (hop 2048) and 64 latent channels.
 
-    diffusers ties the encoder output width to ``encoder_hidden_size`` (= 2 x 64 for mean and scale),
-    so only the channel multiples and the decoder shrink.
+    diffusers ties the encoder width to ``encoder_hidden_size`` (= 2 x 64, mean and scale), so
+    the encoder keeps 128 channels at every level and only the decoder narrows.
     """
     from diffusers import AutoencoderOobleck
 
@@ -37,19 +68,24 @@ def save_tiny_audio_vae(path: Path, seed: int) -> None:
     model.save_pretrained(path)
 
 
-def save_tiny_text_encoder(path: Path, seed: int, hidden_size: int) -> None:
-    """A one-layer ``T5GemmaEncoderModel`` and a byte-level BPE tokenizer trained offline on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _save_tiny_text_encoder(path: Path, seed: int, hidden_size: int) -> None:
+    """A one-layer ``T5GemmaEncoderModel`` and an offline-trained byte-level BPE tokenizer that adds ``<bos>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast, T5GemmaConfig, T5GemmaEncoderModel, T5GemmaModuleConfig
 
+    if hidden_size < 4 or hidden_size % 2:
+        raise ValueError(f"text_hidden_size must be an even number >= 4, got {hidden_size}")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=alphabet)
     corpus = ["A presenter speaks to the camera. Dialogue: Background Sound: quiet room.",
               "Ein Sprecher, un présentateur, 主持人, 司儀, 発表者, 발표자 speaks."]  # fmt: skip
     tok.train_from_iterator(corpus, trainer)
+    bos = [("<bos>", tok.token_to_id("<bos>"))]
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=bos)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
                                    unk_token="<unk>")  # fmt: skip
     module = dict(vocab_size=fast.vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,

@@ -1,0 +1,65 @@
+"""Shared pieces of the encoder wrappers: the paths model, the error type, constants and small helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+#: Audio is fed to the Stable Audio VAE at this rate (official ``load_audio_and_encode``: ``sample_rate = 51200``).
+AUDIO_SAMPLE_RATE = 51200
+#: Samples per audio latent: the product of the Oobleck strides 2*4*4*8*8; 51200 / 2048 = 25 latents per second.
+AUDIO_HOP = 2048
+#: Audio latent channels of Stable Audio Open 1.0.
+AUDIO_LATENT_CHANNELS = 64
+#: Wan2.2 VAE latent channels and its stride (frames, height, width).
+VIDEO_LATENT_CHANNELS = 48
+VIDEO_STRIDE = (4, 16, 16)
+#: Text features are padded or trimmed to this many tokens (official config ``t5_gemma_target_length``).
+TEXT_LENGTH = 640
+
+
+class EncoderError(ValueError):
+    """An encoder that cannot be loaded or an input it cannot take; the message names the path or the shape."""
+
+
+class EncoderPaths(BaseModel):
+    """Local folders (or files) of the three encoders."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_vae: Path
+    audio_vae: Path
+    text_encoder: Path
+
+
+def _existing(path: str | Path, what: str, expected: str) -> Path:
+    """``path`` as a ``Path``, or an :class:`EncoderError` naming it and the layout that was expected."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise EncoderError(f"{what}: {p} does not exist; expected {expected}")
+    return p
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _dtype_of(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _in_batches(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
+    """``fn`` over ``x`` ``batch_size`` rows at a time, concatenated (bounds the activation memory of big inputs)."""
+    if x.shape[0] <= batch_size:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(batch_size)])
+
+
+def _check_rank(x: Tensor, rank: int, what: str, layout: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() != rank:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise EncoderError(f"{what} must be a {rank}-d tensor {layout}, got {shape}")
