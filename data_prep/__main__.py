@@ -1,11 +1,14 @@
-"""``python -m data_prep``: build a training dataset from a footage folder.
+"""``python -m data_prep``: build a training dataset from a footage folder, or run one stage.
 
-    python -m data_prep build FOOTAGE_DIR --out DATASET_DIR [--config data.yaml] [--encode] [--rebuild]
-    python -m data_prep probe FILE...                 # stage 1: what is in a file
-    python -m data_prep g2p LANGUAGE "text"           # stage 3: words and phonemes
-    python -m data_prep prepare FOOTAGE_DIR --out DATASET_DIR   # stages 1-7 only (cached in DATASET_DIR/.work)
-    python -m data_prep encode FOOTAGE_DIR --out DATASET_DIR    # stage 8 + write (reuses stages 1-7)
-    python -m data_prep report DATASET_DIR            # rewrite report.html / report.json from the cache
+    python -m data_prep build FOOTAGE_DIR --out DATASET_DIR [--config data.yaml] [--encode] [--tiny-encoders]
+    python -m data_prep prepare FOOTAGE_DIR --out DATASET_DIR [--redo FILE ...]  # stages 1-7 (cached in .work)
+    python -m data_prep encode FOOTAGE_DIR --out DATASET_DIR [--reencode]        # stages 8-9 (reuses 1-7)
+    python -m data_prep report DATASET_DIR                # rewrite report.html / report.json from the cache
+    python -m data_prep check DATASET_DIR                 # validate a built dataset (what training reads)
+    python -m data_prep probe FILE...                     # stage 1: streams, duration, fps, rotation
+    python -m data_prep transcript FILE                   # stage 2: a sidecar as parsed
+    python -m data_prep g2p LANGUAGE "text"               # stage 3: words and phonemes
+    python -m data_prep align FILE --language L [--transcript T] [--out DIR]   # stage 4: JSON + TextGrid
 
 Re-running a build resumes: finished files and encoded clips are not redone.
 """
@@ -28,7 +31,7 @@ def _config(args):
     return load_data_config(args.config, overrides)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,20 +44,74 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--language", help="default language when metadata names none")
         p.add_argument("--rebuild", action="store_true", help="discard the cache in DATASET_DIR/.work")
         p.add_argument("--no-progress", action="store_true")
+        if name == "prepare":
+            p.add_argument("--redo", nargs="+", default=[], metavar="FILE", help="files (relative) to do again")
         if name == "build":
             p.add_argument("--encode", action="store_true", help="also compute latents (stage 8)")
         if name != "prepare":
             p.add_argument("--tiny-encoders", action="store_true", help="random tiny encoders (quick start, tests)")
+            p.add_argument("--reencode", action="store_true", help="drop latents made by other encoders and encode again")
     p = sub.add_parser("probe", help="stage 1 on single files")
     p.add_argument("files", nargs="+", type=Path)
+    p = sub.add_parser("transcript", help="stage 2: parse a transcript sidecar")
+    p.add_argument("file", type=Path)
     p = sub.add_parser("g2p", help="stage 3 on a text")
     p.add_argument("language")
     p.add_argument("text")
+    p = sub.add_parser("align", help="stage 4 on one file: word/phoneme intervals as JSON and TextGrid")
+    p.add_argument("file", type=Path)
+    p.add_argument("--language", required=True)
+    p.add_argument("--transcript", type=Path, help="sidecar (default: FILE's .srt/.vtt/.txt)")
+    p.add_argument("--acoustic-model", type=Path)
+    p.add_argument("--out", type=Path, help="folder for STEM.alignment.json and STEM.TextGrid (default: print JSON)")
     p = sub.add_parser("report", help="rewrite the report from DATASET_DIR/.work")
     p.add_argument("dataset", type=Path)
-    args = parser.parse_args(argv)
+    p = sub.add_parser("check", help="validate a built DATASET_DIR")
+    p.add_argument("dataset", type=Path)
+    return parser
 
-    from .build import BuildError, build, prepare_all
+
+def _align_one(args) -> int:
+    from .align import PhonemeRecognizer, align
+    from .g2p import phonemize
+    from .languages import normalise_language
+    from .media import ALIGN_RATE, probe, read_audio
+    from .prepare import TRANSCRIPT_SUFFIXES
+    from .segment import shift
+    from .textgrid import write_textgrid
+    from .transcripts import parse_transcript
+
+    side = args.transcript or next((p for s in TRANSCRIPT_SUFFIXES if (p := args.file.with_suffix(s)).is_file()), None)
+    if side is None:
+        raise ValueError(f"no transcript for {args.file}: pass --transcript")
+    language, info = normalise_language(args.language), probe(args.file)
+    audio = read_audio(args.file, ALIGN_RATE)
+    rec = PhonemeRecognizer(args.acoustic_model) if args.acoustic_model else None
+    t = parse_transcript(side)
+    cues = [(s.start or 0.0, s.end or info.duration, s.text) for s in t.segments] if any(
+        s.start is not None for s in t.segments) else [(0.0, info.duration, t.text())]  # fmt: skip
+    result = None
+    for a, b, text in cues:
+        part = shift(align(audio[int(a * ALIGN_RATE) : int(b * ALIGN_RATE)], phonemize(text, language), rec), a)
+        if result is None:
+            result = part
+        else:
+            result.words += part.words
+            result.phonemes += part.phonemes
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.file.stem}.alignment.json").write_text(result.to_json(), encoding="utf-8")
+        write_textgrid(result, info.duration, args.out / f"{args.file.stem}.TextGrid")
+        print(f"{args.out / args.file.stem}.alignment.json, .TextGrid ({result.method}, {len(result.words)} words)")
+    else:
+        print(result.to_json())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a problem the message explains)."""
+    args = _parser().parse_args(argv)
+    from .build import BuildError, build, load_units, prepare_all
 
     try:
         if args.command == "probe":
@@ -66,30 +123,45 @@ def main(argv: list[str] | None = None) -> int:
                 except (MediaError, OSError) as e:
                     print(json.dumps({"file": str(f), "error": str(e)}))
             return 0
+        if args.command == "transcript":
+            from .transcripts import parse_transcript
+
+            t = parse_transcript(args.file)
+            print(json.dumps({"source": t.source, "segments": [asdict(s) for s in t.segments]}, ensure_ascii=False))
+            return 0
         if args.command == "g2p":
             from .g2p import phonemize
             from .languages import normalise_language
 
             for w in phonemize(args.text, normalise_language(args.language)):
-                print(f"{w.word}\t{' '.join(w.phonemes)}" + (f"\t[{' '.join(w.ipa)}]" if w.ipa else ""))
+                print(f"{w.word}\t{' '.join(w.phonemes)}")
             return 0
+        if args.command == "align":
+            return _align_one(args)
         if args.command == "report":
             from .report import write_report
 
-            units = [json.loads(p.read_text()) for p in sorted((args.dataset / ".work" / "units").glob("*.json"))]
-            print(json.dumps(write_report(units, args.dataset)["totals"]))
+            print(json.dumps(write_report(load_units(args.dataset), args.dataset)["totals"]))
+            return 0
+        if args.command == "check":
+            from .dataset import load_dataset_dir
+
+            d = load_dataset_dir(args.dataset)
+            print(f"{args.dataset}: {len(d.dataset)} clips, encoded={d.encoded}, fingerprint {d.manifest['fingerprint']}: ok")
             return 0
         cfg = _config(args)
         if args.command == "prepare":
-            units = prepare_all(args.footage, args.out, cfg, rebuild=args.rebuild, progress=not args.no_progress)
+            units = prepare_all(args.footage, args.out, cfg, rebuild=args.rebuild, progress=not args.no_progress,
+                                redo=args.redo)  # fmt: skip
             print(f"{sum(len(u['clips']) for u in units)} clips from {len(units)} files (cached in {args.out}/.work)")
             return 0
         out = build(args.footage, args.out, cfg, encode=args.command == "encode" or args.encode, rebuild=args.rebuild,
-                    progress=not args.no_progress)  # fmt: skip
-        totals = json.loads((out / "report.json").read_text())["totals"]
-        print(f"dataset: {out}/dataset  report: {out}/report.html  {json.dumps(totals)}")
+                    progress=not args.no_progress, reencode=args.reencode)  # fmt: skip
+        if (out / "report.json").is_file():
+            totals = json.loads((out / "report.json").read_text())["totals"]
+            print(f"dataset: {out}/dataset  report: {out}/report.html  {json.dumps(totals)}")
         return 0
-    except (BuildError, ValueError) as e:
+    except (BuildError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

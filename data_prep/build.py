@@ -2,7 +2,11 @@
 
 ``DATASET_DIR`` layout: ``dataset/`` (Arrow, ``save_to_disk``), ``manifest.json``,
 ``report.json``, ``report.html``, ``alignments/`` (JSON + TextGrid per clip) and the
-resumable cache ``.work/`` (``units/``, ``clips/``, ``latents/``, ``settings.json``).
+resumable cache ``.work/``: ``units/`` (one JSON per footage file: its fate and clips),
+``units.json`` (the index of the last stages 1-7 run), ``clips/`` (frames + 51200 Hz stereo
+audio per clip, ``.npz``), ``latents/`` (``.safetensors`` per clip, keyed by content and
+encoders) and ``settings.json``. Everything is written to a temporary name and renamed, so a
+killed build leaves only whole files (and ``.*.tmp`` leftovers, removed on the next run).
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from hhtune.io import atomic_write_text
 
 from .config import DataConfig
 from .media import VIDEO_EXTENSIONS
-from .prepare import TRANSCRIPT_SUFFIXES, prepare_file, unit_name
+from .prepare import TRANSCRIPT_SUFFIXES, input_fingerprint, prepare_file, unit_name
 
 FORMAT_VERSION = 1
-_SIDECARS = (*TRANSCRIPT_SUFFIXES, ".json", ".jsonl", ".csv", ".png", ".jpg", ".jpeg", ".webp", ".yaml", ".yml", ".md", ".py")
+_AUDIO = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus")
+# Files that go with footage and are not footage themselves (never reported as skipped).
+_SIDECARS = (*TRANSCRIPT_SUFFIXES, ".caption", ".json", ".jsonl", ".csv", ".png", ".jpg", ".jpeg", ".webp", ".yaml",
+             ".yml", ".md", ".py")  # fmt: skip
 
 
 class BuildError(ValueError):
@@ -39,40 +46,63 @@ def discover(footage: Path) -> tuple[list[str], list[dict]]:
         rel = str(p.relative_to(footage))
         if p.suffix.lower() in VIDEO_EXTENSIONS:
             found.append(rel)
+        elif p.suffix.lower() in _AUDIO:
+            skipped.append(_entry(rel, f"audio-only file ({p.suffix}): HappyHorse learns picture and sound together"))
         elif p.suffix.lower() not in _SIDECARS:
-            skipped.append({"file": rel, "fate": "skipped", "reason": f"not a video file ({p.suffix or 'no extension'})",
-                            "clips": [], "notes": []})  # fmt: skip
+            skipped.append(_entry(rel, f"not a video file ({p.suffix or 'no extension'})"))
     return found, skipped
 
 
-def load_metadata(footage: Path) -> dict[str, dict]:
-    """Rows of ``metadata.jsonl`` or ``metadata.csv`` keyed by ``file_name`` (paths may not leave the folder)."""
-    rows: list[dict] = []
+def load_metadata(footage: Path) -> tuple[dict[str, dict], list[dict]]:
+    """Rows of ``metadata.jsonl`` or ``metadata.csv`` keyed by ``file_name``, and the rows that were refused
+    (a path leaving the footage folder, a file that is not there), as report entries.
+
+    An unparseable metadata file stops the build: silently losing every language and caption would be worse.
+    """
+    rows: list[tuple[str, dict]] = []
     jsonl, csv_path = footage / "metadata.jsonl", footage / "metadata.csv"
     if jsonl.is_file():
         for n, line in enumerate(jsonl.read_text(encoding="utf-8-sig").splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise BuildError(f"{jsonl}:{n}: not valid JSON ({e})") from e
+                if not isinstance(row, dict):
+                    raise BuildError(f"{jsonl}:{n}: each line must be a JSON object")
+                rows.append((f"metadata.jsonl:{n}", row))
     elif csv_path.is_file():
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    out = {}
-    for row in rows:
+            rows = [(f"metadata.csv:{n}", {k: v for k, v in r.items() if v not in (None, "")})
+                    for n, r in enumerate(csv.DictReader(f), 2)]  # fmt: skip
+    out, refused = {}, []
+    root = footage.resolve()
+    for where, row in rows:
         name = row.get("file_name")
-        if not name:
-            raise BuildError(f"a metadata row has no file_name: {row}")
-        root, target = footage.resolve(), (footage / name).resolve()
+        if not name or not isinstance(name, str):
+            raise BuildError(f"{where}: a metadata row needs a file_name (the footage file it describes): {row}")
+        target = (footage / name).resolve()
         if root not in target.parents:
-            raise BuildError(f"metadata file_name {name!r} points outside the footage folder")
-        out[str(target.relative_to(root))] = row
-    return out
+            refused.append(_entry(name, f"{where}: file_name points outside the footage folder; row ignored"))
+        elif not target.is_file():
+            refused.append(_entry(name, f"{where}: metadata names a file that is not in the footage folder"))
+        else:
+            out[str(target.relative_to(root))] = row
+    return out, refused
 
 
-def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = False, progress: bool = True) -> list[dict]:
-    """Stages 1-7 for every file not already done; returns every unit (skipped files included)."""
+def _entry(name: str, reason: str) -> dict:
+    return {"file": name, "fate": "skipped", "reason": reason, "clips": [], "notes": []}
+
+
+def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = False, progress: bool = True,
+                redo: list[str] | None = None) -> list[dict]:  # fmt: skip
+    """Stages 1-7 for every file not already done; returns every unit (skipped files included).
+
+    A unit is reused when its inputs (file, sidecars, metadata row, settings) are unchanged;
+    ``redo`` names files to do again regardless.
+    """
+    footage, out = Path(footage), Path(out)
     work = out / ".work"
     settings = {"data_fingerprint": cfg.fingerprint(), "footage": str(footage.resolve())}
     stamp = work / "settings.json"
@@ -84,46 +114,100 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
             "pass --rebuild to start over instead of mixing stale clips in"
         )
     for leftover in work.rglob(".*.tmp") if work.exists() else []:  # writes cut off by a kill
-        leftover.unlink()
+        leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover, ignore_errors=True)
     (work / "units").mkdir(parents=True, exist_ok=True)
     (work / "clips").mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps(settings))
     files, skipped = discover(footage)
-    meta = load_metadata(footage)
-    todo = [rel for rel in files if not (work / "units" / unit_name(rel)).is_file()]
+    meta, refused = load_metadata(footage)
     units: dict[str, dict] = {}
+    todo = []
+    for rel in files:
+        done = _done_unit(work / "units" / unit_name(rel), footage / rel, meta.get(rel, {}), cfg)
+        if done is not None and rel not in (redo or []):
+            units[rel] = done
+        else:
+            todo.append(rel)
     if todo:
         # spawn, not fork: forking a process whose torch/OpenMP threads already run can deadlock the child
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx) as pool, \
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
+                                 initializer=_worker_init) as pool, \
                 _bar(progress, len(todo)) as bar:  # fmt: skip
             futures = {pool.submit(prepare_file, footage / rel, rel, meta.get(rel, {}), cfg, work): rel for rel in todo}
             for fut in as_completed(futures):
                 units[futures[fut]] = fut.result()
                 bar.advance()
-    for rel in files:
-        if rel not in units:
-            units[rel] = json.loads((work / "units" / unit_name(rel)).read_text())
-    return [units[rel] for rel in files] + skipped
+    everything = [units[rel] for rel in files] + skipped + refused
+    atomic_write_text(work / "units.json", json.dumps(everything, ensure_ascii=False))
+    return everything
+
+
+def _worker_init() -> None:
+    """One thread per worker process: the parallelism is the pool's, not torch's (no oversubscription)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _done_unit(path: Path, source: Path, meta: dict, cfg: DataConfig) -> dict | None:
+    """A finished unit whose inputs are unchanged, else ``None`` (missing, stale or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        unit = json.loads(path.read_text())
+        return unit if unit.get("inputs") == input_fingerprint(source, meta, cfg) else None
+    except (OSError, ValueError):
+        return None
 
 
 def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool = False, rebuild: bool = False,
-          progress: bool = True) -> Path:  # fmt: skip
-    """The whole build; re-running resumes. Returns ``DATASET_DIR``."""
+          progress: bool = True, reencode: bool = False) -> Path:  # fmt: skip
+    """The whole build; re-running resumes. Returns ``DATASET_DIR``.
+
+    Under ``accelerate launch`` stages 1-7 run on the main process (in its worker pool), the
+    encoding is split across processes, and the main process writes the dataset and report.
+    """
     from .dataset import write_dataset
     from .report import write_report
 
     footage, out = Path(footage), Path(out)
-    units = prepare_all(footage, out, cfg, rebuild=rebuild, progress=progress)
+    state = None
+    if encode:
+        from accelerate import PartialState
+
+        state = PartialState()
+    main = state is None or state.is_main_process
+    if main:
+        units = prepare_all(footage, out, cfg, rebuild=rebuild, progress=progress)
+    if state is not None:
+        state.wait_for_everyone()
+    if not main:
+        units = load_units(out)
     encoders = None
     if encode:
         from .encode import encode_clips, resolve_encoders
 
+        if main:
+            encoders = resolve_encoders(cfg, out)
+        state.wait_for_everyone()
         encoders = resolve_encoders(cfg, out)
-        encode_clips(units, out / ".work", encoders, cfg, progress=progress)
-    write_dataset(units, out, cfg, encoders)
-    write_report(units, out)
+        encode_clips(units, out / ".work", encoders, cfg, progress=progress and main, reencode=reencode)
+    if main:
+        write_dataset(units, out, cfg, encoders)
+        write_report(units, out)
     return out
+
+
+def load_units(out: Path) -> list[dict]:
+    """The units of the last finished stages 1-7 run (``.work/units.json``), in report order.
+
+    Only the index is read, so units of files since removed from the footage are not picked up.
+    """
+    index = Path(out) / ".work" / "units.json"
+    if not index.is_file():
+        raise BuildError(f"{out} has no finished stages 1-7 yet: run `python -m data_prep prepare FOOTAGE --out {out}`")
+    return json.loads(index.read_text())
 
 
 class _bar:
@@ -150,4 +234,4 @@ class _bar:
             self._p.__exit__(*a)
 
 
-__all__ = ["BuildError", "FORMAT_VERSION", "build", "discover", "load_metadata", "prepare_all"]
+__all__ = ["BuildError", "FORMAT_VERSION", "build", "discover", "load_metadata", "load_units", "prepare_all"]

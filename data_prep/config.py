@@ -5,14 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hhtune.recipe import format_errors
-
 Bucket = Literal["16:9", "9:16", "4:3", "1:1"]
+
+
+class EncoderFolders(BaseModel):
+    """The three encoder folders named one by one (instead of one folder holding all three)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_vae: str = Field(..., description="Wan2.2 VAE (diffusers AutoencoderKLWan folder)")
+    audio_vae: str = Field(..., description="Stable Audio Open VAE (diffusers AutoencoderOobleck folder)")
+    text_encoder: str = Field(..., description="T5Gemma encoder + tokenizer folder")
 
 
 class DataConfig(BaseModel):
@@ -21,14 +29,18 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     language: str | None = Field(None, description="default language when metadata names none (en, zh, yue, ja, ko, de, fr)")
-    trigger: str | None = Field(None, description="trigger word put at the start of every caption")
+    trigger: str | None = Field(None, description="trigger word inserted into every caption (metadata may override)")
+    trigger_position: Literal["start", "end"] = Field(
+        "start", description="where the trigger goes when the description has no {trigger} placeholder")
     speaker: str = Field("the speaker", description="speaker description in Dialogue lines when metadata names none")
     background_sound: str = "No prominent background sound"
     buckets: list[Bucket] = Field(default_factory=lambda: ["16:9", "9:16", "4:3", "1:1"])
     base_resolution: int = Field(256, ge=32, multiple_of=32, description="short side in pixels")
     min_seconds: float = Field(1.0, gt=0)
     max_seconds: float = Field(5.0, gt=0)
-    encoders: str | None = Field(None, description="folder with video_vae/, audio_vae/, text_encoder/")
+    encoders: Union[str, EncoderFolders, None] = Field(
+        None, description="folder with video_vae/, audio_vae/, text_encoder/ (or a mapping of the three)")
+    encode_batch_size: int = Field(4, ge=1, description="clips of one shape encoded together (stage 8)")
     tiny_encoders: bool = Field(False, description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
     acoustic_model: str | None = Field(None, description="wav2vec2 phoneme CTC model folder for forced alignment")
     asr_model: str | None = Field(None, description="Whisper model folder for clips without transcripts")
@@ -48,7 +60,7 @@ class DataConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes what stages 1-7 produce."""
-        keep = self.model_dump(exclude={"workers", "encoders", "tiny_encoders"})
+        keep = self.model_dump(exclude={"workers", "encoders", "tiny_encoders", "encode_batch_size"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -66,4 +78,6 @@ def load_data_config(path: str | Path | None, overrides: dict | None = None) -> 
     try:
         return DataConfig.model_validate(data)
     except ValidationError as e:
+        from hhtune.recipe import format_errors  # imported here: hhtune.recipe pulls in peft (seconds per worker)
+
         raise ValueError(format_errors(e, str(path or "data config"), root=DataConfig)) from None

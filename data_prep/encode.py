@@ -1,78 +1,169 @@
 """Stage 8: latents of every clip with the Wan2.2 VAE, the Stable Audio VAE and T5Gemma.
 
-Each clip's latents are written atomically to ``.work/latents/<clip_id>.safetensors``,
-so an interrupted encode resumes clip by clip. Under ``accelerate launch`` the clips
-are split across processes (each GPU encodes its share).
+Clips of one shape (frames, height, width) are encoded in batches of ``encode_batch_size``.
+Each clip's latents are written atomically to ``.work/latents/<clip_id>.safetensors`` with a
+key of what they were made from (the clip's content and caption), so an interrupted encode
+resumes clip by clip and a changed clip is encoded again. Under ``accelerate launch`` the
+batches are split across processes (``PartialState.split_between_processes``), each on its GPU.
+Latents made by other encoders are never mixed in: the build stops and says how to re-encode.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
-from hhtune.encoders import (EncoderPaths, build_tiny_encoders, load_audio_vae, load_text_encoder,
-                             load_video_vae)  # fmt: skip
-from hhtune.encoders import encoders_fingerprint
+from hhtune.encoders import (EncoderPaths, build_tiny_encoders, encoders_fingerprint, load_audio_vae,
+                             load_text_encoder, load_video_vae)  # fmt: skip
 from hhtune.io import atomic_save_file, atomic_write_text
 
-from .config import DataConfig
+from .config import DataConfig, EncoderFolders
+
+LATENTS = ("video_latents", "audio_latents", "text_embeds", "reference_latents")
+
+
+class StaleLatentsError(ValueError):
+    """``.work/latents`` holds latents from other encoders; the message says how to re-encode."""
 
 
 def resolve_encoders(cfg: DataConfig, out: Path) -> EncoderPaths:
     """The encoder folders: tiny random ones built in ``DATASET_DIR/encoders``, or ``cfg.encoders``."""
     if cfg.tiny_encoders:
-        return build_tiny_encoders(out / "encoders")
+        return build_tiny_encoders(Path(out) / "encoders")
     if not cfg.encoders:
         raise ValueError("--encode needs encoders: set `encoders:` (a folder with video_vae/, audio_vae/, text_encoder/) "
                          "or `tiny_encoders: true` in the data config")  # fmt: skip
-    folder = Path(cfg.encoders)
-    return EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae", text_encoder=folder / "text_encoder")
+    if isinstance(cfg.encoders, EncoderFolders):
+        paths = EncoderPaths(video_vae=Path(cfg.encoders.video_vae), audio_vae=Path(cfg.encoders.audio_vae),
+                             text_encoder=Path(cfg.encoders.text_encoder))  # fmt: skip
+    else:
+        folder = Path(cfg.encoders)
+        paths = EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae",
+                             text_encoder=folder / "text_encoder")  # fmt: skip
+    for name in ("video_vae", "audio_vae", "text_encoder"):
+        if not (Path(getattr(paths, name)) / "config.json").is_file():
+            raise ValueError(f"encoder folder {getattr(paths, name)} ({name}) has no config.json")
+    return paths
 
 
-def encode_clips(units: list[dict], work: Path, paths: EncoderPaths, cfg: DataConfig, progress: bool = True) -> None:
-    """Encode every clip that has no latents yet."""
+def clip_key(clip: dict) -> str:
+    """What a clip's latents depend on besides the encoders: its pixels/audio (source range, bucket) and caption."""
+    parts = [clip[k] for k in ("source_file", "start_s", "end_s", "width", "height", "num_frames", "caption")]
+    return hashlib.sha1(json.dumps(parts + [clip.get("inputs", "")], ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def encode_clips(units: list[dict], work: Path, paths: EncoderPaths, cfg: DataConfig, progress: bool = True,
+                 reencode: bool = False) -> int:  # fmt: skip
+    """Encode every clip whose latents are missing or stale; returns how many this process encoded."""
     from accelerate import PartialState
 
     state = PartialState()
-    _drop_stale_latents(work / "latents", paths, state.is_main_process)
-    clips = [c for u in units for c in u["clips"] if not (work / "latents" / f"{c['clip_id']}.safetensors").is_file()]
-    if not clips:
-        return
-    device = state.device
-    video, audio, text = load_video_vae(paths.video_vae, device), load_audio_vae(paths.audio_vae, device), \
-        load_text_encoder(paths.text_encoder, device)  # fmt: skip
-    (work / "latents").mkdir(parents=True, exist_ok=True)
-    with state.split_between_processes(clips) as mine:
-        for clip in mine:
-            data = np.load(work / "clips" / f"{clip['clip_id']}.npz")
-            frames = torch.from_numpy(data["frames"]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # [1, 3, F, H, W]
-            wave = torch.from_numpy(data["audio"])[None, None].expand(1, 2, -1)  # mono duplicated, as upstream
-            feats, lengths = text.encode([clip["caption"]])
-            ref_pixels = torch.from_numpy(data["reference"]).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1 \
-                if "reference" in data else frames[:, :, :1]  # fmt: skip
-            tensors = {
-                "video_latents": video.encode(frames)[0].cpu(),
-                "audio_latents": audio.encode(wave)[0].cpu(),
-                "text_embeds": feats[0, : int(lengths[0])].cpu(),
-                "reference_latents": video.encode(ref_pixels)[0].cpu(),
-            }
-            atomic_save_file({k: v.contiguous() for k, v in tensors.items()},
-                             work / "latents" / f"{clip['clip_id']}.safetensors")  # fmt: skip
+    folder = work / "latents"
+    if state.is_main_process:
+        _check_encoders(folder, paths, reencode)
     state.wait_for_everyone()
+    clips = []
+    for u in units:
+        for c in u["clips"]:
+            c = {**c, "inputs": u.get("inputs", "")}
+            if latents_key(folder / f"{c['clip_id']}.safetensors") != clip_key(c):
+                clips.append(c)
+    if not clips:
+        return 0
+    batches = _batches(clips, cfg.encode_batch_size)
+    device = state.device
+    video, audio, text = (load_video_vae(paths.video_vae, device), load_audio_vae(paths.audio_vae, device),
+                          load_text_encoder(paths.text_encoder, device))  # fmt: skip
+    done = 0
+    with state.split_between_processes(batches) as mine, _progress(progress, sum(len(b) for b in mine)) as bar:
+        for batch in mine:
+            for clip, tensors in zip(batch, _encode_batch(batch, work, video, audio, text)):
+                atomic_save_file({k: v.contiguous() for k, v in tensors.items()}, folder / f"{clip['clip_id']}.safetensors",
+                                 metadata={"key": clip_key(clip)})  # fmt: skip
+                done += 1
+                bar(1)
+    state.wait_for_everyone()
+    return done
 
 
-def _drop_stale_latents(folder: Path, paths: EncoderPaths, main: bool) -> None:
-    """Latents made by other encoders are never reused: they are removed (and the build says so)."""
-    import json
-    import shutil
+def latents_key(path: Path) -> str | None:
+    """The key stored with a clip's latents (``None`` when there are none)."""
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        return (f.metadata() or {}).get("key")
 
+
+def _batches(clips: list[dict], size: int) -> list[list[dict]]:
+    """Clips of the same shape, ``size`` at a time, in a stable order."""
+    groups: dict[tuple[int, int, int], list[dict]] = {}
+    for c in sorted(clips, key=lambda c: c["clip_id"]):
+        groups.setdefault((c["num_frames"], c["height"], c["width"]), []).append(c)
+    return [g[i : i + size] for _, g in sorted(groups.items()) for i in range(0, len(g), size)]
+
+
+@torch.no_grad()
+def _encode_batch(batch: list[dict], work: Path, video, audio, text) -> list[dict[str, torch.Tensor]]:
+    data = [np.load(work / "clips" / f"{c['clip_id']}.npz") for c in batch]
+    frames = torch.stack([torch.from_numpy(d["frames"]) for d in data]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    waves = torch.stack([torch.from_numpy(_stereo(d["audio"])) for d in data])  # [B, 2, N] at 51200 Hz
+    refs = torch.stack([
+        torch.from_numpy(d["reference"]).permute(2, 0, 1).float() / 127.5 - 1 if "reference" in d
+        else frames[b, :, 0] for b, d in enumerate(data)
+    ])[:, :, None]  # fmt: skip
+    feats, lengths = text.encode([c["caption"] for c in batch])
+    v, a, r = video.encode(frames).cpu(), audio.encode(waves).cpu(), video.encode(refs).cpu()
+    return [{"video_latents": v[b], "audio_latents": a[b], "text_embeds": feats[b, : int(lengths[b])].cpu(),
+             "reference_latents": r[b]} for b in range(len(batch))]  # fmt: skip
+
+
+def _stereo(wave: np.ndarray) -> np.ndarray:
+    """``[2, N]`` float32 (clips cached by older builds hold mono ``[N]``)."""
+    return np.stack([wave, wave]) if wave.ndim == 1 else wave
+
+
+def _check_encoders(folder: Path, paths: EncoderPaths, reencode: bool) -> None:
+    """Refuse to mix latents of other encoders into this build (``reencode`` drops them instead)."""
     stamp = folder / "encoders.json"
-    want = {"fingerprint": encoders_fingerprint(paths)}
-    if stamp.is_file() and json.loads(stamp.read_text()) != want and main:
-        print(f"encoders changed since {folder} was written: re-encoding every clip")
-        shutil.rmtree(folder)
-    if main:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(stamp, json.dumps(want))
+    want = {"fingerprint": encoders_fingerprint(paths), "paths": {k: str(v) for k, v in paths.model_dump().items()}}
+    if stamp.is_file():
+        have = json.loads(stamp.read_text())
+        if have.get("fingerprint") != want["fingerprint"]:
+            if not reencode:
+                raise StaleLatentsError(
+                    f"{folder} holds latents from other encoders (fingerprint {have.get('fingerprint')}, "
+                    f"now {want['fingerprint']}); they are not mixed in. Pass --reencode to encode every clip again."
+                )
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, json.dumps(want))
+
+
+class _progress:
+    """A rich progress bar for the encode, or nothing."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled and total > 0, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import Progress
+
+        self._p = Progress()
+        self._p.__enter__()
+        task = self._p.add_task("stage 8: encode", total=self.total)
+        return lambda n: self._p.advance(task, n)
+
+    def __exit__(self, *a) -> None:
+        if self.enabled:
+            self._p.__exit__(*a)
+
+
+__all__ = ["LATENTS", "StaleLatentsError", "clip_key", "encode_clips", "latents_key", "resolve_encoders"]

@@ -3,14 +3,17 @@
 Runs in a worker process. Its result, a *unit*, is written atomically to
 ``DATASET_DIR/.work/units/``; the decoded clips go to ``.work/clips/`` the same way,
 so a killed build resumes by skipping finished units and never reads half a file.
+A unit remembers a fingerprint of its inputs (the file, its sidecars, its metadata row,
+the settings): when any of them changes, the file is done again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +22,19 @@ from hhtune.io import atomic_path, atomic_write_text
 
 from .align import Alignment, PhonemeRecognizer, align, speech_activity
 from .buckets import bucket_size, nearest_bucket, resize_crop
-from .captions import build_caption
+from .captions import build_caption, join_words
+from .checks import script_languages, script_mismatch, too_long
 from .config import DataConfig
 from .g2p import phonemize
-from .languages import normalise_language, script_language
-from .media import FPS, MediaError, Probe, probe, read_audio, read_frames
-from .segment import segment
-from .transcripts import Transcript, TranscriptError, parse_transcript, transcribe
+from .languages import normalise_language
+from .media import ALIGN_RATE, AUDIO_RATE, FPS, FrameReader, MediaError, decode_audio, probe
+from .segment import segment, shift, window
+from .transcripts import Segment, Transcript, parse_transcript, transcribe
 
-AUDIO_RATE = 51200
 TRANSCRIPT_SUFFIXES = (".srt", ".vtt", ".txt")
+CAPTION_SUFFIXES = (".caption.txt", ".caption")
+METADATA_KEYS = ("file_name", "language", "caption", "speaker", "trigger", "reference_image", "background_sound")
+LATENT_HOP = AUDIO_RATE // FPS  # 2048 samples per audio latent
 
 
 class Skip(Exception):
@@ -40,125 +46,269 @@ def unit_name(rel: str) -> str:
     return hashlib.sha1(rel.encode()).hexdigest()[:12] + ".json"
 
 
+def sidecars(path: Path) -> list[Path]:
+    """The transcript and caption sidecars of a footage file that exist (same stem)."""
+    return [p for s in (*TRANSCRIPT_SUFFIXES, *CAPTION_SUFFIXES) if (p := path.with_name(path.stem + s)).is_file()]
+
+
+def input_fingerprint(path: Path, meta: dict, cfg: DataConfig) -> str:
+    """Hash of what a unit was made from: the file and its sidecars (size + mtime), the metadata row, the settings."""
+    h = hashlib.sha256(cfg.fingerprint().encode())
+    h.update(json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
+    for p in (path, *sidecars(path)):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def prepare_file(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path) -> dict:
     """Run stages 1-7 on one file and write its unit; never raises for bad input (the unit says why)."""
-    unit = {"file": rel, "fate": "skipped", "reason": "", "clips": [], "notes": []}
+    unit: dict = {"file": rel, "fate": "skipped", "reason": "", "clips": [], "notes": []}
     try:
+        unit["inputs"] = input_fingerprint(path, meta, cfg)
         _prepare(path, rel, meta, cfg, work, unit)
-        unit["fate"] = "used" if unit["clips"] else "skipped"
-        if not unit["clips"] and not unit["reason"]:
-            unit["reason"] = f"shorter than min_seconds ({cfg.min_seconds}s) after cutting at word boundaries"
-    except (Skip, MediaError, TranscriptError, ValueError) as e:
+        n = len(unit["clips"])
+        unit["fate"] = "used" if n == 1 else "split" if n > 1 else "skipped"
+        if n > 1:
+            unit["reason"] = f"split into {n} clips"
+        elif n == 0 and not unit["reason"]:
+            unit["reason"] = (f"no clip of {cfg.min_seconds}-{cfg.max_seconds} s fits between word boundaries "
+                              f"({unit.get('probe', {}).get('duration', 0):.2f} s of footage)")  # fmt: skip
+    except (Skip, MediaError, ValueError, OSError) as e:
         unit["reason"] = str(e)
+        unit["clips"] = []
     except Exception as e:  # an unexpected failure must not stop the build: report it with its trace
         unit["reason"] = f"internal error: {type(e).__name__}: {e}"
-        unit["notes"].append(traceback.format_exc(limit=3))
+        unit["notes"].append(traceback.format_exc(limit=4))
+        unit["clips"] = []
     atomic_write_text(work / "units" / unit_name(rel), json.dumps(unit, ensure_ascii=False))
     return unit
 
 
+@dataclass
+class _Speech:
+    """The aligned speech of a whole file: words, phonemes, and which transcript line each word came from."""
+
+    alignment: Alignment
+    lines: list[str] = field(default_factory=list)  # transcript text per cue
+    word_line: list[int] = field(default_factory=list)  # cue index per aligned word
+    end: float = 0.0  # clips may not go past this (the end of the transcribed part)
+
+
 def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit: dict) -> None:
+    notes: list[str] = unit["notes"]
+    unknown = sorted(set(meta) - set(METADATA_KEYS))
+    if unknown:
+        notes.append(f"metadata keys ignored: {', '.join(unknown)} (known: {', '.join(METADATA_KEYS[1:])})")
+    # stage 1: probe and decode
     info = probe(path)
     unit["probe"] = asdict(info)
     if info.audio_channels == 0:
         raise Skip("no audio track: HappyHorse learns picture and sound together")
     language = normalise_language(meta.get("language") or cfg.language or "unknown")
-    unit["language"] = language
-    audio16 = read_audio(path, 16000)
-    audio51 = read_audio(path, AUDIO_RATE)
+    audio = decode_audio(path)
     if info.audio_rate and info.audio_rate < 16000:
-        unit["notes"].append(f"low audio sample rate {info.audio_rate} Hz (upsampled; the audio will sound band-limited)")
+        notes.append(f"low audio sample rate {info.audio_rate} Hz (upsampled to {AUDIO_RATE}; it will sound band-limited)")
     if info.audio_channels > 2:
-        unit["notes"].append(f"{info.audio_channels}-channel audio mixed down to mono, as the official pipeline feeds it")
+        notes.append(f"{info.audio_channels}-channel audio ({info.audio_layout or 'surround'}) down-mixed to stereo")
+    elif info.audio_channels == 1:
+        notes.append("mono audio, copied to both stereo channels")
     if info.rotation:
-        unit["notes"].append(f"rotation {info.rotation} degrees applied")
+        notes.append(f"rotation {info.rotation} degrees applied ({info.width}x{info.height} as displayed)")
+    if info.width % 2 or info.height % 2:
+        notes.append(f"odd frame size {info.width}x{info.height}: resized and cropped to the bucket")
+    if abs(info.fps - FPS) > 0.01:
+        notes.append(f"{info.fps:.3g} fps resampled to {FPS} fps")
 
-    transcript = _transcript(path, language, audio16, cfg, unit)
-    active = speech_activity(audio16, 16000, 0.04)
-    if transcript.text() and not active.any():
+    # stage 2: transcript
+    transcript = _transcript(path, language, audio.mono16k, cfg, unit)
+    text = transcript.text()
+    active = speech_activity(audio.mono16k, ALIGN_RATE, 0.04)
+    unit["speech_seconds"] = round(float(active.sum()) * 0.04, 2)
+    if text and not active.any():
         raise Skip("the transcript claims speech but the audio is silent")
-    if transcript.text() and language == "unknown":
-        unit["notes"].append("transcript present but no language declared: not aligned (set language in metadata)")
-    if transcript.text() and language != "unknown" and language not in script_language(transcript.text()):
-        raise Skip(f"the transcript's script does not match the declared language {language!r}")
-    alignment = _align(audio16, transcript, language, info.duration, cfg)
-    unit["alignment_method"] = alignment.method
+    if text and language == "unknown":
+        fits = script_languages(text)
+        if len(fits) == 1:
+            language = next(iter(fits))
+            notes.append(f"no language declared: {language!r} inferred from the transcript's script")
+        else:
+            notes.append("transcript present but no language declared: not aligned (set language in metadata)")
+    if text and language != "unknown" and (why := script_mismatch(text, language)):
+        raise Skip(why)
+    unit["language"] = language
 
+    # stages 3-4: G2P and alignment
+    speech = _align(audio.mono16k, transcript, language, info.duration, cfg, notes)
+    unit["alignment_method"] = speech.alignment.method
+    if speech.alignment.words:
+        unit["alignment_confidence"] = round(float(np.mean([w.confidence for w in speech.alignment.words])), 3)
+    if speech.alignment.method == "rough":
+        notes.append("alignment is rough (no acoustic_model configured, or CTC failed): word times are estimates")
+
+    # stages 5-7: cut, caption, bucket
     bucket = nearest_bucket(info.width, info.height, list(cfg.buckets))
     width, height = bucket_size(bucket, cfg.base_resolution)
-    reference = _reference(path.parent, meta, width, height)
-    for k, (start, n) in enumerate(segment(alignment.words, info.duration, cfg.min_seconds, cfg.max_seconds)):
+    unit["bucket"] = bucket
+    root = path
+    for _ in Path(rel).parts:
+        root = root.parent
+    reference = _reference(root, meta, width, height)
+    cuts = segment(speech.alignment.words, speech.end or info.duration, cfg.min_seconds, cfg.max_seconds)
+    if not cuts:
+        return
+    reader = FrameReader(path, info)
+    speaker = meta.get("speaker") or cfg.speaker
+    for k, (start, n) in enumerate(cuts):
         end = start + n / FPS
-        frames = resize_crop(read_frames(path, start, n, info), width, height)
-        a0 = int(round(start * AUDIO_RATE))
-        audio = np.zeros(n * 2048, dtype=np.float32)
-        chunk = audio51[a0 : a0 + n * 2048]
-        audio[: len(chunk)] = chunk
-        mask = speech_activity(audio16[int(start * 16000) : int(end * 16000)], 16000, 1 / FPS).astype(np.float32)
-        mask = np.pad(mask, (0, max(0, n - len(mask))))[:n]
-        clip_align = alignment.shifted(-start, start, end)
-        lines = [" ".join(w.label for w in clip_align.words)] if clip_align.words else []
-        caption = build_caption(meta.get("caption", ""), lines=lines, speaker=meta.get("speaker") or cfg.speaker,
-                                language=language, trigger=meta.get("trigger") or cfg.trigger,
-                                background=cfg.background_sound)  # fmt: skip
+        frames = resize_crop(reader.read(start, n), width, height)
+        wave = _slice(audio.stereo, int(round(start * AUDIO_RATE)), n * LATENT_HOP)
+        clip_align = window(speech.alignment, start, end)
+        mask = _speech_mask(clip_align, audio.mono16k, start, n)
+        lines = _clip_lines(speech, start, end, language)
+        description = meta.get("caption") or _caption_sidecar(path) or ""
+        caption = build_caption(description, lines=lines, speaker=speaker, language=language,
+                                trigger=meta.get("trigger") or cfg.trigger, trigger_position=cfg.trigger_position,
+                                background=meta.get("background_sound") or cfg.background_sound)  # fmt: skip
         clip_id = f"{Path(rel).stem}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}-{k:03d}"
         with atomic_path(work / "clips" / f"{clip_id}.npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, frames=frames, audio=audio, **({"reference": reference} if reference is not None else {}))
+                np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
         unit["clips"].append({
             "clip_id": clip_id, "source_file": rel, "start_s": round(start, 4), "end_s": round(end, 4),
             "language": language, "caption": caption, "transcript": " ".join(lines),
             "alignment": clip_align.to_json(), "speech_mask": mask.tolist(), "bucket": bucket, "width": width,
-            "height": height, "num_frames": n, "speaker": meta.get("speaker") or cfg.speaker,
+            "height": height, "num_frames": n, "speaker": speaker,
         })  # fmt: skip
-    if len(unit["clips"]) > 1:
-        unit["notes"].append(f"split into {len(unit['clips'])} clips")
+
+
+def _slice(wave: np.ndarray, a: int, length: int) -> np.ndarray:
+    """``wave[:, a:a+length]`` zero-padded to ``length`` samples."""
+    out = np.zeros((wave.shape[0], length), dtype=np.float32)
+    chunk = wave[:, a : a + length]
+    out[:, : chunk.shape[1]] = chunk
+    return out
+
+
+def _speech_mask(clip_align: Alignment, mono16k: np.ndarray, start: float, n: int) -> np.ndarray:
+    """One value per audio latent (25/s): inside aligned words, else (no words) where the audio is active."""
+    mask = np.zeros(n, dtype=np.float32)
+    if clip_align.words:
+        for w in clip_align.words:
+            mask[max(0, int(w.start * FPS)) : min(n, int(np.ceil(w.end * FPS)))] = 1.0
+        return mask
+    seg = mono16k[int(start * ALIGN_RATE) : int(start * ALIGN_RATE) + n * ALIGN_RATE // FPS]
+    act = speech_activity(seg, ALIGN_RATE, 1 / FPS).astype(np.float32)[:n]
+    mask[: len(act)] = act
+    return mask
+
+
+def _clip_lines(speech: _Speech, start: float, end: float, language: str) -> list[str]:
+    """The clip's spoken lines: a cue said wholly inside the clip keeps its transcript text (punctuation and
+    all); a cue cut by the clip's edges contributes the aligned words that fall inside."""
+    inside: dict[int, list[str]] = {}
+    count: dict[int, int] = {}
+    for w, line in zip(speech.alignment.words, speech.word_line):
+        count[line] = count.get(line, 0) + 1
+        if w.start >= start - 1e-6 and w.end <= end + 1e-6:
+            inside.setdefault(line, []).append(w.label)
+    return [speech.lines[i] if len(ws) == count[i] else join_words(ws, language) for i, ws in sorted(inside.items())]
 
 
 def _transcript(path: Path, language: str, audio16: np.ndarray, cfg: DataConfig, unit: dict) -> Transcript:
     for suffix in TRANSCRIPT_SUFFIXES:
-        side = path.with_suffix(suffix)
+        side = path.with_name(path.stem + suffix)
         if side.is_file():
-            t = parse_transcript(side)
-            unit["transcript_source"] = t.source
+            try:
+                t = parse_transcript(side)
+            except Exception as e:  # whatever the parser raises, the file's fate names the sidecar and the problem
+                raise Skip(f"transcript {side.name} could not be read: {e}") from e
+            unit["transcript_source"] = f"sidecar {side.name}"
             return t
     if cfg.asr_model:
         unit["transcript_source"] = "asr"
+        unit["notes"].append(f"transcript from local ASR ({cfg.asr_model})")
         return transcribe(audio16, language, cfg.asr_model)
     unit["transcript_source"] = "none"
-    unit["notes"].append("speech unknown: no transcript sidecar and no asr_model configured")
+    unit["notes"].append("speech unknown: no transcript sidecar and no asr_model configured (kept without Dialogue)")
     return Transcript()
 
 
-def _align(audio16: np.ndarray, transcript: Transcript, language: str, duration: float, cfg: DataConfig) -> Alignment:
-    if not transcript.text() or language == "unknown":
-        return Alignment("none")
-    recognizer = PhonemeRecognizer(cfg.acoustic_model) if cfg.acoustic_model else None
-    timed = [s for s in transcript.segments if s.start is not None]
-    if not timed:
-        return align(audio16, phonemize(transcript.text(), language), recognizer)
-    inside = [s for s in timed if s.start < duration]
+@functools.lru_cache(maxsize=2)
+def _recognizer(path: str) -> PhonemeRecognizer:
+    """One acoustic model per worker process."""
+    return PhonemeRecognizer(path)
+
+
+def _cues(transcript: Transcript, duration: float, notes: list[str]) -> list[Segment]:
+    """Timed cues inside the clip (later ones dropped, overlong ones trimmed), or the untimed text as one cue."""
+    segs = [s for s in transcript.segments if s.text.strip()]
+    if not any(s.start is not None for s in segs):
+        text = " ".join(s.text for s in segs).strip()
+        return [Segment(0.0, duration, text)] if text else []
+    timed = [s for s in segs if s.start is not None]
+    inside = [s for s in timed if s.start < duration - 0.05]
     if not inside:
-        raise Skip(f"every transcript cue starts after the clip ends ({duration:.2f}s)")
-    out = Alignment()
-    for seg in inside:
-        a, b = int(seg.start * 16000), int(min(seg.end, duration) * 16000)
-        part = align(audio16[a:b], phonemize(seg.text, language), recognizer)
-        shifted = part.shifted(seg.start, -1e9, 1e9)
-        out.method = part.method if out.method in ("none", part.method) else "mixed"
-        out.words += shifted.words
-        out.phonemes += shifted.phonemes
+        raise Skip(f"the transcript is longer than the clip: every cue starts after its end ({duration:.2f} s)")
+    if len(inside) < len(timed):
+        notes.append(f"{len(timed) - len(inside)} transcript cue(s) start after the clip ends ({duration:.2f} s): dropped")
+    out = []
+    for s in inside:
+        end = s.end if s.end is not None and s.end > s.start else duration
+        if end > duration + 0.25:
+            notes.append(f"cue {s.start:.2f}-{end:.2f} s runs past the end ({duration:.2f} s): trimmed")
+        out.append(Segment(s.start, min(end, duration), s.text))
     return out
+
+
+def _align(audio16: np.ndarray, transcript: Transcript, language: str, duration: float, cfg: DataConfig,
+           notes: list[str]) -> _Speech:  # fmt: skip
+    if not transcript.text() or language == "unknown":
+        return _Speech(Alignment("none"), end=duration)
+    cues = _cues(transcript, duration, notes)
+    recognizer = _recognizer(cfg.acoustic_model) if cfg.acoustic_model else None
+    out = _Speech(Alignment("none"), end=duration)
+    methods = set()
+    for ci, cue in enumerate(cues):
+        try:
+            words = phonemize(cue.text, language)
+        except Exception as e:  # a missing G2P backend names what to install; the build goes on
+            raise Skip(f"G2P failed for {language!r}: {type(e).__name__}: {e}") from e
+        if why := too_long(sum(len(w.phonemes) for w in words), cue.end - cue.start):
+            raise Skip(why)
+        a, b = int(cue.start * ALIGN_RATE), int(cue.end * ALIGN_RATE)
+        part = shift(align(audio16[a:b], words, recognizer), cue.start)
+        methods.add(part.method)
+        out.alignment.words += part.words
+        out.alignment.phonemes += part.phonemes
+        out.word_line += [ci] * len(part.words)
+        out.lines.append(cue.text.strip())
+    methods.discard("none")
+    out.alignment.method = "none" if not methods else methods.pop() if len(methods) == 1 else "rough"
+    if not out.alignment.words:
+        notes.append("no word could be aligned (no speech found where the transcript says)")
+    return out
+
+
+def _caption_sidecar(path: Path) -> str:
+    for suffix in CAPTION_SUFFIXES:
+        side = path.with_name(path.stem + suffix)
+        if side.is_file():
+            return " ".join(side.read_text(encoding="utf-8-sig").split())
+    return ""
 
 
 def _reference(folder: Path, meta: dict, width: int, height: int) -> np.ndarray | None:
     name = meta.get("reference_image")
     if not name:
         return None
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     path = safe_child(folder, name)
-    image = np.asarray(Image.open(path).convert("RGB"))[None]
+    try:
+        image = np.asarray(Image.open(path).convert("RGB"))[None]
+    except (UnidentifiedImageError, OSError) as e:
+        raise Skip(f"reference_image {name!r} is not a readable image ({e})") from e
     return resize_crop(image, width, height)[0]
 
 
@@ -171,3 +321,7 @@ def safe_child(folder: Path, name: str) -> Path:
     if not target.is_file():
         raise Skip(f"file {name!r} named in metadata does not exist")
     return target
+
+
+__all__ = ["CAPTION_SUFFIXES", "METADATA_KEYS", "Skip", "TRANSCRIPT_SUFFIXES", "input_fingerprint", "prepare_file",
+           "safe_child", "sidecars", "unit_name"]  # fmt: skip

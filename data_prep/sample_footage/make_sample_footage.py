@@ -1,7 +1,7 @@
-"""Regenerate the sample footage shipped with hhtune (needs ffmpeg and espeak-ng).
+"""Regenerate the sample footage shipped with hhtune (needs ffmpeg, espeak-ng, numpy and soundfile).
 
 Seven short clips, one per language, each a spoken sentence (espeak-ng) over a
-generated picture whose "mouth" bar opens with the speech envelope, in different
+generated picture whose "mouth" opens with the speech energy of each frame, in different
 aspect ratios, frame rates and audio layouts, with sidecar transcripts in SRT, VTT
 and TXT and a metadata.jsonl. Run from anywhere:
 
@@ -37,6 +37,30 @@ def _seconds(t: float) -> str:
     return f"{int(h):02d}:{int(m):02d}:{s:06.3f}"
 
 
+def _face_frames(wav: Path, w: int, h: int, fps: int, dur: float, color: str):
+    """A plain "face" on a coloured wall whose mouth opens with the speech energy of each frame ([F, h, w, 3] uint8)."""
+    import numpy as np
+    import soundfile
+
+    audio, rate = soundfile.read(str(wav), dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    n = int(round(dur * fps))
+    hop = rate / fps
+    rms = np.array([np.sqrt(np.mean(audio[int(i * hop) : int((i + 1) * hop)] ** 2) + 1e-12) for i in range(n)])
+    opening = np.clip(rms / (np.percentile(rms, 95) + 1e-6), 0, 1)
+    rgb = [int(color[2 + 2 * k : 4 + 2 * k], 16) for k in range(3)]
+    base = np.empty((h, w, 3), np.uint8)
+    base[:] = rgb
+    base[h // 6 : h // 6 + int(h * 0.66), w // 4 : w // 4 + w // 2] = (0xE0, 0xB0, 0x90)  # face
+    for x in (w // 2 - w // 8, w // 2 + w // 8 - 6):
+        base[int(h * 0.38) : int(h * 0.38) + 6, x : x + 6] = 0  # eyes
+    frames = np.repeat(base[None], n, axis=0)
+    top, mw = int(h * 0.62), w // 5
+    for i, o in enumerate(opening):
+        frames[i, top : top + 3 + int(o * h / 8), w // 2 - mw // 2 : w // 2 + mw // 2] = (0x30, 0x10, 0x10)  # mouth
+    return frames
+
+
 def main() -> None:
     meta = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,15 +75,12 @@ def main() -> None:
             dur = float(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(wav)],
                                        capture_output=True, text=True, check=True).stdout)  # fmt: skip
             w, h = (int(x) for x in size.split("x"))
-            mouth = (f"drawbox=x={w // 2 - w // 10}:y={int(h * 0.62)}:w={w // 5}:h='4+{h // 8}*abs(sin(t*9))*gte(t,0.6)*lte(t,{dur - 0.6:.2f})'"
-                     ":color=0x301010:t=fill")  # fmt: skip
-            face = f"drawbox=x={w // 4}:y={h // 6}:w={w // 2}:h={int(h * 0.66)}:color=0xe0b090:t=fill"
-            eyes = (f"drawbox=x={w // 2 - w // 8}:y={int(h * 0.38)}:w=6:h=6:color=black:t=fill,"
-                    f"drawbox=x={w // 2 + w // 8 - 6}:y={int(h * 0.38)}:w=6:h=6:color=black:t=fill")  # fmt: skip
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c={color}:s={size}:r={fps}:d={dur:.3f}",
-                            "-i", str(wav), "-vf", f"{face},{eyes},{mouth}", "-c:v", "libx264", "-preset", "veryslow",
-                            "-crf", "32", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "32k", "-ar", str(rate), "-ac", str(ch),
-                            "-shortest", "-movflags", "+faststart", str(HERE / f"{stem}.mp4")], check=True)  # fmt: skip
+            frames = _face_frames(wav, w, h, fps, dur, color)
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size, "-r", str(fps),
+                            "-i", "-", "-i", str(wav), "-c:v", "libx264", "-preset", "veryslow", "-crf", "32",
+                            "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "32k", "-ar", str(rate), "-ac", str(ch),
+                            "-shortest", "-movflags", "+faststart", str(HERE / f"{stem}.mp4")],
+                           input=frames.tobytes(), check=True)  # fmt: skip
             said = TRANSCRIPT.get(stem, text)
             if kind == "srt":
                 body = f"1\n{_seconds(0.6).replace('.', ',')} --> {_seconds(dur - 0.6).replace('.', ',')}\n{said}\n"

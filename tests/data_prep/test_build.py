@@ -1,75 +1,79 @@
-"""The whole build on the sample footage and on broken files: fates, resume, encoding, errors."""
+"""The whole build on broken files and on the sample footage: fates, buckets, resume, encoding, errors."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from _dp_footage import SAMPLE, SENTENCE, ffmpeg, make_clip, speech_clip, write_metadata
 
-from data_prep.build import BuildError, build, prepare_all
+from data_prep.build import BuildError, build, load_metadata, prepare_all
 from data_prep.config import load_data_config
 
-SAMPLE = Path(__file__).parents[2] / "data_prep" / "sample_footage"
-
-
-def _ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
-
-
-def _clip(path: Path, *, size="96x64", seconds=2.0, audio="sine=f=220", rate=16000, channels=1, extra=()):
-    inputs = ["-f", "lavfi", "-i", f"testsrc2=s={size}:r=25:d={seconds}"]
-    maps = []
-    if audio:
-        inputs += ["-f", "lavfi", "-i", f"{audio}:d={seconds}" if "=" in audio else f"{audio}=d={seconds}"]
-        maps = ["-c:a", "aac", "-ar", str(rate), "-ac", str(channels)]
-    _ffmpeg(*inputs, "-c:v", "libx264", "-pix_fmt", "yuv420p", *maps, *extra, "-shortest", str(path))
+ROOT = Path(__file__).parents[2]
+SMALL = {"min_seconds": 0.5, "max_seconds": 3.0, "base_resolution": 64, "workers": 2}
 
 
 @pytest.fixture(scope="module")
-def broken(tmp_path_factory) -> Path:
-    """A footage folder with every kind of bad input the issue lists, plus two good clips."""
+def broken(tmp_path_factory, speech) -> Path:
+    """A footage folder with every kind of bad input the issue lists, and good clips in odd formats."""
     d = tmp_path_factory.mktemp("footage")
-    speech = d / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(speech), "good morning and welcome to the show"], check=True)
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x64:r=30:d=3", "-i", str(speech), "-c:v", "libx264", "-pix_fmt",
-            "yuv420p", "-c:a", "aac", "-shortest", str(d / "good.mp4"))  # fmt: skip
-    (d / "good.txt").write_text("good morning and welcome to the show")
+    twice = d / "twice.wav.tmp"  # the sentence two times, 0.8 s apart
+    ffmpeg("-i", str(speech), "-i", str(speech), "-filter_complex", "[0][1]concat=n=2:v=0:a=1", "-f", "wav", str(twice))
+    speech_clip(d / "good.mp4", twice, fps=30)
+    twice.unlink()
+    (d / "good.srt").write_text(f"1\n00:00:00,200 --> 00:00:02,900\n{SENTENCE}.\n\n"
+                                f"2\n00:00:03,200 --> 00:00:05,900\n<i>{SENTENCE}!</i>\n")  # fmt: skip
+    (d / "good.caption.txt").write_text("A host in a {trigger} studio greets the audience.")
     (d / "empty.mp4").write_bytes(b"")
     data = (d / "good.mp4").read_bytes()
     (d / "truncated.mp4").write_bytes(data[: len(data) // 3])
     (d / "notes.docx").write_text("not footage")
     (d / "fake.mov").write_text("this is text, not a movie")
-    _ffmpeg("-f", "lavfi", "-i", "sine=f=300:d=2", "-c:a", "aac", str(d / "audio_only.mp4"))
-    _clip(d / "no_audio.mp4", audio=None)
-    _clip(d / "silent_claims_speech.mp4", audio="anullsrc=r=16000:cl=mono")
+    ffmpeg("-f", "lavfi", "-i", "sine=f=300:d=2", "-c:a", "aac", str(d / "audio_only.mp4"))
+    shutil.copy(speech, d / "voiceover.wav")
+    make_clip(d / "no_audio.mp4", audio=None)
+    make_clip(d / "silent_claims_speech.mp4", audio="anullsrc=r=16000:cl=mono")
     (d / "silent_claims_speech.txt").write_text("this transcript says something")
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x64:r=25:d=3", "-i", str(speech), "-c:v", "libx264", "-pix_fmt",
-            "yuv420p", "-c:a", "aac", "-shortest", str(d / "wrong_language.mp4"))  # fmt: skip
+    speech_clip(d / "wrong_language.mp4", speech)
     (d / "wrong_language.txt").write_text("早上好，欢迎收看节目")
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=97x61:r=24:d=2", "-i", str(speech), "-c:v", "libx264", "-pix_fmt",
-            "yuv444p", "-c:a", "aac", "-ar", "8000", "-ac", "1", "-shortest", str(d / "odd_8khz.mkv"))  # fmt: skip
-    _clip(d / "surround.mp4", audio="sine=f=440", rate=48000, channels=6)
-    _clip(d / "upright.mp4", size="96x64", audio="sine=f=500")
-    _ffmpeg("-i", str(d / "upright.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(d / "rotated.mp4"))
-    (d / "upright.mp4").unlink()
+    speech_clip(d / "too_long.mp4", speech)
+    (d / "too_long.txt").write_text(" ".join([SENTENCE] * 12))
+    speech_clip(d / "late.mp4", speech)
     (d / "late.srt").write_text("1\n00:01:00,000 --> 00:01:02,000\nway after the end\n")
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x64:r=25:d=3", "-i", str(speech), "-c:v", "libx264", "-pix_fmt",
-            "yuv420p", "-c:a", "aac", "-shortest", str(d / "late.mp4"))  # fmt: skip
-    meta = [{"file_name": "good.mp4", "language": "en", "speaker": "host", "caption": "A host greets the audience."},
-            {"file_name": "wrong_language.mp4", "language": "en"}, {"file_name": "silent_claims_speech.mp4", "language": "en"},
-            {"file_name": "odd_8khz.mkv", "language": "en"}, {"file_name": "late.mp4", "language": "en"}]  # fmt: skip
-    (d / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x64:r=24:d=4", "-i", str(speech), "-vf", "scale=97:61", "-c:v", "libx264",
+           "-pix_fmt", "yuv444p", "-c:a", "aac", "-ar", "8000", "-ac", "1", "-shortest", str(d / "odd_8khz.mkv"))  # fmt: skip
+    make_clip(d / "surround.mp4", audio="sine=f=440", rate=48000, channels=6)
+    make_clip(d / "upright.mp4", size="96x64", audio="sine=f=500")
+    ffmpeg("-i", str(d / "upright.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(d / "rotated.mp4"))
+    (d / "upright.mp4").unlink()
+    make_clip(d / "vp9.webm", vcodec="libvpx-vp9", acodec="libopus", rate=48000, audio="sine=f=330")
+    make_clip(d / "hevc.mkv", vcodec="libx265", extra=("-x265-params", "log-level=none"))
+    write_metadata(d, [
+        {"file_name": "good.mp4", "language": "en", "speaker": "host", "trigger": "hhbrand"},
+        {"file_name": "wrong_language.mp4", "language": "en"}, {"file_name": "silent_claims_speech.mp4", "language": "en"},
+        {"file_name": "odd_8khz.mkv", "language": "English"}, {"file_name": "late.mp4", "language": "en"},
+        {"file_name": "too_long.mp4", "language": "en"},
+        {"file_name": "../outside.mp4", "language": "en"}, {"file_name": "missing.mp4", "language": "en"},
+        {"file_name": "vp9.webm", "language": "en", "reference_image": "../../etc/passwd"},
+    ])  # fmt: skip
+    (d / "odd_8khz.srt").write_text(f"1\n00:00:00,300 --> 00:00:03,600\n{SENTENCE}\n")
     return d
 
 
 @pytest.fixture(scope="module")
-def broken_build(broken, tmp_path_factory):
+def broken_build(broken, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out") / "ds"
-    cfg = load_data_config(None, {"min_seconds": 0.5, "max_seconds": 2.0, "base_resolution": 64, "workers": 2})
-    build(broken, out, cfg, progress=False)
+    build(broken, out, load_data_config(None, SMALL), progress=False)
     return out
 
 
@@ -79,90 +83,190 @@ def _fates(out: Path) -> dict[str, dict]:
 
 def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     fates = _fates(broken_build)
-    expect = {
-        "empty.mp4": "empty file",
-        "truncated.mp4": "not a readable media file|unusable video stream|audio could not be decoded",
+    skipped = {
+        "empty.mp4": "^empty file$",
+        "truncated.mp4": "not a readable media file|unusable video stream|could not be decoded",
         "notes.docx": r"not a video file \(.docx\)",
         "fake.mov": "not a readable media file",
-        "audio_only.mp4": "no video stream \\(audio-only file\\)",
+        "audio_only.mp4": r"no video stream \(audio-only file\)",
+        "voiceover.wav": r"audio-only file \(.wav\)",
         "no_audio.mp4": "no audio track",
         "silent_claims_speech.mp4": "claims speech but the audio is silent",
-        "wrong_language.mp4": "does not match the declared language 'en'",
-        "late.mp4": "every transcript cue starts after the clip ends",
+        "wrong_language.mp4": r"script \(han\) does not match the declared language 'en'",
+        "late.mp4": "longer than the clip: every cue starts after its end",
+        "too_long.mp4": r"longer than the clip: \d+ phonemes in",
+        "../outside.mp4": "points outside the footage folder; row ignored",
+        "missing.mp4": "metadata names a file that is not in the footage folder",
+        "vp9.webm": "points outside the footage folder",
     }
-    import re
-
-    for name, pattern in expect.items():
+    for name, pattern in skipped.items():
         assert fates[name]["fate"] == "skipped", (name, fates[name])
         assert re.search(pattern, fates[name]["reason"]), (name, fates[name]["reason"])
-    for name in ("good.mp4", "odd_8khz.mkv", "surround.mp4", "rotated.mp4"):
-        assert fates[name]["fate"] == "used", (name, fates[name])
-    assert any("low audio sample rate 8000" in n for n in fates["odd_8khz.mkv"]["notes"])
-    assert any("6-channel audio" in n for n in fates["surround.mp4"]["notes"])
-    assert any(re.search("rotation (90|270) degrees applied", n) for n in fates["rotated.mp4"]["notes"])
-    assert any("speech unknown" in n for n in fates["surround.mp4"]["notes"])
+    for name in ("good.mp4", "odd_8khz.mkv", "surround.mp4", "rotated.mp4", "hevc.mkv"):
+        assert fates[name]["fate"] in ("used", "split"), (name, fates[name])
+    assert fates["good.mp4"]["fate"] == "split" and fates["good.mp4"]["clips"] == 2
+    assert fates["good.mp4"]["reason"] == "split into 2 clips"
+    notes = {k: " | ".join(v["notes"]) for k, v in fates.items()}
+    assert "low audio sample rate 8000 Hz" in notes["odd_8khz.mkv"] and "odd frame size 97x61" in notes["odd_8khz.mkv"]
+    assert "6-channel audio" in notes["surround.mp4"] and "down-mixed to stereo" in notes["surround.mp4"]
+    assert re.search("rotation (90|270) degrees applied", notes["rotated.mp4"])
+    assert "speech unknown" in notes["surround.mp4"] and "30 fps resampled to 25 fps" in notes["good.mp4"]
+    assert "alignment is rough" in notes["good.mp4"]
+    totals = json.loads((broken_build / "report.json").read_text())["totals"]
+    assert totals["files"] == len(fates) == 19 and totals["skipped"] == len(skipped)
 
 
-def test_rotation_and_odd_sizes_land_in_buckets(broken_build):
+def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     import datasets
 
     ds = datasets.load_from_disk(str(broken_build / "dataset"))
-    rows = {r["source_file"]: r for r in ds}
-    assert rows["rotated.mp4"]["bucket"] == "9:16" and (rows["rotated.mp4"]["width"], rows["rotated.mp4"]["height"]) == (64, 128)
-    assert rows["odd_8khz.mkv"]["bucket"] == "16:9"
-    assert all((r["num_frames"] - 1) % 4 == 0 for r in ds)
+    rows: dict[str, list[dict]] = {}
+    for r in ds:
+        rows.setdefault(r["source_file"], []).append(r)
+    rot = rows["rotated.mp4"][0]
+    assert rot["bucket"] == "9:16" and (rot["width"], rot["height"]) == (64, 128)
+    assert rows["odd_8khz.mkv"][0]["bucket"] == "16:9" and rows["hevc.mkv"][0]["bucket"] == "4:3"  # 1.59 and 1.5
+    assert all((r["num_frames"] - 1) % 4 == 0 and 0.5 <= r["num_frames"] / 25 <= 3.0 for r in ds)
     good = rows["good.mp4"]
-    assert good["language"] == "en" and "Dialogue:\n<host, English>:" in good["caption"]
-    assert good["caption"].startswith("A host greets the audience.") and "Background Sound:" in good["caption"]
-    assert len(good["speech_mask"]) == good["num_frames"] and 0 < sum(good["speech_mask"]) < good["num_frames"]
-    assert (broken_build / "alignments" / f"{good['clip_id']}.TextGrid").is_file()
+    assert [g["language"] for g in good] == ["en", "en"] and good[0]["end_s"] <= good[1]["start_s"]
+    first = good[0]["caption"]
+    # description from the caption sidecar, trigger at its {trigger} placeholder, then Dialogue and Background Sound
+    assert first.startswith("A host in a hhbrand studio greets the audience. Host says in English, \"")
+    assert '\n\nDialogue:\n<host, English>: "' in first and first.endswith("Background Sound:\n<No prominent background sound>")
+    # one cue per clip, cut in the pause between them; a cue wholly inside a clip keeps its punctuation
+    assert [g["transcript"] for g in good] == [f"{SENTENCE}.", f"{SENTENCE}!"]
+    for g in good:
+        m = g["speech_mask"]
+        assert len(m) == g["num_frames"] and 0 < sum(m) <= len(m)
+        assert (broken_build / "alignments" / f"{g['clip_id']}.TextGrid").read_text().startswith('File type = "ooTextFile"')
+        words = json.loads((broken_build / "alignments" / f"{g['clip_id']}.json").read_text())["words"]
+        assert words and all(0 <= w["start"] < w["end"] <= g["num_frames"] / 25 + 1e-6 for w in words)
+    surround = rows["surround.mp4"][0]
+    assert "Dialogue:" not in surround["caption"] and surround["transcript"] == ""
     html = (broken_build / "report.html").read_text()
-    assert "data:image/png;base64" in html and "no audio track" in html
+    assert "data:image/png;base64" in html and "no audio track" in html and "split into 2 clips" in html
+    assert "matplotlib" in html
+
+
+def test_clip_audio_is_stereo_at_51200(broken_build):
+    import datasets
+
+    ds = datasets.load_from_disk(str(broken_build / "dataset"))
+    by_file = {r["source_file"]: r["clip_id"] for r in ds}
+    for name in ("surround.mp4", "odd_8khz.mkv", "good.mp4"):
+        clip = np.load(broken_build / ".work" / "clips" / f"{by_file[name]}.npz")
+        n = next(r["num_frames"] for r in ds if r["clip_id"] == by_file[name])
+        assert clip["audio"].shape == (2, n * 2048) and clip["audio"].dtype == np.float32
+        assert np.abs(clip["audio"]).max() > 0.01
 
 
 def test_resume_after_a_kill_redoes_only_the_unfinished(broken, tmp_path):
-    """SIGKILL a real build after its first finished file, then run it again."""
-    import os
-    import signal
-    import sys
-    import time
-
+    """SIGKILL a real build after its second finished file, then run it again."""
     out = tmp_path / "ds"
     units = out / ".work" / "units"
-    cmd = [sys.executable, "-m", "data_prep", "prepare", str(broken), "--out", str(out), "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[2], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cmd = [sys.executable, "-m", "data_prep", "prepare", str(broken), "--out", str(out), "--workers", "1",
+           "--no-progress", "--config", str(tmp_path / "d.yaml")]  # fmt: skip
+    (tmp_path / "d.yaml").write_text("min_seconds: 0.5\nmax_seconds: 2.0\nbase_resolution: 64\n")
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (units.is_dir() and len(list(units.glob("*.json"))) >= 2):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")}
-    assert 2 <= len(done_before) < 12, len(done_before)
+    assert 2 <= len(done_before) < 15, len(done_before)
     for p in units.glob("*.json"):
         json.loads(p.read_text())  # every unit under its final name is whole
-    cfg = load_data_config(None, {"workers": 1})
+    cfg = load_data_config(tmp_path / "d.yaml", {"workers": 2})
     result = prepare_all(broken, out, cfg, progress=False)
-    assert len(result) == 14
+    assert len(result) == 19
     for name, mtime in done_before.items():
         assert (units / name).stat().st_mtime_ns == mtime  # finished units were not redone
     assert not list((out / ".work").rglob("*.tmp"))  # leftovers of the killed write are gone
+    assert len(list(units.glob("*.json"))) == 15  # one per candidate video file
 
 
-def test_changed_settings_refuse_the_stale_cache(broken, tmp_path):
-    cfg = load_data_config(None, {"min_seconds": 0.5, "max_seconds": 2.0, "base_resolution": 64, "workers": 2})
-    prepare_all(broken, tmp_path / "ds", cfg, progress=False)
-    other = load_data_config(None, {"min_seconds": 0.5, "max_seconds": 2.0, "base_resolution": 128, "workers": 2})
-    with pytest.raises(BuildError, match="built from other footage or settings.*--rebuild"):
-        prepare_all(broken, tmp_path / "ds", other, progress=False)
+def test_worker_failure_mid_build_then_resume(tmp_path, speech, monkeypatch):
+    """A build that dies after N files (an exception out of the pool) resumes with the N units kept."""
+    import data_prep.build as b
 
-
-def test_metadata_paths_cannot_escape_the_footage_folder(tmp_path):
     d = tmp_path / "f"
     d.mkdir()
-    (d / "metadata.jsonl").write_text(json.dumps({"file_name": "../secret.mp4"}) + "\n")
-    with pytest.raises(BuildError, match="points outside the footage folder"):
-        prepare_all(d, tmp_path / "out", load_data_config(None), progress=False)
+    for i in range(3):
+        make_clip(d / f"c{i}.mp4", seconds=1.2)
+    cfg = load_data_config(None, {**SMALL, "workers": 1})
+    real = b.prepare_file
+    calls = []
+
+    def dying(*a, **k):
+        if len(calls) == 2:
+            raise RuntimeError("worker killed")
+        calls.append(a[1])
+        return real(*a, **k)
+
+    monkeypatch.setattr(b, "ProcessPoolExecutor", _InlinePool)
+    monkeypatch.setattr(b, "prepare_file", dying)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        prepare_all(d, tmp_path / "ds", cfg, progress=False)
+    assert len(list((tmp_path / "ds" / ".work" / "units").glob("*.json"))) == 2
+    monkeypatch.setattr(b, "prepare_file", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    units = prepare_all(d, tmp_path / "ds", cfg, progress=False)
+    assert calls == ["c0.mp4", "c1.mp4", "c2.mp4"] and all(u["fate"] == "used" for u in units)
+    # an edited sidecar makes its file stale: only that file is done again
+    (d / "c1.txt").write_text("hello")
+    write_metadata(d, [{"file_name": "c1.mp4", "language": "en"}])
+    prepare_all(d, tmp_path / "ds", cfg, progress=False)
+    assert calls[3:] == ["c1.mp4"]
+
+
+class _InlinePool:
+    """A ProcessPoolExecutor stand-in that runs submissions in this process (so monkeypatches apply)."""
+
+    def __init__(self, *a, **k) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a) -> None:
+        pass
+
+    def submit(self, fn, *a, **k):
+        from concurrent.futures import Future
+
+        f: Future = Future()
+        try:
+            f.set_result(fn(*a, **k))
+        except Exception as e:  # noqa: BLE001 - handed to the caller through the future, as a pool would
+            f.set_exception(e)
+        return f
+
+
+def test_changed_settings_refuse_the_stale_cache(tmp_path, monkeypatch):
+    import data_prep.build as b
+
+    monkeypatch.setattr(b, "ProcessPoolExecutor", _InlinePool)  # no worker start-up: this is about the cache
+    d = tmp_path / "f"
+    d.mkdir()
+    make_clip(d / "a.mp4", seconds=1.2)
+    prepare_all(d, tmp_path / "ds", load_data_config(None, SMALL), progress=False)
+    other = load_data_config(None, {**SMALL, "base_resolution": 128})
+    with pytest.raises(BuildError, match="built from other footage or settings.*--rebuild"):
+        prepare_all(d, tmp_path / "ds", other, progress=False)
+    assert prepare_all(d, tmp_path / "ds", other, rebuild=True, progress=False)[0]["clips"][0]["height"] == 128
+
+
+def test_metadata_csv_and_bad_rows(tmp_path):
+    d = tmp_path / "f"
+    (d / "sub").mkdir(parents=True)
+    make_clip(d / "sub" / "a.mp4", seconds=1.0)
+    (d / "metadata.csv").write_text("file_name,language,caption\nsub/a.mp4,de,Ein Produkt.\n/etc/passwd,en,\n")
+    meta, refused = load_metadata(d)
+    assert meta == {"sub/a.mp4": {"file_name": "sub/a.mp4", "language": "de", "caption": "Ein Produkt."}}
+    assert [r["file"] for r in refused] == ["/etc/passwd"] and "outside the footage folder" in refused[0]["reason"]
+    (d / "metadata.jsonl").write_text('{"file_name": "sub/a.mp4"}\n{not json\n')
+    with pytest.raises(BuildError, match=r"metadata.jsonl:2: not valid JSON"):
+        load_metadata(d)
 
 
 def test_data_config_errors_name_the_key(tmp_path):
@@ -174,40 +278,84 @@ def test_data_config_errors_name_the_key(tmp_path):
         load_data_config(None, {"base_resolution": 100})
     with pytest.raises(ValueError, match="unknown language 'xx'"):
         load_data_config(None, {"language": "xx"})
+    with pytest.raises(ValueError, match="max_seconds .* must be >= min_seconds"):
+        load_data_config(None, {"min_seconds": 3, "max_seconds": 2})
+    p.write_text("encoders: {video_vae: a, audio_vae: b, text_encodr: c}\n")
+    with pytest.raises(ValueError, match="text_encodr"):
+        load_data_config(p)
+    from data_prep.__main__ import main
+
+    p.write_text("workerz: 3\n")
+    assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(p)]) == 2
 
 
-def test_sample_footage_encoded_with_tiny_encoders(tmp_path):
-    """Stages 1-9 on the shipped footage: seven languages, latents of the right shapes, reloadable Arrow."""
+def test_sample_footage_all_languages_then_encoded(tmp_path):
+    """Stages 1-7 on the shipped footage (seven languages), then 8-9 on a part of it with the tiny encoders."""
     import datasets
 
+    from data_prep.dataset import load_dataset_dir
+    from data_prep.encode import StaleLatentsError, encode_clips
+    from hhtune.encoders import build_tiny_encoders
+
+    cfg = load_data_config(ROOT / "recipes" / "quickstart_data.yaml")
+    units = prepare_all(SAMPLE, tmp_path / "all", cfg, progress=False)
+    assert all(u["fate"] in ("used", "split") for u in units), [(u["file"], u["reason"]) for u in units]
+    assert {u["language"] for u in units} == {"en", "zh", "yue", "ja", "ko", "de", "fr"}
+    assert all(u["alignment_method"] == "rough" and u["clips"] for u in units)
+    for u in units:
+        for c in u["clips"]:
+            assert c["transcript"] and "Dialogue:\n<a presenter in a studio, " in c["caption"]
+    zh = [c["caption"] for u in units for c in u["clips"] if c["language"] == "zh"]
+    assert all(re.search(r'Mandarin>: "\S( \S)+"', c) for c in zh), zh  # CJK characters spaced, as the official prompts
+
     footage = tmp_path / "footage"
-    shutil.copytree(SAMPLE, footage)
-    cfg = load_data_config(Path(__file__).parents[2] / "recipes" / "quickstart_data.yaml")
+    footage.mkdir()
+    for f in SAMPLE.glob("zh_presenter.*"):  # one file (three clips of one shape: a batch) keeps the CPU test short
+        shutil.copy(f, footage / f.name)
+    write_metadata(footage, [json.loads(line) for line in (SAMPLE / "metadata.jsonl").read_text().splitlines()
+                             if '"zh_presenter.mp4"' in line])  # fmt: skip
     out = build(footage, tmp_path / "ds", cfg, encode=True, progress=False)
-    report = json.loads((out / "report.json").read_text())
-    assert report["totals"]["used"] == 7 and report["totals"]["skipped"] == 0
-    assert set(report["by_language"]) == {"en", "zh", "yue", "ja", "ko", "de", "fr"}
-    ds = datasets.load_from_disk(str(out / "dataset")).with_format("numpy")
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["encoded"] and manifest["format_version"] == 1 and len(ds) == manifest["clips"]
+    d = load_dataset_dir(out, require_encoded=True)
+    ds = d.dataset.with_format("numpy")
+    assert d.manifest["encoded"] and d.manifest["format_version"] == 1 and len(ds) == d.manifest["clips"] >= 2
     for r in ds:
         f, t = r["num_frames"], (r["num_frames"] - 1) // 4 + 1
         assert r["video_latents"].shape == (48, t, r["height"] // 16, r["width"] // 16)
         assert r["audio_latents"].shape == (f, 64) and r["text_embeds"].shape[1] == 32
         assert r["reference_latents"].shape == (48, 1, r["height"] // 16, r["width"] // 16)
-    # a second build reuses everything; different encoders are detected and re-encoded
-    before = sorted((out / ".work" / "latents").glob("*.safetensors"))
+    assert datasets.load_from_disk(str(out / "dataset")).num_rows == len(ds)
+    # a second build reuses every latent; other encoders are refused, not mixed in
+    latents = sorted((out / ".work" / "latents").glob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in latents]
     build(footage, out, cfg, encode=True, progress=False)
-    assert sorted((out / ".work" / "latents").glob("*.safetensors")) == before
-    shutil.rmtree(out / "encoders")
-    from hhtune.encoders import build_tiny_encoders
+    assert [p.stat().st_mtime_ns for p in latents] == stamps
+    other = build_tiny_encoders(tmp_path / "other", seed=1)
+    from data_prep.build import load_units
 
-    build_tiny_encoders(out / "encoders", seed=1)
-    from data_prep.encode import encode_clips
+    with pytest.raises(StaleLatentsError, match="latents from other encoders.*--reencode"):
+        encode_clips(load_units(out), out / ".work", other, cfg, progress=False)
+    with pytest.raises(Exception, match="built with other settings or encoders"):
+        load_dataset_dir(out, fingerprint="0" * 16)
+    from data_prep.__main__ import main
 
-    units = [json.loads(p.read_text()) for p in (out / ".work" / "units").glob("*.json")]
-    encode_clips(units, out / ".work", build_tiny_encoders(out / "encoders", seed=1), cfg, progress=False)
-    stamp = json.loads((out / ".work" / "latents" / "encoders.json").read_text())
-    from hhtune.encoders import encoders_fingerprint
+    assert main(["check", str(out)]) == 0 and main(["report", str(out)]) == 0
 
-    assert stamp["fingerprint"] == encoders_fingerprint(build_tiny_encoders(out / "encoders", seed=1))
+
+def test_acoustic_model_gives_ctc_alignment(tmp_path, speech, monkeypatch):
+    """With an acoustic model configured, words are aligned by CTC (a tiny random model: times, not quality)."""
+    import data_prep.build as b
+    from data_prep.align import build_tiny_recognizer
+
+    d = tmp_path / "f"
+    d.mkdir()
+    speech_clip(d / "a.mp4", speech)
+    (d / "a.srt").write_text(f"1\n00:00:00,300 --> 00:00:03,500\n{SENTENCE}\n")
+    write_metadata(d, [{"file_name": "a.mp4", "language": "en"}])
+    model = build_tiny_recognizer(tmp_path / "am", seed=0)
+    monkeypatch.setattr(b, "ProcessPoolExecutor", _InlinePool)
+    units = prepare_all(d, tmp_path / "ds", load_data_config(None, {**SMALL, "acoustic_model": str(model)}), progress=False)
+    assert units[0]["alignment_method"] == "ctc", units[0]
+    assert not any("alignment is rough" in n for n in units[0]["notes"])
+    labels = [w["label"] for c in units[0]["clips"] for w in json.loads(c["alignment"])["words"]]
+    it = iter(SENTENCE.split())
+    assert labels and all(label in it for label in labels)  # random weights: words in order, not all kept

@@ -55,3 +55,31 @@ def test_resize_crop_keeps_the_centre():
     frames[:, :, 100:200] = 255  # a white middle third
     out = resize_crop(frames, 64, 64)
     assert out.shape == (1, 64, 64, 3) and out[0, 32, 32, 0] == 255 and out[0, 32, 0, 0] < 255
+
+
+def test_short_pauses_never_let_4k1_rounding_cut_the_last_word():
+    # pauses of 0.02 s: ending in the middle of one and rounding down to 4k+1 frames would cut into the word
+    words, t = [], 0.0
+    for i in range(30):
+        words.append(Interval(t, t + 0.37, f"w{i}"))
+        t += 0.39
+    clips = segment(words, t, 1.0, 2.0)
+    covered = 0
+    for start, n in clips:
+        end = start + n / 25
+        inside = [w for w in words if w.start >= start - 1e-6 and w.end <= end + 1e-6]
+        covered += len(inside)
+        assert not [w for w in words if w.start < end - 1e-6 < w.end - 2e-6 or w.start + 2e-6 < start + 1e-6 < w.end]
+    assert covered >= 25  # the rounding loses at most a word here and there, not whole clips
+
+
+def test_long_silence_before_speech_moves_the_clip_to_the_speech():
+    clips = segment([Interval(10.0, 10.5, "a"), Interval(10.6, 11.0, "b")], 12.0, 1.0, 4.0)
+    assert len(clips) == 1 and 9.0 < clips[0][0] <= 10.0 and clips[0][0] + clips[0][1] / 25 >= 11.0
+
+
+def test_a_word_longer_than_max_is_dropped_not_cut():
+    clips = segment([Interval(0.1, 0.5, "a"), Interval(0.6, 5.6, "long"), Interval(5.8, 6.6, "b")], 7.0, 0.5, 2.0)
+    for start, n in clips:
+        assert start + n / 25 <= 0.6 + 1e-6 or start >= 5.6 - 1e-6
+    assert len(clips) == 2

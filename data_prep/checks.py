@@ -1,0 +1,74 @@
+"""Input checks that decide a file's fate: the transcript's script against the declared language,
+and whether a transcript can fit in the audio at all."""
+
+from __future__ import annotations
+
+import unicodedata
+
+ALL_LANGUAGES = frozenset({"en", "zh", "yue", "ja", "ko", "de", "fr"})
+# Fast read speech is ~15-20 phonemes per second; beyond this a transcript cannot have been said in the clip.
+MAX_PHONEMES_PER_SECOND = 30.0
+
+
+def script_counts(text: str) -> dict[str, int]:
+    """Letters of ``text`` per script: ``latin``, ``han``, ``kana``, ``hangul``, ``other``.
+
+    Written over ``unicodedata`` names rather than a regex library (``regex``'s ``\\p{Han}``) to
+    add no dependency for four scripts.
+    """
+    counts = {"latin": 0, "han": 0, "kana": 0, "hangul": 0, "other": 0}
+    for ch in text:
+        if not ch.isalpha():
+            continue
+        name = unicodedata.name(ch, "")
+        if name.startswith("CJK"):
+            counts["han"] += 1
+        elif "HIRAGANA" in name or "KATAKANA" in name:
+            counts["kana"] += 1
+        elif "HANGUL" in name:
+            counts["hangul"] += 1
+        elif "LATIN" in name:
+            counts["latin"] += 1
+        else:
+            counts["other"] += 1
+    return counts
+
+
+def script_languages(text: str) -> set[str]:
+    """Languages whose writing could be ``text``: kana -> ja; Hangul -> ko; Han -> zh/yue/ja; Latin -> en/de/fr.
+
+    Latin words inside CJK text (brand names) do not change the verdict; a text with no letters fits any language.
+    """
+    c = script_counts(text)
+    total = sum(c.values())
+    if total == 0:
+        return set(ALL_LANGUAGES)
+    cjk = c["han"] + c["kana"] + c["hangul"]
+    if c["kana"] and c["kana"] >= 0.1 * cjk:
+        return {"ja"}
+    if c["hangul"] and c["hangul"] >= 0.5 * cjk:
+        return {"ko"}
+    if c["han"] and c["han"] >= 0.3 * total:
+        return {"zh", "yue", "ja"}
+    if c["latin"] >= 0.5 * total:
+        return {"en", "de", "fr"}
+    return set()  # Cyrillic, Arabic, ...: none of the seven
+
+
+def script_mismatch(text: str, language: str) -> str | None:
+    """Why ``text`` cannot be a transcript in ``language``, or ``None`` when it can."""
+    fits = script_languages(text)
+    if language in fits:
+        return None
+    c = script_counts(text)
+    main = max(c, key=c.get)
+    return (f"the transcript's script ({main}) does not match the declared language {language!r} "
+            f"(it could be {', '.join(sorted(fits)) or 'none of the seven languages'})")  # fmt: skip
+
+
+def too_long(phonemes: int, seconds: float, limit: float = MAX_PHONEMES_PER_SECOND) -> str | None:
+    """Why a transcript of ``phonemes`` cannot fit ``seconds`` of audio, or ``None``."""
+    if seconds <= 0 or phonemes / seconds > limit:
+        return (f"the transcript is longer than the clip: {phonemes} phonemes in {seconds:.2f} s "
+                f"(over {limit:.0f} phonemes/s)")  # fmt: skip
+    return None
