@@ -1,8 +1,13 @@
 """``python -m hhtune.export SOURCE --format FMT --out PATH``: write an adapter for another front-end.
 
-SOURCE is a training run folder, a PEFT adapter folder, or a ComfyUI/kohya file.
+SOURCE is a training run folder, a PEFT adapter folder (ours or PEFT's own), or a
+ComfyUI/kohya file; converting between formats is exporting such an import.
 Merged formats need --base (an official-layout checkpoint); --also PATH[:STRENGTH]
-merges further adapters in the same pass.
+merges further adapters in the same pass. --dtype sets the adapter tensors' dtype
+(and that of merged_single); merged keeps the official dtypes, merged_fp8 is FP8.
+
+    python -m hhtune.export runs/brand --format comfyui --out brand.safetensors
+    python -m hhtune.export runs/brand --format merged --base ckpt/base --out ckpt/brand --strength 0.8
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--base", type=Path, help="base checkpoint for merged formats")
-    parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--strength", type=float, default=1.0, help="merge strength of SOURCE")
     parser.add_argument("--also", action="append", default=[], help="another adapter to merge, PATH[:STRENGTH]")
-    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="adapter dtype (and merged_single's)")
     args = parser.parse_args(argv)
     try:
         out = export_adapter(args.source, args.format, args.out, base=args.base, strength=args.strength,

@@ -1,4 +1,4 @@
-"""Adapter files: round trips through every format, merges, key layouts, and every bad file's message."""
+"""Adapter export: every format round-trips, key layouts match ComfyUI's loader, merges equal base + adapter."""
 
 from __future__ import annotations
 
@@ -6,188 +6,249 @@ import json
 
 import pytest
 import torch
+from adapter_helpers import base_model, out, rel, trained
+from peft import LoraConfig
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from hhtune import adapters
-from hhtune.export import AdapterError, export_adapter, read_adapter
+from hhtune.export import FORMATS, AdapterError, export_adapter, read_adapter
 from hhtune.export.__main__ import main as export_main
-from hhtune.lora import LoraSettings, add_lora
 from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint, save_checkpoint
 
-
-def _base(seed: int = 0) -> HappyHorseTransformer:
-    torch.manual_seed(seed)
-    return HappyHorseTransformer(ModelConfig.preset("tiny")).eval()
-
-
-def _inputs():
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 3, 32, generator=g)
-
-
-def _trained(seed: int = 0, rank: int = 4, **kw):
-    model = add_lora(_base(), LoraSettings(rank=rank, alpha=2 * rank, init="gaussian", **kw))
-    g = torch.Generator().manual_seed(100 + seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
-
-
-def _out(model):
-    with torch.no_grad():
-        v, a = model(*_inputs())
-    return torch.cat([v.flatten(), a.flatten()])
+# relative L2 error of the model output allowed per adapter dtype (fp32 must be exact)
+_TOL = {"fp32": 0.0, "bf16": 1e-2, "fp16": 1e-2}  # the model computes in bf16: any rounding of A, B shows at that level
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    return save_checkpoint(_base(), tmp_path_factory.mktemp("base") / "base", max_shard_size=40_000)
+    """The tiny seed-0 base saved in the official sharded layout (several shards)."""
+    return save_checkpoint(base_model(), tmp_path_factory.mktemp("base") / "base", max_shard_size=40_000)
 
 
-@pytest.mark.parametrize("fmt,dtype,tol", [("peft", "fp32", 0), ("comfyui", "fp32", 0), ("kohya", "fp32", 0),
-                                          ("comfyui", "bf16", 1e-2), ("kohya", "fp16", 1e-2)])  # fmt: skip
-def test_each_format_round_trips_to_the_same_output(tmp_path, fmt, dtype, tol):
-    """Exact in fp32; within the adapter dtype's rounding otherwise (relative L2 of the output)."""
-    trained = _trained()
-    want = _out(trained)
-    path = export_adapter(trained, fmt, tmp_path / fmt, dtype=dtype)
-    got = _out(adapters.load(path, _base()))
-    assert float((got - want).norm()) <= tol * float(want.norm())
+@pytest.mark.parametrize("fmt", ["peft", "comfyui", "kohya"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_each_format_round_trips_to_the_same_output(tmp_path, fmt, dtype):
+    model = trained()
+    want = out(model)
+    path = export_adapter(model, fmt, tmp_path / fmt, dtype=dtype)
+    got = out(adapters.load(path, base_model()))
+    assert rel(got, want) <= _TOL[dtype]
+    assert rel(got, out(base_model())) > 0.01  # the adapter changes the output, so the comparison means something
 
 
-def test_rslora_scale_survives_generic_formats(tmp_path):
-    trained = _trained(use_rslora=True)
-    got = _out(adapters.load(export_adapter(trained, "comfyui", tmp_path / "c.safetensors", dtype="fp32"), _base()))
-    torch.testing.assert_close(got, _out(trained), rtol=0, atol=1e-6)
+def test_rslora_and_mixed_ranks_survive_every_format(tmp_path):
+    model = trained(use_rslora=True)
+    model.add_adapter("wide", LoraConfig(r=8, lora_alpha=3, target_modules=["block.layers.3.mlp.down_proj"]))
+    want = out(model)  # only "default" is active
+    for fmt in ("peft", "comfyui", "kohya"):
+        got = out(adapters.load(export_adapter(model, fmt, tmp_path / fmt, dtype="fp32"), base_model()))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    model.base_model.set_adapter(["default", "wide"])
+    with pytest.raises(AdapterError, match=r"2 active adapters \['default', 'wide'\]: pass adapter_name"):
+        export_adapter(model, "comfyui", tmp_path / "x.safetensors")
+    assert read_adapter(export_adapter(model, "comfyui", tmp_path / "w.safetensors", adapter_name="wide")).described().rank == 8
+
+
+def test_converting_between_formats_is_exporting_an_import(tmp_path):
+    model = trained()
+    kohya = export_adapter(model, "kohya", tmp_path / "k.safetensors", dtype="fp32", metadata={"trigger_words": ["hh"]})
+    comfy = export_adapter(kohya, "comfyui", tmp_path / "c.safetensors", dtype="fp32")
+    peft = export_adapter(comfy, "peft", tmp_path / "p", dtype="fp32")
+    torch.testing.assert_close(out(adapters.load(peft, base_model())), out(model), rtol=0, atol=1e-6)
+    assert read_adapter(peft).metadata.trigger_words == ["hh"]  # metadata travels through conversions
 
 
 def test_peft_loads_the_peft_export_itself(tmp_path):
     from peft import PeftModel
 
-    trained = _trained()
-    path = export_adapter(trained, "peft", tmp_path / "peft", dtype="fp32")
-    loaded = PeftModel.from_pretrained(_base(), str(path)).eval()
-    torch.testing.assert_close(_out(loaded), _out(trained), rtol=0, atol=0)
+    model = trained(rank=4, use_dora=True)
+    path = export_adapter(model, "peft", tmp_path / "peft", dtype="fp32")
+    loaded = PeftModel.from_pretrained(base_model(), str(path)).eval()
+    torch.testing.assert_close(out(loaded), out(model), rtol=0, atol=0)
 
 
-def test_generic_keys_are_comfyui_generic_lora_keys(tmp_path):
-    trained = _trained()
-    path = export_adapter(trained, "comfyui", tmp_path / "c.safetensors")
-    keys = set(load_file(path))
-    official = [k.removesuffix(".weight") for k in _base().state_dict() if k.endswith(".weight")]
-    adapted = [m for m in official if m.split(".")[-1] in ("linear_qkv", "linear_proj", "up_gate_proj", "down_proj")
-               and 2 <= int(m.split(".")[2]) <= 5]  # fmt: skip
-    expected = {f"diffusion_model.{m}.{s}" for m in adapted for s in ("lora_A.weight", "lora_B.weight", "alpha")}
-    assert keys == expected
-    state = load_file(path)
-    assert state["diffusion_model.block.layers.2.attention.linear_qkv.lora_A.weight"].shape == (4, 64)
-    assert state["diffusion_model.block.layers.2.attention.linear_qkv.lora_B.weight"].shape == (132, 4)
-    assert float(state["diffusion_model.block.layers.2.attention.linear_qkv.alpha"]) == 8.0
-    kohya = load_file(export_adapter(trained, "kohya", tmp_path / "k.safetensors"))
-    assert "lora_unet_block_layers_2_attention_linear_qkv.lora_down.weight" in kohya
+def _comfy_key_map(official_keys: list[str]) -> dict[str, str]:
+    """ComfyUI ``model_lora_keys_unet`` (comfy/lora.py): LoRA key stems -> model keys, ComfyUI prefixing the
+    diffusion model's state dict with ``diffusion_model.``."""
+    key_map = {}
+    for k in ("diffusion_model." + k for k in official_keys):
+        if k.endswith(".weight"):
+            key_map["lora_unet_{}".format(k[len("diffusion_model.") : -len(".weight")].replace(".", "_"))] = k
+            key_map[k[: -len(".weight")]] = k  # "generic lora format without any weird key names"
+        else:
+            key_map[k] = k
+    return key_map
 
 
-def test_metadata_in_every_header(tmp_path):
-    trained = _trained()
-    meta = {"trigger_words": ["hhbrand"], "languages": ["en", "zh"], "training_steps": 42, "recipe_hash": "abc"}
-    for fmt in ("comfyui", "kohya"):
-        path = export_adapter(trained, fmt, tmp_path / f"{fmt}.safetensors", metadata=meta)
-        with safe_open(path, "pt") as f:
-            m = json.loads(f.metadata()["hhtune"])
-        assert m["rank"] == 4 and m["alpha"] == 8.0 and m["layers"] == [2, 3, 4, 5] and m["trigger_words"] == ["hhbrand"]
-        assert m["training_steps"] == 42 and m["base_fingerprint"] and m["format_version"] == 1
+def _comfy_load_lora(lora: dict[str, torch.Tensor], key_map: dict[str, str]):
+    """The LoRA branch of ComfyUI ``load_lora`` / ``LoRAAdapter.load``: patches and the keys it consumed."""
+    patches, loaded = {}, set()
+    for x, target in key_map.items():
+        alpha = None
+        if f"{x}.alpha" in lora:
+            alpha = lora[f"{x}.alpha"].item()
+            loaded.add(f"{x}.alpha")
+        for up, down in ((f"{x}.lora_up.weight", f"{x}.lora_down.weight"), (f"{x}.lora_B.weight", f"{x}.lora_A.weight")):
+            if up in lora:
+                patches[target] = (lora[up], lora[down], alpha)
+                loaded |= {up, down}
+                break
+    return patches, loaded
+
+
+@pytest.mark.parametrize("fmt", ["comfyui", "kohya"])
+def test_keys_are_what_comfyui_derives_from_the_official_state_dict(tmp_path, fmt):
+    model = trained()
+    path = export_adapter(model, fmt, tmp_path / f"{fmt}.safetensors", dtype="fp32")
+    lora = load_file(path)
+    official = base_model().state_dict()
+    patches, loaded = _comfy_load_lora(lora, _comfy_key_map(list(official)))
+    assert loaded == set(lora)  # ComfyUI would warn "lora key not loaded" for anything else
+    assert len(patches) == 16 and all(a is not None for _, _, a in patches.values())  # 4 targets x 4 shared layers
+    assert all(v.dim() == 0 for k, v in lora.items() if k.endswith(".alpha"))
+    if fmt == "comfyui":
+        assert lora["diffusion_model.block.layers.2.attention.linear_qkv.lora_A.weight"].shape == (4, 64)
+        assert lora["diffusion_model.block.layers.2.attention.linear_qkv.lora_B.weight"].shape == (132, 4)
+    # ComfyUI's patch: W += strength * alpha / rank * up @ down; the patched plain model equals the PEFT model
+    state = {k: v.clone() for k, v in official.items()}
+    for target, (up, down, alpha) in patches.items():
+        target = target.removeprefix("diffusion_model.")
+        state[target] = (state[target].float() + alpha / down.shape[0] * (up @ down)).to(state[target].dtype)
+    plain = HappyHorseTransformer(ModelConfig.preset("tiny")).eval()
+    plain.load_state_dict(state)
+    assert rel(out(plain), out(model)) < 2e-2  # bf16 storage of the patched weights
+
+
+def test_metadata_in_every_header(tmp_path, base_dir):
+    model = trained()
+    meta = {"trigger_words": ["hhbrand"], "languages": ["en", "zh"], "training_steps": 42, "recipe_hash": "abc",
+            "dataset_summary": {"clips": 9}}  # fmt: skip
+    files = [export_adapter(model, f, tmp_path / f, base=base_dir, metadata=meta) for f in FORMATS]
+    files = [f / "adapter_model.safetensors" if f.name == "peft" else f for f in files]
+    files = [g for f in files for g in (sorted(f.glob("*.safetensors")) if f.is_dir() else [f])]
+    assert len(files) >= 7
+    for f in files:
+        with safe_open(f, "pt") as sf:
+            m = json.loads(sf.metadata()["hhtune"])
+        assert m["rank"] == 4 and m["alpha"] == 8.0 and m["layers"] == [2, 3, 4, 5], f
+        assert m["targets"] == ["down_proj", "linear_proj", "linear_qkv", "up_gate_proj"], f
+        assert m["trigger_words"] == ["hhbrand"] and m["languages"] == ["en", "zh"] and m["training_steps"] == 42, f
+        assert m["recipe_hash"] == "abc" and m["dataset_summary"] == {"clips": 9} and m["format_version"] == 1, f
+        assert len(m["base_fingerprint"]) == 32, f
     with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
-        export_adapter(trained, "comfyui", tmp_path / "x.safetensors", metadata={"trigger": "typo"})
+        export_adapter(model, "comfyui", tmp_path / "x.safetensors", metadata={"trigger": "typo"})
 
 
 def test_merged_checkpoint_equals_base_plus_adapter(tmp_path, base_dir):
-    trained = _trained()
-    want = _out(trained)
-    merged = export_adapter(trained, "merged", tmp_path / "merged", base=base_dir)
-    model = load_checkpoint(merged)  # official layout: index + shards, official dtypes
-    assert (merged / "model.safetensors.index.json").is_file()
-    assert model.state_dict()["block.layers.2.attention.linear_qkv.weight"].dtype == torch.bfloat16
-    rel = lambda got: float((got - want).norm() / want.norm())  # noqa: E731
-    assert rel(_out(model)) < 2e-2  # bf16 rounding of W + delta
-    plain = HappyHorseTransformer(ModelConfig.preset("tiny"))
-    state = {}
-    for f in sorted(merged.glob("model-*.safetensors")):
-        state.update(load_file(f))
+    model = trained()
+    want = out(model)
+    merged = export_adapter(model, "merged", tmp_path / "merged", base=base_dir)
+    index = json.loads((merged / "model.safetensors.index.json").read_text())
+    shards = sorted(merged.glob("model-*.safetensors"))
+    assert len(shards) > 1 and set(index["weight_map"].values()) == {f.name for f in shards}
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for f in shards for t in load_file(f).values())
+    state = {k: v for f in shards for k, v in load_file(f).items()}
+    base_state = {k: v for f in sorted(base_dir.glob("model-*.safetensors")) for k, v in load_file(f).items()}
+    assert {k: v.dtype for k, v in state.items()} == {k: v.dtype for k, v in base_state.items()}  # official dtype policy
+    assert torch.equal(state["final_linear_video.weight"], base_state["final_linear_video.weight"])  # copied untouched
+    plain = HappyHorseTransformer(ModelConfig.preset("tiny")).eval()
     plain.load_state_dict(state)  # strict: exactly the official keys
-    single = load_checkpoint(export_adapter(trained, "merged_single", tmp_path / "one.safetensors", base=base_dir))
-    assert rel(_out(single.eval())) < 2e-2
-    fp8 = export_adapter(trained, "merged_fp8", tmp_path / "fp8.safetensors", base=base_dir)
-    assert any(k.endswith(".__fp8_scale") for k in load_file(fp8))
-    assert rel(_out(load_checkpoint(fp8).eval())) < 0.1
+    assert rel(out(plain), want) < 2e-2  # bf16 rounding of W + delta
+    assert rel(out(load_checkpoint(merged).eval()), want) < 2e-2  # the official-layout loader
+    single = export_adapter(model, "merged_single", tmp_path, base=base_dir)
+    assert single.name == "model_bf16.safetensors"
+    assert {v.dtype for v in load_file(single).values() if v.is_floating_point()} == {torch.bfloat16}
+    assert rel(out(load_checkpoint(single).eval()), want) < 3e-2
+    fp32 = export_adapter(model, "merged_single", tmp_path / "fp32.safetensors", base=base_dir, dtype="fp32")
+    assert rel(out(load_checkpoint(fp32).eval()), want) < 2e-2
+    fp8 = load_file(export_adapter(model, "merged_fp8", tmp_path / "fp8.safetensors", base=base_dir))
+    qkv = "block.layers.2.attention.linear_qkv.weight"
+    assert fp8[qkv].dtype == torch.float8_e4m3fn and fp8[qkv + ".__fp8_scale"].shape == ()
+    assert fp8["final_linear_video.weight"].dtype == torch.float32  # only the bf16 block linears are quantised
+    assert rel(out(load_checkpoint(tmp_path / "fp8.safetensors").eval()), want) < 0.1
 
 
-def test_several_adapters_at_strengths_merged_or_stacked(tmp_path, base_dir):
-    a, b = _trained(seed=0), _trained(seed=1)
+def test_merging_an_fp8_base_dequantises_it(tmp_path, base_dir):
+    model = trained()
+    fp8_base = export_adapter(model, "merged_fp8", tmp_path / "fp8.safetensors", base=base_dir, strength=0.0)
+    merged = export_adapter(model, "merged", tmp_path / "m", base=fp8_base)
+    state = load_file(merged / "model.safetensors")
+    assert not any(k.endswith("__fp8_scale") for k in state) and state["block.layers.2.mlp.down_proj.weight"].dtype == torch.bfloat16
+    assert rel(out(load_checkpoint(merged).eval()), out(model)) < 0.1
+
+
+def test_several_adapters_merge_at_their_strengths(tmp_path, base_dir):
+    a, b = trained(seed=0), trained(seed=1)
     pa = export_adapter(a, "comfyui", tmp_path / "a.safetensors", dtype="fp32")
     pb = export_adapter(b, "kohya", tmp_path / "b.safetensors", dtype="fp32")
-    stacked = adapters.load(pb, adapters.load(pa, _base(), strength=0.5), strength=0.25)
-    assert len(stacked.active_adapters) == 2
-    only_a = _out(adapters.load(pa, _base(), strength=0.5))
-    assert not torch.allclose(_out(stacked), only_a, atol=1e-3)
-    # unmerged stacking == merging both deltas into the weights (up to the bf16 storage of merged weights)
-    merged = export_adapter(pa, "merged", tmp_path / "m", base=base_dir, strength=0.5, extra=[(pb, 0.25)])
-    assert float((_out(load_checkpoint(merged)) - _out(stacked)).norm() / _out(stacked).norm()) < 2e-2
-    unmerged_a = adapters.load(pa, _base(), strength=0.5)
-    merged_a = load_checkpoint(export_adapter(pa, "merged", tmp_path / "ma", base=base_dir, strength=0.5))
-    assert float((_out(merged_a) - _out(unmerged_a)).norm() / _out(unmerged_a).norm()) < 2e-2
+    stacked = adapters.load(pb, adapters.load(pa, base_model(), strength=0.5), strength=-0.75)
+    merged = export_adapter(pa, "merged", tmp_path / "m", base=base_dir, strength=0.5, extra=[(pb, -0.75)])
+    assert rel(out(load_checkpoint(merged)), out(stacked)) < 2e-2
+    with safe_open(sorted(merged.glob("model-*.safetensors"))[-1], "pt") as f:
+        assert [m["strength"] for m in json.loads(f.metadata()["hhtune_merged_adapters"])] == [0.5, -0.75]
+    only_a = export_adapter(pa, "merged", tmp_path / "ma", base=base_dir, strength=0.5)
+    assert rel(out(load_checkpoint(only_a)), out(stacked)) > 5e-2  # the second adapter mattered
 
 
-def test_cli_converts_a_training_run_folder(tmp_path):
-    trained = _trained()
+def test_export_is_atomic(tmp_path, base_dir, monkeypatch):
+    """A merge that fails part-way leaves neither a half-written file nor a folder under the final name."""
+    import hhtune.export.merge as merge
+
+    model = trained()
+    calls = {"n": 0}
+    real = merge._add_deltas
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(merge, "_add_deltas", failing)
+    for fmt, target in (("merged", tmp_path / "m"), ("merged_single", tmp_path / "one.safetensors")):
+        calls["n"] = 0
+        with pytest.raises(OSError, match="disk full"):
+            export_adapter(model, fmt, target, base=base_dir)
+        assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary left behind either
+
+
+def test_cli_converts_a_training_run_folder(tmp_path, base_dir, capsys):
+    model = trained()
     run = tmp_path / "run"
-    trained.save_pretrained(str(run / "adapter"))
-    (run / "run_info.json").write_text(json.dumps({"steps": 7, "recipe_hash": "r", "trigger_words": ["hh"], "languages": ["ja"],
-                                                   "dataset_summary": {"clips": 3}, "base_fingerprint": None}))  # fmt: skip
-    assert export_main([str(run), "--format", "comfyui", "--out", str(tmp_path / "o.safetensors")]) == 0
-    meta = read_adapter(tmp_path / "o.safetensors").metadata
-    assert meta.training_steps == 7 and meta.languages == ["ja"] and meta.trigger_words == ["hh"]
+    model.save_pretrained(str(run / "adapter"))
+    from hhtune.fingerprint import base_fingerprint
+
+    (run / "run_info.json").write_text(json.dumps({
+        "steps": 7, "recipe_hash": "r", "trigger_words": ["hh"], "languages": ["ja"], "dataset_summary": {"clips": 3},
+        "base_fingerprint": base_fingerprint(base_model()), "base": "tiny"}))  # fmt: skip
+    assert export_main([str(run), "--format", "kohya", "--out", str(tmp_path / "o"), "--dtype", "fp32"]) == 0
+    written = tmp_path / "o" / "adapter_kohya.safetensors"
+    assert f"wrote {written}" in capsys.readouterr().out
+    meta = read_adapter(written).metadata
+    assert (meta.training_steps, meta.languages, meta.trigger_words, meta.base_name) == (7, ["ja"], ["hh"], "tiny")
+    torch.testing.assert_close(out(adapters.load(written, base_model())), out(model), rtol=0, atol=1e-6)
+    args = [str(run), "--format", "merged", "--out", str(tmp_path / "m"), "--base", str(base_dir), "--also", f"{written}:0.5"]
+    assert export_main(args) == 0 and (tmp_path / "m" / "model.safetensors.index.json").is_file()
+    assert export_main([str(run), "--format", "merged", "--out", str(tmp_path / "m2")]) == 2
+    assert "pass base=BASE_DIR (--base)" in capsys.readouterr().err
 
 
-def test_bad_files_are_named(tmp_path, base_dir):
-    trained = _trained()
-    good = export_adapter(trained, "comfyui", tmp_path / "a.safetensors")
-    with pytest.raises(AdapterError, match="trained on another base model.*super-resolution"):
-        adapters.load(good, _base(seed=1))
-    state = load_file(good)
-    state["diffusion_model.block.layers.2.attention.linear_qkv.lora_A.weight"] = torch.zeros(4, 65)
-    save_file(state, tmp_path / "shape.safetensors")
-    with pytest.raises(AdapterError, match=r"linear_qkv has A \[4, 65\].*needs \[r, 64\]"):
-        adapters.load(tmp_path / "shape.safetensors", _base())
-    with safe_open(good, "pt") as f:
-        meta = json.loads(f.metadata()["hhtune"])
-    save_file(load_file(good), tmp_path / "rank.safetensors", {"hhtune": json.dumps({**meta, "rank": 16})})
-    with pytest.raises(AdapterError, match="metadata says rank 16 but .* has rank 4"):
-        adapters.load(tmp_path / "rank.safetensors", _base())
-    with pytest.raises(AdapterError, match="is not a LoRA adapter.*load_checkpoint"):
-        adapters.load(base_dir / "model-00001-of-00030.safetensors" if (base_dir / "model-00001-of-00030.safetensors").exists()
-                      else sorted(base_dir.glob("model-*.safetensors"))[0], _base())  # fmt: skip
-    (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(AdapterError, match="is not a safetensors file"):
-        adapters.load(tmp_path / "junk.safetensors", _base())
-    with pytest.raises(AdapterError, match="module 'block.layers.0.attention.linear_qkv' does not exist|not a plain linear"):
-        save_file({"diffusion_model.block.layers.0.attention.linear_qkv.lora_A.weight": torch.zeros(2, 64),
-                   "diffusion_model.block.layers.0.attention.linear_qkv.lora_B.weight": torch.zeros(396, 2)},
-                  tmp_path / "mm.safetensors")  # fmt: skip
-        adapters.load(tmp_path / "mm.safetensors", _base())
+def test_bad_export_requests_are_named(tmp_path, base_dir):
+    model = trained()
     with pytest.raises(ValueError, match="merges into a base checkpoint: pass base=BASE_DIR"):
-        export_adapter(trained, "merged", tmp_path / "m")
+        export_adapter(model, "merged", tmp_path / "m")
     with pytest.raises(ValueError, match="unknown export format 'onnx'"):
-        export_adapter(trained, "onnx", tmp_path / "m")
-    with pytest.raises(AdapterError, match="adapter not found"):
-        adapters.load(tmp_path / "nothing.safetensors", _base())
-
-
-def test_adapter_specs_on_the_command_line():
-    from hhtune.adapters import parse_spec
-
-    assert parse_spec("runs/brand/adapter:0.8") == ("runs/brand/adapter", 0.8)
-    assert parse_spec("runs/brand/adapter") == ("runs/brand/adapter", 1.0)
-    assert parse_spec("lora.safetensors:1.5") == ("lora.safetensors", 1.5)
+        export_adapter(model, "onnx", tmp_path / "m")
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        export_adapter(model, "comfyui", tmp_path / "m", dtype="int8")
+    with pytest.raises(AdapterError, match="DoRA adapter carries magnitude vectors the comfyui format cannot hold"):
+        export_adapter(trained(use_dora=True), "comfyui", tmp_path / "d.safetensors")
+    with pytest.raises(AdapterError, match="DoRA adapters cannot be merged"):
+        export_adapter(trained(use_dora=True), "merged", tmp_path / "d", base=base_dir)
+    other = save_checkpoint(HappyHorseTransformer(ModelConfig(**{**ModelConfig.preset("tiny").model_dump(), "hidden_size": 32})),
+                            tmp_path / "other")  # fmt: skip
+    with pytest.raises(AdapterError, match=r"block.layers.2.attention.linear_proj: adapter delta \[64, 64\] does not fit base weight \[32, 32\]"):
+        export_adapter(model, "merged", tmp_path / "m", base=other)
+    assert not (tmp_path / "m").exists()
