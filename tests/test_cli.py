@@ -1,0 +1,67 @@
+"""Every command ends the same way: one exit code per kind of failure and one ``error:`` line."""
+
+from __future__ import annotations
+
+import pytest
+
+from hhtune.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, run_command
+from hhtune.export import AdapterError
+from hhtune.recipe import RecipeError
+from hhtune.training import TrainingError
+
+
+def _raiser(exc: BaseException):
+    def body(argv):
+        raise exc
+
+    return body
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (RecipeError("recipe.yaml: 1 problem(s)\n  lora.rnak: unknown key; allowed keys here: alpha, rank"), EXIT_BAD_INPUT),
+        (AdapterError("a.safetensors: module 'x' does not exist in this model"), EXIT_BAD_INPUT),
+        (FileNotFoundError(2, "No such file or directory", "missing.yaml"), EXIT_BAD_INPUT),
+        (TrainingError("5 non-finite losses in a row at step 9: lower optimizer.lr"), EXIT_FAILED),
+        (MemoryError(), EXIT_OUT_OF_MEMORY),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED),
+    ],
+)
+def test_each_kind_of_failure_has_its_code_and_one_error_line(exc, code, capsys):
+    assert run_command(_raiser(exc)) == code
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: ") and sum(line.startswith("error:") for line in err) == 1
+    assert "Traceback" not in "\n".join(err)  # our failures are messages, not stack traces
+
+
+def test_details_are_indented_under_the_error_line(capsys):
+    run_command(_raiser(RecipeError("r.yaml: 2 problem(s)\n  a.b: unknown key\n  c.d: required but missing")))
+    assert capsys.readouterr().err.splitlines() == [
+        "error: r.yaml: 2 problem(s)", "  a.b: unknown key", "  c.d: required but missing"]  # fmt: skip
+
+
+def test_missing_file_names_the_file(capsys):
+    run_command(_raiser(FileNotFoundError(2, "No such file or directory", "runs/x/recipe.yaml")))
+    assert "runs/x/recipe.yaml" in capsys.readouterr().err
+
+
+def test_out_of_memory_points_at_the_plan(capsys):
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name, without needing CUDA
+        pass
+
+    assert run_command(_raiser(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))) == EXIT_OUT_OF_MEMORY
+    assert "python -m hhtune.plan" in capsys.readouterr().err
+
+
+def test_a_library_bug_keeps_its_traceback(capsys):
+    assert run_command(_raiser(ValueError("operands could not be broadcast"))) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1] == "error: operands could not be broadcast"
+
+
+def test_success_and_argparse_exits_pass_through():
+    assert run_command(lambda argv: None) == 0
+    assert run_command(lambda argv: 0) == 0
+    with pytest.raises(SystemExit):
+        run_command(_raiser(SystemExit(2)))
