@@ -3,6 +3,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := ffmpeg espeak-ng
+# A bare Debian/Ubuntu python3 has no venv/ensurepip: python3-venv brings them.
+VENV_PACKAGE := python3-venv
 
 .PHONY: quickstart test setup system-deps
 
@@ -18,10 +20,11 @@ test: setup
 setup: system-deps $(VENV)/.installed
 
 system-deps:
-	@missing=""; for p in ffmpeg espeak-ng; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	$(PY) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing $(VENV_PACKAGE)"; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
-	  else echo "missing:$$missing — run: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing:$$missing — run: sudo apt-get install -y$$missing"; exit 1; fi; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

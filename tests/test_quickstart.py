@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).parents[1]
@@ -33,6 +34,12 @@ def _quickstart_commands() -> list[list[str]]:
     return [shlex.split(line.replace("$(BIN)", bindir)) for line in lines]
 
 
+# Each command gets COMMAND_TIMEOUT_S; the test's own pytest-timeout covers both with room to spare, so a slow
+# machine fails with the command's output rather than pytest killing the test mid-command.
+COMMAND_TIMEOUT_S = 600
+
+
+@pytest.mark.timeout(2 * COMMAND_TIMEOUT_S + 120)
 def test_readme_quickstart_runs_end_to_end(tmp_path):
     for folder in ("recipes", "accelerate_configs", "data_prep/sample_footage"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
@@ -46,7 +53,7 @@ def test_readme_quickstart_runs_end_to_end(tmp_path):
     commands = _quickstart_commands()
     assert [c[1:4] for c in commands] == [["-m", "data_prep", "build"], ["launch", "--config_file", "accelerate_configs/cpu.yaml"]]
     for cmd in commands:
-        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
         assert res.returncode == 0, f"{cmd}\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
     run = tmp_path / "runs" / "quickstart" / "train"
     info = json.loads((run / "run_info.json").read_text())
