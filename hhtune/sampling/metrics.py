@@ -72,3 +72,30 @@ def reference_fidelity(frames: np.ndarray, reference: np.ndarray, first: int = 5
     ref = reference.astype(np.float32)
     mse = np.mean([(f.astype(np.float32) - ref) ** 2 for f in frames[:first]])
     return float(10 * np.log10(255.0**2 / max(mse, 1e-8)))
+
+
+def nearest_clip_distance(sample, clips) -> float:
+    """Relative L2 distance from a generated video latent ``[48, T, H, W]`` to the nearest training clip's.
+
+    Each pair is compared on the coarser of the two grids (adaptive average pooling over
+    time, height and width), so a validation clip rendered at another size or length is
+    still comparable; the distance is ``|pooled sample - pooled clip| / |pooled clip|``.
+    Near 0 means the sample reproduces a training clip: on a real run that is a
+    memorisation warning, on a one-clip overfit it is the proof that training and
+    sampling agree. ``inf`` when there are no clips.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    sample = torch.as_tensor(sample, dtype=torch.float32)
+    if sample.dim() != 4:
+        raise ValueError(f"sample must be a video latent [C, T, H, W], got shape {tuple(sample.shape)}")
+    best = float("inf")
+    for clip in clips:
+        clip = torch.as_tensor(clip, dtype=torch.float32)
+        if clip.dim() != 4 or clip.shape[0] != sample.shape[0]:
+            raise ValueError(f"clip latents must be [{sample.shape[0]}, T, H, W], got {tuple(clip.shape)}")
+        grid = tuple(min(a, b) for a, b in zip(sample.shape[1:], clip.shape[1:]))
+        s, c = (F.adaptive_avg_pool3d(t[None], grid)[0] for t in (sample, clip))
+        best = min(best, float((s - c).norm() / c.norm().clamp_min(1e-12)))
+    return best
