@@ -8,7 +8,8 @@ Every entry point (``hhtune/train.py``, ``python -m hhtune.sample``, ``hhtune.ex
 | 0 | done | |
 | 1 | the run failed after it started | non-finite losses, a crashed worker, a bug (traceback printed) |
 | 2 | bad input: nothing was run | a recipe typo, a missing file, an adapter for another model, bad arguments |
-| 3 | out of memory | the device could not hold the step; the message points at ``python -m hhtune.plan`` |
+| 3 | the machine lacks something | ffmpeg, espeak-ng or a Python package is missing; the message has the install command |
+| 4 | out of memory | the device could not hold the step; the message points at ``python -m hhtune.plan`` |
 | 130 | interrupted (Ctrl-C) | |
 
 The first line on stderr is always ``error: <what happened>``; further lines (a recipe's
@@ -27,12 +28,17 @@ from collections.abc import Callable
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_OUT_OF_MEMORY = 3
+EXIT_MISSING_DEPENDENCY = 3
+EXIT_OUT_OF_MEMORY = 4
 EXIT_INTERRUPTED = 130
 
 _OUR_PACKAGES = ("hhtune", "data_prep")
 _OOM_HINT = ("the step did not fit in device memory: run `python -m hhtune.plan RECIPE.yaml --gpu-memory GB` for "
              "settings that fit (gradient checkpointing, model.blocks_to_swap, model.activation_offload, FP8 base)")  # fmt: skip
+
+
+class MissingDependencyError(RuntimeError):
+    """A system tool or Python package the command needs is not installed; the message says how to install it."""
 
 
 def _ours(exc: BaseException) -> bool:
@@ -45,6 +51,8 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return EXIT_OUT_OF_MEMORY
+    if isinstance(exc, (MissingDependencyError, ModuleNotFoundError)):
+        return EXIT_MISSING_DEPENDENCY
     if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
         return EXIT_BAD_INPUT
     if isinstance(exc, ValueError) and _ours(exc):
@@ -59,6 +67,8 @@ def error_text(exc: BaseException) -> str:
     if exit_code(exc) == EXIT_OUT_OF_MEMORY:
         return f"error: {_OOM_HINT} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     message = str(exc) or type(exc).__name__
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        message = f"the Python package {exc.name!r} is not installed: pip install -e . in the project's environment ({message})"
     if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in message:
         message = f"{message}: {exc.filename}"
     first, *rest = message.strip().splitlines() or [type(exc).__name__]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hhtune.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, run_command
+from hhtune.cli import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MISSING_DEPENDENCY, EXIT_OUT_OF_MEMORY,
+                        MissingDependencyError, run_command)  # fmt: skip
 from hhtune.export import AdapterError
 from hhtune.recipe import RecipeError
 from hhtune.training import TrainingError
@@ -25,6 +26,8 @@ def _raiser(exc: BaseException):
         (FileNotFoundError(2, "No such file or directory", "missing.yaml"), EXIT_BAD_INPUT),
         (TrainingError("5 non-finite losses in a row at step 9: lower optimizer.lr"), EXIT_FAILED),
         (MemoryError(), EXIT_OUT_OF_MEMORY),
+        (MissingDependencyError("espeak-ng is not installed: apt-get install espeak-ng"), EXIT_MISSING_DEPENDENCY),
+        (ModuleNotFoundError("No module named 'av'", name="av"), EXIT_MISSING_DEPENDENCY),
         (KeyboardInterrupt(), EXIT_INTERRUPTED),
     ],
 )
