@@ -68,3 +68,38 @@ def write_synthetic_dataset(
                 "settings": {"synthetic": True}, "encoded": True}  # fmt: skip
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return path
+
+
+def denoising_base(config, seed: int = 0):
+    """A random model of ``config`` that already denoises at full noise, as a pretrained flow model does.
+
+    A random base maps its input through frozen random embedders and heads, and a LoRA on
+    the blocks cannot undo that in a test's budget; a pretrained base passes its input
+    through. Here every block's residual branches start at zero (``linear_proj`` and
+    ``down_proj``) and the video/audio embedders and heads are transposes of one random
+    orthonormal basis, so the base predicts ``v = x_t / rms(x_t)``: right at sigma = 1,
+    wrong for any clean content. What an adapter learns on top is then what it learned
+    from the clips. Used by the learning check (``benchmarks/learning.py``) and its test.
+    """
+    import torch
+
+    from ..model import HappyHorseTransformer
+
+    if config.hidden_size < max(config.video_in_channels, config.audio_in_channels):
+        raise ValueError(f"a denoising base needs hidden_size >= {config.video_in_channels} (the video token width), "
+                         f"got {config.hidden_size}")  # fmt: skip
+    torch.manual_seed(seed)
+    model = HappyHorseTransformer(config).float()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("linear_proj.weight", "down_proj.weight")):
+                p.zero_()
+        heads = ((model.adapter.video_embedder, model.final_linear_video, config.video_in_channels),
+                 (model.adapter.audio_embedder, model.final_linear_audio, config.audio_in_channels))  # fmt: skip
+        for embedder, head, channels in heads:
+            basis, _ = torch.linalg.qr(torch.randn(config.hidden_size, channels, generator=gen))
+            embedder.weight.copy_(basis)
+            embedder.bias.zero_()
+            head.weight.copy_(basis.T * (channels / config.hidden_size) ** 0.5)
+    return model
