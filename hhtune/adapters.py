@@ -16,6 +16,7 @@ half-made adapter again: a failed load leaves the model as it was.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -110,10 +111,12 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, mod
     config, state = w.to_peft(torch.float32)
     fresh = not isinstance(model, PeftModel)
     try:
-        if fresh:
-            model = get_peft_model(model, config, adapter_name=name)
-        else:
-            model.add_adapter(name, config)
+        with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose
+            warnings.filterwarnings("ignore", message="Unsupported layer type .*ExpertLinear")
+            if fresh:
+                model = get_peft_model(model, config, adapter_name=name)
+            else:
+                model.add_adapter(name, config)
         result = set_peft_model_state_dict(model, state, adapter_name=name)
         if result.unexpected_keys:
             raise AdapterError(f"{source}: PEFT did not place {sorted(result.unexpected_keys)[:3]}")

@@ -11,6 +11,7 @@ By default the four block linears (``linear_qkv``, ``linear_proj``, ``up_gate_pr
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -119,7 +120,9 @@ def add_lora(model: HappyHorseTransformer, settings: LoraSettings, adapter_name:
     LoRA weights are kept in fp32 (PEFT's default upcast) while the base stays in its
     official dtypes, so adapter updates are not lost to bf16 rounding.
     """
-    peft_model = get_peft_model(model, lora_config(model.config, settings), adapter_name=adapter_name)
+    with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose
+        warnings.filterwarnings("ignore", message="Unsupported layer type .*ExpertLinear")
+        peft_model = get_peft_model(model, lora_config(model.config, settings), adapter_name=adapter_name)
     for name, p in peft_model.named_parameters():
         p.requires_grad_("lora_" in name)
     return peft_model

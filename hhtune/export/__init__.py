@@ -102,7 +102,7 @@ def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: st
     if merged and base is None:
         raise ValueError(f"format {fmt!r} merges into a base checkpoint: pass base=BASE_DIR (--base)")
     w = as_weights(source, metadata, adapter_name)
-    name = "the model" if isinstance(source, torch.nn.Module) else str(source)
+    name = "the PEFT model's adapter" if isinstance(source, torch.nn.Module) else str(source)
     shapes = checkpoint_shapes(base) if base is not None else None
     if shapes is not None or not w.fitted:  # a foreign file's sandwich updates: fit to --base, else the 15B model
         w = fit(w, shapes or _preset_shapes("15b"), name, f"base {base}" if shapes else "the 15B model (pass --base)")

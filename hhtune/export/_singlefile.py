@@ -71,7 +71,7 @@ def write_single(w: LoraWeights, path: Path, dtype: torch.dtype, style: str, dro
         tensors[k + b_name] = b.to(dtype).contiguous()
         tensors[k + ".alpha"] = torch.tensor(float(r), dtype=torch.float32)
         alphas[p] = alpha
-    header = {**modelspec_header(w), "hhtune_adapter_format": style, _ALPHAS_KEY: json.dumps(alphas),
+    header = {**modelspec_header(w, folded=True), "hhtune_adapter_format": style, _ALPHAS_KEY: json.dumps(alphas),
               _EXPERTS_KEY: json.dumps(experts), _FITTED_KEY: json.dumps(experts == w.experts)}  # fmt: skip
     atomic_save_file(tensors, path, header)
     return path

@@ -19,8 +19,11 @@ ARCHITECTURE = "daVinci-MagiHuman"
 IMPLEMENTATION = "https://github.com/GAIR-NLP/daVinci-MagiHuman"
 
 
-def modelspec_header(w: LoraWeights, *, merged: bool = False) -> dict[str, str]:
-    """hhtune's own header plus the ModelSpec and ``ss_*`` keys for ``w``."""
+def modelspec_header(w: LoraWeights, *, merged: bool = False, folded: bool = False) -> dict[str, str]:
+    """hhtune's own header plus the ModelSpec and ``ss_*`` keys for ``w``.
+
+    ``folded``: the file holds ``B`` pre-scaled with ``alpha = r``, so ``ss_network_alpha`` is the rank.
+    """
     meta = w.described()
     title = meta.title or (f"HappyHorse LoRA ({', '.join(meta.trigger_words)})" if meta.trigger_words else "HappyHorse LoRA")
     header = {
@@ -45,7 +48,9 @@ def modelspec_header(w: LoraWeights, *, merged: bool = False) -> dict[str, str]:
         header["modelspec.license"] = meta.license
     if meta.rank is not None:
         header["ss_network_dim"] = str(meta.rank)
-    if meta.alpha is not None:
+    if folded and meta.rank is not None:
+        header["ss_network_alpha"] = str(float(meta.rank))
+    elif meta.alpha is not None and not folded:
         header["ss_network_alpha"] = str(meta.alpha)
     if meta.training_steps is not None:
         header["ss_steps"] = str(meta.training_steps)

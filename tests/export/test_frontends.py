@@ -253,7 +253,7 @@ def test_modelspec_and_ss_keys_in_every_single_file_header(tmp_path):
             h = f.metadata()
         assert h["modelspec.sai_model_spec"] == "1.0.0" and h["modelspec.architecture"] == "daVinci-MagiHuman/lora", fmt
         assert h["modelspec.title"] == "Brand voice" and h["modelspec.trigger_phrase"] == "hhbrand"
-        assert h["modelspec.resolution"] == "448x256" and h["ss_network_dim"] == "4" and h["ss_network_alpha"] == "8.0"
+        assert h["modelspec.resolution"] == "448x256" and h["ss_network_dim"] == "4" and h["ss_network_alpha"] == "4.0"
         assert h["ss_steps"] == "12" and json.loads(h["hhtune"])["rank"] == 4
 
 
