@@ -75,7 +75,9 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     """Write ``folder/README.md``: a model card in place of PEFT's empty template.
 
     ``info`` is a training run's ``run_info.json`` (steps, base, base_fingerprint, trigger_words,
-    languages, dataset_summary, recipe_hash; optionally validation, consent, license, lora).
+    languages, dataset_summary, recipe_hash; optionally validation, consent, license, lora). Without
+    ``validation``, the run folder around ``folder`` is read: the last step's stills under
+    ``samples/`` and the last ``val/*`` record of ``metrics.jsonl``.
     """
     folder = Path(folder)
     data = info.get("dataset_summary") or {}
@@ -118,7 +120,7 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     if info.get("lora"):
         lines.append(f"- lora: `{json.dumps(info['lora'], sort_keys=True)}`")
     lines += ["", "## Validation"]
-    val = info.get("validation") or {}
+    val = info.get("validation") or _run_validation(folder.parent)
     stills = val.get("stills") or []
     metrics = val.get("metrics") or {}
     lines += [f"![validation still]({s})" for s in stills] or ["- no validation stills recorded"]
@@ -133,3 +135,20 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     atomic_write_text(path, "\n".join(lines))
     return path
 
+
+
+def _run_validation(run_dir: Path) -> dict:
+    """The latest validation stills and metrics a training run folder holds (empty when none)."""
+    steps = sorted((run_dir / "samples").glob("step-*")) if (run_dir / "samples").is_dir() else []
+    stills = [f"../{p.relative_to(run_dir).as_posix()}" for p in sorted(steps[-1].glob("*.png"))] if steps else []
+    metrics: dict = {}
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            found = {k.removeprefix("val/"): v for k, v in record.items() if k.startswith("val/")}
+            metrics = found or metrics
+    return {"stills": stills, "metrics": metrics}

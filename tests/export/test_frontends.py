@@ -165,7 +165,7 @@ def _batch(audio_len: int):
     return v, a[:, :audio_len], t
 
 
-def test_training_only_the_audio_experts_leaves_audio_free_video_bit_identical():
+def test_training_only_the_audio_experts_leaves_audio_free_video_bit_identical(tmp_path):
     settings = LoraSettings(rank=4, layers=MM, experts=["audio"])
     model = add_lora(base_model(), settings)
     # r * (in + out) per module, one B (audio): layers 0-1 (GELU7) 4 * 964 each, layers 6-7 (SwiGLU7) 4 * 956 each
@@ -189,6 +189,12 @@ def test_training_only_the_audio_experts_leaves_audio_free_video_bit_identical()
         assert a_new.shape == (1, 0, 64)
         assert torch.equal(v_new, v_base)  # no audio token: the audio experts never run
         assert not torch.equal(model(*_batch(5))[1], base_model()(*_batch(5))[1])  # with audio, the adapter acts
+    model.save_pretrained(str(tmp_path / "run" / "adapter"))  # the trainer's own writer: PEFT's save_pretrained
+    reloaded = adapters.load(tmp_path / "run", base_model())
+    assert torch.equal(out(reloaded), out(model))
+    wan = load_file(export_adapter(tmp_path / "run", "wan2gp", tmp_path / "a.safetensors", dtype="fp32"))
+    b = wan["block.layers.6.mlp.down_proj.lora_B.weight"]
+    assert b.shape == (192, 4) and b[:64].abs().max() == 0 and b[64:128].abs().max() > 0 and b[128:].abs().max() == 0
 
 
 def test_modality_strengths_move_the_expert_outputs_independently(tmp_path):
@@ -273,6 +279,11 @@ def test_model_card_replaces_the_peft_template(tmp_path):
                  "validation/step_40.png", "sample_distance: 0.31", "signed releases on file"):  # fmt: skip
         assert text in card, text
     assert "NOT RECORDED" in write_model_card(tmp_path / "adapter", {}).read_text()  # no consent field: say so
+    (tmp_path / "samples" / "step-00000040").mkdir(parents=True)  # a run folder: stills and val/ metrics found there
+    (tmp_path / "samples" / "step-00000040" / "prompt0.png").write_bytes(b"")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 40, "loss": 0.5}\n{"step": 40, "val/lip_sync": 0.8}\n')
+    card = write_model_card(tmp_path / "adapter", {"steps": 40}).read_text()
+    assert "../samples/step-00000040/prompt0.png" in card and "lip_sync: 0.8" in card
 
 
 # --------------------------------------------------------------------------- bad input
