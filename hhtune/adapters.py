@@ -34,7 +34,7 @@ class AdapterSpec(NamedTuple):
 
     path: str
     strength: float = 1.0
-    modalities: dict[str, float] = {}
+    modalities: dict[str, float] = {}  # noqa: RUF012 - a NamedTuple field default, never mutated
 
 
 def parse_spec(text: str) -> AdapterSpec:

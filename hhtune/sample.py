@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         model = HappyHorseTransformer(ModelConfig.preset(args.model)).to(args.device)
     else:
         model = load_checkpoint(args.model, device=args.device)
-    from hhtune.adapters import load as load_adapter, parse_spec
+    from hhtune.adapters import load as load_adapter
+    from hhtune.adapters import parse_spec
 
     for spec in args.adapter:
         path, strength, modalities = parse_spec(spec)

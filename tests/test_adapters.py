@@ -147,7 +147,7 @@ def test_bad_files_are_named(tmp_path):
         adapters.load(peft, base_model())
     base_dir = save_checkpoint(base_model(), tmp_path / "base", max_shard_size=40_000)
     with pytest.raises(AdapterError, match="is not a LoRA adapter.*load_checkpoint"):
-        adapters.load(sorted(base_dir.glob("model-*.safetensors"))[0], base_model())
+        adapters.load(min(base_dir.glob("model-*.safetensors")), base_model())
     with pytest.raises(AdapterError, match="is not an adapter: no adapter_config.json.*it is a base checkpoint"):
         adapters.load(base_dir, base_model())
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
@@ -159,7 +159,9 @@ def test_bad_files_are_named(tmp_path):
     with pytest.raises(AdapterError, match=r"block.layers.0.attention.linear_qkv has B \[200, 2\], the weight in the model has 396 rows \(3 experts of 132\)"):
         adapters.load(tmp_path / "mm.safetensors", base_model())
     save_file({"diffusion_model.block.layers.9.mlp.down_proj.lora_A.weight": torch.zeros(2, 64),
-               "diffusion_model.block.layers.9.mlp.down_proj.lora_B.weight": torch.zeros(64, 2)},
+               "diffusion_model.block.layers.9.mlp.down_proj.lora_B.weight": torch.zeros(64, 2),
+               "diffusion_model.block.layers.2.mlp.down_proj.lora_A.weight": torch.zeros(2, 168),
+               "diffusion_model.block.layers.2.mlp.down_proj.lora_B.weight": torch.zeros(64, 2)},
               tmp_path / "deep.safetensors")  # fmt: skip
     with pytest.raises(AdapterError, match="deep.safetensors: module 'block.layers.9.mlp.down_proj' does not exist in the model"):
         adapters.load(tmp_path / "deep.safetensors", base_model())
@@ -182,3 +184,27 @@ def test_adapter_specs_on_the_command_line():
     assert parse_spec("a.safetensors:0.8,audio=0") == ("a.safetensors", 0.8, {"audio": 0.0})
     with pytest.raises(ValueError, match="unknown modality 'speech'"):
         parse_spec("a.safetensors:speech=1")
+
+
+def test_sample_command_applies_per_modality_strengths(tmp_path, monkeypatch):
+    """``hhtune.sample --adapter PATH:video=1.0,audio=0.5`` loads the real file with those strengths."""
+    from hhtune.sample import main as sample_main
+
+    path = export_adapter(trained(layers="all", experts=["video", "audio"]), "wan2gp", tmp_path / "a.safetensors")
+    loaded = []
+
+    class Loaded(Exception):
+        pass
+
+    real = adapters.load
+
+    def spy(*args, **kwargs):
+        loaded.append(real(*args, **kwargs))
+        raise Loaded  # stop before sampling: the encoders are not part of this test
+
+    monkeypatch.setattr(adapters, "load", spy)
+    with pytest.raises(Loaded):
+        sample_main(["--model", "tiny", "--encoders", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o"),
+                     "--device", "cpu", "--adapter", f"{path}:video=1.0,audio=0.5"])  # fmt: skip
+    layer = loaded[0].get_base_model().block.layers[0].attention.linear_qkv
+    assert layer.expert_strength["adapter_a"] == {"video": 1.0, "audio": 0.5}

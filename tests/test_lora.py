@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hhtune.lora import LoraSettings, add_lora, expected_trainable_parameters, target_module_names, trainable_parameter_count
+from hhtune.lora import (
+    LoraSettings,
+    add_lora,
+    expected_trainable_parameters,
+    target_module_names,
+    trainable_parameter_count,
+)
 from hhtune.model import HappyHorseTransformer, ModelConfig
 
 

@@ -28,8 +28,19 @@ from pathlib import Path
 import torch
 
 from ._singlefile import write_single
-from .formats import (AdapterError, AdapterMetadata, LoraWeights, checkpoint_shapes, drop_experts, fit,
-                      from_peft_model, model_shapes, read_adapter, scale_modalities, write_peft)  # fmt: skip
+from .formats import (
+    AdapterError,
+    AdapterMetadata,
+    LoraWeights,
+    checkpoint_shapes,
+    drop_experts,
+    fit,
+    from_peft_model,
+    model_shapes,
+    read_adapter,
+    scale_modalities,
+    write_peft,
+)
 from .merge import merge_into_checkpoint
 from .modelspec import modelspec_header, write_model_card
 

@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from ..io import atomic_dir, atomic_save_file, atomic_write_text
 
@@ -130,7 +129,7 @@ class LoraWeights:
                 state[f"{_PEFT_PREFIX}{p}{_MAGNITUDE}"] = self.magnitudes[p].to(dtype).contiguous()
         return config, state
 
-    def copy(self) -> "LoraWeights":
+    def copy(self) -> LoraWeights:
         """A shallow copy whose dicts (not tensors) may be changed."""
         return LoraWeights(dict(self.modules), self.metadata.model_copy(), dict(self.magnitudes), dict(self.experts),
                            self.fitted)  # fmt: skip
@@ -332,6 +331,10 @@ def fit(w: LoraWeights, shapes: ModuleShapes, source: str, target: str = "the mo
 
     out = w.copy()
     out.fitted = True
+    if w.modules and not any(p in shapes for p in w.modules):
+        example = min(w.modules)
+        raise AdapterError(f"{source}: none of its {len(w.modules)} modules exist in {target} (e.g. {example!r}): "
+                           "a LoRA for another architecture")  # fmt: skip
     for path, (a, b, alpha) in sorted(w.modules.items()):
         if path not in shapes:
             raise AdapterError(f"{source}: module {path!r} does not exist in {target} (unknown module key)")

@@ -104,8 +104,10 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
         "## Use",
         f"- trigger words: {', '.join(f'`{t}`' for t in trig) if trig else 'none'}",
         f"- languages: {', '.join(langs) if langs else 'unknown'}",
-        "- `python -m hhtune.sample --adapter PATH[:video=1.0,audio=1.0] ...`; other front-ends: "
-        "`python -m hhtune.export PATH --format wan2gp|comfyui|kohya|merged`",
+        (
+            "- `python -m hhtune.sample --adapter PATH[:video=1.0,audio=1.0] ...`; other front-ends: "
+            "`python -m hhtune.export PATH --format wan2gp|comfyui|kohya|merged`"
+        ),
         "",
         "## Training data",
         f"- clips: {data.get('clips', 'unknown')}",

@@ -208,7 +208,7 @@ def test_several_adapters_merge_at_their_strengths(tmp_path, base_dir):
     stacked = adapters.load(pb, adapters.load(pa, base_model(), strength=0.5), strength=-0.75)
     merged = export_adapter(pa, "merged", tmp_path / "m", base=base_dir, strength=0.5, extra=[(pb, -0.75)])
     assert rel(out(load_checkpoint(merged)), out(stacked)) < 2e-2
-    with safe_open(sorted(merged.glob("model-*.safetensors"))[-1], "pt") as f:
+    with safe_open(max(merged.glob("model-*.safetensors")), "pt") as f:
         assert [m["strength"] for m in json.loads(f.metadata()["hhtune_merged_adapters"])] == [0.5, -0.75]
     only_a = export_adapter(pa, "merged", tmp_path / "ma", base=base_dir, strength=0.5)
     assert rel(out(load_checkpoint(only_a)), out(stacked)) > 5e-2  # the second adapter mattered
@@ -216,7 +216,7 @@ def test_several_adapters_merge_at_their_strengths(tmp_path, base_dir):
 
 def test_export_is_atomic(tmp_path, base_dir, monkeypatch):
     """A merge that fails part-way leaves neither a half-written file nor a folder under the final name."""
-    import hhtune.export.merge as merge
+    from hhtune.export import merge
 
     model = trained()
     calls = {"n": 0}

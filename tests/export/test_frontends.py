@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from hhtune import adapters
-from hhtune.export import AdapterError, export_adapter, read_adapter
+from hhtune.export import AdapterError, export_adapter
 from hhtune.lora import LoraSettings, add_lora, expected_trainable_parameters, trainable_parameter_count
 from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint, save_checkpoint
 
@@ -184,7 +184,7 @@ def test_training_only_the_audio_experts_leaves_audio_free_video_bit_identical(t
     assert any("lora_B_audio" in n for n in changed)
     model.eval()
     with torch.no_grad():
-        v_base, a_base = base_model()(*_batch(0))
+        v_base, _ = base_model()(*_batch(0))
         v_new, a_new = model(*_batch(0))
         assert a_new.shape == (1, 0, 64)
         assert torch.equal(v_new, v_base)  # no audio token: the audio experts never run
@@ -241,7 +241,7 @@ def test_expert_adapters_merge_into_the_stacked_weight(tmp_path, base_dir):
     assert PeftMergeMatches(model)
 
 
-def PeftMergeMatches(model) -> bool:  # noqa: N802 - reads as a claim in the assert above
+def PeftMergeMatches(model) -> bool:
     """PEFT's own merge_and_unload goes through the expert layer's merge and gives the same model."""
     want = out(model)
     return rel(out(model.merge_and_unload()), want) < 1e-2
@@ -293,7 +293,7 @@ def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
 
 
-@pytest.mark.parametrize("case", ["architecture", "shape", "unknown_module", "unknown_key", "duplicate", "nan"])
+@pytest.mark.parametrize("case", ["architecture", "wan_keys", "shape", "unknown_module", "unknown_key", "duplicate", "nan"])
 def test_bad_files_name_file_key_and_reason_and_change_nothing(tmp_path, case):
     good = load_file(export_adapter(trained(), "wan2gp", tmp_path / "good.safetensors", dtype="fp32"))
     k = "block.layers.2.mlp.down_proj"
@@ -301,6 +301,10 @@ def test_bad_files_name_file_key_and_reason_and_change_nothing(tmp_path, case):
     if case == "architecture":
         header = {"modelspec.architecture": "wan2.1-t2v-14b/lora"}
         match = r"bad.safetensors: modelspec.architecture is 'wan2.1-t2v-14b/lora': a LoRA for another model"
+    elif case == "wan_keys":  # a Wan2.1 LoRA in ComfyUI's generic layout: no header, only foreign module paths
+        state = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 64),
+                 "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(64, 4)}  # fmt: skip
+        match = r"bad.safetensors: none of its 1 modules exist in the model \(e.g. 'blocks.0.self_attn.q'\).*another architecture"
     elif case == "shape":
         state[f"{k}.lora_A.weight"] = torch.zeros(4, 100)
         match = r"bad.safetensors: block.layers.2.mlp.down_proj has A \[4, 100\] / B \[64, 4\], the model needs \[r, 168\]"
