@@ -160,9 +160,15 @@ def test_merged_checkpoint_equals_base_plus_adapter(tmp_path, base_dir):
     index = json.loads((merged / "model.safetensors.index.json").read_text())
     shards = sorted(merged.glob("model-*.safetensors"))
     base_index = json.loads((base_dir / "model.safetensors.index.json").read_text())
-    # the official loader's conventions: the same index name, shard names (model-0000i-of-0000n) and key placement
+    # The official loader (daVinci-MagiHuman inference/infra/checkpoint/load_model_checkpoint.py, as vendored in
+    # AkaneTendo25/musubi-tuner src/musubi_tuner/magihuman/infra/checkpoint/load_model_checkpoint.py) reads
+    # model.safetensors.index.json's weight_map and opens each named shard for its keys (else model.safetensors):
+    # the same index name, shard names (model-0000i-of-0000n) and key placement as the base.
     assert len(shards) > 1 and set(index["weight_map"].values()) == {f.name for f in shards}
     assert index["weight_map"] == base_index["weight_map"] and shards[0].name == f"model-00001-of-{len(shards):05d}.safetensors"
+    for name in set(index["weight_map"].values()):  # every key is in the shard the index names
+        with safe_open(merged / name, "pt") as f:
+            assert {k for k, v in index["weight_map"].items() if v == name} == set(f.keys())
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for f in shards for t in load_file(f).values())
     state = {k: v for f in shards for k, v in load_file(f).items()}
     base_state = {k: v for f in sorted(base_dir.glob("model-*.safetensors")) for k, v in load_file(f).items()}
