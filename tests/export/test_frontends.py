@@ -172,6 +172,9 @@ def test_training_only_the_audio_experts_leaves_audio_free_video_bit_identical(t
     assert trainable_parameter_count(model) == expected_trainable_parameters(model.config, settings) == 15_360
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(".lora_A." in n or ".lora_B_audio." in n for n in names)
+    from hhtune.fingerprint import base_fingerprint
+
+    assert base_fingerprint(model) == base_fingerprint(base_model())  # the expert wrappers hide no base weight
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(3):
