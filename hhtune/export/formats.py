@@ -1,11 +1,14 @@
 """Adapter file formats, all converted through one in-memory form: module path -> (A, B, alpha).
 
-| format | keys | scale |
-| --- | --- | --- |
-| ``peft`` | folder: ``adapter_config.json`` + ``adapter_model.safetensors`` (``base_model.model.<path>.lora_A.weight``; sandwich experts ``.lora_B_<expert>.weight``) | PEFT's ``lora_alpha`` / ``r`` |
-| ``wan2gp`` | ``<path>.lora_A.weight`` ``[r, in]``, ``.lora_B.weight`` ``[out, r]``, ``.alpha`` | B pre-scaled, ``alpha = r`` |
-| ``comfyui`` | ``diffusion_model.<path>.lora_A.weight``, ``.lora_B.weight``, ``.alpha`` | B pre-scaled, ``alpha = r`` |
-| ``kohya`` | ``lora_unet_<path with _>.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` (musubi-tuner's MagiHuman keys) | B pre-scaled, ``alpha = r`` |
+| format | keys | scale | loads in (checked against the loader's code) |
+| --- | --- | --- | --- |
+| ``peft`` | folder: ``adapter_config.json`` + ``adapter_model.safetensors`` (``base_model.model.<path>.lora_A.weight``; sandwich experts ``.lora_B_<expert>.weight``) | PEFT's ``lora_alpha`` / ``r`` | hhtune, PEFT |
+| ``wan2gp`` | ``<path>.lora_A.weight`` ``[r, in]``, ``.lora_B.weight`` ``[out, r]``, ``.alpha`` | B pre-scaled, ``alpha = r`` | Wan2GP (``models/magi_human`` + mmgp) |
+| ``kohya`` | ``lora_unet_<path with _>.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` | B pre-scaled, ``alpha = r`` | musubi-tuner ``magi-human`` (shared expert updates only) |
+| ``comfyui`` | ``diffusion_model.<path>.lora_A.weight``, ``.lora_B.weight``, ``.alpha`` | B pre-scaled, ``alpha = r`` | ComfyUI's generic key map; ComfyUI core does not run MagiHuman yet |
+
+Merged checkpoints (:mod:`hhtune.export.merge`) are the path to the ComfyUI MagiHuman node
+packs and FastVideo, which apply no LoRA to MagiHuman.
 
 ``<path>`` is the official module path (``block.layers.4.attention.linear_qkv``,
 ``adapter.audio_embedder``). A sandwich (expert) module's ``B`` is held stacked like the
