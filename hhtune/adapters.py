@@ -1,57 +1,78 @@
 """Applying adapter files to a model, unmerged, at a strength; call again to stack several.
 
-``load(path, model, strength)`` reads any format hhtune exports (and PEFT's own folders,
-DoRA included), checks every module and shape against the model and the base
-fingerprint, and returns a PEFT-wrapped model whose active adapters are all the loaded
-ones: the forward adds each adapter's delta at its own strength. The adapter keeps its
-own rank and alpha (PEFT's ``set_scale`` applies the strength), so a loaded adapter can
-be trained further (``trainable=True``) exactly like the one it was saved from.
+``load(path, model, strength, modalities=...)`` reads any format hhtune exports (PEFT's own
+folders with DoRA, Wan2GP files, and musubi-tuner's MagiHuman LoRAs included), checks
+every module and shape against the model and the base fingerprint, and returns a
+PEFT-wrapped model whose active adapters are all the loaded ones: the forward adds each
+adapter's delta at its own strength. The adapter keeps its own rank and alpha (PEFT's
+``set_scale`` applies the strength), so a loaded adapter can be trained further
+(``trainable=True``) exactly like the one it was saved from. ``modalities``
+(``{"audio": 0.5}``) scales the sandwich experts and embedders of one modality on top.
+
+Every check runs before the model is touched, and a failure while injecting removes the
+half-made adapter again: a failed load leaves the model as it was.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
-from .export.formats import AdapterError, LoraWeights, read_adapter
+from .export.formats import AdapterError, LoraWeights, fit, model_shapes, read_adapter
 from .fingerprint import base_fingerprint
+from .lora_experts import EXPERTS, set_expert_strengths
 
 
-def parse_spec(text: str) -> tuple[str, float]:
-    """``"path/to/adapter:0.8"`` -> ``("path/to/adapter", 0.8)``; no suffix means strength 1."""
-    path, sep, strength = text.rpartition(":")
-    try:
-        return (path, float(strength)) if sep and path else (text, 1.0)
-    except ValueError:
-        return text, 1.0
+class AdapterSpec(NamedTuple):
+    """An adapter on a command line: path, strength, and per-modality strengths (``{}``: all 1)."""
+
+    path: str
+    strength: float = 1.0
+    modalities: dict[str, float] = {}  # noqa: RUF012 - a NamedTuple field default, never mutated
 
 
-def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_base: bool = True) -> None:
-    """Raise :class:`AdapterError` naming the problem if ``w`` cannot be applied to ``model``.
+def parse_spec(text: str) -> AdapterSpec:
+    """``PATH``, ``PATH:0.8``, ``PATH:video=1.0,audio=0.5`` or ``PATH:0.8,audio=0`` -> :class:`AdapterSpec`.
 
-    Checked in order: every module exists and is a plain linear, every ``A``/``B`` shape
-    fits it, the rank agrees with the file's metadata, and (``check_base``) the base
-    fingerprint recorded in the file equals the model's.
+    A suffix that is not a strength list is part of the path (``C:/loras/x.safetensors``).
     """
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    modules = dict(base.named_modules())
+    path, sep, tail = text.rpartition(":")
+    if not sep or not path:
+        return AdapterSpec(text, 1.0, {})
+    strength, modalities = 1.0, {}
+    try:
+        for item in tail.split(","):
+            name, eq, value = item.partition("=")
+            if eq:
+                if name.strip() not in EXPERTS:
+                    raise ValueError(f"adapter spec {text!r}: unknown modality {name.strip()!r}; allowed {list(EXPERTS)}")
+                modalities[name.strip()] = float(value)
+            else:
+                strength = float(item)
+    except ValueError as e:
+        if "unknown modality" in str(e):
+            raise
+        return AdapterSpec(text, 1.0, {})
+    return AdapterSpec(path, strength, modalities)
+
+
+def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_base: bool = True) -> LoraWeights:
+    """``w`` fitted to ``model``, or :class:`AdapterError` naming the file, module and reason.
+
+    Checked in order: every module exists (a plain or sandwich-expert linear, or an
+    embedder) and every ``A``/``B`` shape fits it (see :func:`~hhtune.export.formats.fit`),
+    the rank agrees with the file's metadata, and (``check_base``) the base fingerprint
+    recorded in the file equals the model's.
+    """
+    w = fit(w, model_shapes(model), source)
     meta = w.metadata
-    for path, (a, b, _) in sorted(w.modules.items()):
-        mod = modules.get(path)
-        if mod is None:
-            raise AdapterError(f"{source}: module {path!r} does not exist in this model")
-        layer = getattr(mod, "base_layer", mod)
-        if not isinstance(layer, torch.nn.Linear):
-            raise AdapterError(f"{source}: {path!r} is not a plain linear (sandwich expert layers cannot take LoRA)")
-        if a.dim() != 2 or b.dim() != 2 or a.shape[1] != layer.in_features or b.shape[0] != layer.out_features or a.shape[0] != b.shape[1]:
-            raise AdapterError(
-                f"{source}: {path} has A {list(a.shape)} / B {list(b.shape)}, the model needs "
-                f"[r, {layer.in_features}] / [{layer.out_features}, r]"
-            )
+    for path, (a, _, _) in sorted(w.modules.items()):
         if meta.rank is not None and a.shape[0] != meta.rank:
             raise AdapterError(f"{source}: metadata says rank {meta.rank} but {path} has rank {a.shape[0]}")
     if check_base and meta.base_fingerprint and meta.base_fingerprint != (mine := base_fingerprint(model)):
@@ -61,20 +82,26 @@ def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_
             f"has {mine}): e.g. an adapter of the super-resolution or distilled model applied to the base one, or the "
             "reverse. If this is the same base in another precision (an FP8 copy), pass check_base=False"
         )
+    return w
 
 
-def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, adapter_name: str | None = None,
-         trainable: bool = False, check_base: bool = True) -> PeftModel:  # fmt: skip
+def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, modalities: dict[str, float] | None = None,
+         adapter_name: str | None = None, trainable: bool = False, check_base: bool = True) -> PeftModel:  # fmt: skip
     """Apply the adapter at ``path`` to ``model`` at ``strength`` and return the (PEFT-wrapped) model.
 
     Adapters already active on ``model`` stay active, so calling ``load`` again stacks: the
-    output is base + the sum of every adapter's delta at its strength. The base stays
+    output is base + the sum of every adapter's delta at its strength. ``modalities`` gives
+    the sandwich experts and the embedder of a modality their own factor
+    (``{"audio": 0.5}``: audio parts at half, the rest at ``strength``). The base stays
     frozen; the new adapter's weights train only if ``trainable``; earlier adapters keep
     their ``requires_grad``. LoRA weights are held in fp32 on the model's device.
     """
     source = str(path)
-    w = read_adapter(path)
-    check_compatible(w, model, source, check_base)
+    modalities = dict(modalities or {})
+    bad = [m for m in modalities if m not in EXPERTS]
+    if bad:
+        raise ValueError(f"unknown modality {bad}; allowed {list(EXPERTS)}")
+    w = check_compatible(read_adapter(path), model, source, check_base)
     active = list(model.active_adapters) if isinstance(model, PeftModel) else []
     existing = list(model.peft_config) if isinstance(model, PeftModel) else []
     name = adapter_name or "adapter_" + re.sub(r"\W", "_", Path(path).stem)  # outside PEFT's "lora_" key prefix
@@ -82,18 +109,42 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, ada
         name += "_"
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     config, state = w.to_peft(torch.float32)
-    if isinstance(model, PeftModel):
-        model.add_adapter(name, config)
-    else:
-        model = get_peft_model(model, config, adapter_name=name)
-    result = set_peft_model_state_dict(model, state, adapter_name=name)
-    if result.unexpected_keys:
-        raise AdapterError(f"{source}: PEFT did not place {sorted(result.unexpected_keys)[:3]}")
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            module.set_scale(name, strength)  # scaling = strength * alpha / r, PEFT's own strength knob
+    fresh = not isinstance(model, PeftModel)
+    try:
+        with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose
+            warnings.filterwarnings("ignore", message="Unsupported layer type .*ExpertLinear")
+            if fresh:
+                model = get_peft_model(model, config, adapter_name=name)
+            else:
+                model.add_adapter(name, config)
+        result = set_peft_model_state_dict(model, state, adapter_name=name)
+        if result.unexpected_keys:
+            raise AdapterError(f"{source}: PEFT did not place {sorted(result.unexpected_keys)[:3]}")
+    except Exception:
+        _remove(model, name, fresh)
+        raise
+    for mod_name, module in model.get_base_model().named_modules():
+        if isinstance(module, LoraLayer) and name in module.scaling:
+            m = re.fullmatch(r"adapter\.(video|audio|text)_embedder", mod_name)
+            module.set_scale(name, strength * (modalities.get(m.group(1), 1.0) if m else 1.0))
+    set_expert_strengths(model, name, modalities)
     model.base_model.set_adapter(active + [name])  # several active adapters: PEFT sums their outputs
     for n, p in model.named_parameters():  # set_adapter marks every active adapter trainable; restore
         new = f".{name}." in n and "lora_" in n
         p.requires_grad_(trainable if new else grads.get(n, False) and "lora_" in n)
     return model
+
+
+def _remove(model: torch.nn.Module, name: str, fresh: bool) -> None:
+    """Undo a half-made adapter: unwrap a model wrapped just now, or delete the new adapter."""
+    if not isinstance(model, PeftModel) or name not in model.peft_config:
+        return
+    if fresh:
+        model.unload()
+        return
+    model.delete_adapter(name)
+    base = model.get_base_model()
+    for mod_name, module in list(base.named_modules()):  # layers wrapped only for the failed adapter: unwrap again
+        if isinstance(module, LoraLayer) and not module.lora_A and not module.lora_B and "." in mod_name:
+            parent, _, child = mod_name.rpartition(".")
+            setattr(base.get_submodule(parent), child, module.get_base_layer())

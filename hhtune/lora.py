@@ -1,22 +1,28 @@
 """LoRA on the HappyHorse transformer, through PEFT.
 
 By default the four block linears (``linear_qkv``, ``linear_proj``, ``up_gate_proj``,
-``down_proj``) of the shared layers (4-35 on the 15B model) are adapted. The sandwich
-layers hold three modality experts in one weight and are not plain linears, so PEFT
-cannot adapt them; asking for them is an error that says so.
+``down_proj``) of the shared layers (4-35 on the 15B model) are adapted.
+
+* ``layers: all`` (or a list naming sandwich layers, 0-3 and 36-39 on 15B) also adapts the
+  sandwich layers' modality experts, through the PEFT custom layer of
+  :mod:`hhtune.lora_experts`; ``experts`` picks which of video, audio and text train.
+* ``embedders`` adds the per-modality input projections ``adapter.<m>_embedder``.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .lora_experts import EXPERTS, register_experts
 from .model import HappyHorseTransformer, ModelConfig
 
 TargetName = Literal["linear_qkv", "linear_proj", "up_gate_proj", "down_proj"]
+Modality = Literal["video", "audio", "text"]
 ALL_TARGETS: tuple[str, ...] = ("linear_qkv", "linear_proj", "up_gate_proj", "down_proj")
 _PARENT = {"linear_qkv": "attention", "linear_proj": "attention", "up_gate_proj": "mlp", "down_proj": "mlp"}
 
@@ -30,7 +36,12 @@ class LoraSettings(BaseModel):
     alpha: float | None = Field(None, gt=0, description="scale numerator; default: equal to rank (scale 1)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     targets: list[TargetName] = Field(default_factory=lambda: list(ALL_TARGETS))
-    layers: list[int] | Literal["shared"] = Field("shared", description='"shared" or explicit shared-layer indices')
+    layers: list[int] | Literal["shared", "all"] = Field(
+        "shared", description='"shared" (no sandwich layer), "all", or explicit layer indices (sandwich ones included)'
+    )
+    experts: list[Modality] = Field(default_factory=lambda: list(EXPERTS),
+                                    description="which experts of the sandwich layers train")  # fmt: skip
+    embedders: list[Modality] = Field(default_factory=list, description="input projections adapter.<m>_embedder to adapt")
     use_rslora: bool = Field(False, description="scale by alpha/sqrt(r) instead of alpha/r")
     use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
     init: Literal["default", "gaussian"] = Field("default", description="B=0 with kaiming (default) or gaussian A")
@@ -42,6 +53,18 @@ class LoraSettings(BaseModel):
             raise ValueError(f"targets must name at least one of {list(ALL_TARGETS)}")
         return list(dict.fromkeys(v))
 
+    @field_validator("experts")
+    @classmethod
+    def _some_expert(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"experts must name at least one of {list(EXPERTS)} (or leave the sandwich layers out)")
+        return [e for e in EXPERTS if e in v]
+
+    @field_validator("embedders")
+    @classmethod
+    def _ordered(cls, v: list[str]) -> list[str]:
+        return [e for e in EXPERTS if e in v]
+
     @property
     def effective_alpha(self) -> float:
         """``alpha``, defaulting to the rank."""
@@ -52,23 +75,33 @@ def adapted_layers(config: ModelConfig, settings: LoraSettings) -> list[int]:
     """Indices of the layers the settings adapt, validated against the model."""
     if settings.layers == "shared":
         return config.shared_layers
-    bad = [i for i in settings.layers if i not in config.shared_layers]
-    if bad:
-        raise ValueError(
-            f"lora.layers {bad} cannot be adapted: layers {config.mm_layers} are modality-expert sandwich layers "
-            f"and indices must be in 0..{config.num_layers - 1}; allowed: {config.shared_layers} or \"shared\""
-        )
-    return sorted(set(settings.layers))
+    if settings.layers == "all":
+        layers = list(range(config.num_layers))
+    else:
+        bad = [i for i in settings.layers if not 0 <= i < config.num_layers]
+        if bad:
+            raise ValueError(
+                f"lora.layers {bad} cannot be adapted: indices must be in 0..{config.num_layers - 1} "
+                f'(layers {config.mm_layers} are the modality-expert sandwich layers); or use "shared" or "all"'
+            )
+        layers = sorted(set(settings.layers))
+    if settings.use_dora and any(i in config.mm_layers for i in layers):
+        raise ValueError(f"lora.use_dora cannot adapt the sandwich layers {config.mm_layers}: leave them out of lora.layers")
+    return layers
 
 
 def target_module_names(config: ModelConfig, settings: LoraSettings) -> list[str]:
     """Fully qualified names of the modules to adapt, e.g. ``block.layers.4.attention.linear_qkv``."""
-    return [f"block.layers.{i}.{_PARENT[t]}.{t}" for i in adapted_layers(config, settings) for t in settings.targets]
+    blocks = [f"block.layers.{i}.{_PARENT[t]}.{t}" for i in adapted_layers(config, settings) for t in settings.targets]
+    return blocks + [f"adapter.{m}_embedder" for m in settings.embedders]
 
 
 def lora_config(config: ModelConfig, settings: LoraSettings) -> LoraConfig:
-    """The PEFT ``LoraConfig`` for these settings (exact module names, so nothing else matches)."""
-    return LoraConfig(
+    """The PEFT ``LoraConfig`` for these settings (exact module names, so nothing else matches).
+
+    The sandwich layers' expert linears are adapted by the custom layer registered here.
+    """
+    config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.effective_alpha,
         lora_dropout=settings.dropout,
@@ -78,6 +111,7 @@ def lora_config(config: ModelConfig, settings: LoraSettings) -> LoraConfig:
         init_lora_weights=True if settings.init == "default" else "gaussian",
         bias="none",
     )
+    return register_experts(config, settings.experts)
 
 
 def add_lora(model: HappyHorseTransformer, settings: LoraSettings, adapter_name: str = "default") -> PeftModel:
@@ -86,7 +120,9 @@ def add_lora(model: HappyHorseTransformer, settings: LoraSettings, adapter_name:
     LoRA weights are kept in fp32 (PEFT's default upcast) while the base stays in its
     official dtypes, so adapter updates are not lost to bf16 rounding.
     """
-    peft_model = get_peft_model(model, lora_config(model.config, settings), adapter_name=adapter_name)
+    with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose
+        warnings.filterwarnings("ignore", message="Unsupported layer type .*ExpertLinear")
+        peft_model = get_peft_model(model, lora_config(model.config, settings), adapter_name=adapter_name)
     for name, p in peft_model.named_parameters():
         p.requires_grad_("lora_" in name)
     return peft_model
@@ -98,7 +134,11 @@ def trainable_parameter_count(model: torch.nn.Module) -> int:
 
 
 def expected_trainable_parameters(config: ModelConfig, settings: LoraSettings) -> int:
-    """``r * (in + out)`` summed over the adapted modules (DoRA adds one magnitude per output)."""
+    """``r * (in + out)`` summed over the adapted modules (DoRA adds one magnitude per output).
+
+    A sandwich expert linear trains one shared ``A`` and one ``B`` per chosen expert:
+    ``r * (in + len(experts) * out)``.
+    """
     hidden, hd = config.hidden_size, config.head_dim
     q = config.num_heads_q * hd
     qkv_out = q + 2 * config.num_heads_kv * hd + (config.num_heads_q if config.enable_attn_gating else 0)
@@ -108,7 +148,11 @@ def expected_trainable_parameters(config: ModelConfig, settings: LoraSettings) -
         inner = hidden * 4 if gelu else int(hidden * 4 * 2 / 3) // 4 * 4
         dims = {"linear_qkv": (hidden, qkv_out), "linear_proj": (q, hidden),
                 "up_gate_proj": (hidden, inner if gelu else 2 * inner), "down_proj": (inner, hidden)}  # fmt: skip
+        experts = len(settings.experts) if layer in config.mm_layers else 1
         for t in settings.targets:
             i, o = dims[t]
-            total += settings.rank * (i + o) + (o if settings.use_dora else 0)
+            total += settings.rank * (i + experts * o) + (o if settings.use_dora else 0)
+    ins = {"video": config.video_in_channels, "audio": config.audio_in_channels, "text": config.text_in_channels}
+    for m in settings.embedders:
+        total += settings.rank * (ins[m] + hidden) + (hidden if settings.use_dora else 0)
     return total

@@ -124,7 +124,7 @@ class LoggingSection(_Section):
 class ExportSection(_Section):
     """Adapter files written at the end of the run."""
 
-    formats: list[Literal["peft", "comfyui", "kohya", "merged", "merged_single", "merged_fp8"]] = Field(
+    formats: list[Literal["peft", "wan2gp", "comfyui", "kohya", "merged", "merged_single", "merged_fp8"]] = Field(
         default_factory=lambda: ["peft", "comfyui"]
     )
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"

@@ -1,7 +1,7 @@
 """Generate a clip with HappyHorse (+ adapters) and write an mp4 with sound.
 
     python -m hhtune.sample --model CHECKPOINT_OR_PRESET --encoders ENCODERS_DIR \
-        [--adapter PATH[:STRENGTH] ...] --prompt "..." [--image ref.png] [--audio speech.wav] \
+        [--adapter PATH[:STRENGTH|:video=F,audio=F] ...] --prompt "..." [--image ref.png] [--audio speech.wav] \
         [--seconds 5] [--aspect 16:9] [--sampler distilled|base] [--seed 0] --out DIR
 """
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--model", required=True, help="official-layout checkpoint folder, or a preset (tiny) for tests")
     parser.add_argument("--encoders", required=True, type=Path, help="folder with video_vae/, audio_vae/, text_encoder/")
-    parser.add_argument("--adapter", action="append", default=[], help="adapter file or folder, optionally :STRENGTH")
+    parser.add_argument("--adapter", action="append", default=[], help="adapter file or folder, optionally :STRENGTH, or per modality :video=1.0,audio=0.5")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--image", type=Path, help="reference first frame (image-to-video)")
     parser.add_argument("--audio", type=Path, help="given audio (audio-to-video): kept fixed")
@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         model = HappyHorseTransformer(ModelConfig.preset(args.model)).to(args.device)
     else:
         model = load_checkpoint(args.model, device=args.device)
-    from hhtune.adapters import load as load_adapter, parse_spec
+    from hhtune.adapters import load as load_adapter
+    from hhtune.adapters import parse_spec
 
     for spec in args.adapter:
-        path, strength = parse_spec(spec)
-        model = load_adapter(path, model, strength=strength)
+        path, strength, modalities = parse_spec(spec)
+        model = load_adapter(path, model, strength=strength, modalities=modalities)
     model.eval()
     encoders = EncoderPaths(video_vae=args.encoders / "video_vae", audio_vae=args.encoders / "audio_vae",
                             text_encoder=args.encoders / "text_encoder")  # fmt: skip

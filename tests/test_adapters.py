@@ -133,7 +133,7 @@ def test_bad_files_are_named(tmp_path):
     state = load_file(good)
     state["diffusion_model.block.layers.2.attention.linear_qkv.lora_A.weight"] = torch.zeros(4, 65)
     save_file(state, tmp_path / "shape.safetensors")
-    with pytest.raises(AdapterError, match=r"block.layers.2.attention.linear_qkv has A \[4, 65\] / B \[132, 4\], the model needs \[r, 64\]"):
+    with pytest.raises(AdapterError, match=r"shape.safetensors: block.layers.2.attention.linear_qkv has A \[4, 65\] / B \[132, 4\], the model needs \[r, 64\]"):
         adapters.load(tmp_path / "shape.safetensors", base_model())
     with pytest.raises(AdapterError, match="metadata says rank 16 but block.layers.2.* has rank 4"):
         adapters.load(_write_with_meta(good, tmp_path / "rank.safetensors", rank=16), base_model())
@@ -147,25 +147,27 @@ def test_bad_files_are_named(tmp_path):
         adapters.load(peft, base_model())
     base_dir = save_checkpoint(base_model(), tmp_path / "base", max_shard_size=40_000)
     with pytest.raises(AdapterError, match="is not a LoRA adapter.*load_checkpoint"):
-        adapters.load(sorted(base_dir.glob("model-*.safetensors"))[0], base_model())
+        adapters.load(min(base_dir.glob("model-*.safetensors")), base_model())
     with pytest.raises(AdapterError, match="is not an adapter: no adapter_config.json.*it is a base checkpoint"):
         adapters.load(base_dir, base_model())
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(AdapterError, match="junk.safetensors is not a safetensors file"):
         adapters.load(tmp_path / "junk.safetensors", base_model())
     save_file({"diffusion_model.block.layers.0.attention.linear_qkv.lora_A.weight": torch.zeros(2, 64),
-               "diffusion_model.block.layers.0.attention.linear_qkv.lora_B.weight": torch.zeros(396, 2)},
+               "diffusion_model.block.layers.0.attention.linear_qkv.lora_B.weight": torch.zeros(200, 2)},
               tmp_path / "mm.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match="'block.layers.0.attention.linear_qkv' is not a plain linear.*sandwich"):
+    with pytest.raises(AdapterError, match=r"block.layers.0.attention.linear_qkv has B \[200, 2\], the weight in the model has 396 rows \(3 experts of 132\)"):
         adapters.load(tmp_path / "mm.safetensors", base_model())
     save_file({"diffusion_model.block.layers.9.mlp.down_proj.lora_A.weight": torch.zeros(2, 64),
-               "diffusion_model.block.layers.9.mlp.down_proj.lora_B.weight": torch.zeros(64, 2)},
+               "diffusion_model.block.layers.9.mlp.down_proj.lora_B.weight": torch.zeros(64, 2),
+               "diffusion_model.block.layers.2.mlp.down_proj.lora_A.weight": torch.zeros(2, 168),
+               "diffusion_model.block.layers.2.mlp.down_proj.lora_B.weight": torch.zeros(64, 2)},
               tmp_path / "deep.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match="module 'block.layers.9.mlp.down_proj' does not exist in this model"):
+    with pytest.raises(AdapterError, match="deep.safetensors: module 'block.layers.9.mlp.down_proj' does not exist in the model"):
         adapters.load(tmp_path / "deep.safetensors", base_model())
     save_file({"lora_unet_final_linear_video.lora_down.weight": torch.zeros(2, 64),
                "lora_unet_final_linear_video.lora_up.weight": torch.zeros(192, 2)}, tmp_path / "k.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match="kohya key lora_unet_final_linear_video does not name a HappyHorse block module"):
+    with pytest.raises(AdapterError, match="k.safetensors: kohya key lora_unet_final_linear_video.lora_down.weight does not name a HappyHorse block or embedder"):
         adapters.load(tmp_path / "k.safetensors", base_model())
     with pytest.raises(AdapterError, match="adapter not found"):
         adapters.load(tmp_path / "nothing.safetensors", base_model())
@@ -174,7 +176,35 @@ def test_bad_files_are_named(tmp_path):
 def test_adapter_specs_on_the_command_line():
     from hhtune.adapters import parse_spec
 
-    assert parse_spec("runs/brand/adapter:0.8") == ("runs/brand/adapter", 0.8)
-    assert parse_spec("runs/brand/adapter") == ("runs/brand/adapter", 1.0)
-    assert parse_spec("lora.safetensors:-1.5") == ("lora.safetensors", -1.5)
-    assert parse_spec("C:/loras/x.safetensors") == ("C:/loras/x.safetensors", 1.0)
+    assert parse_spec("runs/brand/adapter:0.8") == ("runs/brand/adapter", 0.8, {})
+    assert parse_spec("runs/brand/adapter") == ("runs/brand/adapter", 1.0, {})
+    assert parse_spec("lora.safetensors:-1.5") == ("lora.safetensors", -1.5, {})
+    assert parse_spec("C:/loras/x.safetensors") == ("C:/loras/x.safetensors", 1.0, {})
+    assert parse_spec("a.safetensors:video=1.0,audio=0.5") == ("a.safetensors", 1.0, {"video": 1.0, "audio": 0.5})
+    assert parse_spec("a.safetensors:0.8,audio=0") == ("a.safetensors", 0.8, {"audio": 0.0})
+    with pytest.raises(ValueError, match="unknown modality 'speech'"):
+        parse_spec("a.safetensors:speech=1")
+
+
+def test_sample_command_applies_per_modality_strengths(tmp_path, monkeypatch):
+    """``hhtune.sample --adapter PATH:video=1.0,audio=0.5`` loads the real file with those strengths."""
+    from hhtune.sample import main as sample_main
+
+    path = export_adapter(trained(layers="all", experts=["video", "audio"]), "wan2gp", tmp_path / "a.safetensors")
+    loaded = []
+
+    class Loaded(Exception):
+        pass
+
+    real = adapters.load
+
+    def spy(*args, **kwargs):
+        loaded.append(real(*args, **kwargs))
+        raise Loaded  # stop before sampling: the encoders are not part of this test
+
+    monkeypatch.setattr(adapters, "load", spy)
+    with pytest.raises(Loaded):
+        sample_main(["--model", "tiny", "--encoders", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o"),
+                     "--device", "cpu", "--adapter", f"{path}:video=1.0,audio=0.5"])  # fmt: skip
+    layer = loaded[0].get_base_model().block.layers[0].attention.linear_qkv
+    assert layer.expert_strength["adapter_a"] == {"video": 1.0, "audio": 0.5}

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hhtune.lora import LoraSettings, add_lora, expected_trainable_parameters, target_module_names, trainable_parameter_count
+from hhtune.lora import (
+    LoraSettings,
+    add_lora,
+    expected_trainable_parameters,
+    target_module_names,
+    trainable_parameter_count,
+)
 from hhtune.model import HappyHorseTransformer, ModelConfig
 
 
@@ -58,10 +64,47 @@ def test_training_moves_only_the_adapter(tiny_model):
     assert any(p.abs().sum() > 0 for p in lora_b)
 
 
+@pytest.mark.parametrize(
+    ("settings", "per_rank"),
+    [
+        # 15B, r * (in + k * out) per sandwich module with k experts, by hand: qkv out 5120 + 2 * 1024 + 40 = 7208;
+        # GELU7 layers 0-3: A ins 5120 * 3 + 20480 = 35840, B outs 7208 + 5120 + 20480 + 5120 = 37928;
+        # SwiGLU7 layers 36-39 (inner 13652): A ins 5120 * 3 + 13652 = 29012, B outs 7208 + 5120 + 27304 + 5120 = 44752.
+        # A: 4 * 35840 + 4 * 29012 = 259_408; B per expert: 4 * 37928 + 4 * 44752 = 330_720.
+        (LoraSettings(rank=1, layers="all"), 2_360_448 + 259_408 + 3 * 330_720),
+        (LoraSettings(rank=1, layers=[0, 1, 2, 3, 36, 37, 38, 39], experts=["audio"]), 259_408 + 330_720),
+        (LoraSettings(rank=1, embedders=["video", "audio", "text"]), 2_360_448 + (192 + 64 + 3584) + 3 * 5120),
+    ],
+)
+def test_15b_expert_and_embedder_counts_are_exact(settings, per_rank):
+    with torch.device("meta"):
+        model = HappyHorseTransformer(ModelConfig.preset("15b"))
+    peft_model = add_lora(model, settings)
+    assert trainable_parameter_count(peft_model) == expected_trainable_parameters(model.config, settings) == per_rank
+
+
+def test_expert_settings_place_one_b_per_chosen_expert():
+    with torch.device("meta"):
+        model = HappyHorseTransformer(ModelConfig.preset("tiny"))
+    settings = LoraSettings(rank=2, layers=[1, 2], experts=["text", "video"], embedders=["audio"])
+    assert target_module_names(model.config, settings)[-1] == "adapter.audio_embedder"
+    peft_model = add_lora(model, settings)
+    names = {n.split("block.layers.1.")[-1] for n, p in peft_model.named_parameters() if p.requires_grad and "layers.1." in n}
+    assert names == {f"{m}.{w}" for m in ("attention.linear_qkv", "attention.linear_proj", "mlp.up_gate_proj", "mlp.down_proj")
+                     for w in ("lora_A.default.weight", "lora_B_video.default.weight", "lora_B_text.default.weight")}  # fmt: skip
+    assert trainable_parameter_count(peft_model) == expected_trainable_parameters(model.config, settings)
+
+
 def test_bad_lora_settings_are_named():
     cfg = ModelConfig.preset("tiny")
-    with pytest.raises(ValueError, match=r"lora.layers \[0, 7\] cannot be adapted.*sandwich.*allowed: \[2, 3, 4, 5\]"):
-        target_module_names(cfg, LoraSettings(layers=[0, 3, 7]))
+    with pytest.raises(ValueError, match=r"lora.layers \[9\] cannot be adapted: indices must be in 0..7.*sandwich"):
+        target_module_names(cfg, LoraSettings(layers=[0, 3, 9]))
+    with pytest.raises(ValueError, match="use_dora cannot adapt the sandwich layers"):
+        target_module_names(cfg, LoraSettings(layers="all", use_dora=True))
+    with pytest.raises(ValueError, match="experts must name at least one"):
+        LoraSettings(experts=[])
+    with pytest.raises(ValueError, match="'video', 'audio' or 'text'"):
+        LoraSettings(experts=["speech"])
     with pytest.raises(ValueError, match="linear_qkv"):
         LoraSettings(targets=["qkv"])
     with pytest.raises(ValueError, match="at least one"):

@@ -1,17 +1,23 @@
-"""Adapters as standalone files: PEFT, ComfyUI/FastVideo, kohya, and merged checkpoints.
+"""Adapters as standalone files: PEFT, Wan2GP, ComfyUI, kohya / musubi-tuner, and merged checkpoints.
 
 ``export_adapter(source, fmt, out, ...)`` takes a PEFT-wrapped model, an adapter file or
-folder in any supported format, or a training run folder. Converting between formats
-is exporting an imported adapter.
+folder in any supported format (musubi-tuner's MagiHuman LoRAs included), or a training
+run folder. Converting between formats is exporting an imported adapter.
 
-| ``fmt`` | writes | dtype |
-| --- | --- | --- |
-| ``peft`` | folder ``adapter_config.json`` + ``adapter_model.safetensors`` | ``dtype`` |
-| ``comfyui`` | one ``.safetensors``, ``diffusion_model.<path>.lora_A/lora_B/alpha`` | ``dtype`` |
-| ``kohya`` | one ``.safetensors``, ``lora_unet_<path>.lora_down/lora_up/alpha`` | ``dtype`` |
-| ``merged`` | official layout folder: shards + ``model.safetensors.index.json`` | official policy |
-| ``merged_single`` | one ``.safetensors`` (what the ComfyUI MagiHuman nodes load) | ``dtype`` (bf16 default) |
-| ``merged_fp8`` | one ``.safetensors``, block linears ``float8_e4m3fn`` + ``<key>.__fp8_scale`` | FP8 |
+Where each file loads (checked against each front-end's own loader code; see the tests):
+
+| ``fmt`` | writes | loads in | scale |
+| --- | --- | --- | --- |
+| ``wan2gp`` | one ``.safetensors``, bare official paths ``<path>.lora_A/lora_B/alpha``; sandwich ``B`` stacked per expert | Wan2GP (``models/magi_human``, mmgp): base, distill, SR | B pre-scaled, ``alpha = r`` |
+| ``merged`` | official layout folder: same shard names + ``model.safetensors.index.json``, official dtypes | official loader, ComfyUI MagiHuman node packs, FastVideo, Wan2GP | merged |
+| ``merged_single`` | one ``.safetensors`` in ``dtype`` (bf16 default) | ComfyUI MagiHuman node packs, Wan2GP | merged |
+| ``merged_fp8`` | one ``.safetensors``, block linears ``float8_e4m3fn`` + ``<key>.__fp8_scale`` | loaders of the community FP8 checkpoints | merged |
+| ``kohya`` | one ``.safetensors``, ``lora_unet_<path>.lora_down/lora_up/alpha`` | musubi-tuner (``networks/lora_magihuman.py``), when sandwich updates are shared by the experts | B pre-scaled, ``alpha = r`` |
+| ``comfyui`` | one ``.safetensors``, ``diffusion_model.<path>.lora_A/lora_B/alpha`` | ComfyUI's generic key map; ComfyUI core does not run MagiHuman yet, FastVideo applies no LoRA to it | B pre-scaled, ``alpha = r`` |
+| ``peft`` | folder ``adapter_config.json`` + ``adapter_model.safetensors`` | hhtune, PEFT | ``lora_alpha`` / ``r`` |
+
+``drop=["audio"]`` (``--drop audio``) removes the audio expert parts (and the audio
+embedder's LoRA) before writing.
 """
 
 from __future__ import annotations
@@ -21,12 +27,27 @@ from pathlib import Path
 
 import torch
 
-from .formats import AdapterError, AdapterMetadata, LoraWeights, from_peft_model, read_adapter, write_comfyui, write_kohya, write_peft
+from ._singlefile import write_single
+from .formats import (
+    AdapterError,
+    AdapterMetadata,
+    LoraWeights,
+    checkpoint_shapes,
+    drop_experts,
+    fit,
+    from_peft_model,
+    model_shapes,
+    read_adapter,
+    scale_modalities,
+    write_peft,
+)
 from .merge import merge_into_checkpoint
+from .modelspec import modelspec_header, write_model_card
 
-FORMATS = ("peft", "comfyui", "kohya", "merged", "merged_single", "merged_fp8")
+FORMATS = ("peft", "wan2gp", "comfyui", "kohya", "merged", "merged_single", "merged_fp8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _FILE_NAMES = {"comfyui": "adapter_comfyui.safetensors", "kohya": "adapter_kohya.safetensors",
+               "wan2gp": "adapter_wan2gp.safetensors",
                "merged_single": "model_{dtype}.safetensors", "merged_fp8": "model_fp8.safetensors"}  # fmt: skip
 _RUN_INFO_FIELDS = {"base_fingerprint": "base_fingerprint", "steps": "training_steps", "recipe_hash": "recipe_hash",
                     "trigger_words": "trigger_words", "languages": "languages", "dataset_summary": "dataset_summary",
@@ -43,11 +64,11 @@ def as_weights(source: AdapterSource, metadata: AdapterMetadata | dict | None = 
     (whose unknown keys fail by name).
     """
     if isinstance(source, LoraWeights):
-        w = LoraWeights(dict(source.modules), source.metadata.model_copy(), dict(source.magnitudes))
+        w = source.copy()
     elif isinstance(source, torch.nn.Module):
         from ..fingerprint import base_fingerprint
 
-        w = from_peft_model(source, adapter_name)
+        w = fit(from_peft_model(source, adapter_name), model_shapes(source), "the model")
         w.metadata.base_fingerprint = base_fingerprint(source)
     else:
         w = read_adapter(source)
@@ -66,38 +87,61 @@ def as_weights(source: AdapterSource, metadata: AdapterMetadata | dict | None = 
 
 def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: str | Path | None = None,
                    strength: float = 1.0, dtype: str = "bf16", metadata: AdapterMetadata | dict | None = None,
-                   extra: list[tuple[AdapterSource, float]] | None = None, adapter_name: str | None = None) -> Path:  # fmt: skip
+                   extra: list[tuple] | None = None, adapter_name: str | None = None,
+                   drop: list[str] | None = None) -> Path:  # fmt: skip
     """Write ``source`` as ``fmt`` at ``out`` and return the path written.
 
     Args:
         source: a PEFT-wrapped model, an adapter file/folder of any supported format, or a RUN_DIR.
         fmt: one of :data:`FORMATS`.
         out: the file or folder to write; for single-file formats a folder gets a default file name.
-        base: the base checkpoint (official layout) the merged formats merge into.
+        base: the base checkpoint (official layout) the merged formats merge into; for the other
+            formats it gives the shapes a foreign file (musubi-tuner) is fitted to (default: the 15B shapes).
         strength: the merge strength of ``source`` (merged formats only).
         dtype: ``fp32``/``bf16``/``fp16`` of the adapter tensors, and of ``merged_single``.
         metadata: fields to record in the headers (see :class:`AdapterMetadata`).
-        extra: further ``(adapter, strength)`` pairs merged in the same pass (merged formats only).
+        extra: further ``(adapter, strength)`` or ``(adapter, strength, {modality: factor})`` merged in the
+            same pass (merged formats only).
         adapter_name: which adapter of a PEFT model with several.
+        drop: modalities (``"audio"``, ``"video"``, ``"text"``) whose expert and embedder parts are left out.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    merged = fmt.startswith("merged")
+    if merged and base is None:
+        raise ValueError(f"format {fmt!r} merges into a base checkpoint: pass base=BASE_DIR (--base)")
     w = as_weights(source, metadata, adapter_name)
+    name = "the PEFT model's adapter" if isinstance(source, torch.nn.Module) else str(source)
+    shapes = checkpoint_shapes(base) if base is not None else None
+    if shapes is not None or not w.fitted:  # a foreign file's sandwich updates: fit to --base, else the 15B model
+        w = fit(w, shapes or _preset_shapes("15b"), name, f"base {base}" if shapes else "the 15B model (pass --base)")
+    if drop:
+        w = drop_experts(w, drop)
     out = Path(out)
     if fmt == "peft":
         return write_peft(w, out, DTYPES[dtype])
     path = out if out.suffix == ".safetensors" or fmt == "merged" else out / _FILE_NAMES[fmt].format(dtype=dtype)
-    if fmt in ("comfyui", "kohya"):
-        return (write_comfyui if fmt == "comfyui" else write_kohya)(w, path, DTYPES[dtype])
-    if base is None:
-        raise ValueError(f"format {fmt!r} merges into a base checkpoint: pass base=BASE_DIR (--base)")
-    adapters = [(w, strength)] + [(as_weights(s), st) for s, st in (extra or [])]
-    header = {"hhtune": w.described().model_dump_json(), "hhtune_adapter_format": fmt,
+    if not merged:
+        return write_single(w, path, DTYPES[dtype], fmt, drop_shared_copies=fmt == "kohya")
+    adapters = [(w, strength)]
+    for s, st, *mods in extra or []:
+        more = fit(as_weights(s), shapes, str(s), f"base {base}")  # type: ignore[arg-type]
+        adapters.append((scale_modalities(more, mods[0]) if mods and mods[0] else more, st))
+    header = {**modelspec_header(w, merged=True), "hhtune_adapter_format": fmt,
               "hhtune_merged_adapters": json.dumps([{"strength": s, **a.described().model_dump()} for a, s in adapters])}  # fmt: skip
     policy = {"merged": "official", "merged_single": dtype, "merged_fp8": "fp8"}[fmt]
     return merge_into_checkpoint(base, adapters, path, single_file=fmt != "merged", policy=policy, metadata=header)
 
 
-__all__ = ["FORMATS", "AdapterError", "AdapterMetadata", "LoraWeights", "as_weights", "export_adapter", "read_adapter"]
+def _preset_shapes(name: str):
+    """Module shapes of a preset, from a model built on the meta device (no memory)."""
+    from ..model import HappyHorseTransformer, ModelConfig
+
+    with torch.device("meta"):
+        return model_shapes(HappyHorseTransformer(ModelConfig.preset(name)))
+
+
+__all__ = ["FORMATS", "AdapterError", "AdapterMetadata", "LoraWeights", "as_weights", "export_adapter", "read_adapter",
+           "write_model_card"]  # fmt: skip

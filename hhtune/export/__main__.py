@@ -1,12 +1,14 @@
 """``python -m hhtune.export SOURCE --format FMT --out PATH``: write an adapter for another front-end.
 
 SOURCE is a training run folder, a PEFT adapter folder (ours or PEFT's own), or a
-ComfyUI/kohya file; converting between formats is exporting such an import.
-Merged formats need --base (an official-layout checkpoint); --also PATH[:STRENGTH]
-merges further adapters in the same pass. --dtype sets the adapter tensors' dtype
+Wan2GP, ComfyUI, kohya or musubi-tuner file; converting between formats is exporting
+such an import. Merged formats need --base (an official-layout checkpoint); for the
+others --base gives the shapes a musubi-tuner file is fitted to (default: 15B).
+--also PATH[:STRENGTH][,audio=F] merges further adapters in the same pass. --drop audio
+leaves the audio expert and embedder parts out. --dtype sets the adapter tensors' dtype
 (and that of merged_single); merged keeps the official dtypes, merged_fp8 is FP8.
 
-    python -m hhtune.export runs/brand --format comfyui --out brand.safetensors
+    python -m hhtune.export runs/brand --format wan2gp --out brand.safetensors
     python -m hhtune.export runs/brand --format merged --base ckpt/base --out ckpt/brand --strength 0.8
 """
 
@@ -30,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strength", type=float, default=1.0, help="merge strength of SOURCE")
     parser.add_argument("--also", action="append", default=[], help="another adapter to merge, PATH[:STRENGTH]")
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="adapter dtype (and merged_single's)")
+    parser.add_argument("--drop", action="append", default=[], choices=["video", "audio", "text"],
+                        help="leave this modality's expert and embedder parts out")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         out = export_adapter(args.source, args.format, args.out, base=args.base, strength=args.strength,
-                             dtype=args.dtype, extra=[parse_spec(s) for s in args.also])  # fmt: skip
+                             dtype=args.dtype, extra=[tuple(parse_spec(s)) for s in args.also], drop=args.drop)  # fmt: skip
     except (AdapterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

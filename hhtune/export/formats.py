@@ -1,15 +1,23 @@
 """Adapter file formats, all converted through one in-memory form: module path -> (A, B, alpha).
 
-| format | keys |
-| --- | --- |
-| ``peft`` | folder: ``adapter_config.json`` + ``adapter_model.safetensors`` (``base_model.model.<path>.lora_A.weight``) |
-| ``comfyui`` | ``diffusion_model.<path>.lora_A.weight`` ``[r, in]``, ``.lora_B.weight`` ``[out, r]``, ``.alpha`` (scalar) |
-| ``kohya`` | ``lora_unet_<path with _>.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` |
+| format | keys | scale | loads in (checked against the loader's code) |
+| --- | --- | --- | --- |
+| ``peft`` | folder: ``adapter_config.json`` + ``adapter_model.safetensors`` (``base_model.model.<path>.lora_A.weight``; sandwich experts ``.lora_B_<expert>.weight``) | PEFT's ``lora_alpha`` / ``r`` | hhtune, PEFT |
+| ``wan2gp`` | ``<path>.lora_A.weight`` ``[r, in]``, ``.lora_B.weight`` ``[out, r]``, ``.alpha`` | B pre-scaled, ``alpha = r`` | Wan2GP (``models/magi_human`` + mmgp) |
+| ``kohya`` | ``lora_unet_<path with _>.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` | B pre-scaled, ``alpha = r`` | musubi-tuner ``magi-human`` (shared expert updates only) |
+| ``comfyui`` | ``diffusion_model.<path>.lora_A.weight``, ``.lora_B.weight``, ``.alpha`` | B pre-scaled, ``alpha = r`` | ComfyUI's generic key map; ComfyUI core does not run MagiHuman yet |
 
-``<path>`` is the official module path (``block.layers.4.attention.linear_qkv``), the
-names FastVideo uses unchanged. The effective scale is always ``alpha / r``; an rsLoRA
-adapter is held (and written) with ``alpha * sqrt(r)`` so consumers that know only
-``alpha / r`` apply the same update. DoRA magnitudes travel only in the PEFT format.
+Merged checkpoints (:mod:`hhtune.export.merge`) are the path to the ComfyUI MagiHuman node
+packs and FastVideo, which apply no LoRA to MagiHuman.
+
+``<path>`` is the official module path (``block.layers.4.attention.linear_qkv``,
+``adapter.audio_embedder``). A sandwich (expert) module's ``B`` is held stacked like the
+official weight, ``[3 * out, r]`` in the order video, audio, text, with zero blocks for
+the experts the adapter leaves alone; ``experts`` records which blocks are real. A file
+from musubi-tuner holds one ``[out, r]`` update shared by the three experts: :func:`fit`
+stacks it against the model's shapes. An rsLoRA adapter is held with ``alpha * sqrt(r)``
+so every consumer's ``alpha / r`` applies the same update. DoRA magnitudes travel only
+in the PEFT format.
 """
 
 from __future__ import annotations
@@ -24,7 +32,6 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from ..io import atomic_dir, atomic_save_file, atomic_write_text
 
@@ -57,6 +64,9 @@ class AdapterMetadata(BaseModel):
     use_rslora: bool = False
     use_dora: bool = False
     base_name: str | None = Field(None, description="the base checkpoint or preset it was trained on (for messages)")
+    title: str | None = Field(None, description="modelspec.title shown by ComfyUI / Civitai tooling")
+    resolution: str | None = Field(None, description='modelspec.resolution, e.g. "448x256"')
+    license: str | None = None
 
 
 @dataclass
@@ -66,6 +76,8 @@ class LoraWeights:
     modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
     metadata: AdapterMetadata = field(default_factory=AdapterMetadata)
     magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)  # DoRA only: module path -> [out]
+    experts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # sandwich modules: the real blocks of B
+    fitted: bool = False  # B already has the model's row count (hhtune's own files and models)
 
     def delta(self, path: str) -> torch.Tensor:
         """``alpha / r * B @ A`` of one module, in fp32."""
@@ -86,8 +98,14 @@ class LoraWeights:
         return meta
 
     def to_peft(self, dtype: torch.dtype = torch.float32):
-        """``(LoraConfig, state)`` with PEFT's saved key names, for ``set_peft_model_state_dict`` or a folder."""
+        """``(LoraConfig, state)`` with PEFT's saved key names, for ``set_peft_model_state_dict`` or a folder.
+
+        Sandwich modules get one ``lora_B_<expert>`` per expert any of them adapts (zeros
+        where a module lacks one), through the custom layer registered on the config.
+        """
         from peft import LoraConfig
+
+        from ..lora_experts import EXPERTS, register_experts
 
         ranks = {p: a.shape[0] for p, (a, _, _) in self.modules.items()}
         alphas = {p: al for p, (_, _, al) in self.modules.items()}
@@ -97,13 +115,27 @@ class LoraWeights:
                             use_dora=bool(self.magnitudes),
                             rank_pattern={p: v for p, v in ranks.items() if v != r},
                             alpha_pattern={p: v for p, v in alphas.items() if v != alpha})  # fmt: skip
+        used = [e for e in EXPERTS if any(e in ex for ex in self.experts.values())]
+        if used:
+            register_experts(config, used)
         state = {}
         for p, (a, b, _) in sorted(self.modules.items()):
             state[f"{_PEFT_PREFIX}{p}.lora_A.weight"] = a.to(dtype).contiguous()
-            state[f"{_PEFT_PREFIX}{p}.lora_B.weight"] = b.to(dtype).contiguous()
+            if p in self.experts:
+                blocks = b.chunk(len(EXPERTS))
+                for e in used:
+                    block = blocks[EXPERTS.index(e)] if e in self.experts[p] else torch.zeros_like(blocks[0])
+                    state[f"{_PEFT_PREFIX}{p}.lora_B_{e}.weight"] = block.to(dtype).contiguous()
+            else:
+                state[f"{_PEFT_PREFIX}{p}.lora_B.weight"] = b.to(dtype).contiguous()
             if p in self.magnitudes:
                 state[f"{_PEFT_PREFIX}{p}{_MAGNITUDE}"] = self.magnitudes[p].to(dtype).contiguous()
         return config, state
+
+    def copy(self) -> LoraWeights:
+        """A shallow copy whose dicts (not tensors) may be changed."""
+        return LoraWeights(dict(self.modules), self.metadata.model_copy(), dict(self.magnitudes), dict(self.experts),
+                           self.fitted)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- from PEFT
@@ -131,12 +163,22 @@ def _from_peft_state(state: dict[str, torch.Tensor], cfg: dict, source: str) -> 
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{source} is a {cfg['peft_type']} adapter; only LoRA adapters are supported")
     rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    from ..lora_experts import EXPERTS
+
     out = LoraWeights()
+    for key, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise AdapterError(f"{source}: tensor {key} holds NaN or infinite values; the adapter is broken")
     for key, a in state.items():
         if ".lora_A." not in key:
             continue
         path = key.split(".lora_A.")[0].removeprefix(_PEFT_PREFIX)
         b = state.get(key.replace(".lora_A.", ".lora_B."))
+        per_expert = {e: state.get(key.replace(".lora_A.", f".lora_B_{e}.")) for e in EXPERTS}
+        if b is None and any(v is not None for v in per_expert.values()):
+            ref = next(v for v in per_expert.values() if v is not None)
+            b = torch.cat([v if v is not None else torch.zeros_like(ref) for v in per_expert.values()])
+            out.experts[path] = tuple(e for e, v in per_expert.items() if v is not None)
         if b is None:
             raise AdapterError(f"{source}: {key} has no matching lora_B")
         r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), path), cfg["r"]))
@@ -150,51 +192,29 @@ def _from_peft_state(state: dict[str, torch.Tensor], cfg: dict, source: str) -> 
     if not out.modules:
         raise AdapterError(f"{source} holds no LoRA weights (no lora_A/lora_B tensors)")
     out.metadata.use_rslora = bool(cfg.get("use_rslora"))
+    out.fitted = True
     return out
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def _header(meta: AdapterMetadata, fmt: str) -> dict[str, str]:
-    return {METADATA_KEY: meta.model_dump_json(), "format": "pt", "hhtune_adapter_format": fmt}
-
-
-def _no_dora(w: LoraWeights, fmt: str) -> None:
-    if w.magnitudes:
-        raise AdapterError(f"a DoRA adapter carries magnitude vectors the {fmt} format cannot hold; export it as peft")
-
-
-def _write_pairs(w: LoraWeights, path: Path, dtype: torch.dtype, fmt: str, stem, a_name: str, b_name: str) -> Path:
-    _no_dora(w, fmt)
-    tensors = {}
-    for p, (a, b, alpha) in sorted(w.modules.items()):
-        k = stem(p)
-        tensors[f"{k}.{a_name}.weight"] = a.to(dtype).contiguous()
-        tensors[f"{k}.{b_name}.weight"] = b.to(dtype).contiguous()
-        tensors[f"{k}.alpha"] = torch.tensor(alpha, dtype=torch.float32)  # always written: a missing alpha means scale 1
-    atomic_save_file(tensors, path, _header(w.described(), fmt))
-    return path
-
-
-def write_comfyui(w: LoraWeights, path: Path, dtype: torch.dtype) -> Path:
-    """One safetensors file in ComfyUI / FastVideo's generic LoRA layout."""
-    return _write_pairs(w, path, dtype, "comfyui", lambda p: f"diffusion_model.{p}", "lora_A", "lora_B")
-
-
-def write_kohya(w: LoraWeights, path: Path, dtype: torch.dtype) -> Path:
-    """One safetensors file with kohya-ss key names."""
-    return _write_pairs(w, path, dtype, "kohya", lambda p: "lora_unet_" + p.replace(".", "_"), "lora_down", "lora_up")
-
-
 def write_peft(w: LoraWeights, folder: Path, dtype: torch.dtype) -> Path:
-    """A PEFT adapter folder that ``PeftModel.from_pretrained`` loads onto hhtune's model (DoRA included)."""
+    """A PEFT adapter folder that ``PeftModel.from_pretrained`` loads onto hhtune's model (DoRA included).
+
+    PEFT does not save custom-module registrations: to load sandwich-expert modules with
+    ``PeftModel.from_pretrained`` pass ``config=hhtune.lora.lora_config(...)``; hhtune's
+    own loaders read the experts from the keys.
+    """
+    from .modelspec import modelspec_header
+
     config, state = w.to_peft(dtype)
     cfg = config.to_dict()
     cfg["target_modules"] = sorted(w.modules)  # a list keeps PEFT's exact-suffix matching (a set is not JSON)
+    cfg.pop("_custom_modules", None)
     with atomic_dir(folder) as tmp:
         atomic_write_text(tmp / "adapter_config.json", json.dumps(cfg, indent=2, default=list))
-        atomic_save_file(state, tmp / "adapter_model.safetensors", _header(w.described(), "peft"))
+        atomic_save_file(state, tmp / "adapter_model.safetensors", {**modelspec_header(w), "hhtune_adapter_format": "peft"})
     return folder
 
 
@@ -202,7 +222,11 @@ def write_peft(w: LoraWeights, folder: Path, dtype: torch.dtype) -> Path:
 
 
 def read_adapter(path: str | Path) -> LoraWeights:
-    """Read any supported adapter: a PEFT folder (ours or PEFT's own), a ComfyUI or kohya file, or a RUN_DIR."""
+    """Read any supported adapter: a PEFT folder (ours or PEFT's own), a ComfyUI, kohya / musubi-tuner
+    or Wan2GP file, or a RUN_DIR."""
+    from ._singlefile import read_single
+    from .modelspec import check_architecture
+
     path = Path(path)
     if path.is_dir() and (path / "adapter" / "adapter_config.json").is_file():
         path = path / "adapter"
@@ -213,20 +237,18 @@ def read_adapter(path: str | Path) -> LoraWeights:
     try:
         with safe_open(path, framework="pt") as f:
             keys = list(f.keys())
+            header = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises several types for foreign or truncated files
         raise AdapterError(f"{path} is not a safetensors file ({e})") from e
-    if any(k.startswith("diffusion_model.") and k.endswith(".lora_A.weight") for k in keys):
-        w = _read_pairs(load_file(path), "diffusion_model.", ".lora_A.weight", ".lora_B.weight", str(path))
-    elif any(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in keys):
-        w = _read_pairs(load_file(path), "lora_unet_", ".lora_down.weight", ".lora_up.weight", str(path))
-        w.modules = {_kohya_path(stem, str(path)): v for stem, v in w.modules.items()}
-    elif any(".lora_A." in k for k in keys):
+    check_architecture(header, str(path))
+    if any(k.startswith(_PEFT_PREFIX) for k in keys):
         raise AdapterError(f"{path} holds PEFT-style keys without adapter_config.json; pass the whole PEFT folder")
-    else:
+    if not any(k.endswith((".lora_A.weight", ".lora_down.weight")) for k in keys):
         raise AdapterError(
             f"{path} is not a LoRA adapter (no lora_A/lora_B or lora_down/lora_up keys; it holds e.g. {keys[:2]}): "
             "a base checkpoint loads with hhtune.model.load_checkpoint"
         )
+    w = read_single(path, keys)
     w.metadata = _read_meta(path, w.metadata)
     return w
 
@@ -249,6 +271,7 @@ def _read_peft_folder(path: Path) -> LoraWeights:
     if weights[0].endswith(".safetensors"):
         w.metadata = _read_meta(path / weights[0], w.metadata)
     w.metadata.use_rslora = bool(cfg.get("use_rslora"))
+    w.fitted = True  # PEFT's B always has the module's rows; sandwich experts are named in the keys
     return w
 
 
@@ -263,28 +286,126 @@ def _read_meta(path: Path, default: AdapterMetadata) -> AdapterMetadata:
         raise AdapterError(f"{path}: unreadable hhtune metadata ({e})") from e
 
 
-_KOHYA_PATH = re.compile(r"^block_layers_(\d+)_(attention|mlp)_(.+)$")
+# --------------------------------------------------------------------------- fitting to a model
+
+ModuleShapes = dict[str, tuple[int, int, int]]  # module path -> (rows of the stacked weight, in, experts)
 
 
-def _kohya_path(stem: str, source: str) -> str:
-    # kohya names replace every dot by "_", so the split is ambiguous in general; HappyHorse's
-    # adaptable modules all sit at block.layers.N.(attention|mlp).<name>, which is unambiguous.
-    m = _KOHYA_PATH.match(stem)
-    if not m:
-        raise AdapterError(f"{source}: kohya key lora_unet_{stem} does not name a HappyHorse block module")
-    return f"block.layers.{m.group(1)}.{m.group(2)}.{m.group(3)}"
+def model_shapes(model: torch.nn.Module) -> ModuleShapes:
+    """The adaptable modules of a model (PEFT-wrapped or not): plain linears and sandwich expert linears."""
+    from ..model.transformer import ExpertLinear
 
-
-def _read_pairs(state, prefix: str, a_suffix: str, b_suffix: str, source: str) -> LoraWeights:
-    out = LoraWeights()
-    for key, a in state.items():
-        if not key.endswith(a_suffix):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out: ModuleShapes = {}
+    for name, mod in base.named_modules():
+        layer = getattr(mod, "base_layer", mod)
+        if name.endswith(".base_layer") or ".lora_" in name:
             continue
-        stem = key[len(prefix) : -len(a_suffix)]
-        b_key = key[: -len(a_suffix)] + b_suffix
-        if b_key not in state:
-            raise AdapterError(f"{source}: {key} has no matching {b_key}")
-        alpha_key = key[: -len(a_suffix)] + ".alpha"
-        alpha = float(state[alpha_key]) if alpha_key in state else float(a.shape[0])  # no alpha: scale 1, as ComfyUI
-        out.modules[stem] = (a, state[b_key], alpha)
+        if isinstance(layer, ExpertLinear) and not hasattr(layer, "base_layer"):
+            out[name] = (layer.num_experts * layer.out_features, layer.in_features, layer.num_experts)
+        elif isinstance(layer, torch.nn.Linear):
+            out[name] = (layer.out_features, layer.in_features, 1)
+    return out
+
+
+def checkpoint_shapes(base: str | Path) -> ModuleShapes:
+    """The adaptable modules of an official-layout checkpoint, from its headers."""
+    from ..model.checkpoint import infer_config, read_shapes
+
+    shapes = read_shapes(base)
+    mm = set(infer_config(shapes).mm_layers)
+    out: ModuleShapes = {}
+    for key, (shape, _) in shapes.items():
+        if key.endswith(".weight") and len(shape) == 2 and not key.startswith("final_"):
+            path = key.removesuffix(".weight")
+            m = re.match(r"block\.layers\.(\d+)\.", path)
+            out[path] = (shape[0], shape[1], 3 if m and int(m.group(1)) in mm else 1)
+    return out
+
+
+def fit(w: LoraWeights, shapes: ModuleShapes, source: str, target: str = "the model") -> LoraWeights:
+    """``w`` checked against a model's modules, sandwich ``B`` stacked like the official weight.
+
+    A ``[out, r]`` update on a sandwich module (musubi-tuner: one update for all three
+    experts) becomes ``[B; B; B]``; a stacked ``B`` without recorded experts has its
+    all-zero blocks marked absent. Raises :class:`AdapterError` naming the module and reason.
+    """
+    from ..lora_experts import EXPERTS
+
+    out = w.copy()
+    out.fitted = True
+    if w.modules and not any(p in shapes for p in w.modules):
+        example = min(w.modules)
+        raise AdapterError(f"{source}: none of its {len(w.modules)} modules exist in {target} (e.g. {example!r}): "
+                           "a LoRA for another architecture")  # fmt: skip
+    for path, (a, b, alpha) in sorted(w.modules.items()):
+        if path not in shapes:
+            raise AdapterError(f"{source}: module {path!r} does not exist in {target} (unknown module key)")
+        rows, inp, n = shapes[path]
+        if a.dim() != 2 or b.dim() != 2 or a.shape[1] != inp or a.shape[0] != b.shape[1]:
+            raise AdapterError(f"{source}: {path} has A {list(a.shape)} / B {list(b.shape)}, {target} needs "
+                               f"[r, {inp}] / [{rows}, r]: a LoRA for another model size or variant")  # fmt: skip
+        if n > 1 and b.shape[0] * n == rows:
+            if path in w.magnitudes:
+                raise AdapterError(f"{source}: {path}: DoRA on a sandwich expert layer is not supported")
+            out.modules[path] = (a, torch.cat([b] * n), alpha)
+            out.experts[path] = EXPERTS
+        elif b.shape[0] == rows:
+            if n > 1 and path not in out.experts:
+                blocks = b.chunk(n)
+                present = tuple(e for e, blk in zip(EXPERTS, blocks) if blk.abs().sum() > 0)
+                out.experts[path] = present or EXPERTS
+        else:
+            raise AdapterError(f"{source}: {path} has B {list(b.shape)}, the weight in {target} has {rows} rows"
+                               + (f" ({n} experts of {rows // n})" if n > 1 else ""))  # fmt: skip
+    return out
+
+
+def drop_experts(w: LoraWeights, drop: list[str]) -> LoraWeights:
+    """``w`` without the named modalities: their sandwich ``B`` blocks zeroed and their embedder LoRAs removed."""
+    from ..lora_experts import EXPERTS
+
+    bad = [e for e in drop if e not in EXPERTS]
+    if bad:
+        raise ValueError(f"cannot drop {bad}: allowed {list(EXPERTS)}")
+    out = w.copy()
+    for path in list(out.modules):
+        if any(path == f"adapter.{e}_embedder" for e in drop):
+            del out.modules[path]
+            out.magnitudes.pop(path, None)
+    for path, experts in w.experts.items():
+        a, b, alpha = out.modules[path]
+        b = b.clone()
+        for e in drop:
+            i = EXPERTS.index(e)
+            n = b.shape[0] // len(EXPERTS)
+            b[i * n : (i + 1) * n] = 0
+        keep = tuple(e for e in experts if e not in drop)
+        if keep:
+            out.modules[path], out.experts[path] = (a, b, alpha), keep
+        else:
+            del out.modules[path]
+            del out.experts[path]
+    if not out.modules:
+        raise AdapterError(f"dropping {drop} leaves nothing of the adapter")
+    return out
+
+
+def scale_modalities(w: LoraWeights, modalities: dict[str, float]) -> LoraWeights:
+    """``w`` with each named modality's expert blocks of ``B`` and embedder ``B`` multiplied by its factor."""
+    from ..lora_experts import EXPERTS
+
+    out = w.copy()
+    for m, f in modalities.items():
+        i = EXPERTS.index(m)
+        emb = f"adapter.{m}_embedder"
+        if emb in out.modules:
+            a, b, alpha = out.modules[emb]
+            out.modules[emb] = (a, b * f, alpha)
+        for path in w.experts:
+            a, b, alpha = out.modules[path]
+            b = b.clone()
+            n = b.shape[0] // len(EXPERTS)
+            b[i * n : (i + 1) * n] *= f
+            out.modules[path] = (a, b, alpha)
     return out

@@ -381,6 +381,9 @@ def _finish(recipe, peft_model, data, run_dir, progress, metrics, log) -> None:
         "base": recipe.model.checkpoint or recipe.model.preset,
     }
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
+    from ..export.modelspec import write_model_card  # a real model card in place of PEFT's template README
+
+    write_model_card(adapter_dir, {**info, "lora": recipe.lora.model_dump()})
     _export(recipe, peft_model, run_dir, info, log)
     if metrics is not None:
         plot_loss_curve(metrics.history(), run_dir / "loss_curve.png")

@@ -1,0 +1,156 @@
+"""What other tools read about an adapter: ModelSpec / ``ss_*`` header keys, and the model card.
+
+ModelSpec (``modelspec.*``) is the header convention kohya's sd-scripts, musubi-tuner,
+ComfyUI and Civitai tooling display; ``modelspec.architecture`` uses musubi-tuner's id for
+this model (``daVinci-MagiHuman``, ``/lora`` for adapters) so its tools recognise the file.
+The ``ss_*`` keys are sd-scripts' training keys (rank, alpha, module, steps, base).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+from ..io import atomic_write_text
+from .formats import METADATA_KEY, AdapterError, AdapterMetadata, LoraWeights
+
+ARCHITECTURE = "daVinci-MagiHuman"
+IMPLEMENTATION = "https://github.com/GAIR-NLP/daVinci-MagiHuman"
+
+
+def modelspec_header(w: LoraWeights, *, merged: bool = False, folded: bool = False) -> dict[str, str]:
+    """hhtune's own header plus the ModelSpec and ``ss_*`` keys for ``w``.
+
+    ``folded``: the file holds ``B`` pre-scaled with ``alpha = r``, so ``ss_network_alpha`` is the rank.
+    """
+    meta = w.described()
+    title = meta.title or (f"HappyHorse LoRA ({', '.join(meta.trigger_words)})" if meta.trigger_words else "HappyHorse LoRA")
+    header = {
+        "format": "pt",
+        METADATA_KEY: meta.model_dump_json(),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": ARCHITECTURE if merged else f"{ARCHITECTURE}/lora",
+        "modelspec.implementation": IMPLEMENTATION,
+        "modelspec.title": title,
+        "modelspec.date": _dt.date.today().isoformat(),
+        "modelspec.prediction_type": "flow",
+        "modelspec.tags": ",".join(["lora", "video", "audio", *meta.languages]),
+        "ss_network_module": "hhtune.lora",
+        "ss_base_model_version": ARCHITECTURE,
+    }
+    if meta.trigger_words:
+        header["modelspec.trigger_phrase"] = ", ".join(meta.trigger_words)
+        header["ss_tag_frequency"] = json.dumps({"trigger": {t: 1 for t in meta.trigger_words}})
+    if meta.resolution:
+        header["modelspec.resolution"] = meta.resolution
+    if meta.license:
+        header["modelspec.license"] = meta.license
+    if meta.rank is not None:
+        header["ss_network_dim"] = str(meta.rank)
+    if folded and meta.rank is not None:
+        header["ss_network_alpha"] = str(float(meta.rank))
+    elif meta.alpha is not None and not folded:
+        header["ss_network_alpha"] = str(meta.alpha)
+    if meta.training_steps is not None:
+        header["ss_steps"] = str(meta.training_steps)
+    if meta.base_name:
+        header["ss_sd_model_name"] = meta.base_name
+    if meta.dataset_summary.get("clips") is not None:
+        header["ss_num_train_items"] = str(meta.dataset_summary["clips"])
+    return header
+
+
+def check_architecture(header: dict[str, str], source: str) -> None:
+    """Refuse a file whose ModelSpec says it belongs to another model."""
+    arch = header.get("modelspec.architecture")
+    if arch and not arch.split("/")[0].lower().replace("-", "").endswith(("magihuman", "happyhorse")):
+        raise AdapterError(
+            f"{source}: modelspec.architecture is {arch!r}: a LoRA for another model cannot be applied to "
+            f"HappyHorse ({ARCHITECTURE})"
+        )
+
+
+def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | None = None) -> Path:
+    """Write ``folder/README.md``: a model card in place of PEFT's empty template.
+
+    ``info`` is a training run's ``run_info.json`` (steps, base, base_fingerprint, trigger_words,
+    languages, dataset_summary, recipe_hash; optionally validation, consent, license, lora). Without
+    ``validation``, the run folder around ``folder`` is read: the last step's stills under
+    ``samples/`` and the last ``val/*`` record of ``metrics.jsonl``.
+    """
+    folder = Path(folder)
+    data = info.get("dataset_summary") or {}
+    trig = info.get("trigger_words") or (meta.trigger_words if meta else [])
+    langs = info.get("languages") or (meta.languages if meta else [])
+    hours = data.get("hours")
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {info.get('base') or (meta.base_name if meta else None) or 'unknown'}",
+        "tags: [lora, hhtune, happyhorse, daVinci-MagiHuman, text-to-video, text-to-audio]",
+        f"language: [{', '.join(langs)}]" if langs else "language: []",
+        f"license: {info.get('license') or 'other'}",
+        "---",
+        "",
+        f"# {info.get('title') or 'HappyHorse LoRA'}",
+        "",
+        "A LoRA adapter for HappyHorse (daVinci-MagiHuman layout) trained with hhtune.",
+        "",
+        "## Base model",
+        f"- checkpoint: `{info.get('base') or 'unknown'}`",
+        f"- fingerprint: `{info.get('base_fingerprint') or 'unknown'}` (an adapter applies only to this base)",
+        "",
+        "## Use",
+        f"- trigger words: {', '.join(f'`{t}`' for t in trig) if trig else 'none'}",
+        f"- languages: {', '.join(langs) if langs else 'unknown'}",
+        (
+            "- `python -m hhtune.sample --adapter PATH[:video=1.0,audio=1.0] ...`; other front-ends: "
+            "`python -m hhtune.export PATH --format wan2gp|comfyui|kohya|merged`"
+        ),
+        "",
+        "## Training data",
+        f"- clips: {data.get('clips', 'unknown')}",
+        f"- hours: {hours if hours is not None else 'unknown'}",
+        f"- languages: {', '.join(langs) if langs else 'unknown'}",
+        f"- dataset: `{data.get('dataset', 'unknown')}` (fingerprint `{data.get('fingerprint') or 'unknown'}`)",
+        "",
+        "## Recipe",
+        f"- steps: {info.get('steps', 'unknown')}",
+        f"- recipe hash: `{info.get('recipe_hash') or 'unknown'}`",
+    ]
+    if info.get("lora"):
+        lines.append(f"- lora: `{json.dumps(info['lora'], sort_keys=True)}`")
+    lines += ["", "## Validation"]
+    val = info.get("validation") or _run_validation(folder.parent)
+    stills = val.get("stills") or []
+    metrics = val.get("metrics") or {}
+    lines += [f"![validation still]({s})" for s in stills] or ["- no validation stills recorded"]
+    lines += [f"- {k}: {v}" for k, v in sorted(metrics.items())] or ["- no validation metrics recorded"]
+    lines += [
+        "",
+        "## Consent and rights",
+        f"- footage and voices: {info.get('consent') or 'NOT RECORDED: confirm that every person filmed or voiced consented, and that you hold the rights, before sharing'}",
+        "",
+    ]
+    path = folder / "README.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+
+def _run_validation(run_dir: Path) -> dict:
+    """The latest validation stills and metrics a training run folder holds (empty when none)."""
+    steps = sorted((run_dir / "samples").glob("step-*")) if (run_dir / "samples").is_dir() else []
+    stills = [f"../{p.relative_to(run_dir).as_posix()}" for p in sorted(steps[-1].glob("*.png"))] if steps else []
+    metrics: dict = {}
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            found = {k.removeprefix("val/"): v for k, v in record.items() if k.startswith("val/")}
+            metrics = found or metrics
+    return {"stills": stills, "metrics": metrics}
