@@ -21,7 +21,7 @@ from pathlib import Path
 from hhtune.io import atomic_write_text
 
 from .config import DataConfig
-from .media import VIDEO_EXTENSIONS
+from hhtune.media import VIDEO_EXTENSIONS
 from .prepare import TRANSCRIPT_SUFFIXES, input_fingerprint, prepare_file, unit_name
 
 FORMAT_VERSION = 1

@@ -44,16 +44,22 @@ class DataConfig(BaseModel):
     tiny_encoders: bool = Field(False, description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
     acoustic_model: str | None = Field(None, description="wav2vec2 phoneme CTC model folder for forced alignment")
     asr_model: str | None = Field(None, description="Whisper model folder for clips without transcripts")
+    untranscribed: Literal["asr", "speech_without_dialogue", "drop"] = Field(
+        "speech_without_dialogue", description="speech outside every transcript cue: transcribe it with asr_model, "
+        "keep it as clips with no Dialogue line, or drop it (always accounted in the report)")
     workers: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
         if self.max_seconds < self.min_seconds:
             raise ValueError(f"max_seconds ({self.max_seconds}) must be >= min_seconds ({self.min_seconds})")
+        if self.untranscribed == "asr" and not self.asr_model:
+            raise ValueError("untranscribed: asr needs asr_model (a local Whisper folder); "
+                             "or set untranscribed to speech_without_dialogue or drop")
         if not self.buckets:
             raise ValueError("buckets must name at least one of 16:9, 9:16, 4:3, 1:1")
         if self.language is not None:
-            from .languages import normalise_language
+            from hhtune.speech.languages import normalise_language
 
             self.language = normalise_language(self.language)
         return self

@@ -110,8 +110,9 @@ def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     assert "low audio sample rate 8000 Hz" in notes["odd_8khz.mkv"] and "odd frame size 97x61" in notes["odd_8khz.mkv"]
     assert "6-channel audio" in notes["surround.mp4"] and "down-mixed to stereo" in notes["surround.mp4"]
     assert re.search("rotation (90|270) degrees applied", notes["rotated.mp4"])
-    assert "speech unknown" in notes["surround.mp4"] and "30 fps resampled to 25 fps" in notes["good.mp4"]
-    assert "alignment is rough" in notes["good.mp4"]
+    assert "no transcript sidecar and no asr_model" in notes["surround.mp4"]
+    assert "no speech detected: kept as clips without a Dialogue line" in notes["surround.mp4"]
+    assert "30 fps resampled to 25 fps" in notes["good.mp4"] and fates["good.mp4"]["alignment_method"] == "dtw"
     totals = json.loads((broken_build / "report.json").read_text())["totals"]
     assert totals["files"] == len(fates) == 19 and totals["skipped"] == len(skipped)
 
@@ -301,7 +302,7 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
     units = prepare_all(SAMPLE, tmp_path / "all", cfg, progress=False)
     assert all(u["fate"] in ("used", "split") for u in units), [(u["file"], u["reason"]) for u in units]
     assert {u["language"] for u in units} == {"en", "zh", "yue", "ja", "ko", "de", "fr"}
-    assert all(u["alignment_method"] == "rough" and u["clips"] for u in units)
+    assert all(u["alignment_method"] == "dtw" and u["clips"] for u in units), [(u["file"], u["alignment_method"]) for u in units]
     for u in units:
         for c in u["clips"]:
             assert c["transcript"] and "Dialogue:\n<a presenter in a studio, " in c["caption"]
@@ -344,7 +345,7 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
 def test_acoustic_model_gives_ctc_alignment(tmp_path, speech, monkeypatch):
     """With an acoustic model configured, words are aligned by CTC (a tiny random model: times, not quality)."""
     import data_prep.build as b
-    from data_prep.align import build_tiny_recognizer
+    from hhtune.speech.align import build_tiny_recognizer
 
     d = tmp_path / "f"
     d.mkdir()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from data_prep.align import Alignment, Interval
+from hhtune.speech.align import Alignment, Interval
 from data_prep.config import load_data_config
 from data_prep.dataset import DatasetFormatError, load_dataset_dir, write_dataset
 from data_prep.report import write_report

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from data_prep.g2p import normalise_numbers, phonemize
-from data_prep.languages import normalise_language, script_language
+from hhtune.speech.g2p import normalise_numbers, phonemize
+from hhtune.speech.languages import normalise_language, script_language
 
 CASES = {
     "en": ("Hello world", [["h", "ə", "l", "oʊ"], ["w", "ɜː", "l", "d"]]),

@@ -55,7 +55,7 @@ def test_non_utf8(tmp_path):
 
 
 def test_textgrid_fills_gaps_and_parses_back():
-    from data_prep.align import Alignment, Interval
+    from hhtune.speech.align import Alignment, Interval
 
     a = Alignment("rough", [Interval(0.5, 1.0, "hi")], [Interval(0.5, 0.7, "h"), Interval(0.7, 1.0, "aɪ")])
     text = textgrid_text(a, 2.0)
