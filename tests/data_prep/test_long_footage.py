@@ -4,6 +4,7 @@ falls inside a word, and every second of every file is accounted for."""
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from _dp_footage import long_speech_footage, write_metadata
 
 from data_prep.build import prepare_all
 from data_prep.config import DataConfig
+from data_prep.report import write_report
 from hhtune.media import SPEECH_RATE, read_audio
 
 PAUSES = [0.6, 0.9, 0.5, 1.2, 0.7, 0.8]
@@ -44,8 +46,53 @@ def built(tmp_path_factory):
         truth[f"{lang}_talk.mp4"] = cues
     write_metadata(d, [{"file_name": f"{lang}_talk.mp4", "language": lang} for lang in TEXTS])
     cfg = DataConfig(min_seconds=1.0, max_seconds=5.0, base_resolution=32, workers=2)
-    units = prepare_all(d, tmp_path_factory.mktemp("out"), cfg, progress=False)
-    return d, {u["file"]: u for u in units}, truth
+    out = tmp_path_factory.mktemp("out")
+    units = prepare_all(d, out, cfg, progress=False)
+    return d, {u["file"]: u for u in units}, truth, out
+
+
+class _Page(HTMLParser):
+    """Collects the timeline ranges per file section and the clip blocks of report.html."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, dict] = {}
+        self.current: str | None = None
+        self.clips: list[str] = []
+        self.images: dict[str, int] = {}
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "data-file" in a:
+            self.current = a["data-file"]
+            self.files[self.current] = {"duration": float(a["data-duration"]), "ranges": []}
+        if "data-status" in a and self.current:
+            self.files[self.current]["ranges"].append((float(a["data-start"]), float(a["data-end"]), a["data-status"],
+                                                       a["data-reason"]))  # fmt: skip
+        if "data-clip" in a:
+            self.clips.append(a["data-clip"])
+        if tag == "img" and a.get("src", "").startswith("data:image/png;base64,"):
+            self.images[a.get("class", "")] = self.images.get(a.get("class", ""), 0) + 1
+
+
+def test_report_html_accounts_for_every_second(built):
+    _, units, _, out = built
+    summary = write_report(list(units.values()), out)
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    assert set(page.files) == set(units)
+    for name, f in page.files.items():
+        total = sum(b - a for a, b, _, _ in f["ranges"])
+        assert total == pytest.approx(f["duration"], abs=1e-3) == units[name]["probe"]["duration"]
+        assert all(why for _, _, status, why in f["ranges"] if status == "dropped")
+        used = sum(b - a for a, b, status, _ in f["ranges"] if status == "used")
+        assert used == pytest.approx(sum(c["end_s"] - c["start_s"] for c in units[name]["clips"]), abs=0.05)
+    n = sum(len(u["clips"]) for u in units.values())
+    assert len(page.clips) == n and page.images.get("thumbs") == n and page.images.get("alignment") == n
+    t = summary["totals"]
+    assert t["transcribed_used_s"] >= 0.9 * t["transcribed_s"] > 0
+    assert sum(summary["seconds"].values()) == pytest.approx(t["source_seconds"], abs=0.05)
+    assert "Speech kept:" in (out / "report.html").read_text()
 
 
 def _covered(spans: list[tuple[float, float]], clips: list[dict]) -> float:
@@ -61,7 +108,7 @@ def _covered(spans: list[tuple[float, float]], clips: list[dict]) -> float:
 
 @pytest.mark.parametrize("lang", list(TEXTS))
 def test_clips_keep_the_transcribed_speech(built, lang):
-    _, units, truth = built
+    _, units, truth, _ = built
     u = units[f"{lang}_talk.mp4"]
     assert u["alignment_method"] == "dtw" and len(u["clips"]) >= 3, u
     share = _covered(truth[u["file"]], u["clips"])
@@ -73,7 +120,7 @@ def test_clips_keep_the_transcribed_speech(built, lang):
 
 @pytest.mark.parametrize("lang", list(TEXTS))
 def test_no_clip_boundary_falls_inside_a_word(built, lang):
-    d, units, truth = built
+    d, units, truth, _ = built
     u = units[f"{lang}_talk.mp4"]
     audio = read_audio(d / u["file"], SPEECH_RATE)
     loud = np.sqrt(np.mean(audio[np.abs(audio) > 1e-3] ** 2))
@@ -91,7 +138,7 @@ def test_no_clip_boundary_falls_inside_a_word(built, lang):
 
 @pytest.mark.parametrize("lang", list(TEXTS))
 def test_every_second_is_accounted_for(built, lang):
-    _, units, _ = built
+    _, units, _, _ = built
     u = units[f"{lang}_talk.mp4"]
     ranges = u["timeline"]
     assert ranges[0]["start"] == 0 and ranges[-1]["end"] == pytest.approx(u["probe"]["duration"], abs=1e-3)
