@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a problem the message explains)."""
     args = _parser().parse_args(argv)
     from .build import BuildError, build, load_units, prepare_all
+    from .checks import EnvironmentProblem
 
     try:
         if args.command == "probe":
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except EnvironmentProblem as e:  # a missing tool or package: nothing was built
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

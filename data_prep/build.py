@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hhtune.io import atomic_write_text
 
+from .checks import check_environment
 from .config import DataConfig
 from hhtune.media import VIDEO_EXTENSIONS
 from .prepare import TRANSCRIPT_SUFFIXES, input_fingerprint, prepare_file, unit_name
@@ -102,6 +103,7 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
     A unit is reused when its inputs (file, sidecars, metadata row, settings) are unchanged;
     ``redo`` names files to do again regardless.
     """
+    check_environment()  # before any file: a missing ffmpeg/espeak-ng/package must not make every file "skipped"
     footage, out = Path(footage), Path(out)
     work = out / ".work"
     settings = {"data_fingerprint": cfg.fingerprint(), "footage": str(footage.resolve())}
