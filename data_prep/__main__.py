@@ -72,10 +72,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _align_one(args) -> int:
+    from hhtune.media import SPEECH_RATE, probe, read_audio
     from hhtune.speech.align import PhonemeRecognizer, align
     from hhtune.speech.g2p import phonemize
     from hhtune.speech.languages import normalise_language
-    from hhtune.media import SPEECH_RATE, probe, read_audio
+
     from .prepare import TRANSCRIPT_SUFFIXES
     from .segment import shift
     from .textgrid import write_textgrid

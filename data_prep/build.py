@@ -19,10 +19,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from hhtune.io import atomic_write_text
+from hhtune.media import VIDEO_EXTENSIONS
 
 from .checks import check_environment
 from .config import DataConfig
-from hhtune.media import VIDEO_EXTENSIONS
 from .prepare import TRANSCRIPT_SUFFIXES, input_fingerprint, prepare_file, unit_name
 
 FORMAT_VERSION = 1
@@ -218,7 +218,7 @@ class _bar:
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled, self.total = enabled, total
 
-    def __enter__(self) -> "_bar":
+    def __enter__(self) -> _bar:
         if self.enabled:
             from rich.progress import Progress
 
@@ -236,4 +236,4 @@ class _bar:
             self._p.__exit__(*a)
 
 
-__all__ = ["BuildError", "FORMAT_VERSION", "build", "discover", "load_metadata", "load_units", "prepare_all"]
+__all__ = ["FORMAT_VERSION", "BuildError", "build", "discover", "load_metadata", "load_units", "prepare_all"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,7 +38,7 @@ class DataConfig(BaseModel):
     base_resolution: int = Field(256, ge=32, multiple_of=32, description="short side in pixels")
     min_seconds: float = Field(1.0, gt=0)
     max_seconds: float = Field(5.0, gt=0)
-    encoders: Union[str, EncoderFolders, None] = Field(
+    encoders: str | EncoderFolders | None = Field(
         None, description="folder with video_vae/, audio_vae/, text_encoder/ (or a mapping of the three)")
     encode_batch_size: int = Field(4, ge=1, description="clips of one shape encoded together (stage 8)")
     tiny_encoders: bool = Field(False, description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
@@ -50,7 +50,7 @@ class DataConfig(BaseModel):
     workers: int = Field(2, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "DataConfig":
+    def _check(self) -> DataConfig:
         if self.max_seconds < self.min_seconds:
             raise ValueError(f"max_seconds ({self.max_seconds}) must be >= min_seconds ({self.min_seconds})")
         if self.untranscribed == "asr" and not self.asr_model:

@@ -204,5 +204,13 @@ def _check_rows(path: Path, ds, encoded: bool) -> None:
             raise DatasetFormatError(f"{path}: row {i} text_embeds shape {shapes['text_embeds']}, expected [<=640, C]")
 
 
-__all__ = ["DatasetDir", "DatasetFormatError", "FORMAT_VERSION", "META_COLUMNS", "features", "load_dataset_dir",
-           "manifest_fingerprint", "write_dataset"]  # fmt: skip
+__all__ = [
+    "FORMAT_VERSION",
+    "META_COLUMNS",
+    "DatasetDir",
+    "DatasetFormatError",
+    "features",
+    "load_dataset_dir",
+    "manifest_fingerprint",
+    "write_dataset",
+]  # fmt: skip

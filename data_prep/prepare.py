@@ -24,10 +24,9 @@ from hhtune.media import AUDIO_RATE, SPEECH_RATE, FrameReader, MediaError, decod
 from hhtune.speech.align import Alignment, Interval, PhonemeRecognizer, align
 from hhtune.speech.g2p import phonemize
 from hhtune.speech.languages import normalise_language
-from hhtune.speech.vad import speech_activity
+from hhtune.speech.vad import speech_activity, speech_near
 
 from .accounting import UNTRANSCRIBED, coverage, timeline, whole_file
-
 from .captions import build_caption, join_words
 from .checks import script_languages, script_mismatch, too_long
 from .config import DataConfig
@@ -206,16 +205,15 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
             frames = reader.read(start, n)
             wave = _slice(audio.stereo, int(round(start * AUDIO_RATE)), audio_samples_for(n))
             clip_align = window(spoken.alignment, start, end)
-            mask, mask_source = _speech_mask(clip_align, real, active, start, n)
+            mask, mask_source = _speech_mask(clip_align, real, active, unit["vad"], start, n)
             lines = _clip_lines(spoken, start, end, language)
             description = meta.get("caption") or _caption_sidecar(path) or ""
             caption = build_caption(description, lines=lines, speaker=speaker, language=language,
                                     trigger=meta.get("trigger") or cfg.trigger, trigger_position=cfg.trigger_position,
                                     background=meta.get("background_sound") or cfg.background_sound)  # fmt: skip
             clip_id = f"{Path(rel).stem}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}-{k:03d}"
-            with atomic_path(work / "clips" / f"{clip_id}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
+            with atomic_path(work / "clips" / f"{clip_id}.npz") as tmp, open(tmp, "wb") as f:
+                np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
             unit["clips"].append({
                 "clip_id": clip_id, "source_file": rel, "start_s": round(start, 4), "end_s": round(end, 4),
                 "language": language, "caption": caption, "transcript": " ".join(lines),
@@ -273,20 +271,22 @@ def _slice(wave: np.ndarray, a: int, length: int) -> np.ndarray:
     return out
 
 
-def _speech_mask(clip_align: Alignment, real: bool, active: np.ndarray, start: float,
+def _speech_mask(clip_align: Alignment, real: bool, active: np.ndarray, vad: str, start: float,
                  n: int) -> tuple[np.ndarray, str]:  # fmt: skip
-    """One value per audio latent (25/s) and its source: the aligned phonemes when the alignment is real
-    (``ctc``/``dtw``), else the file's voice-activity detection (Silero, or energy when it is missing)."""
-    mask = np.zeros(n, dtype=np.float32)
-    if real and clip_align.phonemes:
-        for p in clip_align.phonemes:
-            mask[max(0, int(p.start * FPS)) : min(n, int(np.ceil(p.end * FPS)))] = 1.0
-        return mask, f"phonemes ({clip_align.method})"
+    """One value per audio latent (25/s) and its source. With a real alignment (``ctc``/``dtw``): the aligned
+    phonemes, kept where Silero hears speech within 80 ms (the aligner stretches words over pauses it cannot
+    see); else the voice-activity detection alone (Silero, or energy when it is missing)."""
     t = start + (np.arange(n) + 0.5) / FPS
     idx = np.clip((t / VAD_HOP).astype(np.int64), 0, max(0, len(active) - 1))
-    if len(active):
-        mask[:] = active[idx]
-    return mask, "vad"
+    heard = active[idx].astype(bool) if len(active) else np.zeros(n, dtype=bool)
+    if real and clip_align.phonemes:
+        mask = np.zeros(n, dtype=bool)
+        for p in clip_align.phonemes:
+            mask[max(0, int(p.start * FPS)) : min(n, int(np.ceil(p.end * FPS)))] = True
+        if vad == "silero":
+            return (mask & speech_near(heard, 2)).astype(np.float32), f"phonemes ({clip_align.method}) & silero"
+        return mask.astype(np.float32), f"phonemes ({clip_align.method})"
+    return heard.astype(np.float32), vad
 
 
 def _clip_lines(speech: _Speech, start: float, end: float, language: str) -> list[str]:
@@ -424,5 +424,14 @@ def safe_child(folder: Path, name: str) -> Path:
     return target
 
 
-__all__ = ["CAPTION_SUFFIXES", "METADATA_KEYS", "Skip", "TRANSCRIPT_SUFFIXES", "input_fingerprint", "prepare_file",
-           "safe_child", "sidecars", "unit_name"]  # fmt: skip
+__all__ = [
+    "CAPTION_SUFFIXES",
+    "METADATA_KEYS",
+    "TRANSCRIPT_SUFFIXES",
+    "Skip",
+    "input_fingerprint",
+    "prepare_file",
+    "safe_child",
+    "sidecars",
+    "unit_name",
+]  # fmt: skip

@@ -25,8 +25,8 @@ from .segment import alignment_from_json
 def summarise(units: list[dict]) -> dict:
     """Counts and durations per language, bucket and speaker, alignment methods and quality, every file's fate."""
     clips = [c for u in units for c in u["clips"]]
-    dur = lambda cs: round(sum(c["end_s"] - c["start_s"] for c in cs), 2)  # noqa: E731
-    by = lambda key: {k: {"clips": len(v), "seconds": dur(v)} for k, v in sorted(_group(clips, key).items())}  # noqa: E731
+    dur = lambda cs: round(sum(c["end_s"] - c["start_s"] for c in cs), 2)
+    by = lambda key: {k: {"clips": len(v), "seconds": dur(v)} for k, v in sorted(_group(clips, key).items())}
     phones: dict[str, Counter] = defaultdict(Counter)
     methods: Counter = Counter()
     confidence = []
@@ -112,7 +112,7 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
     h_wave, h_words, h_mask = 60, 22, 8
     img = Image.new("RGB", (width, h_wave + h_words + h_mask + 4), "white")
     d = ImageDraw.Draw(img)
-    x = lambda t: int(round(t / max(duration, 1e-6) * (width - 1)))  # noqa: E731
+    x = lambda t: int(round(t / max(duration, 1e-6) * (width - 1)))
     if audio is not None and audio.size:
         mono = audio.mean(axis=0) if audio.ndim == 2 else audio
         cols = np.array_split(mono, width)

@@ -165,7 +165,7 @@ def window(alignment: Alignment, start: float, end: float) -> Alignment:
 
 def shift(alignment: Alignment, offset: float) -> Alignment:
     """Every interval moved by ``offset`` seconds."""
-    mv = lambda xs: [Interval(i.start + offset, i.end + offset, i.label, i.confidence) for i in xs]  # noqa: E731
+    mv = lambda xs: [Interval(i.start + offset, i.end + offset, i.label, i.confidence) for i in xs]
     return Alignment(alignment.method, mv(alignment.words), mv(alignment.phonemes), list(alignment.notes))
 
 

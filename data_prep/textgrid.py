@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from hhtune.io import atomic_write_text
-
 from hhtune.speech.align import Alignment, Interval
 
 

@@ -268,5 +268,18 @@ def decode_audio(path: str | Path) -> Audio:
     return Audio(_resample(stereo, rate, AUDIO_RATE), _resample(stereo.mean(axis=0), rate, SPEECH_RATE))
 
 
-__all__ = ["AUDIO_RATE", "Audio", "FPS", "FrameReader", "MediaError", "Probe", "SPEECH_RATE", "VIDEO_EXTENSIONS",
-           "decode_audio", "probe", "read_audio", "read_frames", "resize_crop"]  # fmt: skip
+__all__ = [
+    "AUDIO_RATE",
+    "FPS",
+    "SPEECH_RATE",
+    "VIDEO_EXTENSIONS",
+    "Audio",
+    "FrameReader",
+    "MediaError",
+    "Probe",
+    "decode_audio",
+    "probe",
+    "read_audio",
+    "read_frames",
+    "resize_crop",
+]  # fmt: skip

@@ -66,9 +66,9 @@ class Alignment:
                           ensure_ascii=False)  # fmt: skip
 
     @classmethod
-    def from_json(cls, s: str) -> "Alignment":
+    def from_json(cls, s: str) -> Alignment:
         d = json.loads(s)
-        iv = lambda xs: [Interval(float(x["start"]), float(x["end"]), str(x["label"]),  # noqa: E731
+        iv = lambda xs: [Interval(float(x["start"]), float(x["end"]), str(x["label"]),
                                   float(x.get("confidence", 1.0))) for x in xs]  # fmt: skip
         return cls(d.get("method", "none"), iv(d.get("words", [])), iv(d.get("phonemes", [])), list(d.get("notes", [])))
 
@@ -123,9 +123,9 @@ class PhonemeRecognizer:
     """A wav2vec2-style phoneme CTC model from a local folder (``Wav2Vec2ForCTC`` + processor)."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
-        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
-
         import json as _json
+
+        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "vocab.json").is_file():
@@ -172,7 +172,7 @@ class PhonemeRecognizer:
         return ids
 
 
-def align(audio_16k: np.ndarray, words: list[WordPhonemes], recognizer: "PhonemeRecognizer | None" = None) -> Alignment:
+def align(audio_16k: np.ndarray, words: list[WordPhonemes], recognizer: PhonemeRecognizer | None = None) -> Alignment:
     """Word and phoneme intervals of ``words`` in ``audio_16k``: CTC with a recognizer, else (or when CTC cannot
     run on this audio, with a note saying why) model-free DTW against an espeak-ng synthesis."""
     if not words:

@@ -76,6 +76,15 @@ def silero_activity(audio_16k: np.ndarray, hop_s: float = 0.04, threshold: float
     return out
 
 
+def speech_near(active: np.ndarray, hops: int) -> np.ndarray:
+    """``active`` widened by ``hops`` on each side (speech onsets and tails the detector trims)."""
+    out = active.astype(bool).copy()
+    for k in range(1, hops + 1):
+        out[k:] |= active[:-k].astype(bool)
+        out[:-k] |= active[k:].astype(bool)
+    return out
+
+
 def speech_activity(audio_16k: np.ndarray, hop_s: float = 0.04) -> tuple[np.ndarray, str]:
     """Speech per hop and which detector said so: ``"silero"``, or ``"energy"`` when Silero is unavailable."""
     try:
@@ -84,4 +93,4 @@ def speech_activity(audio_16k: np.ndarray, hop_s: float = 0.04) -> tuple[np.ndar
         return energy_activity(audio_16k, SPEECH_RATE, hop_s), "energy"
 
 
-__all__ = ["VADUnavailable", "energy_activity", "silero_activity", "speech_activity"]
+__all__ = ["VADUnavailable", "energy_activity", "silero_activity", "speech_activity", "speech_near"]

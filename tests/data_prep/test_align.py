@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hhtune.speech.align import PhonemeRecognizer, align, build_tiny_recognizer, viterbi_align
-from hhtune.speech.vad import energy_activity, silero_activity
 from hhtune.speech.g2p import phonemize
+from hhtune.speech.vad import energy_activity, silero_activity
 
 
 def _emissions(best: list[int], vocab: int = 4, sharp: float = 0.9) -> np.ndarray:

@@ -144,6 +144,10 @@ def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
         assert words and all(0 <= w["start"] < w["end"] <= g["num_frames"] / 25 + 1e-6 for w in words)
     surround = rows["surround.mp4"][0]
     assert "Dialogue:" not in surround["caption"] and surround["transcript"] == ""
+    sources = json.loads((broken_build / "manifest.json").read_text())["clip_sources"]
+    assert sources[surround["clip_id"]] == {"alignment": "none", "speech_mask": "silero"}  # a tone: no speech heard
+    assert sum(surround["speech_mask"]) == 0
+    assert all(sources[g["clip_id"]] == {"alignment": "dtw", "speech_mask": "phonemes (dtw) & silero"} for g in good)
     html = (broken_build / "report.html").read_text()
     assert "data:image/png;base64" in html and "no audio track" in html and "split into 2 clips" in html
     assert "matplotlib" in html

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from hhtune.speech.align import Alignment, Interval
 from data_prep.config import load_data_config
 from data_prep.dataset import DatasetFormatError, load_dataset_dir, write_dataset
 from data_prep.report import write_report
+from hhtune.speech.align import Alignment, Interval
 
 
 def _unit(name: str, fate_clips: int, language: str = "en", frames: int = 9) -> dict:

@@ -7,10 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from hhtune.speech.align import Interval
+from data_prep.segment import frames_for, plan, segment
 from hhtune.contract import bucket_size, nearest_bucket
 from hhtune.media import resize_crop
-from data_prep.segment import frames_for, plan, segment
+from hhtune.speech.align import Interval
 
 
 def test_frame_counts_are_4k_plus_1():

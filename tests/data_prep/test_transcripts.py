@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from data_prep.textgrid import textgrid_text
 from data_prep.transcripts import TranscriptError, parse_transcript
 
 
