@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from hhtune.media import AUDIO_RATE, SPEECH_RATE, FrameReader, MediaError, decod
 from hhtune.speech.align import Alignment, Interval, PhonemeRecognizer, align
 from hhtune.speech.g2p import phonemize
 from hhtune.speech.languages import normalise_language
-from hhtune.speech.vad import speech_activity, speech_near
+from hhtune.speech.vad import energy_activity, speech_activity, speech_near
 
 from .accounting import UNTRANSCRIBED, coverage, timeline, whole_file
 from .captions import build_caption, join_words
@@ -133,32 +134,14 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
         notes.append(f"{info.fps:.3g} fps resampled to {FPS} fps")
     duration = info.duration
 
-    # stage 2: transcript, and where speech is (Silero VAD; energy only when Silero is missing)
-    transcript = _transcript(path, language, audio.mono16k, cfg, unit)
-    text = transcript.text()
-    active, unit["vad"] = speech_activity(audio.mono16k, VAD_HOP)
+    # stage 2: transcript, and where speech is (Silero VAD, in a thread while the words are aligned: its torch
+    # kernels and the aligner's espeak-ng processes leave each other room; energy only when Silero is missing)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        vad_job = pool.submit(speech_activity, audio.mono16k, VAD_HOP)
+        spoken, language, transcript = _words(path, audio.mono16k, language, duration, cfg, unit)
+        active, unit["vad"] = vad_job.result()
     speech = runs(active.tolist(), VAD_HOP)
     unit["speech_seconds"] = round(float(active.sum()) * VAD_HOP, 2)
-    if text and not active.any():
-        raise Skip("the transcript claims speech but the audio is silent")
-    if text and language == "unknown":
-        fits = script_languages(text)
-        if len(fits) == 1:
-            language = next(iter(fits))
-            notes.append(f"no language declared: {language!r} inferred from the transcript's script")
-        else:
-            notes.append("transcript present but no language declared: not aligned (set language in metadata)")
-    if text and language != "unknown" and (why := script_mismatch(text, language)):
-        raise Skip(why)
-    unit["language"] = language
-
-    # stages 3-4: G2P and alignment
-    spoken = _align(audio.mono16k, transcript, language, duration, cfg, notes)
-    unit["alignment_method"] = spoken.alignment.method
-    notes += spoken.alignment.notes
-    if spoken.alignment.words:
-        unit["alignment_confidence"] = round(float(np.mean([w.confidence for w in spoken.alignment.words])), 3)
-
     # stage 5: speech without transcript (per config), then the cut
     words = spoken.alignment.words
     energy = _levels(audio.mono16k)
@@ -230,6 +213,35 @@ def _levels(mono16k: np.ndarray) -> np.ndarray:
     hop = int(VAD_HOP * SPEECH_RATE)
     n = len(mono16k) // hop
     return np.mean(mono16k[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1) if n else np.zeros(0)
+
+
+def _words(path: Path, mono16k: np.ndarray, language: str, duration: float, cfg: DataConfig,
+           unit: dict) -> tuple[_Speech, str, Transcript]:  # fmt: skip
+    """Stages 2-4: the transcript, its language checked against its script, G2P and alignment."""
+    notes: list[str] = unit["notes"]
+    transcript = _transcript(path, language, mono16k, cfg, unit)
+    text = transcript.text()
+    if text and not energy_activity(mono16k, SPEECH_RATE, VAD_HOP).any():
+        raise Skip("the transcript claims speech but the audio is silent")
+    if text and language == "unknown":
+        fits = script_languages(text)
+        if len(fits) == 1:
+            language = next(iter(fits))
+            notes.append(f"no language declared: {language!r} inferred from the transcript's script")
+        else:
+            notes.append("transcript present but no language declared: not aligned (set language in metadata)")
+    if text and language != "unknown" and (why := script_mismatch(text, language)):
+        raise Skip(why)
+    unit["language"] = language
+
+    # stages 3-4: G2P and alignment
+    spoken = _align(mono16k, transcript, language, duration, cfg, notes)
+    unit["alignment_method"] = spoken.alignment.method
+    notes += spoken.alignment.notes
+    if spoken.alignment.words:
+        unit["alignment_confidence"] = round(float(np.mean([w.confidence for w in spoken.alignment.words])), 3)
+
+    return spoken, language, transcript
 
 
 def _untranscribed(speech: list[Interval], words: list[Interval], transcript: Transcript, energy: np.ndarray,
