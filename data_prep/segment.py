@@ -3,6 +3,8 @@ accounting for every second that does not become a clip, and moving alignments i
 
 How words become clips (:func:`plan`):
 
+0. Intervals labelled ``""`` are speech without a transcript: they never share a clip with transcribed words
+   (its caption would miss a Dialogue line).
 1. A run of words whose 4k+1 frame count would exceed ``max_s`` is split at its **longest inner pause**,
    recursively, until every piece fits. A single word longer than ``max_s`` cannot be split without cutting
    it: it is dropped as a *bad segment* (and accounted).
@@ -73,7 +75,11 @@ def plan(words: list[Interval], duration: float, min_s: float, max_s: float, pad
         return out
     limit = frames_for(max_s)
     pieces: list[tuple[int, int]] = []
-    _pieces(words, 0, len(words) - 1, limit, pieces)
+    start = 0
+    for k in range(1, len(words) + 1):  # transcribed words and untranscribed speech (label "") never share a clip
+        if k == len(words) or (words[k].label == "") != (words[start].label == ""):
+            _pieces(words, start, k - 1, limit, pieces)
+            start = k
     floor = 0.0
     for i, j in pieces:
         first, last = words[i].start, min(words[j].end, duration)
