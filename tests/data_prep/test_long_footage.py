@@ -18,8 +18,8 @@ from hhtune.media import SPEECH_RATE, read_audio
 PAUSES = [0.6, 0.9, 0.5, 1.2, 0.7, 0.8]
 TEXTS = {
     "en": ("en-us", ["Good morning and welcome to our studio.", "Today we talk about the new spring collection.",
-                     "Every piece is made by hand in a small workshop near the sea, and each one takes about three "
-                     "days to finish from the first cut to the last stitch.",
+                     ("Every piece is made by hand in a small workshop near the sea, and each one takes about three "
+                      "days to finish from the first cut to the last stitch."),
                      "Thank you for watching.", "See you next week.", "Goodbye."]),
     "de": ("de", ["Guten Morgen und willkommen im Studio.", "Heute sprechen wir über die neue Kollektion.",
                   "Jedes Stück wird von Hand gefertigt.", "Vielen Dank fürs Zuschauen.", "Bis nächste Woche.",
