@@ -72,10 +72,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _align_one(args) -> int:
-    from .align import PhonemeRecognizer, align
-    from .g2p import phonemize
-    from .languages import normalise_language
-    from .media import ALIGN_RATE, probe, read_audio
+    from hhtune.media import SPEECH_RATE, probe, read_audio
+    from hhtune.speech.align import PhonemeRecognizer, align
+    from hhtune.speech.g2p import phonemize
+    from hhtune.speech.languages import normalise_language
+
     from .prepare import TRANSCRIPT_SUFFIXES
     from .segment import shift
     from .textgrid import write_textgrid
@@ -85,14 +86,14 @@ def _align_one(args) -> int:
     if side is None:
         raise ValueError(f"no transcript for {args.file}: pass --transcript")
     language, info = normalise_language(args.language), probe(args.file)
-    audio = read_audio(args.file, ALIGN_RATE)
+    audio = read_audio(args.file, SPEECH_RATE)
     rec = PhonemeRecognizer(args.acoustic_model) if args.acoustic_model else None
     t = parse_transcript(side)
     cues = [(s.start or 0.0, s.end or info.duration, s.text) for s in t.segments] if any(
         s.start is not None for s in t.segments) else [(0.0, info.duration, t.text())]  # fmt: skip
     result = None
     for a, b, text in cues:
-        part = shift(align(audio[int(a * ALIGN_RATE) : int(b * ALIGN_RATE)], phonemize(text, language), rec), a)
+        part = shift(align(audio[int(a * SPEECH_RATE) : int(b * SPEECH_RATE)], phonemize(text, language), rec), a)
         if result is None:
             result = part
         else:
@@ -112,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a problem the message explains)."""
     args = _parser().parse_args(argv)
     from .build import BuildError, build, load_units, prepare_all
+    from .checks import EnvironmentProblem
 
     try:
         if args.command == "probe":
-            from .media import MediaError, probe
+            from hhtune.media import MediaError, probe
 
             for f in args.files:
                 try:
@@ -130,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"source": t.source, "segments": [asdict(s) for s in t.segments]}, ensure_ascii=False))
             return 0
         if args.command == "g2p":
-            from .g2p import phonemize
-            from .languages import normalise_language
+            from hhtune.speech.g2p import phonemize
+            from hhtune.speech.languages import normalise_language
 
             for w in phonemize(args.text, normalise_language(args.language)):
                 print(f"{w.word}\t{' '.join(w.phonemes)}")
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except EnvironmentProblem as e:  # a missing tool or package: nothing was built
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

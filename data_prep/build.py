@@ -19,9 +19,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from hhtune.io import atomic_write_text
+from hhtune.media import VIDEO_EXTENSIONS
 
+from .checks import check_environment
 from .config import DataConfig
-from .media import VIDEO_EXTENSIONS
 from .prepare import TRANSCRIPT_SUFFIXES, input_fingerprint, prepare_file, unit_name
 
 FORMAT_VERSION = 1
@@ -102,6 +103,7 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
     A unit is reused when its inputs (file, sidecars, metadata row, settings) are unchanged;
     ``redo`` names files to do again regardless.
     """
+    check_environment()  # before any file: a missing ffmpeg/espeak-ng/package must not make every file "skipped"
     footage, out = Path(footage), Path(out)
     work = out / ".work"
     settings = {"data_fingerprint": cfg.fingerprint(), "footage": str(footage.resolve())}
@@ -216,7 +218,7 @@ class _bar:
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled, self.total = enabled, total
 
-    def __enter__(self) -> "_bar":
+    def __enter__(self) -> _bar:
         if self.enabled:
             from rich.progress import Progress
 
@@ -234,4 +236,4 @@ class _bar:
             self._p.__exit__(*a)
 
 
-__all__ = ["BuildError", "FORMAT_VERSION", "build", "discover", "load_metadata", "load_units", "prepare_all"]
+__all__ = ["FORMAT_VERSION", "BuildError", "build", "discover", "load_metadata", "load_units", "prepare_all"]

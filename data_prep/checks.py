@@ -72,3 +72,38 @@ def too_long(phonemes: int, seconds: float, limit: float = MAX_PHONEMES_PER_SECO
         return (f"the transcript is longer than the clip: {phonemes} phonemes in {seconds:.2f} s "
                 f"(over {limit:.0f} phonemes/s)")  # fmt: skip
     return None
+
+
+# What the build runs, and how to get it. Checked once, before any file is touched: a missing tool must stop the
+# build with the fix, not turn every file into "skipped".
+SYSTEM_TOOLS = {"ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "espeak-ng": "espeak-ng"}  # command -> apt package
+PYTHON_MODULES = {"av": "av", "librosa": "librosa", "soundfile": "soundfile", "phonemizer": "phonemizer",
+                  "jinja2": "jinja2", "silero_vad": "silero-vad", "pypinyin": "pypinyin", "jieba": "jieba",
+                  "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus", "num2words": "num2words"}  # fmt: skip
+
+
+class EnvironmentProblem(RuntimeError):
+    """A system tool or Python package the build needs is missing; the message has the install command."""
+
+
+def missing_requirements() -> tuple[list[str], list[str]]:
+    """``(apt packages, pip packages)`` the build needs and this machine lacks."""
+    import importlib.util
+    import shutil
+
+    apt = sorted({pkg for cmd, pkg in SYSTEM_TOOLS.items() if shutil.which(cmd) is None})
+    pip = sorted({pkg for mod, pkg in PYTHON_MODULES.items() if importlib.util.find_spec(mod) is None})
+    return apt, pip
+
+
+def check_environment() -> None:
+    """Raise :class:`EnvironmentProblem` naming every missing requirement and the commands that install them."""
+    apt, pip = missing_requirements()
+    if not apt and not pip:
+        return
+    fixes = []
+    if apt:
+        fixes.append(f"missing system tools ({', '.join(apt)}): sudo apt-get install -y {' '.join(apt)}")
+    if pip:
+        fixes.append(f"missing Python packages ({', '.join(pip)}): pip install {' '.join(pip)}")
+    raise EnvironmentProblem("data_prep cannot run here; " + "; ".join(fixes))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,22 +38,28 @@ class DataConfig(BaseModel):
     base_resolution: int = Field(256, ge=32, multiple_of=32, description="short side in pixels")
     min_seconds: float = Field(1.0, gt=0)
     max_seconds: float = Field(5.0, gt=0)
-    encoders: Union[str, EncoderFolders, None] = Field(
+    encoders: str | EncoderFolders | None = Field(
         None, description="folder with video_vae/, audio_vae/, text_encoder/ (or a mapping of the three)")
     encode_batch_size: int = Field(4, ge=1, description="clips of one shape encoded together (stage 8)")
     tiny_encoders: bool = Field(False, description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
     acoustic_model: str | None = Field(None, description="wav2vec2 phoneme CTC model folder for forced alignment")
     asr_model: str | None = Field(None, description="Whisper model folder for clips without transcripts")
+    untranscribed: Literal["asr", "speech_without_dialogue", "drop"] = Field(
+        "speech_without_dialogue", description="speech outside every transcript cue: transcribe it with asr_model, "
+        "keep it as clips with no Dialogue line, or drop it (always accounted in the report)")
     workers: int = Field(2, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "DataConfig":
+    def _check(self) -> DataConfig:
         if self.max_seconds < self.min_seconds:
             raise ValueError(f"max_seconds ({self.max_seconds}) must be >= min_seconds ({self.min_seconds})")
+        if self.untranscribed == "asr" and not self.asr_model:
+            raise ValueError("untranscribed: asr needs asr_model (a local Whisper folder); "
+                             "or set untranscribed to speech_without_dialogue or drop")
         if not self.buckets:
             raise ValueError("buckets must name at least one of 16:9, 9:16, 4:3, 1:1")
         if self.language is not None:
-            from .languages import normalise_language
+            from hhtune.speech.languages import normalise_language
 
             self.language = normalise_language(self.language)
         return self

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from hhtune.contract import BUCKETS, FORMAT_VERSION
 from hhtune.encoders import EncoderPaths, encoders_fingerprint
 from hhtune.io import atomic_dir, atomic_write_text
 
@@ -21,11 +22,10 @@ from .encode import LATENTS, clip_key, latents_key
 from .segment import alignment_from_json
 from .textgrid import write_textgrid
 
-FORMAT_VERSION = 1
 META_COLUMNS = ("clip_id", "source_file", "start_s", "end_s", "language", "caption", "transcript", "alignment",
                 "speech_mask", "bucket", "width", "height", "num_frames")  # fmt: skip
 LANGUAGE_CODES = ("en", "zh", "yue", "ja", "ko", "de", "fr", "unknown")
-BUCKET_NAMES = ("16:9", "9:16", "4:3", "1:1")
+BUCKET_NAMES = tuple(BUCKETS)
 
 
 class DatasetFormatError(ValueError):
@@ -105,7 +105,10 @@ def write_dataset(units: list[dict], out: Path, cfg: DataConfig, encoders: Encod
     enc_fp = encoders_fingerprint(encoders) if encoders is not None else None
     manifest = {"format_version": FORMAT_VERSION, "fingerprint": manifest_fingerprint(cfg, enc_fp), "encoders": enc,
                 "encoders_fingerprint": enc_fp, "settings": cfg.model_dump(mode="json"), "encoded": encoders is not None,
-                "clips": len(clips), "languages": sorted({c["language"] for c in clips})}  # fmt: skip
+                "clips": len(clips), "languages": sorted({c["language"] for c in clips}),
+                # how each clip's words and speech mask were found (dtw/ctc alignment; phonemes, Silero VAD or energy)
+                "clip_sources": {c["clip_id"]: {"alignment": c.get("alignment_method", "none"),
+                                                "speech_mask": c.get("mask_source", "unknown")} for c in clips}}  # fmt: skip
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
     return out / "dataset"
 
@@ -182,7 +185,7 @@ def _check_rows(path: Path, ds, encoded: bool) -> None:
         if len(r["speech_mask"]) != r["num_frames"]:
             raise DatasetFormatError(f"{where}: speech_mask has {len(r['speech_mask'])} values for {r['num_frames']} latents")
         a = json.loads(r["alignment"])
-        if a.get("method") not in ("ctc", "rough", "none") or not isinstance(a.get("words"), list):
+        if not set(str(a.get("method")).split("+")) <= {"ctc", "dtw", "none"} or not isinstance(a.get("words"), list):
             raise DatasetFormatError(f"{where}: alignment JSON lacks method/words")
         seen.setdefault((r["num_frames"], r["height"], r["width"]), i)
     if not encoded:
@@ -201,5 +204,13 @@ def _check_rows(path: Path, ds, encoded: bool) -> None:
             raise DatasetFormatError(f"{path}: row {i} text_embeds shape {shapes['text_embeds']}, expected [<=640, C]")
 
 
-__all__ = ["DatasetDir", "DatasetFormatError", "FORMAT_VERSION", "META_COLUMNS", "features", "load_dataset_dir",
-           "manifest_fingerprint", "write_dataset"]  # fmt: skip
+__all__ = [
+    "FORMAT_VERSION",
+    "META_COLUMNS",
+    "DatasetDir",
+    "DatasetFormatError",
+    "features",
+    "load_dataset_dir",
+    "manifest_fingerprint",
+    "write_dataset",
+]  # fmt: skip

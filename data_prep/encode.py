@@ -19,8 +19,14 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from hhtune.encoders import (EncoderPaths, build_tiny_encoders, encoders_fingerprint, load_audio_vae,
-                             load_text_encoder, load_video_vae)  # fmt: skip
+from hhtune.encoders import (
+    EncoderPaths,
+    build_tiny_encoders,
+    encoders_fingerprint,
+    load_audio_vae,
+    load_text_encoder,  # fmt: skip
+    load_video_vae,
+)
 from hhtune.io import atomic_save_file, atomic_write_text
 
 from .config import DataConfig, EncoderFolders

@@ -1,13 +1,14 @@
-"""``report.json`` and a self-contained ``report.html``: the fate of every input file, counts, pictures.
+"""``report.json`` and a self-contained ``report.html``: every second of every file accounted for (used, or dropped
+and why), how much of the speech the clips keep, and per clip its frames, waveform, alignment and caption.
 
-Charts are drawn with matplotlib when it is installed (``matplotlib>=3.8`` in pyproject), else
-with Pillow (always installed: it reads reference images); either way they are inlined as base64 PNG.
+The page is rendered from ``templates/report.html.j2`` with Jinja2 (autoescaped). Pictures are inlined as
+base64 PNG: thumbnails and waveforms are drawn with Pillow; charts with matplotlib when it is installed
+(``matplotlib>=3.8`` in pyproject), else with Pillow.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from collections import Counter, defaultdict
@@ -17,14 +18,15 @@ import numpy as np
 
 from hhtune.io import atomic_write_text
 
+from .accounting import seconds_by_reason
 from .segment import alignment_from_json
 
 
 def summarise(units: list[dict]) -> dict:
     """Counts and durations per language, bucket and speaker, alignment methods and quality, every file's fate."""
     clips = [c for u in units for c in u["clips"]]
-    dur = lambda cs: round(sum(c["end_s"] - c["start_s"] for c in cs), 2)  # noqa: E731
-    by = lambda key: {k: {"clips": len(v), "seconds": dur(v)} for k, v in sorted(_group(clips, key).items())}  # noqa: E731
+    dur = lambda cs: round(sum(c["end_s"] - c["start_s"] for c in cs), 2)
+    by = lambda key: {k: {"clips": len(v), "seconds": dur(v)} for k, v in sorted(_group(clips, key).items())}
     phones: dict[str, Counter] = defaultdict(Counter)
     methods: Counter = Counter()
     confidence = []
@@ -42,18 +44,32 @@ def summarise(units: list[dict]) -> dict:
         entry["clips"] = len(u["clips"])
         entry["clip_ids"] = [c["clip_id"] for c in u["clips"]]
         entry["duration_s"] = (u.get("probe") or {}).get("duration")
+        entry["timeline"] = u.get("timeline", [])
+        entry["seconds"] = seconds_by_reason(entry["timeline"])
+        entry["speech_coverage"] = u.get("speech_coverage", {})
+        entry["mask_sources"] = sorted({c.get("mask_source", "") for c in u["clips"]} - {""})
         files.append(entry)
+    seconds: Counter = Counter()
+    cover: Counter = Counter()
+    for f in files:
+        seconds.update(f["seconds"])
+        cover.update(f["speech_coverage"])
     return {
         "files": files,
         "totals": {"files": len(units), "used": fates["used"] + fates["split"], "used_whole": fates["used"],
                    "split": fates["split"], "skipped": fates["skipped"], "clips": len(clips), "seconds": dur(clips),
-                   "source_seconds": round(sum((u.get("probe") or {}).get("duration", 0) for u in units), 2)},  # fmt: skip
+                   "source_seconds": round(sum((u.get("probe") or {}).get("duration", 0) for u in units), 2),
+                   "dropped_seconds": round(sum(v for k, v in seconds.items() if k != "used"), 2),
+                   **{k: round(cover.get(k, 0.0), 2) for k in ("transcribed_used_s", "transcribed_s", "detected_used_s",
+                                                              "detected_s")}},  # fmt: skip
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "mask_sources": dict(Counter(c.get("mask_source", "unknown") for c in clips)),
         "skip_reasons": dict(Counter(_reason_kind(u["reason"]) for u in units if u["fate"] == "skipped")),
         "by_language": by("language"), "by_bucket": by("bucket"), "by_speaker": by("speaker"),
         "alignment": {
             "methods": dict(methods),
             "mean_word_confidence": round(float(np.mean(confidence)), 3) if confidence else None,
-            "note": "rough: no acoustic model, word times estimated from speech activity" if methods["rough"] else "",
+            "note": "",
         },
         "phonemes": {lang: {"distinct": len(c), "total": sum(c.values()), "counts": dict(c.most_common())}
                      for lang, c in sorted(phones.items())},  # fmt: skip
@@ -78,26 +94,60 @@ def _b64png(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def contact_sheet(npz: Path, speech_mask: list[float] | None = None, columns: int = 4) -> str | None:
-    """Base64 PNG: ``columns`` frames across the clip, with its speech mask as a strip underneath (dark = speech)."""
+def thumbnail_strip(frames: np.ndarray, columns: int = 6) -> str:
+    """Base64 PNG: ``columns`` frames evenly across the clip, side by side, 96 px high."""
+    from PIL import Image
+
+    pick = frames[np.linspace(0, len(frames) - 1, columns).round().astype(int)]
+    strip = Image.fromarray(np.concatenate(list(pick), axis=1))
+    strip = strip.resize((max(1, round(strip.width * 96 / strip.height)), 96))
+    return _b64png(strip)
+
+
+def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask: list[float], width: int = 720) -> str:
+    """Base64 PNG: the waveform, under it the aligned words (boxes) and phonemes (ticks), under those the speech
+    mask (dark = speech). Labels are in the page's word table (Pillow's default font has no CJK glyphs)."""
     from PIL import Image, ImageDraw
 
-    if not npz.is_file():
-        return None
-    with np.load(npz) as data:
-        frames = data["frames"]
-    pick = frames[np.linspace(0, len(frames) - 1, columns).round().astype(int)]
-    sheet = Image.fromarray(np.concatenate(list(pick), axis=1))
-    sheet.thumbnail((640, 160))
-    out = Image.new("RGB", (sheet.width, sheet.height + 6), "white")
-    out.paste(sheet, (0, 0))
-    draw = ImageDraw.Draw(out)
-    draw.rectangle([0, sheet.height + 1, sheet.width, sheet.height + 5], fill=(220, 220, 220))
-    for i, v in enumerate(speech_mask or []):
+    h_wave, h_words, h_mask = 60, 22, 8
+    img = Image.new("RGB", (width, h_wave + h_words + h_mask + 4), "white")
+    d = ImageDraw.Draw(img)
+    x = lambda t: int(round(t / max(duration, 1e-6) * (width - 1)))
+    if audio is not None and audio.size:
+        mono = audio.mean(axis=0) if audio.ndim == 2 else audio
+        cols = np.array_split(mono, width)
+        peak = max(1e-6, float(np.abs(mono).max()))
+        for i, col in enumerate(cols):
+            v = float(np.abs(col).max()) / peak if col.size else 0.0
+            d.line([(i, h_wave / 2 - v * h_wave / 2), (i, h_wave / 2 + v * h_wave / 2)], fill=(70, 110, 180))
+    top = h_wave + 2
+    for k, w in enumerate(alignment.words):
+        shade = int(120 + 100 * (1 - min(1.0, max(0.0, w.confidence))))  # darker = more confident
+        d.rectangle([x(w.start), top, max(x(w.start) + 1, x(w.end)), top + h_words - 4],
+                    fill=(shade, 160 + 40 * (k % 2), shade), outline=(40, 90, 40))  # fmt: skip
+    for p in alignment.phonemes:
+        d.line([(x(p.start), top + h_words - 4), (x(p.start), top + h_words)], fill=(0, 0, 0))
+    mt = top + h_words + 2
+    d.rectangle([0, mt, width, mt + h_mask], fill=(225, 225, 225))
+    for i, v in enumerate(mask or []):
         if v > 0.5:
-            x0, x1 = i * sheet.width / len(speech_mask), (i + 1) * sheet.width / len(speech_mask)
-            draw.rectangle([x0, sheet.height + 1, x1, sheet.height + 5], fill=(200, 60, 60))
-    return _b64png(out)
+            d.rectangle([x(i * duration / len(mask)), mt, x((i + 1) * duration / len(mask)), mt + h_mask], fill=(200, 60, 60))
+    return _b64png(img)
+
+
+def _clip_view(c: dict, out: Path) -> dict:
+    a = alignment_from_json(c["alignment"])
+    view = {k: c.get(k) for k in ("clip_id", "start_s", "end_s", "num_frames", "bucket", "width", "height", "caption",
+                                  "transcript", "mask_source")}  # fmt: skip
+    view.update(method=a.method, words=a.words, confidence=round(a.mean_confidence, 3) if a.words else None,
+                strip=None, wave=None)  # fmt: skip
+    npz = out / ".work" / "clips" / f"{c['clip_id']}.npz"
+    if npz.is_file():
+        with np.load(npz) as data:
+            view["strip"] = thumbnail_strip(data["frames"])
+            audio = data["audio"] if "audio" in data else None
+        view["wave"] = waveform_picture(audio, c["end_s"] - c["start_s"], a, c.get("speech_mask"))
+    return view
 
 
 def _charts(summary: dict, clips: list[dict]) -> tuple[list[tuple[str, str]], str]:
@@ -178,50 +228,32 @@ def write_report(units: list[dict], out: Path) -> dict:
     return summary
 
 
+_PALETTE = ["#9e9e9e", "#e0a030", "#d04040", "#8050c0", "#4080c0", "#c06090", "#60a0a0", "#a08050"]
+
+
 def _fate_text(u: dict) -> str:
     return f"split into {len(u['clips'])} clips" if u["fate"] == "split" else u["fate"]
 
 
 def _html(summary: dict, units: list[dict], charts: list[tuple[str, str]], out: Path) -> str:
-    e = html.escape
-    rows = "".join(
-        f"<tr class='{e(u['fate'])}'><td>{e(u['file'])}</td><td>{e(_fate_text(u))}</td><td>{len(u['clips'])}</td>"
-        f"<td>{e(u.get('language') or '')}</td><td>{e(u.get('alignment_method') or '')}"
-        f"{' (%.2f)' % u['alignment_confidence'] if u.get('alignment_confidence') is not None else ''}</td>"
-        f"<td>{e(u.get('reason') or '') if u['fate'] == 'skipped' else ''}</td>"
-        f"<td>{'<br>'.join(e(n) for n in u.get('notes', []) if 'Traceback' not in n)}</td></tr>"
-        for u in units
-    )
-    sheets = []
-    for u in units:
-        for c in u["clips"]:
-            img = contact_sheet(out / ".work" / "clips" / f"{c['clip_id']}.npz", c.get("speech_mask"))
-            if img:
-                sheets.append(
-                    f"<figure><img src='data:image/png;base64,{img}'><figcaption><b>{e(c['clip_id'])}</b> · "
-                    f"{e(c['bucket'])} {c['width']}x{c['height']} · {c['num_frames']} frames · {c['start_s']:.2f}-"
-                    f"{c['end_s']:.2f} s · {e(c['language'])}<pre>{e(c['caption'])}</pre></figcaption></figure>"
-                )  # fmt: skip
-    t = summary["totals"]
-    tables = "".join(
-        f"<h3>per {name}</h3><table><tr><th>{name}</th><th>clips</th><th>seconds</th></tr>"
-        + "".join(f"<tr><td>{e(k)}</td><td>{v['clips']}</td><td>{v['seconds']}</td></tr>" for k, v in summary[key].items())
-        + "</table>"
-        for name, key in (("language", "by_language"), ("bucket", "by_bucket"), ("speaker", "by_speaker"))
-    )
-    al = summary["alignment"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>data_prep report</title><style>
-body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin-bottom:1em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}} tr.skipped{{background:#fff1f0}}
-tr.split{{background:#f0f7ff}} figure{{display:inline-block;margin:8px;max-width:660px;vertical-align:top}}
-img{{max-width:640px}} pre{{white-space:pre-wrap;font-size:11px}}</style></head><body>
-<h1>Dataset report</h1>
-<p>{t['files']} input files ({t['source_seconds']} s): {t['used_whole']} used whole, {t['split']} split, {t['skipped']} skipped;
-{t['clips']} training clips, {t['seconds']} s.</p>
-<p>Alignment: {e(json.dumps(al['methods']))}; mean word confidence {al['mean_word_confidence']}. {e(al['note'])}</p>
-<h2>Every input file</h2><table><tr><th>file</th><th>fate</th><th>clips</th><th>language</th><th>alignment</th>
-<th>why skipped</th><th>notes</th></tr>{rows}</table>
-<h2>Counts and durations</h2>{tables}
-{''.join(f"<h2>{e(title)}</h2><img src='data:image/png;base64,{img}'>" for title, img in charts)}
-<p><small>charts drawn with {e(summary['charts_drawn_with'])}</small></p>
-<h2>Clips</h2>{''.join(sheets)}</body></html>"""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape())
+    reasons = sorted({r["reason"] for f in summary["files"] for r in f["timeline"] if r["status"] != "used"})
+    colours = {"used": "#3a9a4a", **{why: _PALETTE[k % len(_PALETTE)] for k, why in enumerate(reasons)}}
+    files = []
+    for f, u in zip(summary["files"], units):
+        cov = f["speech_coverage"]
+        files.append({**f, "fate_text": _fate_text(u), "used_s": f["seconds"].get("used", 0.0),
+                      "coverage_text": _pct(cov.get("transcribed_used_s", 0), cov.get("transcribed_s", 0)),
+                      "clip_views": [_clip_view(c, out) for c in u["clips"]]})  # fmt: skip
+    tables = [(name, summary[key]) for name, key in (("language", "by_language"), ("bucket", "by_bucket"),
+                                                     ("speaker", "by_speaker"))]  # fmt: skip
+    return env.get_template("report.html.j2").render(
+        t=summary["totals"], seconds=summary["seconds"], files=files, tables=tables, alignment=summary["alignment"],
+        mask_sources=summary["mask_sources"], charts=charts, charts_drawn_with=summary["charts_drawn_with"],
+        colours=colours, pct=_pct, width=lambda r, d: round(100 * (r["end"] - r["start"]) / d, 3) if d else 0)
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hhtune.io import atomic_write_text
-
-from .align import Alignment, Interval
+from hhtune.speech.align import Alignment, Interval
 
 
 def _tier(name: str, items: list[Interval], duration: float) -> list[str]:

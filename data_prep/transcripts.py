@@ -94,7 +94,7 @@ def transcribe(audio_16k: np.ndarray, language: str, asr_model_path: str | Path)
     """Speech to text with a local Whisper model through transformers (only when a path is configured)."""
     from transformers import pipeline
 
-    from .languages import NAMES
+    from hhtune.speech.languages import NAMES
 
     asr = pipeline("automatic-speech-recognition", model=str(asr_model_path), return_timestamps=True)
     lang = None if language == "unknown" else NAMES[language].lower().replace("mandarin", "chinese")

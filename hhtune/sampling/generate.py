@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..contract import FPS, frames_for
 from ..encoders import AUDIO_SAMPLE_RATE, EncoderPaths, load_audio_vae, load_text_encoder, load_video_vae
 from ..io import atomic_path
 from .samplers import sample_base, sample_distilled
 
 ASPECTS = {"16:9": (16, 9), "9:16": (9, 16), "4:3": (4, 3), "1:1": (1, 1)}
-FPS = 25
 OUTPUT_AUDIO_RATE = 44100  # the official post-processing resamples decoded audio by 441/512
 NEGATIVE_PROMPT = "low quality, worst quality, blurry, distorted, static, noise, hiss, distortion, muffled"
 
@@ -26,7 +26,7 @@ def latent_shapes(seconds: float, aspect: str, base_resolution: int = 256) -> tu
     """``(video_shape, audio_shape, (width, height))`` of one clip: frames = 25 s + 1 rounded to 4k+1."""
     if aspect not in ASPECTS:
         raise ValueError(f"unknown aspect {aspect!r}; allowed: {', '.join(ASPECTS)}")
-    frames = int(round(seconds * FPS)) // 4 * 4 + 1
+    frames = frames_for(seconds)  # the dataset contract's 4k+1 rule (hhtune/contract.py)
     w, h = ASPECTS[aspect]
     long_side = int(math.ceil(base_resolution * max(w, h) / min(w, h) / 32) * 32)
     width, height = (long_side, base_resolution) if w >= h else (base_resolution, long_side)
@@ -66,14 +66,14 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
     vshape, ashape, (width, height) = latent_shapes(seconds, aspect, base_resolution)
     reference = None
     if reference_image is not None:
-        from data_prep.buckets import resize_crop
+        from hhtune.media import resize_crop
 
         pixels = resize_crop(reference_image[None], width, height)[0]
         ref = torch.from_numpy(pixels).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
         reference = video_vae.encode(ref.to(device))
     fixed_audio = None
     if audio_path is not None:
-        from data_prep.media import read_audio
+        from hhtune.media import read_audio
 
         wave = torch.from_numpy(read_audio(audio_path, AUDIO_SAMPLE_RATE))[: ashape[1] * 2048]
         wave = torch.nn.functional.pad(wave, (0, ashape[1] * 2048 - wave.shape[0]))

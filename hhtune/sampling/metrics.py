@@ -61,7 +61,7 @@ def av_sync(audio: np.ndarray, sample_rate: int, frames: np.ndarray, fps: int = 
     scores = {}
     for k in range(-max_offset, max_offset + 1):
         a, b = (env[: n - k], mot[k:]) if k >= 0 else (env[-k:], mot[: n + k])
-        if len(a) >= 4:
+        if len(a) >= 4 and len(a) == len(b):  # offsets beyond the clip (k >= n) leave nothing to compare
             scores[k] = float(np.mean(a * b))
     best = max(scores, key=scores.get)
     return best, float(scores[best] - np.median(list(scores.values())))

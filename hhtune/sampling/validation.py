@@ -24,7 +24,7 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
     device = next(model.parameters()).device
     recognizer = None
     if acoustic_model:
-        from data_prep.align import PhonemeRecognizer
+        from hhtune.speech.align import PhonemeRecognizer
 
         recognizer = PhonemeRecognizer(acoustic_model)
     scores: dict[str, list[float]] = {}
@@ -42,7 +42,7 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         scores.setdefault("av_offset_frames", []).append(float(offset))
         scores.setdefault("av_sync_confidence", []).append(conf)
         if image is not None:
-            from data_prep.buckets import resize_crop
+            from hhtune.media import resize_crop
 
             ref = resize_crop(image[None], g.frames.shape[2], g.frames.shape[1])[0]
             scores.setdefault("reference_psnr", []).append(reference_fidelity(g.frames, ref))
@@ -51,7 +51,7 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
                 code = _LANG_CODES.get(lang.lower())
                 if code is None:
                     continue
-                from data_prep.g2p import phonemize
+                from hhtune.speech.g2p import phonemize
                 from scipy.signal import resample_poly
 
                 expected = [p for w in phonemize(line, code) for p in w.phonemes]

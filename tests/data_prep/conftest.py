@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from _dp_footage import SENTENCE, ffmpeg
 
 

@@ -1,4 +1,5 @@
-"""CTC Viterbi against hand-built emissions, speech activity, and both alignment paths on real speech."""
+"""CTC Viterbi against hand-built emissions, speech activity, and both alignment paths (CTC, model-free DTW)
+on real speech."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from data_prep.align import align, build_tiny_recognizer, PhonemeRecognizer, speech_activity, viterbi_align
-from data_prep.g2p import phonemize
+from hhtune.speech.align import PhonemeRecognizer, align, build_tiny_recognizer, viterbi_align
+from hhtune.speech.g2p import phonemize
+from hhtune.speech.vad import energy_activity, silero_activity
 
 
 def _emissions(best: list[int], vocab: int = 4, sharp: float = 0.9) -> np.ndarray:
@@ -34,8 +36,10 @@ def test_forced_alignment_differs_from_greedy_decoding():
 
 
 def test_viterbi_needs_enough_frames():
-    with pytest.raises(ValueError, match="3 frames cannot hold 2 tokens \\(need at least 3\\)|2 frames cannot hold"):
+    # "a a" needs a blank between the two a's: 3 frames at least
+    with pytest.raises(ValueError, match=r"^2 frames cannot hold 2 tokens \(need at least 3\)$"):
         viterbi_align(_emissions([1, 1]), [1, 1])
+    assert len(viterbi_align(_emissions([1, 0, 1]), [1, 1])) == 2
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +53,30 @@ def speech(tmp_path_factory):
     return np.concatenate([silence, audio, silence])
 
 
-def test_speech_activity_finds_the_speech(speech):
-    active = speech_activity(speech, 16000, 0.04)
+@pytest.mark.parametrize("detector", ["energy", "silero"])
+def test_speech_activity_finds_the_speech(speech, detector):
+    if detector == "energy":
+        active = energy_activity(speech, 16000, 0.04)
+    else:
+        active = silero_activity(speech, 0.04)
     t = np.flatnonzero(active) * 0.04
     end = len(speech) / 16000
     assert 0.9 < t[0] < 1.2 and end - 1.6 < t[-1] < end - 0.9  # espeak adds ~0.3 s of its own trailing silence
-    assert not speech_activity(np.zeros(32000, dtype=np.float32), 16000).any()
+    assert not energy_activity(np.zeros(32000, dtype=np.float32), 16000).any()
+    assert not silero_activity(np.zeros(32000, dtype=np.float32)).any()
 
 
-def test_rough_alignment_is_ordered_inside_speech(speech):
+def test_dtw_alignment_is_ordered_inside_speech_with_measured_confidence(speech):
     words = phonemize("hello brave new world", "en")
     a = align(speech, words)
-    assert a.method == "rough" and [w.label for w in a.words] == ["hello", "brave", "new", "world"]
-    assert a.words[0].start >= 0.9 and a.words[-1].end <= len(speech) / 16000 - 0.8
+    assert a.method == "dtw" and [w.label for w in a.words] == ["hello", "brave", "new", "world"]
+    assert a.words[0].start >= 0.85 and a.words[-1].end <= len(speech) / 16000 - 0.8
     for x, y in zip(a.words, a.words[1:]):
         assert x.end <= y.start + 1e-9
+    # the confidence is measured: the right words score higher than words never said
+    wrong = align(speech, phonemize("seven yellow fish jumped", "en"))
+    assert a.mean_confidence > wrong.mean_confidence + 0.02, (a.mean_confidence, wrong.mean_confidence)
+    assert len({w.confidence for w in a.words}) > 1
 
 
 def test_ctc_alignment_with_a_local_recognizer(speech, tmp_path):
@@ -75,6 +88,12 @@ def test_ctc_alignment_with_a_local_recognizer(speech, tmp_path):
         assert x.end <= y.start + 1e-9
     assert all(0 <= p.confidence <= 1 for p in a.phonemes)
     assert isinstance(rec.transcribe(speech[:16000]), list)
+
+
+def test_ctc_falls_back_to_dtw_with_a_note(speech, tmp_path):
+    rec = PhonemeRecognizer(build_tiny_recognizer(tmp_path / "rec"))
+    a = align(speech[:1600], phonemize("hello brave new world " * 3, "en"), rec)  # 0.1 s cannot hold 30+ phonemes
+    assert a.method == "dtw" and a.notes and "CTC alignment failed" in a.notes[0] and "frames cannot hold" in a.notes[0]
 
 
 def test_recognizer_path_must_exist(tmp_path):

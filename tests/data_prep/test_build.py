@@ -110,8 +110,9 @@ def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     assert "low audio sample rate 8000 Hz" in notes["odd_8khz.mkv"] and "odd frame size 97x61" in notes["odd_8khz.mkv"]
     assert "6-channel audio" in notes["surround.mp4"] and "down-mixed to stereo" in notes["surround.mp4"]
     assert re.search("rotation (90|270) degrees applied", notes["rotated.mp4"])
-    assert "speech unknown" in notes["surround.mp4"] and "30 fps resampled to 25 fps" in notes["good.mp4"]
-    assert "alignment is rough" in notes["good.mp4"]
+    assert "no transcript sidecar and no asr_model" in notes["surround.mp4"]
+    assert "no speech detected: kept as clips without a Dialogue line" in notes["surround.mp4"]
+    assert "30 fps resampled to 25 fps" in notes["good.mp4"] and fates["good.mp4"]["alignment_method"] == "dtw"
     totals = json.loads((broken_build / "report.json").read_text())["totals"]
     assert totals["files"] == len(fates) == 19 and totals["skipped"] == len(skipped)
 
@@ -143,6 +144,10 @@ def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
         assert words and all(0 <= w["start"] < w["end"] <= g["num_frames"] / 25 + 1e-6 for w in words)
     surround = rows["surround.mp4"][0]
     assert "Dialogue:" not in surround["caption"] and surround["transcript"] == ""
+    sources = json.loads((broken_build / "manifest.json").read_text())["clip_sources"]
+    assert sources[surround["clip_id"]] == {"alignment": "none", "speech_mask": "silero"}  # a tone: no speech heard
+    assert sum(surround["speech_mask"]) == 0
+    assert all(sources[g["clip_id"]] == {"alignment": "dtw", "speech_mask": "phonemes (dtw) & silero"} for g in good)
     html = (broken_build / "report.html").read_text()
     assert "data:image/png;base64" in html and "no audio track" in html and "split into 2 clips" in html
     assert "matplotlib" in html
@@ -301,7 +306,7 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
     units = prepare_all(SAMPLE, tmp_path / "all", cfg, progress=False)
     assert all(u["fate"] in ("used", "split") for u in units), [(u["file"], u["reason"]) for u in units]
     assert {u["language"] for u in units} == {"en", "zh", "yue", "ja", "ko", "de", "fr"}
-    assert all(u["alignment_method"] == "rough" and u["clips"] for u in units)
+    assert all(u["alignment_method"] == "dtw" and u["clips"] for u in units), [(u["file"], u["alignment_method"]) for u in units]
     for u in units:
         for c in u["clips"]:
             assert c["transcript"] and "Dialogue:\n<a presenter in a studio, " in c["caption"]
@@ -336,6 +341,25 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
         encode_clips(load_units(out), out / ".work", other, cfg, progress=False)
     with pytest.raises(Exception, match="built with other settings or encoders"):
         load_dataset_dir(out, fingerprint="0" * 16)
+    # --reencode with the other encoders: the latents' contents change, and the manifest names the new encoders
+    from safetensors.numpy import load_file
+
+    from hhtune.encoders import encoders_fingerprint
+
+    before = {p.name: load_file(p) for p in latents}
+    old_manifest = json.loads((out / "manifest.json").read_text())
+    cfg2 = cfg.model_copy(update={"tiny_encoders": False, "encoders": str(tmp_path / "other")})
+    build(footage, out, cfg2, encode=True, progress=False, reencode=True)
+    after = {p.name: load_file(p) for p in sorted((out / ".work" / "latents").glob("*.safetensors"))}
+    assert set(after) == set(before)
+    for name, tensors in after.items():
+        assert not np.array_equal(tensors["video_latents"], before[name]["video_latents"]), name
+        assert not np.array_equal(tensors["audio_latents"], before[name]["audio_latents"]), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["encoders_fingerprint"] == encoders_fingerprint(other) != old_manifest["encoders_fingerprint"]
+    assert manifest["fingerprint"] != old_manifest["fingerprint"] and manifest["clips"] == old_manifest["clips"]
+    assert set(manifest["clip_sources"]) == {r["clip_id"] for r in ds}
+    assert all(v["speech_mask"].startswith("phonemes") for v in manifest["clip_sources"].values())
     from data_prep.__main__ import main
 
     assert main(["check", str(out)]) == 0 and main(["report", str(out)]) == 0
@@ -344,7 +368,7 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
 def test_acoustic_model_gives_ctc_alignment(tmp_path, speech, monkeypatch):
     """With an acoustic model configured, words are aligned by CTC (a tiny random model: times, not quality)."""
     import data_prep.build as b
-    from data_prep.align import build_tiny_recognizer
+    from hhtune.speech.align import build_tiny_recognizer
 
     d = tmp_path / "f"
     d.mkdir()
@@ -355,7 +379,7 @@ def test_acoustic_model_gives_ctc_alignment(tmp_path, speech, monkeypatch):
     monkeypatch.setattr(b, "ProcessPoolExecutor", _InlinePool)
     units = prepare_all(d, tmp_path / "ds", load_data_config(None, {**SMALL, "acoustic_model": str(model)}), progress=False)
     assert units[0]["alignment_method"] == "ctc", units[0]
-    assert not any("alignment is rough" in n for n in units[0]["notes"])
+    assert not any("fell back" in n for n in units[0]["notes"]) and units[0]["clips"]
     labels = [w["label"] for c in units[0]["clips"] for w in json.loads(c["alignment"])["words"]]
     it = iter(SENTENCE.split())
     assert labels and all(label in it for label in labels)  # random weights: words in order, not all kept

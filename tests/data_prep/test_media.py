@@ -1,4 +1,4 @@
-"""Stage 1 on real files: probing, decord frames at 25 fps in every container/codec, audio layouts and rates."""
+"""Stage 1 on real files: probing, PyAV frames at 25 fps in every container/codec, audio layouts and rates."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _dp_footage import ffmpeg, make_clip
 
-from data_prep.media import AUDIO_RATE, FrameReader, MediaError, decode_audio, probe, read_audio
+from hhtune.media import AUDIO_RATE, FrameReader, MediaError, decode_audio, probe, read_audio
 
 
 @pytest.mark.parametrize("name,vcodec,acodec", [

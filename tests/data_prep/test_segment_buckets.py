@@ -7,9 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from data_prep.align import Interval
-from data_prep.buckets import bucket_size, nearest_bucket, resize_crop
-from data_prep.segment import frames_for, segment
+from data_prep.segment import frames_for, plan, segment
+from hhtune.contract import bucket_size, nearest_bucket
+from hhtune.media import resize_crop
+from hhtune.speech.align import Interval
 
 
 def test_frame_counts_are_4k_plus_1():
@@ -35,9 +36,24 @@ def test_segments_never_cut_a_word(seed):
         assert s1 + n1 / 25 <= s2 + 1e-6
 
 
-def test_footage_without_words_is_cut_in_pieces():
-    assert segment([], 10.0, 1.0, 4.0) == [(0.0, 97), (3.88, 97), (7.76, 53)]
-    assert segment([], 0.5, 1.0, 4.0) == []
+def test_no_words_no_clips():
+    assert segment([], 10.0, 1.0, 4.0) == [] and plan([], 10.0, 1.0, 4.0).dropped == []
+
+
+def test_a_group_too_long_is_split_at_its_longest_inner_pause():
+    # three 1.2 s words; the pause after the second is the longest: 4 s cannot hold all three
+    words = [Interval(0.5, 1.7, "a"), Interval(1.8, 3.0, "b"), Interval(3.6, 4.8, "c")]
+    p = plan(words, 6.0, 1.0, 4.0)
+    assert [c.words for c in p.clips] == [[0, 1], [2]] and not p.dropped
+    assert p.clips[0].end <= 3.6 + 1e-6 and p.clips[1].start >= 3.0 - 1e-6
+
+
+def test_rounding_is_absorbed_by_the_pause_not_by_dropping_words():
+    # a 1.50 s group: 4k+1 frames need 1.56 s; only the pauses can give the 0.06 s
+    words = [Interval(0.05, 0.75, "a"), Interval(0.8, 1.55, "b")]
+    p = plan(words, 1.7, 1.0, 1.7, pad_s=0.0)
+    assert [c.words for c in p.clips] == [[0, 1]] and p.clips[0].frames == 41 and not p.dropped
+    assert p.clips[0].start <= 0.05 and 1.55 <= p.clips[0].end <= 1.7 + 1e-6
 
 
 def test_buckets():
@@ -70,7 +86,7 @@ def test_short_pauses_never_let_4k1_rounding_cut_the_last_word():
         inside = [w for w in words if w.start >= start - 1e-6 and w.end <= end + 1e-6]
         covered += len(inside)
         assert not [w for w in words if w.start < end - 1e-6 < w.end - 2e-6 or w.start + 2e-6 < start + 1e-6 < w.end]
-    assert covered >= 25  # the rounding loses at most a word here and there, not whole clips
+    assert covered >= 27  # the rounding loses at most a word here and there, not whole clips
 
 
 def test_long_silence_before_speech_moves_the_clip_to_the_speech():
@@ -79,7 +95,9 @@ def test_long_silence_before_speech_moves_the_clip_to_the_speech():
 
 
 def test_a_word_longer_than_max_is_dropped_not_cut():
-    clips = segment([Interval(0.1, 0.5, "a"), Interval(0.6, 5.6, "long"), Interval(5.8, 6.6, "b")], 7.0, 0.5, 2.0)
-    for start, n in clips:
-        assert start + n / 25 <= 0.6 + 1e-6 or start >= 5.6 - 1e-6
-    assert len(clips) == 2
+    words = [Interval(0.1, 0.5, "a"), Interval(0.6, 5.6, "long"), Interval(5.8, 6.6, "b")]
+    p = plan(words, 7.0, 0.5, 2.0)
+    for c in p.clips:
+        assert c.end <= 0.6 + 1e-6 or c.start >= 5.6 - 1e-6
+    assert [(d.start, d.end) for d in p.dropped] == [(0.6, 5.6)] and "longer than max_seconds" in p.dropped[0].reason
+    assert sorted(i for c in p.clips for i in c.words) == [0, 2]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from data_prep.textgrid import textgrid_text
 from data_prep.transcripts import TranscriptError, parse_transcript
 
 
@@ -54,11 +53,19 @@ def test_non_utf8(tmp_path):
         parse_transcript(p)
 
 
-def test_textgrid_fills_gaps_and_parses_back():
-    from data_prep.align import Alignment, Interval
+def test_textgrid_fills_gaps_and_parses_back(tmp_path):
+    from praatio import textgrid  # a real TextGrid reader, not a string search
 
-    a = Alignment("rough", [Interval(0.5, 1.0, "hi")], [Interval(0.5, 0.7, "h"), Interval(0.7, 1.0, "aɪ")])
-    text = textgrid_text(a, 2.0)
-    assert text.count('class = "IntervalTier"') == 2
-    assert 'text = "hi"' in text and "intervals: size = 3" in text  # silence, word, silence
+    from data_prep.textgrid import write_textgrid
+    from hhtune.speech.align import Alignment, Interval
+
+    a = Alignment("dtw", [Interval(0.5, 1.0, "hi"), Interval(1.2, 1.6, 'say "x"')],
+                  [Interval(0.5, 0.7, "h"), Interval(0.7, 1.0, "aɪ")])  # fmt: skip
+    write_textgrid(a, 2.0, tmp_path / "a.TextGrid")
+    tg = textgrid.openTextgrid(str(tmp_path / "a.TextGrid"), includeEmptyIntervals=True)
+    assert tg.tierNames == ("words", "phones") and (tg.minTimestamp, tg.maxTimestamp) == (0.0, 2.0)
+    words = [(e.start, e.end, e.label) for e in tg.getTier("words").entries]
+    assert words == [(0.0, 0.5, ""), (0.5, 1.0, "hi"), (1.0, 1.2, ""), (1.2, 1.6, 'say "x"'), (1.6, 2.0, "")]
+    phones = [(e.start, e.end, e.label) for e in tg.getTier("phones").entries]
+    assert phones == [(0.0, 0.5, ""), (0.5, 0.7, "h"), (0.7, 1.0, "aɪ"), (1.0, 2.0, "")]
     assert Alignment.from_json(a.to_json()) == a

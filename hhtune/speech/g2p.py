@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 _LATIN_WORD = re.compile(r"[A-Za-zÀ-ÿ'’-]+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_ESPEAK_VOICE = {"en": "en-us", "de": "de", "fr": "fr-fr", "ko": "ko", "zh": "cmn-latn-pinyin", "yue": "yue"}
+_ESPEAK_VOICE = {"en": "en-us", "de": "de", "fr": "fr-fr", "ko": "ko", "zh": "cmn-latn-pinyin", "yue": "yue",
+                 "ja": "ja"}  # fmt: skip
 _NUM2WORDS = {"en": "en", "de": "de", "fr": "fr", "ko": "ko", "ja": "ja"}
 _HAN_DIGITS = "零一二三四五六七八九"
 
@@ -35,6 +36,8 @@ class WordPhonemes:
     word: str
     phonemes: list[str]
     ipa: list[str] = field(default_factory=list)
+    speak: str = ""  # what espeak-ng reads to say the word (pinyin, kana); empty: the word itself
+    voice: str = "en-us"  # the espeak-ng voice that says it
 
 
 def _han_number(n: int) -> str:
@@ -106,7 +109,7 @@ def _cjk_tokens(tokens: list[str]) -> list[str]:
 
 def _english(word: str) -> WordPhonemes:
     """A Latin-script word inside Chinese or Japanese text, read as English."""
-    return WordPhonemes(word, _espeak_words([word], "en-us")[0])
+    return WordPhonemes(word, _espeak_words([word], "en-us")[0], voice="en-us")
 
 
 def _mandarin(text: str) -> list[WordPhonemes]:
@@ -122,7 +125,8 @@ def _mandarin(text: str) -> list[WordPhonemes]:
         fin = lazy_pinyin(tok, style=Style.FINALS_TONE3, neutral_tone_with_five=True, strict=False)
         phones = [p for pair in zip(ini, fin) for p in pair if p]
         syllables = lazy_pinyin(tok, style=Style.TONE3, neutral_tone_with_five=True)
-        out.append(WordPhonemes(tok, phones, _espeak_words([" ".join(syllables)], _ESPEAK_VOICE["zh"])[0]))
+        spoken = " ".join(syllables)
+        out.append(WordPhonemes(tok, phones, _espeak_words([spoken], _ESPEAK_VOICE["zh"])[0], spoken, _ESPEAK_VOICE["zh"]))
     return out
 
 
@@ -139,7 +143,7 @@ def _cantonese(text: str) -> list[WordPhonemes]:
             for syl in pycantonese.parse_jyutping(jp or ""):
                 phones += [p for p in (syl.onset, f"{syl.nucleus}{syl.coda}{syl.tone}") if p]
         if phones:
-            out.append(WordPhonemes(tok, phones, _espeak_words([tok], _ESPEAK_VOICE["yue"])[0]))
+            out.append(WordPhonemes(tok, phones, _espeak_words([tok], _ESPEAK_VOICE["yue"])[0], tok, _ESPEAK_VOICE["yue"]))
     return out
 
 
@@ -157,8 +161,8 @@ def _japanese(text: str) -> list[WordPhonemes]:
             out.append(_english(surface))
             continue
         phones = [p for p in pyopenjtalk.g2p(surface).split() if p not in ("pau", "sil")]
-        if phones:
-            out.append(WordPhonemes(surface, phones))
+        if phones:  # espeak-ng's ja voice reads kana, not kanji: it speaks OpenJTalk's katakana reading
+            out.append(WordPhonemes(surface, phones, speak=pyopenjtalk.g2p(surface, kana=True), voice="ja"))
     return out
 
 
@@ -177,7 +181,8 @@ def phonemize(text: str, language: str) -> list[WordPhonemes]:
         words = [w for w in (re.sub(r"[^\w]", "", t) for t in text.split()) if w]
     else:
         raise G2PError(f"no G2P for language {language!r}; supported: en, zh, yue, ja, ko, de, fr")
-    return [WordPhonemes(w, p) for w, p in zip(words, _espeak_words(words, _ESPEAK_VOICE[language])) if p]
+    voice = _ESPEAK_VOICE[language]
+    return [WordPhonemes(w, p, speak=w, voice=voice) for w, p in zip(words, _espeak_words(words, voice)) if p]
 
 
 def available_backends() -> dict[str, str]:
