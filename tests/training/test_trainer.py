@@ -40,12 +40,19 @@ def _recipe(dataset: Path, out: Path, **sections) -> dict:
     return base
 
 
-def _run_cli(recipe: dict, tmp: Path, *, env_extra: dict | None = None, launcher: list[str] | None = None):
+def _run_cli(recipe: dict, tmp: Path, *, env_extra: dict | None = None, launcher: list[str] | None = None,
+             fault: str | None = None):
+    """Run the training command; ``fault`` runs tests/training/_fault_run.py instead, which kills itself (see there)."""
     path = tmp / f"recipe-{abs(hash(json.dumps(recipe, sort_keys=True)))}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "hhtune" / "train.py"), str(path)]
+    script = [str(Path(__file__).with_name("_fault_run.py")), str(path), fault] if fault else [str(ROOT / "hhtune" / "train.py"), str(path)]
+    cmd = (launcher or [sys.executable]) + script
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def _metric_steps(run: Path) -> list[int]:
+    return [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
@@ -109,21 +116,36 @@ def test_base_weights_stay_frozen_and_bit_identical(dataset, tmp_path):
 
 def test_resume_after_kill_equals_uninterrupted(dataset, uninterrupted, tmp_path):
     recipe = _recipe(dataset, tmp_path / "run")
-    killed = _run_cli(recipe, tmp_path, env_extra={"HHTUNE_FAULT": "kill@7"})
-    assert killed.returncode == -9
+    killed = _run_cli(recipe, tmp_path, fault="kill@step:7")
+    assert killed.returncode == -9, killed.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000005"]
+    assert _metric_steps(tmp_path / "run") == list(range(1, 8))  # logged up to the kill
     resumed = _run_cli(recipe, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
     _assert_same_adapter(uninterrupted, tmp_path / "run")
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] if (
-        tmp_path / "run" / "metrics.jsonl").exists() else []
-    assert steps == sorted(set(steps))
+    assert _metric_steps(tmp_path / "run") == list(range(1, 11))  # steps 6-7 redone once, not logged twice
+
+
+def test_kill_while_a_checkpoint_is_written_then_resume_equals_uninterrupted(dataset, uninterrupted, tmp_path):
+    """SIGKILL between two files of checkpoint 10: no step-10 checkpoint exists, the resume starts at 5."""
+    recipe = _recipe(dataset, tmp_path / "run")
+    killed = _run_cli(recipe, tmp_path, fault="kill@save:10:optimizer.pt")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == ["step-00000005"]
+    half = [p for p in ckpts.iterdir() if p.name.startswith(".step-00000010")]
+    assert half and (half[0] / "optimizer.pt").is_file() and not (half[0] / "state.json").exists()
+    resumed = _run_cli(recipe, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "step 5)" in resumed.stdout
+    _assert_same_adapter(uninterrupted, tmp_path / "run")
+    assert not list(ckpts.glob(".step-*")), "the half-written folder of the killed save is left behind"
 
 
 def test_sigterm_checkpoints_then_resume_equals_uninterrupted(dataset, uninterrupted, tmp_path):
     recipe = _recipe(dataset, tmp_path / "run")
-    stopped = _run_cli(recipe, tmp_path, env_extra={"HHTUNE_FAULT": "sigterm@3"})
+    stopped = _run_cli(recipe, tmp_path, fault="sigterm@step:3")
     assert stopped.returncode != 0
     assert "stopped by SIGTERM at step 4; re-run the same command to resume" in stopped.stderr
     assert (tmp_path / "run" / "checkpoints" / "step-00000004" / "state.json").is_file()
