@@ -190,7 +190,11 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
             hooks.on_save(step, path)
         accelerator.wait_for_everyone()
 
+    validated_at = -1
+
     def validate() -> None:
+        nonlocal validated_at
+        validated_at = progress.step
         run_validation_step(recipe, accelerator, unwrapped, prompts, data, run_dir, progress.step, metrics, log,
                             sharded=fsdp)  # fmt: skip
 
@@ -250,7 +254,7 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
 
     if progress.step % recipe.checkpointing.every_steps:
         checkpoint()
-    if recipe.validation.at_end:
+    if recipe.validation.at_end and validated_at != progress.step:
         validate()
     final = full_trainable_state(unwrapped) if fsdp else None  # every process takes part in the gather
     accelerator.wait_for_everyone()
