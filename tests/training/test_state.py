@@ -133,3 +133,20 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path):
     longer = _recipe(data, tmp_path / "run", train={"max_steps": 4}, optimizer={"lr": 5e-4}, logging={"every_steps": 2})
     train(validate_recipe(longer), log=logs.append)
     assert latest_checkpoint(tmp_path / "run").name == "step-00000004"
+
+
+def test_missing_validation_or_export_dependency_stops_the_run_before_the_model_loads(tmp_path, monkeypatch):
+    import sys
+
+    import hhtune.training.trainer as trainer
+
+    data = write_synthetic_dataset(tmp_path / "ds", clips=1)
+    monkeypatch.setattr(trainer, "build_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # as if not installed: importing it raises ImportError
+    with_validation = _recipe(data, tmp_path / "run", validation={"prompts": ["a red ball"], "at_end": True})
+    with pytest.raises(TrainingError, match="validation needs the Python package 'soundfile'"):
+        train(validate_recipe(with_validation), log=lambda *_: None)
+    monkeypatch.delitem(sys.modules, "soundfile")
+    merged = _recipe(data, tmp_path / "run2", export={"formats": ["peft", "merged_single"]})
+    with pytest.raises(TrainingError, match=r"export.formats \['merged_single'\] merge into a base checkpoint"):
+        train(validate_recipe(merged), log=lambda *_: None)
