@@ -27,9 +27,14 @@ from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .callbacks import Callback, CallbackList
 from .data import MicroBatches, TrainingDataset
+from .distributed import (
+    fsdp_requested,
+    full_optimizer_state,
+    full_trainable_state,
+    load_full_optimizer_state,
+    shard_model,
+)
 from .errors import TrainingError
-from .distributed import (fsdp_requested, full_optimizer_state, full_trainable_state, load_full_optimizer_state,
-                          shard_model)  # fmt: skip
 from .metrics import MetricsLogger, peak_memory_gb
 from .objective import flow_matching_loss, sigma_bucket
 from .outputs import check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _runs import ROOT, _assert_same_adapter, _metric_steps, _recipe, _run_cli
 from safetensors.torch import load_file
 
 from hhtune.encoders import build_tiny_encoders
 from hhtune.training.synthetic import write_synthetic_dataset
-
-from _runs import ROOT, _assert_same_adapter, _metric_steps, _recipe, _run_cli
 
 
 def _launch(config: str, port: int) -> list[str]:

@@ -138,7 +138,7 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path):
 def test_missing_validation_or_export_dependency_stops_the_run_before_the_model_loads(tmp_path, monkeypatch):
     import sys
 
-    import hhtune.training.trainer as trainer
+    from hhtune.training import trainer
 
     data = write_synthetic_dataset(tmp_path / "ds", clips=1)
     monkeypatch.setattr(trainer, "build_model", lambda *a, **k: pytest.fail("the model loaded before the check"))

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from _runs import _adapter, _assert_same_adapter, _metric_steps, _recipe, _run_cli
 
 from hhtune.lora import LoraSettings, add_lora
 from hhtune.recipe import LossSection, validate_recipe
 from hhtune.training import TrainingDataset, TrainingError, build_model, flow_matching_loss, train
 from hhtune.training.synthetic import write_synthetic_dataset
 from hhtune.training.trainer import build_scheduler
-
-from _runs import ROOT, _adapter, _assert_same_adapter, _metric_steps, _recipe, _run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

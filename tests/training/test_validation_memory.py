@@ -36,7 +36,7 @@ def test_text_encoder_loads_once_for_all_prompts_and_is_never_resident_while_tra
 
     generate = importlib.import_module("hhtune.sampling.generate")  # the package's `generate` is the function
 
-    enc = build_tiny_encoders(tmp_path / "enc")
+    build_tiny_encoders(tmp_path / "enc")
     data = write_synthetic_dataset(tmp_path / "ds", clips=2)
     loads: list[weakref.ref] = []
     encoded: list[list[str]] = []
@@ -74,7 +74,7 @@ def test_text_encoder_loads_once_for_all_prompts_and_is_never_resident_while_tra
 
 
 def test_a_prompt_equal_to_a_caption_reuses_the_clip_features(tmp_path):
-    enc = build_tiny_encoders(tmp_path / "enc")
+    build_tiny_encoders(tmp_path / "enc")
     data = TrainingDataset(write_synthetic_dataset(tmp_path / "ds", clips=2))
     recipe = validate_recipe(_recipe(data.path, tmp_path / "enc", tmp_path / "run"))
     feats = encode_validation_prompts(recipe, data, torch.device("cpu"))
