@@ -29,6 +29,9 @@ def fsdp_requested() -> bool:
     if version != "2":
         raise ValueError(f"the accelerate config asks for FSDP version {version}; hhtune supports fsdp_version: 2 "
                          "(see accelerate_configs/fsdp2.yaml)")  # fmt: skip
+    if not hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        raise ValueError(f"FSDP2 training needs torch>=2.6 (public fully_shard and sharded gradient clipping); "
+                         f"this is torch {torch.__version__}")  # fmt: skip
     return True
 
 

@@ -54,7 +54,7 @@ def check_output_dependencies(recipe: Recipe) -> None:
             missing = getattr(e, "name", None) or module
             raise TrainingError(
                 f"{what} needs the Python package {missing!r}, which cannot be imported ({e}); install it "
-                f"(pip install -e '.[all]' installs every optional dependency) or turn {what} off"
+                f"(pip install -e . installs every dependency hhtune declares) or turn {what} off"
             ) from e
     merged = [f for f in recipe.export.formats if f.startswith("merged")]
     if merged and recipe.model.checkpoint is None:

@@ -120,7 +120,10 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
     main = accelerator.is_main_process
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     accum = recipe.train.gradient_accumulation_steps
-    fsdp = fsdp_requested()
+    try:
+        fsdp = fsdp_requested()
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
     if fsdp and recipe.model.eval_checkpoint is not None:
         raise TrainingError("model.eval_checkpoint is not supported with FSDP2 yet: validate on the trained "
                             "model (model.eval_checkpoint=null) or train without FSDP")  # fmt: skip
