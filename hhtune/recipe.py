@@ -95,6 +95,8 @@ class CheckpointingSection(_Section):
     every_steps: int = Field(250, ge=1)
     keep_last: int = Field(3, ge=1)
     resume: bool = Field(True, description="continue from the newest checkpoint in RUN_DIR")
+    allow_changed: list[str] = Field(default_factory=list, description="fingerprinted keys a resume may change "
+                                     "(dotted recipe keys or sections, world_size, dataset.fingerprint)")
 
 
 class ValidationSection(_Section):
@@ -110,6 +112,8 @@ class ValidationSection(_Section):
     seed: int = 1234
     encoders: str | None = Field(None, description="folder of the VAEs/text encoder (EncoderPaths), or 'tiny'")
     acoustic_model: str | None = None
+    vae_tiling: bool = Field(False, description="decode the video VAE in tiles (less memory at high resolution)")
+    offload_model: bool = Field(False, description="move the transformer to the CPU while the VAEs decode")
 
 
 class LoggingSection(_Section):

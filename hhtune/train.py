@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from hhtune.recipe import RecipeError, load_recipe, recipe_table
-    from hhtune.training import DatasetError, TrainingError, train
+    from hhtune.training import CheckpointLoadError, DatasetError, TrainingError, train
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         train(recipe)
-    except (DatasetError, TrainingError) as e:
+    except (CheckpointLoadError, DatasetError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ._common import (AUDIO_HOP, AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, EncoderError, _check_rank, _device_of,
-                      _dtype_of, _existing, _in_batches)  # fmt: skip
+                      _dtype_of, default_dtype, _existing, _in_batches)  # fmt: skip
 from .video import _check_class
 
 #: Files of the official (stable-audio-tools) layout that the official ``SAAudioFeatureExtractor`` reads.
@@ -86,7 +86,7 @@ def _randn_like(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def load_audio_vae(path: str | Path, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32) -> AudioVAE:  # fmt: skip
+                   dtype: torch.dtype | None = None) -> AudioVAE:  # fmt: skip
     """The Stable Audio Open VAE from a local path.
 
     Accepted: a diffusers ``AutoencoderOobleck`` folder (``config.json`` + weights, e.g.
@@ -94,6 +94,7 @@ def load_audio_vae(path: str | Path, device: str | torch.device = "cpu",
     or a stable-audio-tools folder with ``model_config.json`` + ``model.safetensors`` (what the
     official ``SAAudioFeatureExtractor`` reads; the ``pretransform.model.*`` weights are converted).
     """
+    dtype = dtype or default_dtype(device)  # None: bf16 on CUDA, fp32 elsewhere
     kind, folder = _resolve_audio(path)
     final_tanh = False
     if kind == "diffusers":

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import TEXT_LENGTH, EncoderError, _device_of, _existing
+from ._common import TEXT_LENGTH, EncoderError, _device_of, _existing, default_dtype
 
 _EXPECTED = "a transformers T5Gemma folder (config.json with model_type t5gemma, weights and tokenizer files)"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -66,11 +66,15 @@ class TextEncoder:
         return [hidden[b, : int(mask[b].sum())] for b in range(len(prompts))]
 
 
-def load_text_encoder(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+def load_text_encoder(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                       max_length: int = TEXT_LENGTH) -> TextEncoder:  # fmt: skip
-    """The T5Gemma encoder and its tokenizer from a local transformers folder (e.g. ``t5gemma-9b-9b-ul2``)."""
+    """The T5Gemma encoder and its tokenizer from a local transformers folder (e.g. ``t5gemma-9b-9b-ul2``).
+
+    ``dtype`` None: bf16 on CUDA, fp32 elsewhere (the features are fp16-rounded either way).
+    """
     from transformers import AutoTokenizer, T5GemmaEncoderModel
 
+    dtype = dtype or default_dtype(device)
     if max_length < 1:
         raise EncoderError(f"max_length must be at least 1, got {max_length}")
     folder = _existing(path, "text encoder", _EXPECTED)

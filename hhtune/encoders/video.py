@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import (VIDEO_LATENT_CHANNELS, VIDEO_STRIDE, EncoderError, _check_rank, _device_of, _dtype_of,
+from ._common import (VIDEO_LATENT_CHANNELS, VIDEO_STRIDE, EncoderError, _check_rank, _device_of, _dtype_of, default_dtype,
                       _existing, _in_batches)  # fmt: skip
 
 # Per-channel latent statistics of the Wan2.2 VAE, as listed in the official ``Wan2_2_VAE.__init__``
@@ -103,13 +103,14 @@ class VideoVAE:
 
 
 def load_video_vae(path: str | Path, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32) -> VideoVAE:  # fmt: skip
+                   dtype: torch.dtype | None = None) -> VideoVAE:  # fmt: skip
     """The Wan2.2 VAE from a local path.
 
     Accepted: a diffusers ``AutoencoderKLWan`` folder (``config.json`` + weights, e.g.
     ``Wan2.2-TI2V-5B-Diffusers/vae``), a diffusers pipeline folder holding ``vae/``, the official
     ``Wan2.2-TI2V-5B`` folder holding ``Wan2.2_VAE.pth``, or that ``.pth`` file itself.
     """
+    dtype = dtype or default_dtype(device)  # None: bf16 on CUDA, fp32 elsewhere
     kind, where = _resolve_video(path)
     model = _load_diffusers_wan(where, dtype) if kind == "diffusers" else _load_official_wan(where, dtype)
     z_dim, patch = model.config.z_dim, model.config.patch_size

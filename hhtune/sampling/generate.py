@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,20 +56,51 @@ class Generated:
     audio: np.ndarray  # [N, 2] float32 at 44100 Hz
 
 
+def encode_prompts(prompts: list[str], text_encoder_path: str | Path, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | None = None) -> list[tuple[Tensor, int]]:  # fmt: skip
+    """Each prompt's text features ``[1, L, C]`` (on the CPU) and length ``L``, from one text-encoder load.
+
+    The encoder (bf16 on CUDA by default) is freed before returning, so callers can hold the
+    features for a whole run without the encoder.
+    """
+    import gc
+
+    enc = load_text_encoder(text_encoder_path, device, dtype)
+    try:
+        feats, lengths = enc.encode(list(prompts))
+    finally:
+        del enc
+        gc.collect()
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    return [(feats[i : i + 1, : int(n)].clone(), int(n)) for i, n in enumerate(lengths.tolist())]
+
+
 def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, seconds: float = 2.0, aspect: str = "16:9",
              base_resolution: int = 256, sampler: str = "distilled", seed: int = 0, reference_image: np.ndarray | None = None,
              audio_path: str | None = None, video_guidance: float = 5.0, audio_guidance: float = 5.0,
-             device: str | torch.device = "cpu", progress=None) -> Generated:  # fmt: skip
-    """Sample one clip and decode it. ``reference_image`` ([H, W, 3] uint8) makes it image-to-video."""
-    video_vae, audio_vae = load_video_vae(encoders.video_vae, device), load_audio_vae(encoders.audio_vae, device)
-    text_enc = load_text_encoder(encoders.text_encoder, device)
-    feats, lengths = text_enc.encode([prompt])
-    text = feats[:, : int(lengths[0])].to(device)
+             device: str | torch.device = "cpu", progress=None, text_features: tuple[Tensor, int] | None = None,
+             decode: bool = True, vae_tiling: bool = False, offload_model: bool = False) -> Generated | tuple[Tensor, Tensor]:  # fmt: skip
+    """Sample one clip and decode it. ``reference_image`` ([H, W, 3] uint8) makes it image-to-video.
+
+    ``text_features`` (``[1, L, C]``, ``L``) from :func:`encode_prompts` skip loading the text
+    encoder (the distilled sampler needs nothing else from it). ``decode=False`` returns the
+    ``(video, audio)`` latents only. The VAEs load in bf16 on CUDA; ``vae_tiling`` decodes the
+    video in tiles, and ``offload_model`` moves ``model`` to the CPU while the VAEs run.
+    """
     vshape, ashape, (width, height) = latent_shapes(seconds, aspect, base_resolution)
+    if text_features is None or sampler == "base":
+        text_enc = load_text_encoder(encoders.text_encoder, device)
+        feats, lengths = text_enc.encode([prompt])
+        text = feats[:, : int(lengths[0])].to(device)
+    else:
+        text_enc, text = None, text_features[0][:, : text_features[1]].to(device)
+    video_vae = audio_vae = None
     reference = None
     if reference_image is not None:
         from hhtune.media import resize_crop
 
+        video_vae = load_video_vae(encoders.video_vae, device)
         pixels = resize_crop(reference_image[None], width, height)[0]
         ref = torch.from_numpy(pixels).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
         reference = video_vae.encode(ref.to(device))
@@ -75,6 +108,7 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
     if audio_path is not None:
         from hhtune.media import read_audio
 
+        audio_vae = load_audio_vae(encoders.audio_vae, device)
         wave = torch.from_numpy(read_audio(audio_path, AUDIO_SAMPLE_RATE))[: ashape[1] * 2048]
         wave = torch.nn.functional.pad(wave, (0, ashape[1] * 2048 - wave.shape[0]))
         fixed_audio = audio_vae.encode(wave[None, None].expand(1, 2, -1))
@@ -90,9 +124,35 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
                                    audio_guidance=audio_guidance, **kwargs)  # fmt: skip
     else:
         raise ValueError(f"unknown sampler {sampler!r}; allowed: distilled, base")
-    frames = ((video_vae.decode(video)[0].permute(1, 2, 3, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    wave = audio_vae.decode(audio)[0].cpu().numpy().T  # [N, 2] at 51200
+    del text_enc
+    if not decode:
+        return video, audio
+    with _offloaded(model, offload_model):
+        video_vae = video_vae or load_video_vae(encoders.video_vae, device)
+        if vae_tiling:
+            video_vae.model.enable_tiling()
+        frames = ((video_vae.decode(video)[0].permute(1, 2, 3, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        del video_vae
+        audio_vae = audio_vae or load_audio_vae(encoders.audio_vae, device)
+        wave = audio_vae.decode(audio)[0].cpu().numpy().T  # [N, 2] at 51200
+        del audio_vae
     return Generated(video, audio, frames, to_output_rate(wave))
+
+
+@contextmanager
+def _offloaded(model: torch.nn.Module, offload: bool) -> Iterator[None]:
+    """Hold ``model`` on the CPU inside the block (frees its device memory for the VAE decode)."""
+    if not offload:
+        yield
+        return
+    device = next(model.parameters()).device
+    model.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        yield
+    finally:
+        model.to(device)
 
 
 def to_output_rate(wave: np.ndarray) -> np.ndarray:

@@ -17,13 +17,23 @@ _LANG_CODES = {"english": "en", "mandarin": "zh", "chinese": "zh", "cantonese": 
 
 def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: EncoderPaths, out_dir: str | Path, step: int,
                    seed: int, reference_images: list[str] | None = None, acoustic_model: str | None = None,
-                   wandb_run=None, seconds: float = 2.0, aspect: str = "16:9", base_resolution: int = 256) -> dict[str, float]:  # fmt: skip
-    """Sample every prompt with the distilled sampler at a fixed seed; save mp4 + previews; return mean metrics."""
+                   wandb_run=None, seconds: float = 2.0, aspect: str = "16:9", base_resolution: int = 256,
+                   text_features: list[tuple[torch.Tensor, int]] | None = None, write: bool = True,
+                   vae_tiling: bool = False, offload_model: bool = False) -> dict[str, float]:  # fmt: skip
+    """Sample every prompt with the distilled sampler at a fixed seed; save mp4 + previews; return mean metrics.
+
+    ``text_features`` (one ``(features [1, L, C], L)`` per prompt, from ``encode_prompts``) are used
+    instead of loading the text encoder. ``write=False`` only samples (the other processes of a
+    sharded model take part in its forward passes) and returns ``{}``.
+    """
+    if text_features is not None and len(text_features) != len(prompts):
+        raise ValueError(f"{len(text_features)} text features for {len(prompts)} prompts")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     recognizer = None
-    if acoustic_model:
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+    if acoustic_model and write:
         from hhtune.speech.align import PhonemeRecognizer
 
         recognizer = PhonemeRecognizer(acoustic_model)
@@ -35,7 +45,10 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
 
             image = np.asarray(Image.open(reference_images[i]).convert("RGB"))
         g = generate(model, prompt, encoders, seconds=seconds, aspect=aspect, base_resolution=base_resolution,
-                     seed=seed + i, reference_image=image, device=device)  # fmt: skip
+                     seed=seed + i, reference_image=image, device=device, decode=write, vae_tiling=vae_tiling,
+                     offload_model=offload_model, text_features=text_features[i] if text_features else None)  # fmt: skip
+        if not write:
+            continue
         mp4 = write_mp4(g.frames, g.audio, out / f"prompt{i:02d}.mp4")
         write_previews(g, out / f"prompt{i:02d}")
         offset, conf = av_sync(g.audio, OUTPUT_AUDIO_RATE, g.frames)

@@ -1,8 +1,11 @@
 """Training: dataset batches, the flow-matching objective, the loop and its resumable state."""
 
+from .callbacks import Callback
 from .data import Batch, DatasetError, TrainingDataset
+from .errors import TrainingError
 from .objective import flow_matching_loss, shift_sigma
-from .trainer import TrainingError, build_model, train
+from .state import CheckpointLoadError
+from .trainer import build_model, train
 
-__all__ = ["Batch", "DatasetError", "TrainingDataset", "TrainingError", "build_model", "flow_matching_loss",
-           "shift_sigma", "train"]  # fmt: skip
+__all__ = ["Batch", "Callback", "CheckpointLoadError", "DatasetError", "TrainingDataset", "TrainingError", "build_model",
+           "flow_matching_loss", "shift_sigma", "train"]  # fmt: skip

@@ -1,18 +1,24 @@
-"""Resumable training state: adapter, optimizer, scheduler, RNG and data position.
+"""Resumable training state: adapter, optimizer, scheduler, RNG, data position and run fingerprint.
 
 A checkpoint is a folder ``RUN_DIR/checkpoints/step-00000100`` written through a
 temporary folder and one rename, so a killed run never leaves a half checkpoint that
 a resume would read. Only the adapter is stored, never the frozen base.
+
+Nothing is unpickled on load: tensors go through safetensors or ``torch.load(weights_only=True)``
+(which only rebuilds tensors and plain containers), so a shared run folder cannot run code.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +27,12 @@ from safetensors.torch import load_file
 from ..io import atomic_dir, atomic_save_file
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+_STALE_TMP = re.compile(r"^\.step-\d{8}\..*\.tmp$")
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint that cannot be read safely; the message names the file and what to do."""
 
 
 @dataclass
@@ -31,6 +43,17 @@ class Progress:
     nonfinite_steps: int = 0
     consecutive_nonfinite: int = 0
     wandb_id: str | None = None
+
+
+@dataclass
+class Snapshot:
+    """Everything one checkpoint holds, as plain tensors and containers (full, unsharded state)."""
+
+    progress: Progress
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    fingerprint: dict[str, Any] | None = None
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -47,39 +70,66 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_state(
-    run_dir: Path,
-    progress: Progress,
-    adapter: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    keep_last: int,
-) -> Path:
-    """Write a checkpoint atomically and prune all but the newest ``keep_last``."""
-    target = checkpoint_dir(run_dir, progress.step)
+def save_state(run_dir: Path, snapshot: Snapshot, keep_last: int,
+               on_file: Callable[[Path], None] | None = None) -> Path:  # fmt: skip
+    """Write a checkpoint atomically and prune all but the newest ``keep_last``.
+
+    ``on_file(path)`` is called after each file is written into the temporary folder
+    (training callbacks use it; see :class:`hhtune.training.callbacks.Callback`).
+    """
+    target = checkpoint_dir(run_dir, snapshot.progress.step)
+    written = on_file or (lambda _p: None)
     with atomic_dir(target) as tmp:
-        atomic_save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, tmp / "adapter.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(progress), indent=2))
+        atomic_save_file({k: v.detach().cpu().contiguous() for k, v in snapshot.adapter.items()}, tmp / "adapter.safetensors")
+        written(tmp / "adapter.safetensors")
+        for name, state in (("optimizer.pt", snapshot.optimizer), ("scheduler.pt", snapshot.scheduler),
+                            ("rng.pt", _rng_state())):  # fmt: skip
+            torch.save(state, tmp / name)
+            written(tmp / name)
+        if snapshot.fingerprint is not None:
+            (tmp / FINGERPRINT_FILE).write_text(json.dumps(snapshot.fingerprint, indent=2, sort_keys=True))
+            written(tmp / FINGERPRINT_FILE)
+        (tmp / "state.json").write_text(json.dumps(asdict(snapshot.progress), indent=2))  # last: marks it complete
+        written(tmp / "state.json")
     _prune(run_dir / "checkpoints", keep_last)
     return target
 
 
-def load_state(
-    path: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
-) -> tuple[Progress, dict[str, torch.Tensor]]:
-    """Restore optimizer, scheduler and RNG from a checkpoint; return its progress and adapter weights."""
+def read_fingerprint(path: Path) -> dict[str, Any] | None:
+    """The run fingerprint stored in checkpoint ``path`` (``None`` for checkpoints that predate fingerprints)."""
+    f = path / FINGERPRINT_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def load_state(path: Path) -> Snapshot:
+    """Read a checkpoint and restore the RNG state; the caller puts optimizer and scheduler state in place."""
     progress = Progress(**json.loads((path / "state.json").read_text()))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return progress, load_file(path / "adapter.safetensors")
+    optimizer = _safe_load(path / "optimizer.pt")
+    scheduler = _safe_load(path / "scheduler.pt")
+    _set_rng_state(_safe_load(path / "rng.pt"))
+    return Snapshot(progress, load_file(path / "adapter.safetensors"), optimizer, scheduler, read_fingerprint(path))
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers; anything else is refused by name."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise CheckpointLoadError(
+            f"{path} holds more than tensors and plain containers, so it was not loaded (loading it could run "
+            f"code from the file). Checkpoints written by hhtune never do: the file was altered or written by "
+            f"something else; delete this checkpoint folder to resume from an older one. ({str(e).splitlines()[0]})"
+        ) from e
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),  # (version, tuple of ints, None): plain containers
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},  # fmt: skip
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -87,8 +137,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -97,3 +149,6 @@ def _prune(root: Path, keep_last: int) -> None:
     found = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))
     for old in found[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in root.iterdir():  # temporary folders of saves that were killed half-way
+        if _STALE_TMP.match(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)

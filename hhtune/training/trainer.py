@@ -9,9 +9,7 @@ resumed run repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import signal
 import time
 import warnings
@@ -27,14 +25,21 @@ from ..io import atomic_write_text
 from ..lora import add_lora, trainable_parameter_count
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
+from .callbacks import Callback, CallbackList
 from .data import MicroBatches, TrainingDataset
-from .metrics import MetricsLogger, peak_memory_gb, plot_loss_curve
+from .distributed import (
+    fsdp_requested,
+    full_optimizer_state,
+    full_trainable_state,
+    load_full_optimizer_state,
+    shard_model,
+)
+from .errors import TrainingError
+from .metrics import MetricsLogger, peak_memory_gb
 from .objective import flow_matching_loss, sigma_bucket
-from .state import Progress, latest_checkpoint, load_state, save_state
-
-
-class TrainingError(RuntimeError):
-    """The run had to stop; the message says why and how to continue."""
+from .outputs import check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step
+from .resume import ResumeMismatch, check_resume, run_fingerprint
+from .state import Progress, Snapshot, latest_checkpoint, load_state, read_fingerprint, save_state
 
 
 def build_model(section: ModelSection, device: torch.device | str = "cpu") -> HappyHorseTransformer:
@@ -100,17 +105,13 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _fault_injection(step: int) -> None:
-    """Test hooks: ``HHTUNE_FAULT=kill@N`` or ``sigterm@N`` after optimizer step N."""
-    spec = os.environ.get("HHTUNE_FAULT", "")
-    if "@" in spec:
-        kind, at = spec.split("@", 1)
-        if int(at) == step:
-            os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGTERM)
+def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Path:
+    """Run (or resume) the recipe; return the run folder with the final adapter.
 
-
-def train(recipe: Recipe, log=print) -> Path:
-    """Run (or resume) the recipe; return the run folder with the final adapter."""
+    ``callbacks`` are :class:`~hhtune.training.callbacks.Callback` objects called at step ends
+    and while checkpoints are written.
+    """
+    hooks = CallbackList(callbacks)
     run_dir = Path(recipe.train.output_dir)
     accelerator = Accelerator(
         mixed_precision=recipe.train.mixed_precision,
@@ -119,13 +120,28 @@ def train(recipe: Recipe, log=print) -> Path:
     main = accelerator.is_main_process
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     accum = recipe.train.gradient_accumulation_steps
+    try:
+        fsdp = fsdp_requested()
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    if fsdp and recipe.model.eval_checkpoint is not None:
+        raise TrainingError("model.eval_checkpoint is not supported with FSDP2 yet: validate on the trained "
+                            "model (model.eval_checkpoint=null) or train without FSDP")  # fmt: skip
 
     data = TrainingDataset(recipe.data.dataset)  # fails fast, before the model loads
+    check_output_dependencies(recipe)
+    fingerprint = run_fingerprint(recipe, world, data.manifest.get("fingerprint"))
+    fingerprint["sharding"] = "fsdp2" if fsdp else "none"
+    resume_from = latest_checkpoint(run_dir) if recipe.checkpointing.resume else None
+    if resume_from is not None:
+        _check_fingerprint(resume_from, fingerprint, recipe, log if main else (lambda *_: None))
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         log(_format_table(recipe))
-    model = build_model(recipe.model, device)
+    # The text encoder is loaded, used and freed here, before the transformer exists.
+    prompts = encode_validation_prompts(recipe, data, device, needed=main or fsdp)
+    model = build_model(recipe.model, "cpu" if fsdp else device)
     if data.text_channels != model.config.text_in_channels:
         raise TrainingError(
             f"the dataset's text features have {data.text_channels} channels but the model takes "
@@ -133,18 +149,27 @@ def train(recipe: Recipe, log=print) -> Path:
         )
     model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
     peft_model = add_lora(model, recipe.lora)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
+    snapshot = load_state(resume_from) if resume_from is not None else None
+    if snapshot is not None:
+        set_peft_model_state_dict(peft_model, snapshot.adapter)
+    wrapped = shard_model(peft_model, device) if fsdp else peft_model  # sharding replaces the parameters
+    params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, recipe.optimizer, device)
+    # the scheduler sets the lr when built: build it first, then restore the saved lr with the optimizer state
     scheduler = build_scheduler(optimizer, recipe.optimizer, recipe.train.max_steps)
-
     progress = Progress()
-    resume_from = latest_checkpoint(run_dir) if recipe.checkpointing.resume else None
-    if resume_from is not None:
-        progress, adapter = load_state(resume_from, optimizer, scheduler)
-        set_peft_model_state_dict(peft_model, adapter)
+    if snapshot is not None:
+        if fsdp:
+            load_full_optimizer_state(wrapped, optimizer, snapshot.optimizer)
+        else:
+            optimizer.load_state_dict(snapshot.optimizer)
+        scheduler.load_state_dict(snapshot.scheduler)
+        progress = snapshot.progress
         if main:
             log(f"resuming from {resume_from} (step {progress.step})")
-    wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
+    if not fsdp:
+        wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
+    unwrapped = peft_model  # the same module object, sharded in place under FSDP
 
     metrics = None
     if main:
@@ -152,7 +177,8 @@ def train(recipe: Recipe, log=print) -> Path:
                                 run_name=recipe.logging.run_name, config=recipe.model_dump(mode="json"),
                                 resume_id=progress.wandb_id, resume_step=progress.step)  # fmt: skip
         progress.wandb_id = metrics.wandb_id
-        log(f"trainable parameters: {trainable_parameter_count(peft_model):,} | processes: {world} | device: {device}")
+        log(f"trainable parameters: {trainable_parameter_count(peft_model):,} | processes: {world} | device: {device}"
+            + (" | FSDP2" if fsdp else ""))  # fmt: skip
 
     remaining = recipe.train.max_steps - progress.step
     batches = MicroBatches(data, seed=recipe.train.seed, batch_size=recipe.data.batch_size, repeat=recipe.data.repeat,
@@ -161,9 +187,24 @@ def train(recipe: Recipe, log=print) -> Path:
                              persistent_workers=False))  # fmt: skip
 
     def checkpoint() -> None:
+        adapter = full_trainable_state(unwrapped) if fsdp or main else {}  # a collective under FSDP
+        optim_state = full_optimizer_state(wrapped, optimizer) if fsdp else optimizer.state_dict()
         if main:
-            adapter = get_peft_model_state_dict(accelerator.unwrap_model(wrapped))
-            save_state(run_dir, progress, adapter, optimizer, scheduler, recipe.checkpointing.keep_last)
+            snap = Snapshot(progress, get_peft_model_state_dict(unwrapped, state_dict=adapter), optim_state,
+                            scheduler.state_dict(), fingerprint)  # fmt: skip
+            step = progress.step
+            path = save_state(run_dir, snap, recipe.checkpointing.keep_last,
+                              on_file=lambda f: hooks.on_checkpoint_file(step, f))  # fmt: skip
+            hooks.on_save(step, path)
+        accelerator.wait_for_everyone()
+
+    validated_at = -1
+
+    def validate() -> None:
+        nonlocal validated_at
+        validated_at = progress.step
+        run_validation_step(recipe, accelerator, unwrapped, prompts, data, run_dir, progress.step, metrics, log,
+                            sharded=fsdp)  # fmt: skip
 
     wrapped.train()
     bar = _progress_bar(main, recipe.train.max_steps, progress.step)
@@ -175,8 +216,8 @@ def train(recipe: Recipe, log=print) -> Path:
                 t_data = time.perf_counter()
                 batch = next(loader).to(device)
                 data_wait += time.perf_counter() - t_data
-                sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(wrapped)
-                with sync:
+                last = micro == accum - 1
+                with _grad_sync(accelerator, wrapped, fsdp, last):
                     out = flow_matching_loss(wrapped, batch, recipe.loss, seed=recipe.train.seed,
                                              caption_dropout=recipe.caption_dropout)  # fmt: skip
                     finite = bool(torch.isfinite(out.loss))
@@ -190,7 +231,7 @@ def train(recipe: Recipe, log=print) -> Path:
                 progress.consecutive_nonfinite += 1
             else:
                 progress.consecutive_nonfinite = 0
-                grad_norm = _clip(accelerator, params, recipe.train.max_grad_norm)
+                grad_norm = _clip(accelerator, params, recipe.train.max_grad_norm, fsdp)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -216,19 +257,50 @@ def train(recipe: Recipe, log=print) -> Path:
                 accelerator.wait_for_everyone()
                 raise SystemExit(f"stopped by SIGTERM at step {progress.step}; re-run the same command to resume")
             if recipe.validation.every_steps and progress.step % recipe.validation.every_steps == 0:
-                _validate(recipe, accelerator, wrapped, data, run_dir, progress.step, metrics, log)
-            _fault_injection(progress.step)
+                validate()
+            hooks.on_step_end(progress.step)
 
     if progress.step % recipe.checkpointing.every_steps:
         checkpoint()
-    if recipe.validation.at_end:
-        _validate(recipe, accelerator, wrapped, data, run_dir, progress.step, metrics, log)
+    if recipe.validation.at_end and validated_at != progress.step:
+        validate()
+    final = full_trainable_state(unwrapped) if fsdp else None  # every process takes part in the gather
     accelerator.wait_for_everyone()
     if main:
-        _finish(recipe, accelerator.unwrap_model(wrapped), data, run_dir, progress, metrics, log)
+        finished = unwrapped if final is None else _unsharded_copy(recipe, unwrapped, final)
+        finish_run(recipe, finished, data, run_dir, progress, metrics, log)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def _check_fingerprint(checkpoint: Path, current: dict, recipe: Recipe, log) -> None:
+    stored = read_fingerprint(checkpoint)
+    if stored is None:
+        warnings.warn(f"{checkpoint} has no run fingerprint (written by an older hhtune): resuming without "
+                      "checking that the settings match", stacklevel=3)  # fmt: skip
+        return
+    try:
+        allowed = check_resume(stored, current, recipe.checkpointing.allow_changed, str(checkpoint))
+    except ResumeMismatch as e:
+        raise TrainingError(str(e)) from None
+    for line in allowed:
+        log(f"resuming with a deliberate change (checkpointing.allow_changed): {line}")
+
+
+def _unsharded_copy(recipe: Recipe, sharded: torch.nn.Module, adapter: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Main process only: the base rebuilt unsharded on the CPU, carrying the gathered adapter (for export)."""
+    copy = add_lora(build_model(recipe.model, "cpu"), recipe.lora)
+    set_peft_model_state_dict(copy, get_peft_model_state_dict(sharded, state_dict=adapter))
+    return copy
+
+
+def _grad_sync(accelerator: Accelerator, wrapped: torch.nn.Module, fsdp: bool, last: bool):
+    """Gradients are reduced across processes only on the last micro-batch of a step."""
+    if fsdp:
+        wrapped.set_requires_gradient_sync(last)
+        return accelerator.autocast()
+    return contextlib.nullcontext() if last else accelerator.no_sync(wrapped)
 
 
 class _StepStats:
@@ -279,7 +351,16 @@ def _any_process(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
 
 
-def _clip(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+def _clip(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: float | None, fsdp: bool) -> float:
+    if fsdp:  # sharded gradients: the global norm is reduced across processes, then every shard is scaled by it
+        from torch.distributed.tensor import DTensor
+
+        grads = [p.grad for p in params if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads)
+        total = total.full_tensor() if isinstance(total, DTensor) else total
+        if max_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        return float(total)
     if max_norm is not None:
         return float(accelerator.clip_grad_norm_(params, max_norm))
     grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
@@ -326,85 +407,3 @@ def _progress_bar(main: bool, total: int, start: int):
     return _Bar(total, start) if main else _NoBar()
 
 
-def _validate(recipe, accelerator, wrapped, data, run_dir, step, metrics, log) -> None:
-    """Render the validation prompts with the distilled sampler (main process only)."""
-    if not recipe.validation.prompts or not accelerator.is_main_process:
-        return
-    try:
-        from ..sampling.validation import run_validation
-    except ImportError as e:
-        warnings.warn(f"validation skipped: the sampler is not available ({e})", stacklevel=2)
-        return
-    from .validation_model import validation_model
-
-    with validation_model(recipe, accelerator.unwrap_model(wrapped), accelerator.device) as model:
-        scores = run_validation(
-            model, recipe.validation.prompts,
-            encoders=_encoder_paths(recipe, data), out_dir=run_dir / "samples" / f"step-{step:08d}", step=step,
-            seed=recipe.validation.seed, reference_images=recipe.validation.reference_images or None,
-            acoustic_model=recipe.validation.acoustic_model, wandb_run=metrics.wandb_run if metrics else None,
-            seconds=recipe.validation.seconds, aspect=recipe.validation.aspect,
-            base_resolution=recipe.validation.base_resolution,
-        )  # fmt: skip
-    if metrics is not None and scores:
-        metrics.log(step, {f"val/{k}": v for k, v in scores.items()})
-    log(f"validation at step {step}: {scores}")
-
-
-def _encoder_paths(recipe: Recipe, data: TrainingDataset):
-    from ..encoders import EncoderPaths
-
-    if recipe.validation.encoders:
-        folder = Path(recipe.validation.encoders)
-        return EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae", text_encoder=folder / "text_encoder")
-    enc = data.manifest.get("encoders") or {}
-    if not enc:
-        raise TrainingError("validation needs encoders: set validation.encoders (the dataset's manifest names none)")
-    return EncoderPaths(**{k: enc[k] for k in ("video_vae", "audio_vae", "text_encoder")})
-
-
-def _finish(recipe, peft_model, data, run_dir, progress, metrics, log) -> None:
-    """Final adapter (PEFT format), run_info.json, exports and the loss curve."""
-    from ..fingerprint import base_fingerprint
-
-    adapter_dir = run_dir / "adapter"
-    peft_model.save_pretrained(str(adapter_dir))
-    info = {
-        "steps": progress.step,
-        "nonfinite_steps": progress.nonfinite_steps,
-        "recipe_hash": recipe.hash(),
-        "trigger_words": recipe.export.trigger_words,
-        "languages": sorted({str(x) for x in data.ds["language"]}),
-        "dataset_summary": {"clips": len(data), "dataset": str(data.path),
-                            "fingerprint": data.manifest.get("fingerprint")},  # fmt: skip
-        "base_fingerprint": base_fingerprint(peft_model),
-        "base": recipe.model.checkpoint or recipe.model.preset,
-    }
-    atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
-    from ..export.modelspec import write_model_card  # a real model card in place of PEFT's template README
-
-    write_model_card(adapter_dir, {**info, "lora": recipe.lora.model_dump()})
-    _export(recipe, peft_model, run_dir, info, log)
-    if metrics is not None:
-        plot_loss_curve(metrics.history(), run_dir / "loss_curve.png")
-        metrics.finish()
-    log(f"done: {progress.step} steps; adapter in {adapter_dir}")
-
-
-def _export(recipe, peft_model, run_dir, info, log) -> None:
-    try:
-        from ..export import export_adapter
-    except ImportError as e:
-        warnings.warn(f"export skipped (only the PEFT adapter in {run_dir / 'adapter'} was written): {e}", stacklevel=2)
-        return
-    meta = {
-        "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"], "recipe_hash": info["recipe_hash"],
-        "trigger_words": info["trigger_words"], "languages": info["languages"], "dataset_summary": info["dataset_summary"],
-    }  # fmt: skip
-    for fmt in recipe.export.formats:
-        base = recipe.model.checkpoint if fmt.startswith("merged") else None
-        if fmt.startswith("merged") and base is None:
-            warnings.warn(f"export format {fmt!r} needs model.checkpoint (a base on disk); skipped", stacklevel=2)
-            continue
-        out = export_adapter(peft_model, fmt, run_dir / "export" / fmt, base=base, dtype=recipe.export.dtype, metadata=meta)
-        log(f"exported {fmt}: {out}")

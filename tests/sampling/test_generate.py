@@ -52,3 +52,38 @@ def test_validation_hook_saves_clips_and_returns_metrics(encoders, tmp_path):
                             step=5, seed=0, seconds=0.5, base_resolution=64)  # fmt: skip
     assert (tmp_path / "prompt00.mp4").is_file()
     assert set(scores) >= {"av_offset_frames", "av_sync_confidence"}
+
+
+def test_encoders_load_in_bf16_on_cuda_and_fp32_on_cpu_by_default(encoders):
+    import torch
+
+    from hhtune.encoders import load_text_encoder, load_video_vae
+    from hhtune.encoders._common import default_dtype
+
+    assert default_dtype("cuda:0") == torch.bfloat16 and default_dtype("cpu") == torch.float32
+    assert load_text_encoder(encoders.text_encoder).model.dtype == torch.float32
+    vae = load_video_vae(encoders.video_vae, dtype=torch.bfloat16)
+    assert {p.dtype for p in vae.model.parameters()} == {torch.bfloat16}
+
+
+def test_precomputed_prompt_features_replace_the_text_encoder(encoders, monkeypatch):
+    import importlib
+
+    import torch
+
+    from hhtune.model import HappyHorseTransformer, ModelConfig
+
+    gen = importlib.import_module("hhtune.sampling.generate")
+    torch.manual_seed(0)
+    model = HappyHorseTransformer(ModelConfig.preset("tiny")).eval()
+    kwargs = dict(seconds=0.5, base_resolution=32, seed=4, decode=False)
+    expected = gen.generate(model, "a red ball", encoders, **kwargs)  # loads the text encoder itself
+    (feats, n), = gen.encode_prompts(["a red ball"], encoders.text_encoder)
+    monkeypatch.setattr(gen, "load_text_encoder", lambda *a, **k: pytest.fail("the text encoder was loaded"))
+    got = gen.generate(model, "a red ball", encoders, text_features=(feats, n), **kwargs)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    plain = gen.generate(model, "a red ball", encoders, text_features=(feats, n), seconds=0.5, base_resolution=32, seed=4)
+    tiled = gen.generate(model, "a red ball", encoders, text_features=(feats, n), seconds=0.5, base_resolution=32, seed=4,
+                         vae_tiling=True, offload_model=True)  # fmt: skip
+    assert next(model.parameters()).device.type == "cpu"  # put back where it was
+    assert abs(tiled.frames.astype(int) - plain.frames.astype(int)).max() <= 1

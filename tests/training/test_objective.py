@@ -88,9 +88,13 @@ def test_image_to_video_pins_the_first_frame_and_drops_it_from_the_loss(syntheti
     # the pinned frame's error does not count: poisoning it changes nothing
     poisoned = dataclasses.replace(batch, video=batch.video.clone(), reference=batch.reference.clone())
     poisoned.video[:, :, 0] += 100.0
-    poisoned.reference += 0.0
     out2 = flow_matching_loss(Recorder(0.0), poisoned, cfg, seed=0, caption_dropout=0.0)
     torch.testing.assert_close(out.video_loss, out2.video_loss)
+    # control: without image-to-video the same poisoned frame is predicted and counts
+    t2v = LossSection(i2v_probability=0.0)
+    clean = flow_matching_loss(Recorder(0.0), batch, t2v, seed=0, caption_dropout=0.0)
+    dirty = flow_matching_loss(Recorder(0.0), poisoned, t2v, seed=0, caption_dropout=0.0)
+    assert float(dirty.video_loss) > float(clean.video_loss) + 100.0
 
 
 def test_caption_dropout_removes_the_text(synthetic_dataset):

@@ -2,61 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from _runs import _adapter, _assert_same_adapter, _metric_steps, _recipe, _run_cli
 
 from hhtune.lora import LoraSettings, add_lora
 from hhtune.recipe import LossSection, validate_recipe
 from hhtune.training import TrainingDataset, TrainingError, build_model, flow_matching_loss, train
 from hhtune.training.synthetic import write_synthetic_dataset
 from hhtune.training.trainer import build_scheduler
-
-ROOT = Path(__file__).parents[2]
-
-
-def _recipe(dataset: Path, out: Path, **sections) -> dict:
-    base = {
-        "model": {"preset": "tiny", "gradient_checkpointing": False},
-        "lora": {"rank": 4, "init": "gaussian"},
-        "data": {"dataset": str(dataset), "batch_size": 1},
-        "optimizer": {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 2},
-        "train": {"max_steps": 10, "output_dir": str(out), "mixed_precision": "no", "seed": 3},
-        "checkpointing": {"every_steps": 5, "keep_last": 2},
-        "logging": {"wandb_mode": "disabled"},
-        "export": {"formats": ["peft"]},
-    }
-    for k, v in sections.items():
-        base[k] = {**base.get(k, {}), **v}
-    return base
-
-
-def _run_cli(recipe: dict, tmp: Path, *, env_extra: dict | None = None, launcher: list[str] | None = None):
-    path = tmp / f"recipe-{abs(hash(json.dumps(recipe, sort_keys=True)))}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "hhtune" / "train.py"), str(path)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-
-
-def _adapter(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(run / "adapter" / "adapter_model.safetensors")
-
-
-def _assert_same_adapter(a: Path, b: Path, atol: float = 0.0) -> None:
-    wa, wb = _adapter(a), _adapter(b)
-    assert wa.keys() == wb.keys() and len(wa) > 0
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -109,21 +68,36 @@ def test_base_weights_stay_frozen_and_bit_identical(dataset, tmp_path):
 
 def test_resume_after_kill_equals_uninterrupted(dataset, uninterrupted, tmp_path):
     recipe = _recipe(dataset, tmp_path / "run")
-    killed = _run_cli(recipe, tmp_path, env_extra={"HHTUNE_FAULT": "kill@7"})
-    assert killed.returncode == -9
+    killed = _run_cli(recipe, tmp_path, fault="kill@step:7")
+    assert killed.returncode == -9, killed.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000005"]
+    assert _metric_steps(tmp_path / "run") == list(range(1, 8))  # logged up to the kill
     resumed = _run_cli(recipe, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
     _assert_same_adapter(uninterrupted, tmp_path / "run")
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] if (
-        tmp_path / "run" / "metrics.jsonl").exists() else []
-    assert steps == sorted(set(steps))
+    assert _metric_steps(tmp_path / "run") == list(range(1, 11))  # steps 6-7 redone once, not logged twice
+
+
+def test_kill_while_a_checkpoint_is_written_then_resume_equals_uninterrupted(dataset, uninterrupted, tmp_path):
+    """SIGKILL between two files of checkpoint 10: no step-10 checkpoint exists, the resume starts at 5."""
+    recipe = _recipe(dataset, tmp_path / "run")
+    killed = _run_cli(recipe, tmp_path, fault="kill@save:10:optimizer.pt")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == ["step-00000005"]
+    half = [p for p in ckpts.iterdir() if p.name.startswith(".step-00000010")]
+    assert half and (half[0] / "optimizer.pt").is_file() and not (half[0] / "state.json").exists()
+    resumed = _run_cli(recipe, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "step 5)" in resumed.stdout
+    _assert_same_adapter(uninterrupted, tmp_path / "run")
+    assert not list(ckpts.glob(".step-*")), "the half-written folder of the killed save is left behind"
 
 
 def test_sigterm_checkpoints_then_resume_equals_uninterrupted(dataset, uninterrupted, tmp_path):
     recipe = _recipe(dataset, tmp_path / "run")
-    stopped = _run_cli(recipe, tmp_path, env_extra={"HHTUNE_FAULT": "sigterm@3"})
+    stopped = _run_cli(recipe, tmp_path, fault="sigterm@step:3")
     assert stopped.returncode != 0
     assert "stopped by SIGTERM at step 4; re-run the same command to resume" in stopped.stderr
     assert (tmp_path / "run" / "checkpoints" / "step-00000004" / "state.json").is_file()

@@ -1,0 +1,173 @@
+"""What a run produces besides checkpoints: validation samples, the final adapter, run_info.json and exports.
+
+Everything these need is checked when the run starts (:func:`check_output_dependencies`),
+so a missing package stops the run before the model loads instead of after hours of training.
+Validation prompts are encoded once, before the transformer is built, and the text encoder is
+freed at once (:func:`encode_validation_prompts`): it never sits in memory beside the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_write_text
+from ..recipe import Recipe
+from .data import TrainingDataset
+from .errors import TrainingError
+from .metrics import plot_loss_curve
+
+PromptFeatures = list[tuple[torch.Tensor, int]]
+
+
+def validation_enabled(recipe: Recipe) -> bool:
+    """Whether the run renders validation samples at all."""
+    v = recipe.validation
+    return bool(v.prompts) and (v.at_end or v.every_steps is not None)
+
+
+def check_output_dependencies(recipe: Recipe) -> None:
+    """Fail, naming the missing package, if validation or export as configured could not run."""
+    needs: list[tuple[str, str]] = []  # (module, what needs it)
+    if validation_enabled(recipe):
+        needs += [(m, "validation") for m in ("hhtune.sampling.validation", "diffusers", "transformers", "scipy.signal",
+                                              "soundfile", "matplotlib", "PIL")]  # fmt: skip
+        if recipe.validation.reference_images:
+            needs.append(("data_prep.buckets", "validation.reference_images"))
+        if recipe.validation.acoustic_model:
+            needs += [("data_prep.align", "validation.acoustic_model"), ("data_prep.g2p", "validation.acoustic_model")]
+        if shutil.which("ffmpeg") is None:
+            raise TrainingError("validation writes mp4 files with ffmpeg, which is not on PATH: install it "
+                                "(apt-get install ffmpeg) or turn validation off (validation.prompts=[])")  # fmt: skip
+    if recipe.export.formats:
+        needs.append(("hhtune.export", "export"))
+    if recipe.logging.wandb_mode != "disabled":
+        needs.append(("wandb", "logging.wandb_mode"))
+    for module, what in needs:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            missing = getattr(e, "name", None) or module
+            raise TrainingError(
+                f"{what} needs the Python package {missing!r}, which cannot be imported ({e}); install it "
+                f"(pip install -e . installs every dependency hhtune declares) or turn {what} off"
+            ) from e
+    merged = [f for f in recipe.export.formats if f.startswith("merged")]
+    if merged and recipe.model.checkpoint is None:
+        raise TrainingError(f"export.formats {merged} merge into a base checkpoint on disk, but model.checkpoint is "
+                            "null (a random preset); remove them from export.formats or set model.checkpoint")  # fmt: skip
+
+
+def encode_validation_prompts(recipe: Recipe, data: TrainingDataset, device: torch.device,
+                              needed: bool = True) -> PromptFeatures | None:  # fmt: skip
+    """Text features of every validation prompt, computed once for the whole run (CPU tensors).
+
+    A prompt equal to a clip's caption takes that clip's stored ``text_embeds`` (the dataset was
+    encoded with the same encoder); the others are encoded in one batch with the text encoder
+    loaded in bf16 on CUDA, which is freed before this returns. ``needed=False`` (a process that
+    does not sample) returns ``None``.
+    """
+    if not validation_enabled(recipe) or not needed:
+        return None
+    by_caption = {c: i for i, c in enumerate(data.ds["caption"])}
+    out: dict[int, tuple[torch.Tensor, int]] = {}
+    for i, p in enumerate(recipe.validation.prompts):
+        if p in by_caption:
+            feats = torch.as_tensor(data.ds[by_caption[p]]["text_embeds"], dtype=torch.float32)[None]
+            out[i] = (feats, int(feats.shape[1]))
+    todo = [i for i in range(len(recipe.validation.prompts)) if i not in out]
+    if todo:
+        from ..sampling.generate import encode_prompts
+
+        encoded = encode_prompts([recipe.validation.prompts[i] for i in todo], encoder_paths(recipe, data).text_encoder,
+                                 device)  # fmt: skip
+        out.update(zip(todo, encoded))
+    return [out[i] for i in range(len(recipe.validation.prompts))]
+
+
+def encoder_paths(recipe: Recipe, data: TrainingDataset):
+    """The encoders validation uses: ``validation.encoders``, else those the dataset was encoded with."""
+    from ..encoders import EncoderPaths
+
+    if recipe.validation.encoders:
+        folder = Path(recipe.validation.encoders)
+        return EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae", text_encoder=folder / "text_encoder")
+    enc = data.manifest.get("encoders") or {}
+    if not enc:
+        raise TrainingError("validation needs encoders: set validation.encoders (the dataset's manifest names none)")
+    return EncoderPaths(**{k: enc[k] for k in ("video_vae", "audio_vae", "text_encoder")})
+
+
+def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, prompts: PromptFeatures | None,
+                        data: TrainingDataset, run_dir: Path, step: int, metrics, log, *, sharded: bool) -> None:  # fmt: skip
+    """Render the validation prompts with the distilled sampler.
+
+    The main process writes and scores the clips. A sharded model needs every process in each
+    forward pass, so then the others sample too (same seeds, same inputs) without decoding.
+    """
+    main = accelerator.is_main_process
+    if not validation_enabled(recipe) or not (main or sharded):
+        return
+    from ..sampling.validation import run_validation
+    from .validation_model import validation_model
+
+    v = recipe.validation
+    with validation_model(recipe, model, accelerator.device) as m:
+        scores = run_validation(
+            m, v.prompts, encoders=encoder_paths(recipe, data), out_dir=run_dir / "samples" / f"step-{step:08d}",
+            step=step, seed=v.seed, reference_images=v.reference_images or None, acoustic_model=v.acoustic_model,
+            wandb_run=metrics.wandb_run if metrics else None, seconds=v.seconds, aspect=v.aspect,
+            base_resolution=v.base_resolution, text_features=prompts, write=main, vae_tiling=v.vae_tiling,
+            offload_model=v.offload_model and not sharded,
+        )  # fmt: skip
+    accelerator.wait_for_everyone()
+    if not main:
+        return
+    if metrics is not None and scores:
+        metrics.log(step, {f"val/{k}": val for k, val in scores.items()})
+    log(f"validation at step {step}: {scores}")
+
+
+def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path, progress, metrics, log) -> None:
+    """Main process: final adapter (PEFT format), run_info.json, exports and the loss curve."""
+    from ..fingerprint import base_fingerprint
+
+    adapter_dir = run_dir / "adapter"
+    peft_model.save_pretrained(str(adapter_dir))
+    info = {
+        "steps": progress.step,
+        "nonfinite_steps": progress.nonfinite_steps,
+        "recipe_hash": recipe.hash(),
+        "trigger_words": recipe.export.trigger_words,
+        "languages": sorted({str(x) for x in data.ds["language"]}),
+        "dataset_summary": {"clips": len(data), "dataset": str(data.path),
+                            "fingerprint": data.manifest.get("fingerprint")},  # fmt: skip
+        "base_fingerprint": base_fingerprint(peft_model),
+        "base": recipe.model.checkpoint or recipe.model.preset,
+    }
+    atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
+    from ..export.modelspec import write_model_card  # a real model card in place of PEFT's template README
+
+    write_model_card(adapter_dir, {**info, "lora": recipe.lora.model_dump()})
+    _export(recipe, peft_model, run_dir, info, log)
+    if metrics is not None:
+        plot_loss_curve(metrics.history(), run_dir / "loss_curve.png")
+        metrics.finish()
+    log(f"done: {progress.step} steps; adapter in {adapter_dir}")
+
+
+def _export(recipe: Recipe, peft_model, run_dir: Path, info: dict, log) -> None:
+    from ..export import export_adapter  # importable: checked at the start of the run
+
+    meta = {
+        "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"], "recipe_hash": info["recipe_hash"],
+        "trigger_words": info["trigger_words"], "languages": info["languages"], "dataset_summary": info["dataset_summary"],
+    }  # fmt: skip
+    for fmt in recipe.export.formats:
+        base = recipe.model.checkpoint if fmt.startswith("merged") else None
+        out = export_adapter(peft_model, fmt, run_dir / "export" / fmt, base=base, dtype=recipe.export.dtype, metadata=meta)
+        log(f"exported {fmt}: {out}")
