@@ -110,65 +110,63 @@ def _align_one(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for a problem the message explains)."""
+    """Entry point; exit codes as in :mod:`hhtune.cli` (2 bad input, 3 a missing tool or package)."""
+    from hhtune.cli import run_command
+
+    return run_command(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    from .build import BuildError, build, load_units, prepare_all
-    from .checks import EnvironmentProblem
+    from .build import build, load_units, prepare_all
 
-    try:
-        if args.command == "probe":
-            from hhtune.media import MediaError, probe
+    if args.command == "probe":
+        from hhtune.media import MediaError, probe
 
-            for f in args.files:
-                try:
-                    print(json.dumps({"file": str(f), **asdict(probe(f))}))
-                except (MediaError, OSError) as e:
-                    print(json.dumps({"file": str(f), "error": str(e)}))
-            return 0
-        if args.command == "transcript":
-            from .transcripts import parse_transcript
-
-            t = parse_transcript(args.file)
-            print(json.dumps({"source": t.source, "segments": [asdict(s) for s in t.segments]}, ensure_ascii=False))
-            return 0
-        if args.command == "g2p":
-            from hhtune.speech.g2p import phonemize
-            from hhtune.speech.languages import normalise_language
-
-            for w in phonemize(args.text, normalise_language(args.language)):
-                print(f"{w.word}\t{' '.join(w.phonemes)}")
-            return 0
-        if args.command == "align":
-            return _align_one(args)
-        if args.command == "report":
-            from .report import write_report
-
-            print(json.dumps(write_report(load_units(args.dataset), args.dataset)["totals"]))
-            return 0
-        if args.command == "check":
-            from .dataset import load_dataset_dir
-
-            d = load_dataset_dir(args.dataset)
-            print(f"{args.dataset}: {len(d.dataset)} clips, encoded={d.encoded}, fingerprint {d.manifest['fingerprint']}: ok")
-            return 0
-        cfg = _config(args)
-        if args.command == "prepare":
-            units = prepare_all(args.footage, args.out, cfg, rebuild=args.rebuild, progress=not args.no_progress,
-                                redo=args.redo)  # fmt: skip
-            print(f"{sum(len(u['clips']) for u in units)} clips from {len(units)} files (cached in {args.out}/.work)")
-            return 0
-        out = build(args.footage, args.out, cfg, encode=args.command == "encode" or args.encode, rebuild=args.rebuild,
-                    progress=not args.no_progress, reencode=args.reencode)  # fmt: skip
-        if (out / "report.json").is_file():
-            totals = json.loads((out / "report.json").read_text())["totals"]
-            print(f"dataset: {out}/dataset  report: {out}/report.html  {json.dumps(totals)}")
+        for f in args.files:
+            try:
+                print(json.dumps({"file": str(f), **asdict(probe(f))}))
+            except (MediaError, OSError) as e:
+                print(json.dumps({"file": str(f), "error": str(e)}))
         return 0
-    except (BuildError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except EnvironmentProblem as e:  # a missing tool or package: nothing was built
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    if args.command == "transcript":
+        from .transcripts import parse_transcript
+
+        t = parse_transcript(args.file)
+        print(json.dumps({"source": t.source, "segments": [asdict(s) for s in t.segments]}, ensure_ascii=False))
+        return 0
+    if args.command == "g2p":
+        from hhtune.speech.g2p import phonemize
+        from hhtune.speech.languages import normalise_language
+
+        for w in phonemize(args.text, normalise_language(args.language)):
+            print(f"{w.word}\t{' '.join(w.phonemes)}")
+        return 0
+    if args.command == "align":
+        return _align_one(args)
+    if args.command == "report":
+        from .report import write_report
+
+        print(json.dumps(write_report(load_units(args.dataset), args.dataset)["totals"]))
+        return 0
+    if args.command == "check":
+        from .dataset import load_dataset_dir
+
+        d = load_dataset_dir(args.dataset)
+        print(f"{args.dataset}: {len(d.dataset)} clips, encoded={d.encoded}, fingerprint {d.manifest['fingerprint']}: ok")
+        return 0
+    cfg = _config(args)
+    if args.command == "prepare":
+        units = prepare_all(args.footage, args.out, cfg, rebuild=args.rebuild, progress=not args.no_progress,
+                            redo=args.redo)  # fmt: skip
+        print(f"{sum(len(u['clips']) for u in units)} clips from {len(units)} files (cached in {args.out}/.work)")
+        return 0
+    out = build(args.footage, args.out, cfg, encode=args.command == "encode" or args.encode, rebuild=args.rebuild,
+                progress=not args.no_progress, reencode=args.reencode)  # fmt: skip
+    if (out / "report.json").is_file():
+        totals = json.loads((out / "report.json").read_text())["totals"]
+        print(f"dataset: {out}/dataset  report: {out}/report.html  {json.dumps(totals)}")
+    return 0
 
 
 if __name__ == "__main__":

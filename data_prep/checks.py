@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from hhtune.cli import MissingDependencyError
+
 ALL_LANGUAGES = frozenset({"en", "zh", "yue", "ja", "ko", "de", "fr"})
 # Fast read speech is ~15-20 phonemes per second; beyond this a transcript cannot have been said in the clip.
 MAX_PHONEMES_PER_SECOND = 30.0
@@ -82,7 +84,7 @@ PYTHON_MODULES = {"av": "av", "librosa": "librosa", "soundfile": "soundfile", "p
                   "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus", "num2words": "num2words"}  # fmt: skip
 
 
-class EnvironmentProblem(RuntimeError):
+class EnvironmentProblem(MissingDependencyError):
     """A system tool or Python package the build needs is missing; the message has the install command."""
 
 

@@ -14,9 +14,10 @@ Every entry point (``hhtune/train.py``, ``python -m hhtune.sample``, ``hhtune.ex
 
 The first line on stderr is always ``error: <what happened>``; further lines (a recipe's
 list of bad keys) are indented details. The classes that count as bad input are the
-toolkit's own ``ValueError`` subclasses (``RecipeError``, ``AdapterError``, ``BuildError``,
-``DatasetError`` ...) and file-system errors; a plain ``ValueError`` from a library is a
-failure with its traceback, not something the user typed.
+``ValueError``\ s the toolkit raises (``RecipeError``, ``AdapterError``, ``BuildError``,
+``DatasetError`` ..., or a plain ``ValueError`` raised by its own checks) and file-system
+errors; a ``ValueError`` from inside a library is a failure with its traceback, not
+something the user typed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ class MissingDependencyError(RuntimeError):
 
 
 def _ours(exc: BaseException) -> bool:
-    return type(exc).__module__.split(".")[0] in _OUR_PACKAGES
+    """Whether the toolkit raised ``exc``: its class is ours, or the innermost frame that raised it is our code."""
+    if type(exc).__module__.split(".")[0] in _OUR_PACKAGES:
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] in _OUR_PACKAGES
 
 
 def exit_code(exc: BaseException) -> int:

@@ -23,37 +23,36 @@ if __name__ == "__main__" and not __package__:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, validate the recipe, and train."""
+    """Parse the command line, validate the recipe, and train; exit codes as in :mod:`hhtune.cli`."""
+    from hhtune.cli import run_command
+
+    return run_command(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
         prog="hhtune/train.py",
         description="Fine-tune a LoRA adapter on HappyHorse from a YAML recipe (see recipes/).",
         epilog="Overrides use dotted keys, e.g. train.max_steps=200 lora.rank=32 logging.wandb_mode=disabled. "
-        "Re-running the same command resumes from the run's newest checkpoint.",
+        "Re-running the same command resumes from the run's newest checkpoint. Exit codes: 0 done, 1 the run "
+        "failed, 2 bad input, 3 a missing tool or package, 4 out of memory.",
     )
     parser.add_argument("recipe", help="path to a YAML recipe")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     args = parser.parse_intermixed_args(argv)
 
-    from hhtune.recipe import RecipeError, load_recipe, recipe_table
-    from hhtune.training import CheckpointLoadError, DatasetError, TrainingError, train
+    from hhtune.recipe import load_recipe, recipe_table
+    from hhtune.training import train
 
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe, args.overrides)
     if args.print_recipe:
         for key, value in recipe_table(recipe):
             print(f"{key} = {value}")
         return 0
-    try:
-        train(recipe)
-    except (CheckpointLoadError, DatasetError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    train(recipe)
     return 0
 
 

@@ -63,6 +63,13 @@ def test_a_library_bug_keeps_its_traceback(capsys):
     assert "Traceback" in err and err.strip().splitlines()[-1] == "error: operands could not be broadcast"
 
 
+def test_a_plain_value_error_from_our_own_checks_is_bad_input(capsys):
+    from hhtune.sampling.generate import latent_shapes
+
+    assert run_command(lambda argv: latent_shapes(1.0, "21:9")) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.startswith("error: unknown aspect '21:9'")
+
+
 def test_success_and_argparse_exits_pass_through():
     assert run_command(lambda argv: None) == 0
     assert run_command(lambda argv: 0) == 0

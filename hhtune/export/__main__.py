@@ -20,8 +20,15 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; exit codes as in :mod:`hhtune.cli` (2 for an adapter or base that cannot be used)."""
+    from ..cli import run_command
+
+    return run_command(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from ..adapters import parse_spec
-    from . import FORMATS, AdapterError, export_adapter
+    from . import FORMATS, export_adapter
 
     parser = argparse.ArgumentParser(prog="python -m hhtune.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -35,12 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop", action="append", default=[], choices=["video", "audio", "text"],
                         help="leave this modality's expert and embedder parts out")  # fmt: skip
     args = parser.parse_args(argv)
-    try:
-        out = export_adapter(args.source, args.format, args.out, base=args.base, strength=args.strength,
-                             dtype=args.dtype, extra=[tuple(parse_spec(s)) for s in args.also], drop=args.drop)  # fmt: skip
-    except (AdapterError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = export_adapter(args.source, args.format, args.out, base=args.base, strength=args.strength,
+                         dtype=args.dtype, extra=[tuple(parse_spec(s)) for s in args.also], drop=args.drop)  # fmt: skip
     print(f"wrote {out}")
     return 0
 

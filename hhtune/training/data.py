@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-FORMAT_VERSION = 1
+from ..contract import FORMAT_VERSION
+
 LATENT_COLUMNS = ("video_latents", "audio_latents", "text_embeds")
 META_COLUMNS = ("clip_id", "num_frames", "width", "height", "speech_mask", "language")
 

@@ -35,7 +35,7 @@ def test_typo_names_the_key_and_the_allowed_keys(tmp_path):
         load_recipe(p)
     msg = str(e.value)
     assert "lora.rnak: unknown key" in msg
-    assert "allowed keys here: alpha, dropout, init, layers, rank, targets, use_dora, use_rslora" in msg
+    assert "allowed keys here: alpha, dropout, embedders, experts, init, layers, rank, targets, use_dora, use_rslora" in msg
 
 
 def test_unknown_section_lists_sections(tmp_path):
@@ -48,7 +48,7 @@ def test_bad_values_name_key_value_and_allowed_values():
         validate_recipe({"model": {"preset": "tiny", "variant": "distiled"}, "data": {"dataset": "ds"}})
     with pytest.raises(RecipeError, match=r"lora.rank = 0: Input should be greater than or equal to 1"):
         validate_recipe({**MINIMAL, "lora": {"rank": 0}})
-    with pytest.raises(RecipeError, match=r"export.formats.0 = 'onnx': Input should be 'peft', 'comfyui'"):
+    with pytest.raises(RecipeError, match=r"export.formats.0 = 'onnx': Input should be 'peft', 'wan2gp', 'comfyui'"):
         validate_recipe({**MINIMAL, "export": {"formats": ["onnx"]}})
     with pytest.raises(RecipeError, match=r"data.dataset: required but missing"):
         validate_recipe({"model": {"preset": "tiny"}, "data": {}})
@@ -57,8 +57,9 @@ def test_bad_values_name_key_value_and_allowed_values():
 
 
 def test_lora_layers_are_checked_against_the_preset():
-    with pytest.raises(RecipeError, match=r"lora.layers \[0\] cannot be adapted.*allowed: \[2, 3, 4, 5\]"):
-        validate_recipe({**MINIMAL, "lora": {"layers": [0, 2]}})
+    with pytest.raises(RecipeError, match=r"lora.layers \[8\] cannot be adapted: indices must be in 0..7"):
+        validate_recipe({**MINIMAL, "lora": {"layers": [0, 8]}})
+    assert validate_recipe({**MINIMAL, "lora": {"layers": [0, 2]}}).lora.layers == [0, 2]  # sandwich layers too
 
 
 def test_dotted_overrides_are_typed_and_checked(tmp_path):
