@@ -64,6 +64,8 @@ def test_readme_quickstart_runs_end_to_end(tmp_path):
     assert list((run / "wandb").glob("offline-run-*"))
     records = [r for ln in (run / "metrics.jsonl").read_text().splitlines() if "loss" in (r := json.loads(ln))]
     assert len(records) == 40 and any("val/av_sync_confidence" in ln for ln in (run / "metrics.jsonl").read_text().splitlines())
+    val = [r for ln in (run / "metrics.jsonl").read_text().splitlines() if "val/nearest_clip_distance" in (r := json.loads(ln))]
+    assert val and 0 < val[-1]["val/nearest_clip_distance"] < 10  # every validation says how close it is to the clips
     first, last = sum(r["loss"] for r in records[:10]) / 10, sum(r["loss"] for r in records[-10:]) / 10
     assert last < first  # it learns something even in 40 steps
     assert (tmp_path / "runs" / "quickstart" / "dataset" / "report.html").is_file()

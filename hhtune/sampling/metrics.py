@@ -74,6 +74,24 @@ def reference_fidelity(frames: np.ndarray, reference: np.ndarray, first: int = 5
     return float(10 * np.log10(255.0**2 / max(mse, 1e-8)))
 
 
+#: The grid training clips are kept at for :func:`nearest_clip_distance` during a run (48 KB a clip).
+CLIP_SUMMARY_GRID = (4, 8, 8)
+
+
+def clip_summary(latent, grid: tuple[int, int, int] = CLIP_SUMMARY_GRID):
+    """A video latent ``[48, T, H, W]`` average-pooled to at most ``grid`` (time, height, width), in fp32.
+
+    A run keeps every training clip at this size for the memorisation metric, instead of
+    every clip's full latents (12 MB for 5 s at 540p).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    latent = torch.as_tensor(latent, dtype=torch.float32)
+    size = tuple(min(g, n) for g, n in zip(grid, latent.shape[1:]))
+    return F.adaptive_avg_pool3d(latent[None], size)[0]
+
+
 def nearest_clip_distance(sample, clips) -> float:
     """Relative L2 distance from a generated video latent ``[48, T, H, W]`` to the nearest training clip's.
 

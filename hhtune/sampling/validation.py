@@ -9,7 +9,7 @@ import torch
 
 from ..encoders import EncoderPaths
 from .generate import OUTPUT_AUDIO_RATE, generate, write_mp4, write_previews
-from .metrics import av_sync, dialogue_lines, phoneme_error_rate, reference_fidelity
+from .metrics import av_sync, dialogue_lines, nearest_clip_distance, phoneme_error_rate, reference_fidelity
 
 _LANG_CODES = {"english": "en", "mandarin": "zh", "chinese": "zh", "cantonese": "yue", "japanese": "ja",
                "korean": "ko", "german": "de", "french": "fr"}  # fmt: skip
@@ -19,12 +19,15 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
                    seed: int, reference_images: list[str] | None = None, acoustic_model: str | None = None,
                    wandb_run=None, seconds: float = 2.0, aspect: str = "16:9", base_resolution: int = 256,
                    text_features: list[tuple[torch.Tensor, int]] | None = None, write: bool = True,
-                   vae_tiling: bool = False, offload_model: bool = False) -> dict[str, float]:  # fmt: skip
+                   vae_tiling: bool = False, offload_model: bool = False,
+                   training_clips: list[torch.Tensor] | None = None) -> dict[str, float]:  # fmt: skip
     """Sample every prompt with the distilled sampler at a fixed seed; save mp4 + previews; return mean metrics.
 
     ``text_features`` (one ``(features [1, L, C], L)`` per prompt, from ``encode_prompts``) are used
     instead of loading the text encoder. ``write=False`` only samples (the other processes of a
-    sharded model take part in its forward passes) and returns ``{}``.
+    sharded model take part in its forward passes) and returns ``{}``. With ``training_clips``
+    (video latents, best :func:`~hhtune.sampling.metrics.clip_summary`-pooled) each sample's
+    ``nearest_clip_distance`` is scored: near 0 means the run reproduces a training clip.
     """
     if text_features is not None and len(text_features) != len(prompts):
         raise ValueError(f"{len(text_features)} text features for {len(prompts)} prompts")
@@ -54,6 +57,8 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         offset, conf = av_sync(g.audio, OUTPUT_AUDIO_RATE, g.frames)
         scores.setdefault("av_offset_frames", []).append(float(offset))
         scores.setdefault("av_sync_confidence", []).append(conf)
+        if training_clips:
+            scores.setdefault("nearest_clip_distance", []).append(nearest_clip_distance(g.video_latents[0], training_clips))
         if image is not None:
             from hhtune.media import resize_crop
 

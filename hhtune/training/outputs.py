@@ -37,9 +37,10 @@ def check_output_dependencies(recipe: Recipe) -> None:
         needs += [(m, "validation") for m in ("hhtune.sampling.validation", "diffusers", "transformers", "scipy.signal",
                                               "soundfile", "matplotlib", "PIL")]  # fmt: skip
         if recipe.validation.reference_images:
-            needs.append(("data_prep.buckets", "validation.reference_images"))
+            needs.append(("hhtune.media", "validation.reference_images"))
         if recipe.validation.acoustic_model:
-            needs += [("data_prep.align", "validation.acoustic_model"), ("data_prep.g2p", "validation.acoustic_model")]
+            needs += [("hhtune.speech.align", "validation.acoustic_model"),
+                      ("hhtune.speech.g2p", "validation.acoustic_model")]  # fmt: skip
         if shutil.which("ffmpeg") is None:
             raise TrainingError("validation writes mp4 files with ffmpeg, which is not on PATH: install it "
                                 "(apt-get install ffmpeg) or turn validation off (validation.prompts=[])")  # fmt: skip
@@ -102,8 +103,18 @@ def encoder_paths(recipe: Recipe, data: TrainingDataset):
     return EncoderPaths(**{k: enc[k] for k in ("video_vae", "audio_vae", "text_encoder")})
 
 
+def training_clip_summaries(recipe: Recipe, data: TrainingDataset) -> list[torch.Tensor] | None:
+    """Every training clip's video latents pooled small (``clip_summary``), read once for the memorisation metric."""
+    if not validation_enabled(recipe):
+        return None
+    from ..sampling.metrics import clip_summary
+
+    return [clip_summary(row["video_latents"]) for row in data.ds.select_columns(["video_latents"])]
+
+
 def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, prompts: PromptFeatures | None,
-                        data: TrainingDataset, run_dir: Path, step: int, metrics, log, *, sharded: bool) -> None:  # fmt: skip
+                        data: TrainingDataset, run_dir: Path, step: int, metrics, log, *, sharded: bool,
+                        clips: list[torch.Tensor] | None = None) -> None:  # fmt: skip
     """Render the validation prompts with the distilled sampler.
 
     The main process writes and scores the clips. A sharded model needs every process in each
@@ -122,7 +133,7 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
             step=step, seed=v.seed, reference_images=v.reference_images or None, acoustic_model=v.acoustic_model,
             wandb_run=metrics.wandb_run if metrics else None, seconds=v.seconds, aspect=v.aspect,
             base_resolution=v.base_resolution, text_features=prompts, write=main, vae_tiling=v.vae_tiling,
-            offload_model=v.offload_model and not sharded,
+            offload_model=v.offload_model and not sharded, training_clips=clips,
         )  # fmt: skip
     accelerator.wait_for_everyone()
     if not main:

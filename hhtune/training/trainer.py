@@ -37,7 +37,8 @@ from .distributed import (
 from .errors import TrainingError
 from .metrics import MetricsLogger, peak_memory_gb
 from .objective import flow_matching_loss, sigma_bucket
-from .outputs import check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step
+from .outputs import (check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step,
+                      training_clip_summaries)  # fmt: skip
 from .resume import ResumeMismatch, check_resume, run_fingerprint
 from .state import Progress, Snapshot, latest_checkpoint, load_state, read_fingerprint, save_state
 
@@ -141,6 +142,7 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
         log(_format_table(recipe))
     # The text encoder is loaded, used and freed here, before the transformer exists.
     prompts = encode_validation_prompts(recipe, data, device, needed=main or fsdp)
+    clips = training_clip_summaries(recipe, data) if main else None  # for the memorisation metric
     model = build_model(recipe.model, "cpu" if fsdp else device)
     if data.text_channels != model.config.text_in_channels:
         raise TrainingError(
@@ -204,7 +206,7 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
         nonlocal validated_at
         validated_at = progress.step
         run_validation_step(recipe, accelerator, unwrapped, prompts, data, run_dir, progress.step, metrics, log,
-                            sharded=fsdp)  # fmt: skip
+                            sharded=fsdp, clips=clips)  # fmt: skip
 
     wrapped.train()
     bar = _progress_bar(main, recipe.train.max_steps, progress.step)

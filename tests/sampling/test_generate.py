@@ -48,10 +48,15 @@ def test_validation_hook_saves_clips_and_returns_metrics(encoders, tmp_path):
 
     torch.manual_seed(0)
     model = HappyHorseTransformer(ModelConfig.preset("tiny")).eval()
-    scores = run_validation(model, ['A host. Dialogue:\n<host, English>: "Hi."'], encoders=encoders, out_dir=tmp_path,
-                            step=5, seed=0, seconds=0.5, base_resolution=64)  # fmt: skip
+    prompt = ['A host. Dialogue:\n<host, English>: "Hi."']
+    scores = run_validation(model, prompt, encoders=encoders, out_dir=tmp_path, step=5, seed=0, seconds=0.5,
+                            base_resolution=64)  # fmt: skip
     assert (tmp_path / "prompt00.mp4").is_file()
-    assert set(scores) >= {"av_offset_frames", "av_sync_confidence"}
+    assert set(scores) >= {"av_offset_frames", "av_sync_confidence"} and "nearest_clip_distance" not in scores
+    far = [torch.full((48, 3, 4, 6), 100.0)]  # a "training clip" nothing like a sample of this model
+    with_clips = run_validation(model, prompt, encoders=encoders, out_dir=tmp_path, step=5, seed=0, seconds=0.5,
+                                base_resolution=64, training_clips=far)  # fmt: skip
+    assert 0.9 < with_clips["nearest_clip_distance"] < 1.1  # |sample - 100| / |100| with a sample near 0
 
 
 def test_encoders_load_in_bf16_on_cuda_and_fp32_on_cpu_by_default(encoders):
