@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from ..io import atomic_write_text
 from ..lora import add_lora, trainable_parameter_count
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
+from ..model.offload import apply_block_swap
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .data import MicroBatches, TrainingDataset
 from .metrics import MetricsLogger, peak_memory_gb, plot_loss_curve
@@ -38,17 +39,25 @@ class TrainingError(RuntimeError):
 
 
 def build_model(section: ModelSection, device: torch.device | str = "cpu") -> HappyHorseTransformer:
-    """The frozen base: a checkpoint streamed into a meta model, or a seeded random init of a preset."""
+    """The frozen base: a checkpoint streamed into a meta model, or a seeded random init of a preset.
+
+    Compute dtype and activation offload are set here; block swap is applied after LoRA
+    (:func:`hhtune.model.offload.apply_block_swap`), since it only moves frozen weights.
+    """
     config = ModelConfig.preset(section.preset) if section.preset else None
     if section.checkpoint:
         dtype = torch.float32 if section.block_dtype == "fp32" else torch.bfloat16
-        return load_checkpoint(section.checkpoint, config=config, dtype=dtype, device=device,
-                               fp8_storage=section.fp8_base)  # fmt: skip
-    torch.manual_seed(section.init_seed)
-    model = HappyHorseTransformer(config)  # type: ignore[arg-type]
-    if section.block_dtype == "fp32":
-        model = model.float()
-    return model.to(device)
+        model = load_checkpoint(section.checkpoint, config=config, dtype=dtype, device=device,
+                                fp8_storage=section.fp8_base)  # fmt: skip
+    else:
+        torch.manual_seed(section.init_seed)
+        model = HappyHorseTransformer(config)  # type: ignore[arg-type]
+        if section.block_dtype == "fp32":
+            model = model.float()
+        model = model.to(device)
+    model.set_compute_dtype(section.compute_dtype)
+    model.enable_activation_offload(section.activation_offload)
+    return model
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSection, device: torch.device) -> torch.optim.Optimizer:
@@ -133,6 +142,7 @@ def train(recipe: Recipe, log=print) -> Path:
         )
     model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
     peft_model = add_lora(model, recipe.lora)
+    apply_block_swap(peft_model, recipe.model.blocks_to_swap, device)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, recipe.optimizer, device)
     scheduler = build_scheduler(optimizer, recipe.optimizer, recipe.train.max_steps)
