@@ -171,8 +171,9 @@ class FourierRope(nn.Module):
         xyz, sizes, refs = coords[..., 0:3], coords[..., 3:6], coords[..., 6:9]
         scales = (refs - 1) / (sizes - 1)
         scales = torch.where((refs == 1) & (sizes == 1), torch.ones_like(scales), scales)
-        if not torch.isfinite(scales).all():
-            raise ValueError("invalid RoPE coordinates: a size of 1 needs a reference size of 1")
+        # An assert on the device: no host sync per forward on CUDA, raises at once on CPU,
+        # and traces under FakeTensorMode (hhtune.plan), where a Python bool could not.
+        torch._assert_async(torch.isfinite(scales).all(), "invalid RoPE coordinates: a size of 1 needs a reference size of 1")
         centers = (sizes - 1) / 2
         centers = torch.cat([torch.zeros_like(centers[..., :1]), centers[..., 1:]], dim=-1)  # time is not centred
         proj = ((xyz - centers) * scales).unsqueeze(-1) * self.bands

@@ -27,6 +27,7 @@ from ..io import atomic_write_text
 from ..lora import add_lora, trainable_parameter_count
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
 from ..model.offload import apply_block_swap
+from ..plan import PlanError, check_memory_plan
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .data import MicroBatches, TrainingDataset
 from .metrics import MetricsLogger, peak_memory_gb, plot_loss_curve
@@ -134,6 +135,10 @@ def train(recipe: Recipe, log=print) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         log(_format_table(recipe))
+    try:  # prints the plan; on CUDA refuses a run it says will not fit (model.ignore_memory_plan overrides)
+        check_memory_plan(recipe, device, world if accelerator.distributed_type.name == "FSDP" else 1, log if main else None)
+    except PlanError as e:
+        raise TrainingError(str(e)) from None
     model = build_model(recipe.model, device)
     if data.text_channels != model.config.text_in_channels:
         raise TrainingError(
