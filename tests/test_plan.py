@@ -9,7 +9,7 @@ import torch
 
 from hhtune.lora import LoraSettings
 from hhtune.model import HappyHorseTransformer, ModelConfig
-from hhtune.plan import GB, MemorySettings, PlanError, plan_recipe, plan_settings
+from hhtune.plan import GB, MemorySettings, PlanError, check_memory_plan, plan_recipe, plan_settings
 from hhtune.plan.__main__ import main
 from hhtune.plan._scale import scaled_trace
 from hhtune.plan._trace import StepShape
@@ -102,3 +102,15 @@ def test_15b_numbers_are_in_the_published_range():
     assert plan.components["frozen_weights"] == pytest.approx(15_299_419_152 * 2 / GB, rel=0.01)
     assert plan.train_shape.tokens == 32 * 8 * 15 + 125 + 640
     assert 1 < plan.components["activations"] < 10 and plan.train_peak_gb < 45
+
+
+def test_training_check_refuses_what_does_not_fit_unless_told():
+    r, cpu, logged = _recipe(), torch.device("cpu"), []
+    assert check_memory_plan(r, cpu, log=logged.append) is None and "not computed" in logged[0]
+    plan = check_memory_plan(r, cpu, log=logged.append, gpu_memory_gb=16)
+    assert plan.fits and "training step peak" in logged[-1]
+    with pytest.raises(PlanError, match=r"needs .* GB with headroom but the device has 0.1 GB.*ignore_memory_plan=true"):
+        check_memory_plan(r, cpu, log=None, gpu_memory_gb=0.1)
+    lenient = r.model_copy(update={"model": r.model.model_copy(update={"ignore_memory_plan": True})})
+    assert check_memory_plan(lenient, cpu, log=logged.append, gpu_memory_gb=0.1).fits is False
+    assert logged[-1].startswith("warning:")

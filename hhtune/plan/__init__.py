@@ -248,26 +248,33 @@ def plan_recipe(recipe: Recipe, gpu_memory_gb: float | None = None, **kwargs) ->
     return plan
 
 
-def check_memory_plan(recipe: Recipe, device: torch.device, world_size: int = 1, log=print) -> Plan | None:
-    """Log the plan before training; on CUDA raise :class:`PlanError` when it will not fit.
+def check_memory_plan(recipe: Recipe, device: torch.device, world_size: int = 1, log=print,
+                      gpu_memory_gb: float | None = None) -> Plan | None:  # fmt: skip
+    """Log the plan before training and raise :class:`PlanError` when it will not fit.
 
-    ``model.ignore_memory_plan: true`` turns the refusal into a warning. On other devices
-    the plan is only printed. ``log=None`` computes and checks without printing.
+    The budget is ``gpu_memory_gb``, else the CUDA device's memory. Without either (a CPU
+    run) nothing is computed: tracing takes seconds that a CPU test run should not pay,
+    and host memory is not what the plan is for. ``model.ignore_memory_plan: true`` turns
+    the refusal into a warning; ``log=None`` checks without printing.
     """
     log = log or (lambda *_: None)
+    if gpu_memory_gb is None and device.type == "cuda":
+        gpu_memory_gb = torch.cuda.get_device_properties(device).total_memory / GB
+    if gpu_memory_gb is None:
+        log("memory plan: not computed for a CPU run; `python -m hhtune.plan RECIPE --gpu-memory GB` shows it")
+        return None
     if recipe.model.preset is None:
         log("memory plan: skipped (set model.preset so the plan knows the architecture)")
         return None
     from .__main__ import format_plan
 
-    gpu = torch.cuda.get_device_properties(device).total_memory / GB if device.type == "cuda" else None
-    plan = plan_recipe(recipe, gpu, world_size=world_size)
+    plan = plan_recipe(recipe, gpu_memory_gb, world_size=world_size)
     log(format_plan(plan))
     if plan.fits is False:
         rec = plan.recommendation
         hint = f"use {' '.join(rec.settings.overrides())}" if rec else "use FSDP2 over more GPUs or a lower resolution"
-        message = (f"the memory plan needs {needed_gb(plan.peak_gb):.1f} GB with headroom but the device has {gpu:.1f} GB: "
-                   f"{hint}, or set model.ignore_memory_plan=true to try anyway")  # fmt: skip
+        message = (f"the memory plan needs {needed_gb(plan.peak_gb):.1f} GB with headroom but the device has "
+                   f"{gpu_memory_gb:.1f} GB: {hint}, or set model.ignore_memory_plan=true to try anyway")  # fmt: skip
         if not recipe.model.ignore_memory_plan:
             raise PlanError(message)
         log(f"warning: {message}")

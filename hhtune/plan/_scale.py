@@ -42,9 +42,10 @@ def reduced_model(config: ModelConfig, lora: LoraSettings | None) -> tuple[Model
 
 def scaled_trace(config: ModelConfig, lora: LoraSettings | None, shape: StepShape, *, training: bool,
                  fp8: bool = False, checkpointing: bool = False, activation_offload: bool = False,
-                 full: bool = False) -> Trace:  # fmt: skip
+                 full: bool = False, compute: str = "bf16") -> Trace:  # fmt: skip
     """:func:`trace` of the whole model, traced layer by layer (``full``) or scaled from a reduced model."""
-    kw = dict(training=training, fp8=fp8, checkpointing=checkpointing, activation_offload=activation_offload)
+    kw = dict(training=training, fp8=fp8, checkpointing=checkpointing, activation_offload=activation_offload,
+              compute=compute)
     if full:
         return trace(config, lora, shape, **kw)
     reduced, reduced_lora = reduced_model(config, lora)

@@ -117,8 +117,8 @@ def _to_fp8(model: nn.Module) -> None:
 
 
 def build_fake_model(mode: FakeTensorMode, config: ModelConfig, lora: LoraSettings | None, *, fp8: bool,
-                     checkpointing: bool, activation_offload: bool) -> nn.Module:  # fmt: skip
-    """The model (with LoRA when given) built on meta, then given fake CPU parameters of ``mode``; bf16 compute.
+                     checkpointing: bool, activation_offload: bool, compute: str = "bf16") -> nn.Module:  # fmt: skip
+    """The model (with LoRA when given) built on meta, then given fake CPU parameters of ``mode``.
 
     PEFT is applied on meta because moving fake parameters swaps tensors, which the fake
     mode's weak references forbid.
@@ -127,7 +127,7 @@ def build_fake_model(mode: FakeTensorMode, config: ModelConfig, lora: LoraSettin
         model = HappyHorseTransformer(config)
     if fp8:
         _to_fp8(model)
-    model.set_compute_dtype("bf16")
+    model.set_compute_dtype(compute)
     model.enable_gradient_checkpointing(checkpointing)
     if activation_offload:
         model.enable_activation_offload(hooks=_host_offload)
@@ -156,14 +156,15 @@ def _inputs(config: ModelConfig, shape: StepShape) -> tuple[Tensor, ...]:
 
 
 def trace(config: ModelConfig, lora: LoraSettings | None, shape: StepShape, *, training: bool, fp8: bool = False,
-          checkpointing: bool = False, activation_offload: bool = False) -> Trace:  # fmt: skip
+          checkpointing: bool = False, activation_offload: bool = False, compute: str = "bf16") -> Trace:  # fmt: skip
     """Bytes a training step (forward + MSE loss + backward) or a no-grad forward creates on the device.
 
+    ``compute`` is the model's compute dtype: bf16, the CUDA numerics, unless measuring a CPU run.
     Every row of the batch is full length (no padding mask), the common case of one bucket.
     """
     mode = FakeTensorMode()
     model = build_fake_model(mode, config, lora if training else None, fp8=fp8, checkpointing=checkpointing,
-                             activation_offload=activation_offload)  # fmt: skip
+                             activation_offload=activation_offload, compute=compute)  # fmt: skip
     base = next(m for m in model.modules() if isinstance(m, HappyHorseTransformer))
     tracker = LiveBytes()
     starts: dict[int, int] = {}

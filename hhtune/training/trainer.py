@@ -135,7 +135,7 @@ def train(recipe: Recipe, log=print) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         log(_format_table(recipe))
-    try:  # prints the plan; on CUDA refuses a run it says will not fit (model.ignore_memory_plan overrides)
+    try:  # on CUDA: prints the plan, refuses a run it says will not fit (model.ignore_memory_plan overrides)
         check_memory_plan(recipe, device, world if accelerator.distributed_type.name == "FSDP" else 1, log if main else None)
     except PlanError as e:
         raise TrainingError(str(e)) from None
