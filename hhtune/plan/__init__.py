@@ -11,6 +11,7 @@ checkpointing, activation offload, an FP8 base (needs an FP8 checkpoint) and blo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, replace
 
@@ -111,14 +112,20 @@ def _clip_shape(config: ModelConfig, seconds: float, aspect: str, resolution: in
 
 def _weight_bytes(config: ModelConfig, block_dtype: str, fp8: bool) -> tuple[int, list[int]]:
     """Bytes of the frozen weights outside the layers, and of each layer."""
+    outside, layers = _weight_bytes_cached(config.model_dump_json(), block_dtype, fp8)
+    return outside, list(layers)
+
+
+@functools.lru_cache(maxsize=16)
+def _weight_bytes_cached(config_json: str, block_dtype: str, fp8: bool) -> tuple[int, tuple[int, ...]]:
     with torch.device("meta"):
-        model = HappyHorseTransformer(config)
+        model = HappyHorseTransformer(ModelConfig.model_validate_json(config_json))
     block = 1 if fp8 else 4 if block_dtype == "fp32" else 2
 
     def size(p: torch.Tensor) -> int:
         return p.numel() * (block if p.dtype == torch.bfloat16 else p.element_size())
 
-    layers = [sum(size(p) for p in layer.parameters()) for layer in model.block.layers]
+    layers = tuple(sum(size(p) for p in layer.parameters()) for layer in model.block.layers)
     total = sum(size(p) for p in model.parameters())
     return total - sum(layers), layers
 
