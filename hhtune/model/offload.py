@@ -109,12 +109,12 @@ class BlockSwap:
             w = self._copy(module)
         return dequantized(w, module.fp8_scale, dtype)
 
-    def restore(self) -> None:
-        """Put every swapped weight back on the device and remove the hooks."""
+    def restore(self, device: torch.device | str | None = None) -> None:
+        """Put every swapped weight back, on the device (or on ``device``, e.g. the host), and remove the hooks."""
         for h in self._hooks:
             h.remove()
         for m, host in self._host.items():
-            m.weight.data = host.to(self.device, copy=True)
+            m.weight.data = host.to(device or self.device, copy=True)
             m.swap = None
         self._hooks, self._host, self._pending = [], {}, None
 

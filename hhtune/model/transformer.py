@@ -30,8 +30,8 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from .config import ModelConfig
 from .offload import OffloadHooks, SwappedLinear, expert_linear, offloaded_activations
-from .precision import ComputeDtype, dequantized, resolve_compute_dtype
 from .packing import Modality, padded_audio_coords, padded_text_coords, patchify, unpatchify, video_coords
+from .precision import ComputeDtype, dequantized, resolve_compute_dtype
 
 FP8_DTYPE = torch.float8_e4m3fn
 

@@ -12,6 +12,7 @@ checkpointing, activation offload, an FP8 base (needs an FP8 checkpoint) and blo
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import asdict, dataclass, field, replace
 
@@ -62,7 +63,7 @@ class Plan:
     validation_peak_gb: float
     prompt_encoding_gb: float
     gpu_memory_gb: float | None = None
-    recommendation: "Plan | None" = field(default=None, repr=False)
+    recommendation: Plan | None = field(default=None, repr=False)
 
     @property
     def peak_gb(self) -> float:
@@ -137,7 +138,7 @@ def _frozen_bytes(outside: int, layers: list[int], swapped: int, world_size: int
     if world_size > 1:
         return (outside + sum(layers)) / world_size + 2 * max(layers)
     host = layers[len(layers) - swapped :] if swapped else []
-    on_device = max((a + b for a, b in zip(host, host[1:])), default=sum(host))
+    on_device = max((a + b for a, b in itertools.pairwise(host)), default=sum(host))
     return outside + sum(layers) - sum(host) + on_device
 
 
@@ -168,7 +169,7 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
     train_shape = _clip_shape(config, seconds or v.seconds, aspect or v.aspect, resolution or v.base_resolution,
                               recipe.data.batch_size)  # fmt: skip
     val_shape = _clip_shape(config, v.seconds, v.aspect, v.base_resolution, 1)
-    kw = dict(fp8=settings.fp8_base, full=full_trace)
+    kw = {"fp8": settings.fp8_base, "full": full_trace}
     step = scaled_trace(config, recipe.lora, train_shape, training=True, checkpointing=settings.gradient_checkpointing,
                         activation_offload=settings.activation_offload, **kw)  # fmt: skip
     sample = scaled_trace(config, recipe.lora, val_shape, training=False, **kw)

@@ -25,10 +25,10 @@ _ROWS = [
 def format_plan(plan: Plan) -> str:
     """The plan as a table by component, then the peaks and the recommendation."""
     s, (t, h, w) = plan.settings, plan.train_shape.video
-    lines = [f"memory plan (per process, world size {plan.world_size}): {plan.train_shape.tokens} tokens/clip "
-             f"(latent {t}x{h}x{w}), batch {plan.train_shape.batch}; checkpointing={s.gradient_checkpointing} "
-             f"offload={s.activation_offload} fp8_base={s.fp8_base} blocks_to_swap={s.blocks_to_swap}",  # fmt: skip
-             f"{'component':<48}{'GB':>9}  used in"]
+    head = (f"memory plan (per process, world size {plan.world_size}): {plan.train_shape.tokens} tokens/clip "
+            f"(latent {t}x{h}x{w}), batch {plan.train_shape.batch}; checkpointing={s.gradient_checkpointing} "
+            f"offload={s.activation_offload} fp8_base={s.fp8_base} blocks_to_swap={s.blocks_to_swap}")
+    lines = [head, f"{'component':<48}{'GB':>9}  used in"]
     lines += [f"{label:<48}{plan.components[key]:>9.2f}  {where}" for key, label, where in _ROWS]
     lines += [f"{'training step peak':<48}{plan.train_peak_gb:>9.2f}",
               f"{'validation peak':<48}{plan.validation_peak_gb:>9.2f}",

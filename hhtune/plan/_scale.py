@@ -33,7 +33,7 @@ def reduced_model(config: ModelConfig, lora: LoraSettings | None) -> tuple[Model
     """
     kinds = list(dict.fromkeys(_kinds(config, lora)))
     layers = [*kinds, (*kinds[-1][:4], True)]
-    pick = lambda k: [i for i, kind in enumerate(layers) if kind[k]]  # noqa: E731
+    pick = lambda k: [i for i, kind in enumerate(layers) if kind[k]]
     reduced = ModelConfig(**{**config.model_dump(), "num_layers": len(layers), "mm_layers": pick(0),
                              "gelu7_layers": pick(1), "post_norm_layers": pick(2)})  # fmt: skip
     reduced_lora = lora.model_copy(update={"layers": pick(3)}) if lora is not None else None
@@ -44,8 +44,8 @@ def scaled_trace(config: ModelConfig, lora: LoraSettings | None, shape: StepShap
                  fp8: bool = False, checkpointing: bool = False, activation_offload: bool = False,
                  full: bool = False, compute: str = "bf16") -> Trace:  # fmt: skip
     """:func:`trace` of the whole model, traced layer by layer (``full``) or scaled from a reduced model."""
-    kw = dict(training=training, fp8=fp8, checkpointing=checkpointing, activation_offload=activation_offload,
-              compute=compute)
+    kw = {"training": training, "fp8": fp8, "checkpointing": checkpointing,
+          "activation_offload": activation_offload, "compute": compute}
     if full:
         return trace(config, lora, shape, **kw)
     reduced, reduced_lora = reduced_model(config, lora)

@@ -147,7 +147,7 @@ def train(recipe: Recipe, log=print) -> Path:
         )
     model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
     peft_model = add_lora(model, recipe.lora)
-    apply_block_swap(peft_model, recipe.model.blocks_to_swap, device)
+    swap = apply_block_swap(peft_model, recipe.model.blocks_to_swap, device)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, recipe.optimizer, device)
     scheduler = build_scheduler(optimizer, recipe.optimizer, recipe.train.max_steps)
@@ -239,6 +239,8 @@ def train(recipe: Recipe, log=print) -> Path:
     if recipe.validation.at_end:
         _validate(recipe, accelerator, wrapped, data, run_dir, progress.step, metrics, log)
     accelerator.wait_for_everyone()
+    if swap is not None:  # the base fingerprint reads the frozen weights; they stay on the host
+        swap.restore("cpu")
     if main:
         _finish(recipe, accelerator.unwrap_model(wrapped), data, run_dir, progress, metrics, log)
     accelerator.wait_for_everyone()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ def _swapped_weights(model) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_block_swap_is_exact_and_releases_weights_between_uses(checkpointing):
-    ref_model, ref = _lora_model(checkpointing)
+    _, ref = _lora_model(checkpointing)
     ref_loss = _loss(ref)
     ref_loss.backward()
     model, peft = _lora_model(checkpointing)
@@ -75,7 +76,7 @@ def test_block_swap_is_exact_and_releases_weights_between_uses(checkpointing):
 
 
 def test_block_swap_fails_loudly_on_bad_settings():
-    model, peft = _lora_model(False)
+    _, peft = _lora_model(False)
     with pytest.raises(ValueError, match="model.blocks_to_swap = 9: must be in 0..8"):
         apply_block_swap(peft, 9, "cpu")
     assert apply_block_swap(peft, 0, "cpu") is None
@@ -85,7 +86,7 @@ def test_block_swap_fails_loudly_on_bad_settings():
 
 
 class _CountingSaveOnCpu(torch.autograd.graph.save_on_cpu):
-    packed: list[tuple[int, ...]] = []
+    packed: ClassVar[list[tuple[int, ...]]] = []
 
     def __init__(self, pin_memory: bool = False, device_type: str = "cuda") -> None:
         super().__init__(pin_memory, device_type)
