@@ -281,6 +281,8 @@ def check_memory_plan(recipe: Recipe, device: torch.device, world_size: int = 1,
     if plan.fits is False:
         rec = plan.recommendation
         hint = f"use {' '.join(rec.settings.overrides())}" if rec else "use FSDP2 over more GPUs or a lower resolution"
+        if rec is None and recipe.model.eval_checkpoint:
+            hint += " (or model.eval_checkpoint=null: validating on it loads a second DiT)"
         message = (f"the memory plan needs {needed_gb(plan.peak_gb):.1f} GB with headroom but the device has "
                    f"{gpu_memory_gb:.1f} GB: {hint}, or set model.ignore_memory_plan=true to try anyway")  # fmt: skip
         if not recipe.model.ignore_memory_plan:

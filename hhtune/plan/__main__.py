@@ -37,7 +37,10 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"fits {plan.gpu_memory_gb:g} GB (5% + 0.5 GB headroom): {'yes' if plan.fits else 'NO'}")
         rec = plan.recommendation
         if rec is None:
-            lines.append("no setting fits one process; try FSDP2 over more GPUs (--world-size) or a lower resolution")
+            lines.append("no setting fits one process; try FSDP2 over more GPUs (--world-size) or a lower resolution"
+                         + (", or validate on the trained model (model.eval_checkpoint=null: the eval "
+                            f"checkpoint is a second DiT of {plan.components['eval_checkpoint_copy']:.1f} GB)"
+                            if plan.components["eval_checkpoint_copy"] else ""))
         elif rec is not plan:
             lines.append(f"recommended: {' '.join(rec.settings.overrides())} "
                          f"(train {rec.train_peak_gb:.1f} GB, validation {rec.validation_peak_gb:.1f} GB)")  # fmt: skip
