@@ -32,6 +32,12 @@ class ModelSection(_Section):
     block_dtype: Literal["bf16", "fp32"] = Field("bf16", description="storage of frozen block linears")
     fp8_base: bool = Field(False, description="keep an FP8 checkpoint's frozen weights in FP8 (dequantised on the fly)")
     gradient_checkpointing: bool = True
+    compute_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="block linears/attention: bf16 (official numerics), fp32, or auto (bf16 on CUDA, fp32 on CPU)"
+    )
+    blocks_to_swap: int = Field(0, ge=0, description="layers whose frozen weights live in host memory (block swap)")
+    activation_offload: bool = Field(False, description="keep tensors saved for backward in host memory")
+    ignore_memory_plan: bool = Field(False, description="train even when `python -m hhtune.plan` says it will not fit")
     init_seed: int = Field(0, description="seed of the random init when checkpoint is null")
 
     @model_validator(mode="after")

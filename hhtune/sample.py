@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio-guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="block linears/attention: bf16 (official numerics), fp32, auto (bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
 
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         model = HappyHorseTransformer(ModelConfig.preset(args.model)).to(args.device)
     else:
         model = load_checkpoint(args.model, device=args.device)
+    model.set_compute_dtype(args.compute_dtype)
     from hhtune.adapters import load as load_adapter
     from hhtune.adapters import parse_spec
 

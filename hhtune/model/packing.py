@@ -107,3 +107,24 @@ def unpack_sample(
     video = unpatchify(out[None, :nv, :video_channels], latent_shape)[0]
     audio = out[nv : nv + num_audio, :audio_channels]
     return video, audio
+
+
+def padded_audio_coords(lengths: Tensor, full: int) -> Tensor:
+    """Audio coords for each row's real length, padded to ``full`` (padding is masked out)."""
+    rows = []
+    for n in lengths.tolist():
+        c = audio_coords(max(n, 1))
+        rows.append(torch.cat([c, c[-1:].expand(full - c.shape[0], 9)]) if full >= c.shape[0] else c[:full])
+    return torch.stack(rows).to(lengths.device)
+
+
+def padded_text_coords(lengths: Tensor, full: int) -> Tensor:
+    """Text coords (v2: time ``-Lt..-1``, size ``Lt``, reference 1) for each row's real length."""
+    t = torch.arange(full, dtype=torch.float32, device=lengths.device)[None] - lengths[:, None].float()
+    meta = torch.stack(
+        [lengths.float(), torch.ones_like(lengths, dtype=torch.float32), torch.ones_like(lengths, dtype=torch.float32)],
+        dim=-1,
+    )
+    meta = torch.cat([meta, torch.ones_like(meta)], dim=-1)[:, None].expand(-1, full, 6)
+    zeros = torch.zeros_like(t)
+    return torch.cat([torch.stack([t, zeros, zeros], dim=-1), meta], dim=-1)

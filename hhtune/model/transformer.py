@@ -20,15 +20,18 @@ samples never attend to each other.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from .config import ModelConfig
-from .packing import Modality, audio_coords, patchify, unpatchify, video_coords
+from .offload import OffloadHooks, SwappedLinear, expert_linear, offloaded_activations
+from .packing import Modality, padded_audio_coords, padded_text_coords, patchify, unpatchify, video_coords
+from .precision import ComputeDtype, dequantized, resolve_compute_dtype
 
 FP8_DTYPE = torch.float8_e4m3fn
 
@@ -70,44 +73,57 @@ class MultiModalityRMSNorm(nn.Module):
 # --------------------------------------------------------------------------- linears
 
 
-def _bf16_weight(module: nn.Module) -> Tensor:
-    """The module's weight as bf16, dequantising FP8 storage (``weight * fp8_scale``) on the fly."""
-    w = module.weight
-    if w.dtype == FP8_DTYPE:
-        return (w.float() * module.fp8_scale).to(torch.bfloat16)
-    return w.to(torch.bfloat16)
+def _weight(module: nn.Module, dtype: torch.dtype) -> Tensor:
+    """The module's weight in ``dtype``, dequantising FP8 storage (``weight * fp8_scale``) on the fly."""
+    return dequantized(module.weight, module.fp8_scale, dtype)
+
+
+def _frozen_linear(module: nn.Module, x: Tensor, sizes: list[int] | None) -> Tensor:
+    """``x @ W.T`` (or per expert segment of ``sizes`` tokens along dim 1) in the module's compute dtype.
+
+    Modules under block swap (``module.swap`` set by :mod:`hhtune.model.offload`) go through
+    an autograd function that fetches the weight again in backward instead of saving it.
+    """
+    dtype = resolve_compute_dtype(module.precision, x.device)
+    if module.swap is not None:
+        return SwappedLinear.apply(x, module, sizes, dtype)
+    return expert_linear(x, _weight(module, dtype), sizes, dtype)
 
 
 class BF16Linear(nn.Linear):
-    """A bias-free linear with bf16 weights computed in bf16, returning the input dtype.
+    """A bias-free linear with bf16 weights, computed in the compute dtype, returning the input dtype.
 
     A plain ``nn.Linear`` subclass so PEFT wraps it by name. Optional FP8 storage keeps
     ``weight`` in ``float8_e4m3fn`` with a per-tensor fp32 ``fp8_scale`` buffer.
+    ``precision`` (``auto``/``bf16``/``fp32``) is set by
+    :meth:`HappyHorseTransformer.set_compute_dtype`; ``bf16`` is the official numerics.
     """
 
     def __init__(self, in_features: int, out_features: int, device: torch.device | None = None) -> None:
         super().__init__(in_features, out_features, bias=False, device=device, dtype=torch.bfloat16)
         self.register_buffer("fp8_scale", None, persistent=False)
+        self.precision: ComputeDtype = "auto"  # not `compute_dtype`: PEFT reads that name as a bnb dtype
+        self.swap = None  # set by hhtune.model.offload.BlockSwap
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x.to(torch.bfloat16), _bf16_weight(self)).to(x.dtype)
+        return _frozen_linear(self, x, None)
 
 
 class ExpertLinear(nn.Module):
-    """Three modality experts stacked along the output dim (video, audio, text), bf16 compute."""
+    """Three modality experts stacked along the output dim (video, audio, text), computed in the compute dtype."""
 
     def __init__(self, in_features: int, out_features: int, num_experts: int = 3) -> None:
         super().__init__()
         self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
         self.weight = nn.Parameter(torch.empty(out_features * num_experts, in_features, dtype=torch.bfloat16))
         self.register_buffer("fp8_scale", None, persistent=False)
+        self.precision: ComputeDtype = "auto"  # not `compute_dtype`: PEFT reads that name as a bnb dtype
+        self.swap = None  # set by hhtune.model.offload.BlockSwap
         if not self.weight.is_meta:
             nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 
     def forward(self, x: Tensor, segments: Segments) -> Tensor:
-        weights = _bf16_weight(self).chunk(self.num_experts)
-        parts = [F.linear(p.to(torch.bfloat16), w) for p, w in zip(segments.split(x), weights)]
-        return torch.cat(parts, dim=1).to(x.dtype)
+        return _frozen_linear(self, x, list(segments))
 
 
 def _linear(in_features: int, out_features: int, multimodal: bool) -> nn.Module:
@@ -155,8 +171,9 @@ class FourierRope(nn.Module):
         xyz, sizes, refs = coords[..., 0:3], coords[..., 3:6], coords[..., 6:9]
         scales = (refs - 1) / (sizes - 1)
         scales = torch.where((refs == 1) & (sizes == 1), torch.ones_like(scales), scales)
-        if not torch.isfinite(scales).all():
-            raise ValueError("invalid RoPE coordinates: a size of 1 needs a reference size of 1")
+        # An assert on the device: no host sync per forward on CUDA, raises at once on CPU,
+        # and traces under FakeTensorMode (hhtune.plan), where a Python bool could not.
+        torch._assert_async(torch.isfinite(scales).all(), "invalid RoPE coordinates: a size of 1 needs a reference size of 1")
         centers = (sizes - 1) / 2
         centers = torch.cat([torch.zeros_like(centers[..., :1]), centers[..., 1:]], dim=-1)  # time is not centred
         proj = ((xyz - centers) * scales).unsqueeze(-1) * self.bands
@@ -192,27 +209,30 @@ class Attention(nn.Module):
         self.linear_proj = _linear(q_size, config.hidden_size, multimodal)
         self.q_norm = MultiModalityRMSNorm(config.head_dim, n)
         self.k_norm = MultiModalityRMSNorm(config.head_dim, n)
+        self.precision: ComputeDtype = "auto"
 
     def forward(self, h: Tensor, rope: tuple[Tensor, Tensor], seg: Segments, attn_mask: Tensor | None) -> Tensor:
         b, length, _ = h.shape
-        x = self.pre_norm(h, seg).to(torch.bfloat16)
+        dtype = resolve_compute_dtype(self.precision, h.device)
+        x = self.pre_norm(h, seg).to(dtype)
         qkv = _call_linear(self.linear_qkv, x, seg).float()
         q, k, v, g = torch.split(qkv, self.split_sizes, dim=-1)
         q = self.q_norm(q.reshape(b, length, self.num_heads_q, self.head_dim), seg)
         k = self.k_norm(k.reshape(b, length, self.num_heads_kv, self.head_dim), seg)
         v = v.reshape(b, length, self.num_heads_kv, self.head_dim)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # q, k, v are rounded to bf16 as the official flash-attn call does. On CUDA the
-        # softmax runs in SDPA's bf16 flash kernels; elsewhere there is no bf16 flash
-        # kernel, so we take the exact softmax in fp32 on the same rounded inputs.
-        compute = torch.bfloat16 if h.is_cuda else torch.float32
-        q, k, v = (t.to(torch.bfloat16).to(compute).transpose(1, 2) for t in (q, k, v))
+        # In bf16 compute, q, k, v are rounded to bf16 as the official flash-attn call does. On
+        # CUDA the softmax runs in SDPA's bf16 flash kernels; elsewhere there is no bf16 flash
+        # kernel, so we take the exact softmax in fp32 on the same rounded inputs. In fp32
+        # compute nothing is rounded.
+        softmax = torch.bfloat16 if dtype == torch.bfloat16 and h.is_cuda else torch.float32
+        q, k, v = (t.to(dtype).to(softmax).transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, enable_gqa=self.num_heads_q != self.num_heads_kv
-        ).transpose(1, 2).to(torch.bfloat16)
+        ).transpose(1, 2).to(dtype)
         if self.gating:
             out = out * torch.sigmoid(g).unsqueeze(-1)
-        out = out.reshape(b, length, -1).to(torch.bfloat16)
+        out = out.reshape(b, length, -1).to(dtype)
         return _call_linear(self.linear_proj, out, seg)
 
 
@@ -228,11 +248,13 @@ class MLP(nn.Module):
         self.pre_norm = MultiModalityRMSNorm(hidden, n)
         self.up_gate_proj = _linear(hidden, inner if use_gelu7 else inner * 2, multimodal)
         self.down_proj = _linear(inner, hidden, multimodal)
+        self.precision: ComputeDtype = "auto"
 
     def forward(self, h: Tensor, seg: Segments) -> Tensor:
-        x = self.pre_norm(h, seg).to(torch.bfloat16)
+        dtype = resolve_compute_dtype(self.precision, h.device)
+        x = self.pre_norm(h, seg).to(dtype)
         x = _call_linear(self.up_gate_proj, x, seg).float()
-        x = self.activation(x).to(torch.bfloat16)
+        x = self.activation(x).to(dtype)
         return _call_linear(self.down_proj, x, seg).float()
 
 
@@ -300,10 +322,33 @@ class HappyHorseTransformer(nn.Module):
         self.final_linear_video = nn.Linear(config.hidden_size, config.video_in_channels, bias=False, dtype=torch.float32)
         self.final_linear_audio = nn.Linear(config.hidden_size, config.audio_in_channels, bias=False, dtype=torch.float32)
         self.gradient_checkpointing = False
+        self.activation_offload: OffloadHooks | None = None
+        # Block swap releases a layer's weights in a forward hook, so the checkpointed
+        # recompute must run to the end of the layer (no early stop) when it is on.
+        self.checkpoint_early_stop = True
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer in the backward pass instead of storing its activations."""
         self.gradient_checkpointing = enabled
+
+    def enable_activation_offload(self, enabled: bool = True, hooks: OffloadHooks | None = None) -> None:
+        """Keep the tensors saved for backward (with checkpointing: each layer's input) in host memory.
+
+        ``hooks`` makes the ``saved_tensors_hooks`` context used around the layers; the
+        default is :func:`hhtune.model.offload.offloaded_activations` (``save_on_cpu``).
+        """
+        self.activation_offload = (hooks or offloaded_activations) if enabled else None
+
+    def set_compute_dtype(self, setting: ComputeDtype) -> None:
+        """Compute the block linears and attention in ``bf16`` (official numerics), ``fp32``, or ``auto``.
+
+        ``auto`` is bf16 on CUDA and fp32 elsewhere (CPUs emulate bf16 matmuls ~70x slower).
+        Storage is unchanged: bf16 weights are upcast on the fly in fp32 compute.
+        """
+        resolve_compute_dtype(setting, "cpu")  # validates
+        for module in self.modules():
+            if isinstance(module, (BF16Linear, ExpertLinear, Attention, MLP)):
+                module.precision = setting
 
     # -- core ------------------------------------------------------------------
 
@@ -329,15 +374,33 @@ class HappyHorseTransformer(nn.Module):
                 dim=1,
             )
             cos, sin = emb.rope(coords.float())
-            for layer in self.block.layers:
-                if self.gradient_checkpointing and torch.is_grad_enabled():
-                    h = checkpoint(layer, h, cos, sin, seg, attn_mask, use_reentrant=False)
-                else:
-                    h = layer(h, cos, sin, seg, attn_mask)
+            h = self._layers(h, cos, sin, seg, attn_mask)
             hv, ha, _ = seg.split(h)
             out_video = self.final_linear_video(self.final_norm_video(hv.float()))
             out_audio = self.final_linear_audio(self.final_norm_audio(ha.float()))
         return out_video, out_audio
+
+    def _layers(self, h: Tensor, cos: Tensor, sin: Tensor, seg: Segments, attn_mask: Tensor | None) -> Tensor:
+        training = torch.is_grad_enabled()
+        offload = self.activation_offload is not None and training
+        with self.activation_offload(h.is_cuda) if offload else contextlib.nullcontext():
+            for layer in self.block.layers:
+                if self.gradient_checkpointing and training and offload:
+                    # The reentrant variant saves the layer inputs with save_for_backward, so the
+                    # offload hooks move them to the host; the non-reentrant one holds them in a
+                    # closure on the device. Its output only needs grad if an input does, so a
+                    # layer with LoRA weights but a frozen input gets a leaf input.
+                    if h.requires_grad or any(p.requires_grad for p in layer.parameters()):
+                        h = h if h.requires_grad else h.detach().requires_grad_()
+                        h = checkpoint(layer, h, cos, sin, seg, attn_mask, use_reentrant=True)
+                    else:  # a frozen layer on a frozen input records nothing
+                        h = layer(h, cos, sin, seg, attn_mask)
+                elif self.gradient_checkpointing and training:
+                    with set_checkpoint_early_stop(self.checkpoint_early_stop):
+                        h = checkpoint(layer, h, cos, sin, seg, attn_mask, use_reentrant=False)
+                else:
+                    h = layer(h, cos, sin, seg, attn_mask)
+        return h
 
     # -- batched API -----------------------------------------------------------
 
@@ -370,8 +433,8 @@ class HappyHorseTransformer(nn.Module):
         coords = torch.cat(
             [
                 video_coords((t, hh, ww)).to(dev).expand(b, nv, 9),
-                _padded_audio_coords(a_len, la),
-                _padded_text_coords(t_len, lt),
+                padded_audio_coords(a_len, la),
+                padded_text_coords(t_len, lt),
             ],
             dim=1,
         )
@@ -430,24 +493,3 @@ def _lengths(lengths: Tensor | None, batch: int, full: int, device: torch.device
     if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > full).any()):
         raise ValueError(f"{name} must be [{batch}] values in 0..{full}, got {lengths.tolist()}")
     return lengths
-
-
-def _padded_audio_coords(lengths: Tensor, full: int) -> Tensor:
-    """Audio coords for each row's real length, padded to ``full`` (padding is masked out)."""
-    rows = []
-    for n in lengths.tolist():
-        c = audio_coords(max(n, 1))
-        rows.append(torch.cat([c, c[-1:].expand(full - c.shape[0], 9)]) if full >= c.shape[0] else c[:full])
-    return torch.stack(rows).to(lengths.device)
-
-
-def _padded_text_coords(lengths: Tensor, full: int) -> Tensor:
-    """Text coords (v2: time ``-Lt..-1``, size ``Lt``, reference 1) for each row's real length."""
-    t = torch.arange(full, dtype=torch.float32, device=lengths.device)[None] - lengths[:, None].float()
-    meta = torch.stack(
-        [lengths.float(), torch.ones_like(lengths, dtype=torch.float32), torch.ones_like(lengths, dtype=torch.float32)],
-        dim=-1,
-    )
-    meta = torch.cat([meta, torch.ones_like(meta)], dim=-1)[:, None].expand(-1, full, 6)
-    zeros = torch.zeros_like(t)
-    return torch.cat([torch.stack([t, zeros, zeros], dim=-1), meta], dim=-1)

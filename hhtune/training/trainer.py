@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader
 from ..io import atomic_write_text
 from ..lora import add_lora, trainable_parameter_count
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
+from ..model.offload import apply_block_swap
+from ..plan import PlanError, check_memory_plan
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .callbacks import Callback, CallbackList
 from .data import MicroBatches, TrainingDataset
@@ -44,17 +46,25 @@ from .state import Progress, Snapshot, latest_checkpoint, load_state, read_finge
 
 
 def build_model(section: ModelSection, device: torch.device | str = "cpu") -> HappyHorseTransformer:
-    """The frozen base: a checkpoint streamed into a meta model, or a seeded random init of a preset."""
+    """The frozen base: a checkpoint streamed into a meta model, or a seeded random init of a preset.
+
+    Compute dtype and activation offload are set here; block swap is applied after LoRA
+    (:func:`hhtune.model.offload.apply_block_swap`), since it only moves frozen weights.
+    """
     config = ModelConfig.preset(section.preset) if section.preset else None
     if section.checkpoint:
         dtype = torch.float32 if section.block_dtype == "fp32" else torch.bfloat16
-        return load_checkpoint(section.checkpoint, config=config, dtype=dtype, device=device,
-                               fp8_storage=section.fp8_base)  # fmt: skip
-    torch.manual_seed(section.init_seed)
-    model = HappyHorseTransformer(config)  # type: ignore[arg-type]
-    if section.block_dtype == "fp32":
-        model = model.float()
-    return model.to(device)
+        model = load_checkpoint(section.checkpoint, config=config, dtype=dtype, device=device,
+                                fp8_storage=section.fp8_base)  # fmt: skip
+    else:
+        torch.manual_seed(section.init_seed)
+        model = HappyHorseTransformer(config)  # type: ignore[arg-type]
+        if section.block_dtype == "fp32":
+            model = model.float()
+        model = model.to(device)
+    model.set_compute_dtype(section.compute_dtype)
+    model.enable_activation_offload(section.activation_offload)
+    return model
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSection, device: torch.device) -> torch.optim.Optimizer:
@@ -140,6 +150,10 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         log(_format_table(recipe))
+    try:  # on CUDA: prints the plan, refuses a run it says will not fit (model.ignore_memory_plan overrides)
+        check_memory_plan(recipe, device, world if fsdp else 1, log if main else None)
+    except PlanError as e:
+        raise TrainingError(str(e)) from None
     # The text encoder is loaded, used and freed here, before the transformer exists.
     prompts = encode_validation_prompts(recipe, data, device, needed=main or fsdp)
     clips = training_clip_summaries(recipe, data) if main else None  # for the memorisation metric
@@ -154,6 +168,10 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
     snapshot = load_state(resume_from) if resume_from is not None else None
     if snapshot is not None:
         set_peft_model_state_dict(peft_model, snapshot.adapter)
+    if fsdp and recipe.model.blocks_to_swap:
+        raise TrainingError("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
+                            "across processes: set model.blocks_to_swap=0 (see python -m hhtune.plan --world-size N)")  # fmt: skip
+    swap = apply_block_swap(peft_model, recipe.model.blocks_to_swap, device)
     wrapped = shard_model(peft_model, device) if fsdp else peft_model  # sharding replaces the parameters
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, recipe.optimizer, device)
@@ -268,6 +286,8 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
         validate()
     final = full_trainable_state(unwrapped) if fsdp else None  # every process takes part in the gather
     accelerator.wait_for_everyone()
+    if swap is not None:  # the base fingerprint reads the frozen weights; they stay on the host
+        swap.restore("cpu")
     if main:
         finished = unwrapped if final is None else _unsharded_copy(recipe, unwrapped, final)
         finish_run(recipe, finished, data, run_dir, progress, metrics, log)

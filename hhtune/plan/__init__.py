@@ -1,0 +1,291 @@
+"""Memory plan: the peak device memory of a recipe's training step and validation, without weights.
+
+``python -m hhtune.plan RECIPE.yaml [key=value ...] [--gpu-memory GB] [--world-size N] [--json]``
+
+The activations come from running the real model code on fake tensors (see ``_trace``);
+parameters, gradients and optimizer state from their sizes; the encoders from their
+published parameter counts, in bf16. ``fits`` leaves 5% plus 0.5 GB for the CUDA context
+and allocator fragmentation. :func:`recommend` searches, cheapest first, gradient
+checkpointing, activation offload, an FP8 base (needs an FP8 checkpoint) and block swap.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from ..lora import expected_trainable_parameters
+from ..model import HappyHorseTransformer, ModelConfig
+from ..recipe import Recipe
+from ._scale import scaled_trace
+from ._trace import StepShape
+
+GB = 1024**3
+HEADROOM_FRACTION, HEADROOM_GB = 0.05, 0.5
+TEXT_ENCODER_PARAMS = 9.2e9  # T5Gemma-9B encoder
+VIDEO_VAE_PARAMS = 0.70e9  # Wan2.2 VAE (48 channels, 4x16x16)
+AUDIO_VAE_PARAMS = 0.157e9  # Stable Audio Open VAE
+TEXT_TOKENS = 640  # prompts are padded to 640 tokens
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The knobs the plan searches over."""
+
+    gradient_checkpointing: bool
+    activation_offload: bool = False
+    fp8_base: bool = False
+    blocks_to_swap: int = 0
+
+    def overrides(self) -> list[str]:
+        """The recipe overrides that select these settings."""
+        return [f"model.{k}={str(v).lower()}" for k, v in asdict(self).items()]
+
+
+@dataclass
+class Plan:
+    """Peak device memory (GB) of one process, by component."""
+
+    settings: MemorySettings
+    world_size: int
+    train_shape: StepShape
+    validation_shape: StepShape
+    components: dict[str, float]
+    train_peak_gb: float
+    validation_peak_gb: float
+    prompt_encoding_gb: float
+    gpu_memory_gb: float | None = None
+    recommendation: Plan | None = field(default=None, repr=False)
+
+    @property
+    def peak_gb(self) -> float:
+        """The larger of the training and the validation peak."""
+        return max(self.train_peak_gb, self.validation_peak_gb)
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether the peak fits ``gpu_memory_gb`` with headroom (None when no memory was given)."""
+        if self.gpu_memory_gb is None:
+            return None
+        return needed_gb(self.peak_gb) <= self.gpu_memory_gb
+
+    def to_json(self) -> dict:
+        """The plan as plain data (``--json``)."""
+        out = {"train_peak_gb": round(self.train_peak_gb, 2), "validation_peak_gb": round(self.validation_peak_gb, 2),
+               "prompt_encoding_gb": round(self.prompt_encoding_gb, 2), "fits": self.fits,
+               "gpu_memory_gb": self.gpu_memory_gb, "world_size": self.world_size, "settings": asdict(self.settings),
+               "train_tokens": self.train_shape.tokens, "validation_tokens": self.validation_shape.tokens,
+               "components": {k: round(v, 3) for k, v in self.components.items()}}  # fmt: skip
+        if self.recommendation is not None:
+            out["recommendation"] = {"settings": asdict(self.recommendation.settings),
+                                     "overrides": self.recommendation.settings.overrides(),
+                                     "train_peak_gb": round(self.recommendation.train_peak_gb, 2),
+                                     "validation_peak_gb": round(self.recommendation.validation_peak_gb, 2)}  # fmt: skip
+        return out
+
+
+def needed_gb(peak_gb: float) -> float:
+    """Device memory a peak needs, with the headroom for context and fragmentation."""
+    return peak_gb * (1 + HEADROOM_FRACTION) + HEADROOM_GB
+
+
+def _clip_shape(config: ModelConfig, seconds: float, aspect: str, resolution: int, batch: int) -> StepShape:
+    from ..sampling.generate import latent_shapes
+
+    try:
+        video, audio, _ = latent_shapes(seconds, aspect, resolution)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    _, _, t, h, w = video
+    if h % 2 or w % 2:
+        raise PlanError(f"resolution {resolution} gives a {h}x{w} latent; the 2x2 patch needs both even: "
+                        f"use a multiple of 32 (e.g. {resolution // 32 * 32} or {math.ceil(resolution / 32) * 32})")  # fmt: skip
+    return StepShape(batch=batch, video=(t, h, w), audio=audio[1], text=TEXT_TOKENS)
+
+
+def _weight_bytes(config: ModelConfig, block_dtype: str, fp8: bool) -> tuple[int, list[int]]:
+    """Bytes of the frozen weights outside the layers, and of each layer."""
+    outside, layers = _weight_bytes_cached(config.model_dump_json(), block_dtype, fp8)
+    return outside, list(layers)
+
+
+@functools.lru_cache(maxsize=16)
+def _weight_bytes_cached(config_json: str, block_dtype: str, fp8: bool) -> tuple[int, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = HappyHorseTransformer(ModelConfig.model_validate_json(config_json))
+    block = 1 if fp8 else 4 if block_dtype == "fp32" else 2
+
+    def size(p: torch.Tensor) -> int:
+        return p.numel() * (block if p.dtype == torch.bfloat16 else p.element_size())
+
+    layers = tuple(sum(size(p) for p in layer.parameters()) for layer in model.block.layers)
+    total = sum(size(p) for p in model.parameters())
+    return total - sum(layers), layers
+
+
+def _frozen_bytes(outside: int, layers: list[int], swapped: int, world_size: int) -> float:
+    """Resident frozen weights: FSDP2 shards every layer (one gathered, the next prefetched);
+    block swap keeps the last ``swapped`` layers on the host, the running one and the
+    prefetched neighbour on the device."""
+    if world_size > 1:
+        return (outside + sum(layers)) / world_size + 2 * max(layers)
+    host = layers[len(layers) - swapped :] if swapped else []
+    on_device = max((a + b for a, b in itertools.pairwise(host)), default=sum(host))
+    return outside + sum(layers) - sum(host) + on_device
+
+
+def _vae_decode_workspace(shape: StepShape) -> int:
+    """A rough, untraced bound of the Wan2.2 decoder's live activations for one causal chunk.
+
+    Four output frames at full resolution, 256 channels, bf16, about four such buffers
+    live at once (input, output, residual, cache), plus the decoded clip in fp32.
+    """
+    t, h, w = shape.video
+    height, width, frames = h * 16, w * 16, (t - 1) * 4 + 1
+    return 4 * 256 * 4 * height * width * 2 + frames * 3 * height * width * 4
+
+
+def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int = 1, seconds: float | None = None,
+                  resolution: int | None = None, aspect: str | None = None, full_trace: bool = False) -> Plan:  # fmt: skip
+    """The plan of ``recipe`` with ``settings`` in place of its memory settings."""
+    config = recipe.preset_config()
+    if config is None:
+        raise PlanError("the plan needs model.preset (15b, mid or tiny) to know the architecture; set it in the recipe")
+    if world_size < 1:
+        raise PlanError(f"--world-size must be at least 1, got {world_size}")
+    if not 0 <= settings.blocks_to_swap <= config.num_layers:
+        raise PlanError(f"model.blocks_to_swap = {settings.blocks_to_swap}: must be in 0..{config.num_layers}")
+    if settings.blocks_to_swap and world_size > 1:
+        raise PlanError("model.blocks_to_swap with FSDP (world size > 1) is not supported; shard or swap, not both")
+    v = recipe.validation
+    train_shape = _clip_shape(config, seconds or v.seconds, aspect or v.aspect, resolution or v.base_resolution,
+                              recipe.data.batch_size)  # fmt: skip
+    val_shape = _clip_shape(config, v.seconds, v.aspect, v.base_resolution, 1)
+    kw = {"fp8": settings.fp8_base, "full": full_trace}
+    step = scaled_trace(config, recipe.lora, train_shape, training=True, checkpointing=settings.gradient_checkpointing,
+                        activation_offload=settings.activation_offload, **kw)  # fmt: skip
+    sample = scaled_trace(config, recipe.lora, val_shape, training=False, **kw)
+
+    outside, layers = _weight_bytes(config, recipe.model.block_dtype, settings.fp8_base)
+    frozen = _frozen_bytes(outside, layers, settings.blocks_to_swap, world_size)
+    lora = expected_trainable_parameters(config, recipe.lora) * 4 / world_size
+    optimizer = lora * (0.5 if recipe.optimizer.eight_bit else 2)
+    eval_copy = (outside + sum(_weight_bytes(config, "bf16", False)[1])) if recipe.model.eval_checkpoint else 0
+    real_encoders = recipe.model.preset == "15b"  # smaller presets pair with the tiny test encoders
+    vaes = (VIDEO_VAE_PARAMS + AUDIO_VAE_PARAMS) * 2 * real_encoders
+    decode = _vae_decode_workspace(val_shape) * real_encoders
+    text_encoder = TEXT_ENCODER_PARAMS * 2 * real_encoders
+    resident = frozen + lora + optimizer + eval_copy
+    components = {
+        "frozen_weights": frozen / GB,
+        "lora_params": lora / GB,
+        "lora_grads": lora / GB,
+        "optimizer_state": optimizer / GB,
+        "activations": step.activations / GB,
+        "temporaries": (step.peak - step.activations) / GB,
+        "eval_checkpoint_copy": eval_copy / GB,
+        "validation_forward": sample.peak / GB,
+        "vaes": vaes / GB,
+        "vae_decode_workspace": decode / GB,
+        "text_encoder": text_encoder / GB,
+    }
+    # temporaries include the LoRA gradients as they appear; counting them again keeps the plan safe
+    train_peak = (frozen + 2 * lora + optimizer + step.peak) / GB
+    validation_peak = max(resident + sample.peak, resident + vaes + decode) / GB
+    return Plan(settings=settings, world_size=world_size, train_shape=train_shape, validation_shape=val_shape,
+                components=components, train_peak_gb=train_peak, validation_peak_gb=validation_peak,
+                prompt_encoding_gb=text_encoder / GB)  # fmt: skip
+
+
+def _candidates(layers: int):
+    """Settings from cheapest (fastest, exact) to most frugal; ``None`` swap means 'search the count'."""
+    yield MemorySettings(False)
+    yield MemorySettings(True)
+    yield MemorySettings(True, activation_offload=True)
+    yield MemorySettings(True, fp8_base=True)
+    yield MemorySettings(True, activation_offload=True, fp8_base=True)
+    for fp8 in (False, True):
+        for n in range(1, layers + 1):
+            yield MemorySettings(True, activation_offload=True, fp8_base=fp8, blocks_to_swap=n)
+
+
+def recommend(recipe: Recipe, gpu_memory_gb: float, **kwargs) -> Plan | None:
+    """The first plan, cheapest first, that fits ``gpu_memory_gb``; ``None`` if none does.
+
+    Block swap only changes the frozen weights, so a swap count reuses the trace of its settings.
+    """
+    config = recipe.preset_config()
+    cache: dict[tuple, Plan] = {}
+    swappable = config.num_layers if kwargs.get("world_size", 1) == 1 else 0
+    for s in _candidates(swappable):
+        key = (s.gradient_checkpointing, s.activation_offload, s.fp8_base)
+        if key not in cache:
+            cache[key] = plan_settings(recipe, replace(s, blocks_to_swap=0), **kwargs)
+        p = cache[key] if s.blocks_to_swap == 0 else _with_swap(cache[key], recipe, s, **kwargs)
+        p.gpu_memory_gb = gpu_memory_gb
+        if p.fits:
+            return p
+    return None
+
+
+def _with_swap(plan: Plan, recipe: Recipe, settings: MemorySettings, **kwargs) -> Plan:
+    outside, layers = _weight_bytes(recipe.preset_config(), recipe.model.block_dtype, settings.fp8_base)
+    frozen = _frozen_bytes(outside, layers, settings.blocks_to_swap, 1) / GB
+    delta = frozen - plan.components["frozen_weights"]
+    components = {**plan.components, "frozen_weights": frozen}
+    return replace(plan, settings=settings, components=components, train_peak_gb=plan.train_peak_gb + delta,
+                   validation_peak_gb=plan.validation_peak_gb + delta, recommendation=None)  # fmt: skip
+
+
+def plan_recipe(recipe: Recipe, gpu_memory_gb: float | None = None, **kwargs) -> Plan:
+    """The plan of the recipe's own memory settings, with a recommendation when ``gpu_memory_gb`` is given."""
+    m = recipe.model
+    settings = MemorySettings(m.gradient_checkpointing, m.activation_offload, m.fp8_base, m.blocks_to_swap)
+    plan = plan_settings(recipe, settings, **kwargs)
+    plan.gpu_memory_gb = gpu_memory_gb
+    if gpu_memory_gb is not None:
+        plan.recommendation = plan if plan.fits else recommend(recipe, gpu_memory_gb, **kwargs)
+    return plan
+
+
+def check_memory_plan(recipe: Recipe, device: torch.device, world_size: int = 1, log=print,
+                      gpu_memory_gb: float | None = None) -> Plan | None:  # fmt: skip
+    """Log the plan before training and raise :class:`PlanError` when it will not fit.
+
+    The budget is ``gpu_memory_gb``, else the CUDA device's memory. Without either (a CPU
+    run) nothing is computed: tracing takes seconds that a CPU test run should not pay,
+    and host memory is not what the plan is for. ``model.ignore_memory_plan: true`` turns
+    the refusal into a warning; ``log=None`` checks without printing.
+    """
+    log = log or (lambda *_: None)
+    if gpu_memory_gb is None and device.type == "cuda":
+        gpu_memory_gb = torch.cuda.get_device_properties(device).total_memory / GB
+    if gpu_memory_gb is None:
+        log("memory plan: not computed for a CPU run; `python -m hhtune.plan RECIPE --gpu-memory GB` shows it")
+        return None
+    if recipe.model.preset is None:
+        log("memory plan: skipped (set model.preset so the plan knows the architecture)")
+        return None
+    from .__main__ import format_plan
+
+    plan = plan_recipe(recipe, gpu_memory_gb, world_size=world_size)
+    log(format_plan(plan))
+    if plan.fits is False:
+        rec = plan.recommendation
+        hint = f"use {' '.join(rec.settings.overrides())}" if rec else "use FSDP2 over more GPUs or a lower resolution"
+        if rec is None and recipe.model.eval_checkpoint:
+            hint += " (or model.eval_checkpoint=null: validating on it loads a second DiT)"
+        message = (f"the memory plan needs {needed_gb(plan.peak_gb):.1f} GB with headroom but the device has "
+                   f"{gpu_memory_gb:.1f} GB: {hint}, or set model.ignore_memory_plan=true to try anyway")  # fmt: skip
+        if not recipe.model.ignore_memory_plan:
+            raise PlanError(message)
+        log(f"warning: {message}")
+    return plan

@@ -1,0 +1,135 @@
+"""Block swap and activation offload are exact, and really move what they claim to."""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+import pytest
+import torch
+
+from hhtune.lora import LoraSettings, add_lora
+from hhtune.model import HappyHorseTransformer, ModelConfig
+from hhtune.model.offload import apply_block_swap
+
+SWAPPED = 5  # layers 3..7 of the tiny preset: shared (LoRA) and sandwich layers
+
+
+def _lora_model(checkpointing: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    model = HappyHorseTransformer(ModelConfig.preset("tiny"))
+    model.set_compute_dtype("fp32")
+    model.enable_gradient_checkpointing(checkpointing)
+    peft = add_lora(model, LoraSettings(rank=4))
+    g = torch.Generator().manual_seed(seed + 1)
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:  # B starts at zero; make every LoRA gradient non-trivial
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+    return model, peft
+
+
+def _loss(peft) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    video, audio, text = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    v, a = peft(video, audio, text)
+    return (v * torch.randn(v.shape, generator=g)).sum() + (a * torch.randn(a.shape, generator=g)).sum()
+
+
+def _grads(peft) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in peft.named_parameters() if p.requires_grad}
+
+
+def _swapped_weights(model) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if getattr(m, "swap", None) is not None]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_block_swap_is_exact_and_releases_weights_between_uses(checkpointing):
+    _, ref = _lora_model(checkpointing)
+    ref_loss = _loss(ref)
+    ref_loss.backward()
+    model, peft = _lora_model(checkpointing)
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    swap = apply_block_swap(peft, SWAPPED, "cpu")
+    weights = _swapped_weights(model)
+    swapped_keys = [k for k in state_before if re.fullmatch(r"block\.layers\.[3-7]\.\w+\.\w+(\.base_layer)?\.weight", k)
+                    and "norm" not in k]  # fmt: skip
+    assert len(weights) == len(swapped_keys) == 4 * SWAPPED
+    assert swap.host_bytes == sum(state_before[k].nbytes for k in swapped_keys)
+    resident_during_forward = []
+    for layer in model.block.layers:  # the fetch hook runs first, so this sees the fetched layer
+        layer.register_forward_pre_hook(
+            lambda *_: resident_during_forward.append(sum(w.untyped_storage().nbytes() > 0 for w in weights)))
+    loss = _loss(peft)
+    assert all(w.untyped_storage().nbytes() == 0 for w in weights)  # released after forward
+    loss.backward()
+    assert all(w.untyped_storage().nbytes() == 0 for w in weights)  # and after backward
+    # at most the running layer and the prefetched one: 4 linears each
+    assert max(resident_during_forward) <= 8 and resident_during_forward[:3] == [0, 0, 0]
+    assert torch.equal(loss, ref_loss)
+    grads, ref_grads = _grads(peft), _grads(ref)
+    assert ref_grads.keys() == grads.keys() and len(grads) > 0
+    for name in grads:
+        assert torch.equal(grads[name], ref_grads[name]), name
+    swap.restore()
+    assert all(torch.equal(v, state_before[k]) for k, v in model.state_dict().items() if "lora" not in k)
+
+
+def test_block_swap_fails_loudly_on_bad_settings():
+    _, peft = _lora_model(False)
+    with pytest.raises(ValueError, match="model.blocks_to_swap = 9: must be in 0..8"):
+        apply_block_swap(peft, 9, "cpu")
+    assert apply_block_swap(peft, 0, "cpu") is None
+    dora = add_lora(HappyHorseTransformer(ModelConfig.preset("tiny")), LoraSettings(rank=2, use_dora=True))
+    with pytest.raises(ValueError, match="use_dora"):
+        apply_block_swap(dora, 2, "cpu")
+
+
+class _CountingSaveOnCpu(torch.autograd.graph.save_on_cpu):
+    packed: ClassVar[list[tuple[int, ...]]] = []
+
+    def __init__(self, pin_memory: bool = False, device_type: str = "cuda") -> None:
+        super().__init__(pin_memory, device_type)
+        inner = self.pack_hook
+
+        def pack(t: torch.Tensor):
+            _CountingSaveOnCpu.packed.append(tuple(t.shape))
+            return inner(t)
+
+        self.pack_hook = pack
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_offload_is_exact_and_goes_through_save_on_cpu(checkpointing, monkeypatch):
+    _, ref = _lora_model(checkpointing)
+    ref_loss = _loss(ref)
+    ref_loss.backward()
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", _CountingSaveOnCpu)
+    _CountingSaveOnCpu.packed = []
+    model, peft = _lora_model(checkpointing)
+    model.enable_activation_offload()
+    loss = _loss(peft)
+    loss.backward()
+    assert torch.equal(loss, ref_loss)
+    for name, g in _grads(ref).items():
+        assert torch.equal(dict(peft.named_parameters())[name].grad, g), name
+    hidden = (1, 8 + 5 + 6, 64)  # [B, video+audio+text tokens, hidden]: the residual stream
+    n_hidden = _CountingSaveOnCpu.packed.count(hidden)
+    if checkpointing:  # exactly the layer inputs were saved: the 6 layers after the frozen first two
+        assert n_hidden == 6, _CountingSaveOnCpu.packed
+    else:  # everything the layers save goes to the host, far more than one tensor per layer
+        assert len(_CountingSaveOnCpu.packed) > 10 * 8
+
+
+def test_swap_and_offload_together_with_checkpointing_are_exact():
+    _, ref = _lora_model(True)
+    ref_loss = _loss(ref)
+    ref_loss.backward()
+    model, peft = _lora_model(True)
+    model.enable_activation_offload()
+    apply_block_swap(peft, 8, "cpu")
+    loss = _loss(peft)
+    loss.backward()
+    assert torch.equal(loss, ref_loss)
+    for name, g in _grads(ref).items():
+        assert torch.equal(dict(peft.named_parameters())[name].grad, g), name

@@ -1,0 +1,116 @@
+"""The memory plan: real model code on fake tensors, scaled by layer kind, and its recommendations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hhtune.lora import LoraSettings
+from hhtune.model import HappyHorseTransformer, ModelConfig
+from hhtune.plan import GB, MemorySettings, PlanError, check_memory_plan, plan_recipe, plan_settings
+from hhtune.plan.__main__ import main
+from hhtune.plan._scale import scaled_trace
+from hhtune.plan._trace import StepShape
+from hhtune.recipe import validate_recipe
+
+
+def _recipe(preset: str = "mid", seconds: float = 1.0, resolution: int = 128):
+    return validate_recipe({"model": {"preset": preset, "gradient_checkpointing": False},
+                            "data": {"dataset": "unused"}, "lora": {"rank": 8},
+                            "validation": {"seconds": seconds, "base_resolution": resolution}})  # fmt: skip
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_scaled_trace_equals_the_full_trace(checkpointing):
+    config, lora, shape = ModelConfig.preset("mid"), LoraSettings(rank=8), StepShape(1, (2, 4, 6), 9, 16)
+    full = scaled_trace(config, lora, shape, training=True, checkpointing=checkpointing, full=True)
+    scaled = scaled_trace(config, lora, shape, training=True, checkpointing=checkpointing)
+    assert full.activations > 0 and (scaled.activations, scaled.peak) == (full.activations, full.peak)
+
+
+def test_plan_json_has_the_promised_shape_and_checkpointing_lowers_activations(capsys):
+    assert main(["recipes/quickstart.yaml", "model.preset=mid", "--json", "--gpu-memory", "16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"train_peak_gb", "validation_peak_gb", "components", "fits"} <= set(out) and out["fits"] is True
+    assert {"frozen_weights", "lora_params", "optimizer_state", "activations", "temporaries"} <= set(out["components"])
+    r = _recipe()
+    plain = plan_settings(r, MemorySettings(False))
+    ckpt = plan_settings(r, MemorySettings(True))
+    offload = plan_settings(r, MemorySettings(True, activation_offload=True))
+    assert ckpt.components["activations"] < plain.components["activations"] / 3
+    assert offload.components["activations"] < ckpt.components["activations"]
+    assert ckpt.train_peak_gb < plain.train_peak_gb
+    # parameters are counted from their sizes: mid LoRA rank 8 in fp32, AdamW twice that
+    assert plain.components["optimizer_state"] == pytest.approx(2 * plain.components["lora_params"])
+
+
+def test_block_swap_and_fp8_lower_the_frozen_weights():
+    r = _recipe()
+    base = plan_settings(r, MemorySettings(True))
+    swap = plan_settings(r, MemorySettings(True, blocks_to_swap=3))
+    fp8 = plan_settings(r, MemorySettings(True, fp8_base=True))
+    with torch.device("meta"):
+        layers = [sum(p.nbytes for p in layer.parameters()) for layer in HappyHorseTransformer(ModelConfig.preset("mid")).block.layers]
+    # layers 3-5 live on the host; the device holds the running one and its prefetched neighbour
+    expected = base.components["frozen_weights"] - (sum(layers[3:]) - layers[4] - layers[5]) / GB
+    assert swap.components["frozen_weights"] == pytest.approx(expected, rel=1e-9)
+    assert swap.components["frozen_weights"] < base.components["frozen_weights"]
+    assert swap.components["activations"] == base.components["activations"]
+    assert fp8.components["frozen_weights"] < 0.6 * base.components["frozen_weights"]
+
+
+def test_recommendation_is_the_cheapest_setting_that_fits():
+    r = _recipe(seconds=5.0, resolution=256)
+    plain = plan_settings(r, MemorySettings(False))
+    ckpt = plan_settings(r, MemorySettings(True))
+    budget = (ckpt.peak_gb * 1.05 + 0.5 + plain.peak_gb * 1.05 + 0.5) / 2  # between the two
+    plan = plan_recipe(r, budget)
+    assert plan.fits is False and plan.recommendation is not None
+    assert plan.recommendation.settings == MemorySettings(True) and plan.recommendation.fits
+    assert plan_recipe(r, 0.01).recommendation is None
+
+
+def test_fsdp_shards_the_frozen_weights():
+    r = _recipe()
+    one = plan_settings(r, MemorySettings(True))
+    four = plan_settings(r, MemorySettings(True), world_size=4)
+    assert four.components["frozen_weights"] < one.components["frozen_weights"]
+    assert four.components["lora_params"] == pytest.approx(one.components["lora_params"] / 4)
+
+
+def test_bad_input_fails_with_the_fix(capsys):
+    with pytest.raises(PlanError, match="model.blocks_to_swap = 7: must be in 0..6"):
+        plan_settings(_recipe(), MemorySettings(True, blocks_to_swap=7))
+    with pytest.raises(PlanError, match="needs model.preset"):
+        plan_settings(validate_recipe({"model": {"checkpoint": "/x"}, "data": {"dataset": "d"}}), MemorySettings(True))
+    with pytest.raises(PlanError, match="multiple of 32"):
+        plan_settings(_recipe(), MemorySettings(True), resolution=48)
+    assert main(["recipes/quickstart.yaml", "--gpu-memory", "-1"]) == 2
+    assert "--gpu-memory must be positive" in capsys.readouterr().err
+    assert main(["recipes/quickstart.yaml", "model.blocks_to_swap=-1"]) == 2
+    assert "model.blocks_to_swap" in capsys.readouterr().err
+    assert main(["nope.yaml"]) == 2
+
+
+def test_15b_numbers_are_in_the_published_range():
+    """15B at 256p 5 s, rank 32: ~28.5 GB of bf16 weights (15.3B params) and a few GB of checkpointed activations."""
+    r = validate_recipe({"model": {"preset": "15b"}, "data": {"dataset": "d"}, "lora": {"rank": 32},
+                         "validation": {"seconds": 5.0, "base_resolution": 256}})  # fmt: skip
+    plan = plan_settings(r, MemorySettings(True))
+    assert plan.components["frozen_weights"] == pytest.approx(15_299_419_152 * 2 / GB, rel=0.01)
+    assert plan.train_shape.tokens == 32 * 8 * 15 + 125 + 640
+    assert 1 < plan.components["activations"] < 10 and plan.train_peak_gb < 45
+
+
+def test_training_check_refuses_what_does_not_fit_unless_told():
+    r, cpu, logged = _recipe(), torch.device("cpu"), []
+    assert check_memory_plan(r, cpu, log=logged.append) is None and "not computed" in logged[0]
+    plan = check_memory_plan(r, cpu, log=logged.append, gpu_memory_gb=16)
+    assert plan.fits and "training step peak" in logged[-1]
+    with pytest.raises(PlanError, match=r"needs .* GB with headroom but the device has 0.1 GB.*ignore_memory_plan=true"):
+        check_memory_plan(r, cpu, log=None, gpu_memory_gb=0.1)
+    lenient = r.model_copy(update={"model": r.model.model_copy(update={"ignore_memory_plan": True})})
+    assert check_memory_plan(lenient, cpu, log=logged.append, gpu_memory_gb=0.1).fits is False
+    assert logged[-1].startswith("warning:")
