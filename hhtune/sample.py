@@ -13,9 +13,23 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; exit codes as in :mod:`hhtune.cli`."""
+    from hhtune.cli import run_command
+
+    return run_command(_main, argv)
+
+
+class SampleError(ValueError):
+    """A sampling request that cannot be served; the message says what to pass instead."""
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hhtune.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--model", required=True, help="official-layout checkpoint folder, or a preset (tiny) for tests")
+    parser.add_argument("--model", required=True,
+                        help="official-layout checkpoint folder (a preset name only with --random-weights)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="with a preset name for --model: sample an untrained random model (tests, smoke runs)")
     parser.add_argument("--encoders", required=True, type=Path, help="folder with video_vae/, audio_vae/, text_encoder/")
     parser.add_argument("--adapter", action="append", default=[], help="adapter file or folder, optionally :STRENGTH, or per modality :video=1.0,audio=0.5")
     parser.add_argument("--prompt", required=True)
@@ -42,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint
     from hhtune.sampling import generate, write_mp4, write_previews
 
-    if args.model in ModelConfig.preset_names():
+    if args.model in ModelConfig.preset_names() and not Path(args.model).exists():
+        if not args.random_weights:
+            raise SampleError(
+                f"--model {args.model} is a preset name, not a checkpoint: it would sample random weights. Pass the "
+                "checkpoint folder (e.g. the distill/ folder of the official weights), or add --random-weights if an "
+                "untrained model is what you want (tests, smoke runs)"
+            )
         torch.manual_seed(0)
         model = HappyHorseTransformer(ModelConfig.preset(args.model)).to(args.device)
     else:

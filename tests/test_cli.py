@@ -75,3 +75,38 @@ def test_success_and_argparse_exits_pass_through():
     assert run_command(lambda argv: 0) == 0
     with pytest.raises(SystemExit):
         run_command(_raiser(SystemExit(2)))
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_every_command_refuses_bad_input_with_code_2_and_one_error_line(tmp_path, capsys):
+    """The five entry points, each given a typical mistake, end the same way."""
+    from data_prep.__main__ import main as data_prep_main
+    from hhtune.export.__main__ import main as export_main
+    from hhtune.plan.__main__ import main as plan_main
+    from hhtune.sample import main as sample_main
+    from hhtune.train import main as train_main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {preset: tiny}\ndata: {dataset: ds}\nlora: {rnak: 4}\n")
+    data_cfg = tmp_path / "data.yaml"
+    data_cfg.write_text("min_seconds: -1\n")
+    cases = {
+        "train": (lambda: train_main([str(recipe)]), "lora.rnak"),
+        "plan": (lambda: plan_main([str(recipe)]), "lora.rnak"),
+        "export": (lambda: export_main([str(tmp_path / "missing"), "--format", "comfyui", "--out", str(tmp_path / "o")]),
+                   "missing"),
+        "sample": (lambda: sample_main(["--model", "15b", "--encoders", str(tmp_path), "--prompt", "x",
+                                        "--out", str(tmp_path / "s")]), "--random-weights"),
+        "data_prep": (lambda: data_prep_main(["prepare", str(tmp_path), "--out", str(tmp_path / "d"),
+                                              "--config", str(data_cfg)]), "min_seconds"),
+    }  # fmt: skip
+    for name, (run, named) in cases.items():
+        assert run() == EXIT_BAD_INPUT, name
+        err = capsys.readouterr().err
+        _one_error_line(err)
+        assert named in err, (name, err)

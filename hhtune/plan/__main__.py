@@ -48,6 +48,13 @@ def format_plan(plan: Plan) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; exit codes as in :mod:`hhtune.cli` (2 for a bad recipe or option)."""
+    from ..cli import run_command
+
+    return run_command(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hhtune.plan", description=__doc__)
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for training")
@@ -57,17 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, help="training base resolution (default: validation.base_resolution)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
-    from ..recipe import RecipeError, load_recipe
+    from ..recipe import load_recipe
 
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-        if args.gpu_memory is not None and args.gpu_memory <= 0:
-            raise PlanError(f"--gpu-memory must be positive, got {args.gpu_memory}")
-        plan = plan_recipe(recipe, args.gpu_memory, world_size=args.world_size, seconds=args.seconds,
-                           resolution=args.resolution)  # fmt: skip
-    except (RecipeError, PlanError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.gpu_memory is not None and args.gpu_memory <= 0:
+        raise PlanError(f"--gpu-memory must be positive, got {args.gpu_memory}")
+    plan = plan_recipe(recipe, args.gpu_memory, world_size=args.world_size, seconds=args.seconds,
+                       resolution=args.resolution)  # fmt: skip
     print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
     return 0
 

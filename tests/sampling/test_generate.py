@@ -28,7 +28,7 @@ def test_sample_command_writes_a_playable_mp4(encoders, tmp_path):
 
     image = tmp_path / "ref.png"
     Image.new("RGB", (80, 48), (200, 30, 30)).save(image)
-    cmd = [sys.executable, "-m", "hhtune.sample", "--model", "tiny", "--encoders", str(Path(encoders.video_vae).parent),
+    cmd = [sys.executable, "-m", "hhtune.sample", "--model", "tiny", "--random-weights", "--encoders", str(Path(encoders.video_vae).parent),
            "--prompt", 'A host. Dialogue:\n<host, English>: "Hi."', "--seconds", "1", "--base-resolution", "64",
            "--image", str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
