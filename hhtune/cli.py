@@ -1,4 +1,4 @@
-"""One way for every command line to end: the same exit codes and one ``error:`` line.
+r"""One way for every command line to end: the same exit codes and one ``error:`` line.
 
 Every entry point (``hhtune/train.py``, ``python -m hhtune.sample``, ``hhtune.export``,
 ``hhtune.plan``, ``python -m data_prep``) runs its body through :func:`run_command`:

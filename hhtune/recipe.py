@@ -41,7 +41,7 @@ class ModelSection(_Section):
     init_seed: int = Field(0, description="seed of the random init when checkpoint is null")
 
     @model_validator(mode="after")
-    def _need_one(self) -> "ModelSection":
+    def _need_one(self) -> ModelSection:
         if self.checkpoint is None and self.preset is None:
             raise ValueError("set model.checkpoint (a checkpoint folder) or model.preset (one of 15b, mid, tiny)")
         return self
@@ -156,7 +156,7 @@ class Recipe(_Section):
     export: ExportSection = Field(default_factory=ExportSection)
 
     @model_validator(mode="after")
-    def _lora_fits_the_preset(self) -> "Recipe":
+    def _lora_fits_the_preset(self) -> Recipe:
         cfg = self.preset_config()
         if cfg is not None:
             adapted_layers(cfg, self.lora)  # raises naming the allowed layers

@@ -90,7 +90,7 @@ class ModelConfig(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "ModelConfig":
+    def _check_shapes(self) -> ModelConfig:
         if self.hidden_size % self.head_dim:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of head_dim ({self.head_dim})")
         if self.num_heads_q % self.num_query_groups:
@@ -135,7 +135,7 @@ class ModelConfig(BaseModel):
         return self.model_dump()
 
     @classmethod
-    def preset(cls, name: str) -> "ModelConfig":
+    def preset(cls, name: str) -> ModelConfig:
         """Return a named preset: ``"15b"`` (published shapes), ``"mid"`` (benchmarks) or ``"tiny"`` (tests)."""
         if name not in _PRESETS:
             raise ValueError(f"unknown model preset {name!r}; allowed: {sorted(_PRESETS)}")

@@ -69,8 +69,9 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
                 code = _LANG_CODES.get(lang.lower())
                 if code is None:
                     continue
-                from hhtune.speech.g2p import phonemize
                 from scipy.signal import resample_poly
+
+                from hhtune.speech.g2p import phonemize
 
                 expected = [p for w in phonemize(line, code) for p in w.phonemes]
                 heard = recognizer.transcribe(resample_poly(g.audio.mean(axis=1), 160, 441).astype(np.float32))

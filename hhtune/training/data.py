@@ -40,7 +40,7 @@ class Batch:
     has_reference: Tensor  # [B] bool
     index: int  # global micro-batch index (seeds the noise of its samples)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """The batch with every tensor on ``device``."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return Batch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in moved.items()})

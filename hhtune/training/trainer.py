@@ -103,7 +103,7 @@ class _StopFlag:
         self.raised = False
         self._previous = None
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         with contextlib.suppress(ValueError):  # not the main thread: no handler
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -344,8 +344,8 @@ class _StepStats:
         self.losses.append(float(out.loss.detach()))
         self.video.append(float(out.video_loss))
         self.audio.append(float(out.audio_loss))
-        for s, l in zip(out.sigmas.tolist(), out.per_sample.tolist()):
-            self.buckets.setdefault(sigma_bucket(s), []).append(l)
+        for s, loss in zip(out.sigmas.tolist(), out.per_sample.tolist()):
+            self.buckets.setdefault(sigma_bucket(s), []).append(loss)
 
     def mean_loss(self) -> float:
         return sum(self.losses) / len(self.losses) if self.losses else float("nan")
