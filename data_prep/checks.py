@@ -6,8 +6,9 @@ from __future__ import annotations
 import unicodedata
 
 from hhtune.cli import MissingDependencyError
+from hhtune.speech.languages import LANGUAGES
 
-ALL_LANGUAGES = frozenset({"en", "zh", "yue", "ja", "ko", "de", "fr"})
+ALL_LANGUAGES = frozenset(LANGUAGES)
 # Fast read speech is ~15-20 phonemes per second; beyond this a transcript cannot have been said in the clip.
 MAX_PHONEMES_PER_SECOND = 30.0
 

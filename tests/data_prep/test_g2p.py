@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hhtune.speech.g2p import normalise_numbers, phonemize
-from hhtune.speech.languages import normalise_language, script_language
+from hhtune.speech.languages import normalise_language
 
 # espeak-ng comes from apt, unpinned: vowel symbols and length marks change between releases. These are the
 # properties that do not: the words, consonants that any English/German/French reading has, German final
@@ -74,10 +74,8 @@ def test_mixed_language_text_reads_latin_words_as_english():
     assert next(w for w in words if w.word == "价格").voice == "cmn-latn-pinyin"
 
 
-def test_language_names_and_script_check():
+def test_language_names():
     assert normalise_language("en-US") == "en" and normalise_language("Cantonese") == "yue"
     assert normalise_language("cmn") == "zh" and normalise_language("ja-JP") == "ja"
     with pytest.raises(ValueError, match="unknown language 'klingon'; allowed: en, zh, yue, ja, ko, de, fr"):
         normalise_language("klingon")
-    assert "ja" in script_language("こんにちは") and "en" not in script_language("你好世界")
-    assert script_language("Hello there") == {"en", "de", "fr"}
