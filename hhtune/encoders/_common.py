@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,3 +69,22 @@ def _check_rank(x: Tensor, rank: int, what: str, layout: str) -> None:
     if not isinstance(x, Tensor) or x.dim() != rank:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise EncoderError(f"{what} must be a {rank}-d tensor {layout}, got {shape}")
+
+
+def _check_class(config: Path, want: str, what: str) -> None:
+    """Raise naming ``config`` when it describes another diffusers class than ``want``."""
+    try:
+        cls = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError) as e:
+        raise EncoderError(f"{what}: cannot read {config}: {e}") from e
+    if cls is not None and cls != want:
+        raise EncoderError(f"{what}: {config} describes a {cls}, expected a {want}")
+
+
+def _diffusers_folder(p: Path, cls: str, what: str, root: bool = True) -> Path | None:
+    """``p`` (unless ``root`` is false) or ``p/vae`` when it is a diffusers folder of ``cls`` (checked), else ``None``."""
+    for folder in ((p, p / "vae") if root else (p / "vae",)):
+        if (folder / "config.json").is_file():
+            _check_class(folder / "config.json", cls, what)
+            return folder
+    return None

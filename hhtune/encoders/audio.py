@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 
 from ._common import (AUDIO_HOP, AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, EncoderError, _check_rank, _device_of,
-                      _dtype_of, default_dtype, _existing, _in_batches)  # fmt: skip
-from .video import _check_class
+                      _diffusers_folder, _dtype_of, default_dtype, _existing, _in_batches)  # fmt: skip
 
 #: Files of the official (stable-audio-tools) layout that the official ``SAAudioFeatureExtractor`` reads.
 OFFICIAL_CONFIG_FILE, OFFICIAL_WEIGHTS_FILE = "model_config.json", "model.safetensors"
@@ -120,13 +119,11 @@ def load_audio_vae(path: str | Path, device: str | torch.device = "cpu",
 def _resolve_audio(path: str | Path) -> tuple[str, Path]:
     p = _existing(path, "audio VAE", _EXPECTED)
     if p.is_dir():
-        if (p / "config.json").is_file() and not (p / OFFICIAL_CONFIG_FILE).is_file():
-            _check_class(p / "config.json", "AutoencoderOobleck", "audio VAE")
-            return "diffusers", p
-        if (p / "vae" / "config.json").is_file():
-            _check_class(p / "vae" / "config.json", "AutoencoderOobleck", "audio VAE")
-            return "diffusers", p / "vae"
-        if (p / OFFICIAL_CONFIG_FILE).is_file():
+        official = (p / OFFICIAL_CONFIG_FILE).is_file()  # its folder may hold a config.json that is not diffusers'
+        folder = _diffusers_folder(p, "AutoencoderOobleck", "audio VAE", root=not official)
+        if folder is not None:
+            return "diffusers", folder
+        if official:
             if not (p / OFFICIAL_WEIGHTS_FILE).is_file():
                 raise EncoderError(f"audio VAE: {p} has {OFFICIAL_CONFIG_FILE} but no {OFFICIAL_WEIGHTS_FILE}")
             return "official", p

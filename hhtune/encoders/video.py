@@ -9,7 +9,6 @@ because they are what the transformer was trained with.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import (VIDEO_LATENT_CHANNELS, VIDEO_STRIDE, EncoderError, _check_rank, _device_of, _dtype_of, default_dtype,
-                      _existing, _in_batches)  # fmt: skip
+from ._common import (VIDEO_LATENT_CHANNELS, VIDEO_STRIDE, EncoderError, _check_rank, _device_of, _diffusers_folder,
+                      _dtype_of, default_dtype, _existing, _in_batches)  # fmt: skip
 
 # Per-channel latent statistics of the Wan2.2 VAE, as listed in the official ``Wan2_2_VAE.__init__``
 # (``self.mean`` / ``self.std``); diffusers' Wan2.2 config carries the same numbers as latents_mean/std.
@@ -128,24 +127,12 @@ def _resolve_video(path: str | Path) -> tuple[str, Path]:
         if p.suffix in (".pth", ".pt"):
             return "official", p
         raise EncoderError(f"video VAE: {p} is a file but not a .pth checkpoint; expected {_EXPECTED}")
-    if (p / "config.json").is_file():
-        _check_class(p / "config.json", "AutoencoderKLWan", "video VAE")
-        return "diffusers", p
-    if (p / "vae" / "config.json").is_file():
-        _check_class(p / "vae" / "config.json", "AutoencoderKLWan", "video VAE")
-        return "diffusers", p / "vae"
+    folder = _diffusers_folder(p, "AutoencoderKLWan", "video VAE")
+    if folder is not None:
+        return "diffusers", folder
     if (p / OFFICIAL_VAE_FILE).is_file():
         return "official", p / OFFICIAL_VAE_FILE
     raise EncoderError(f"video VAE not found at {p}: expected {_EXPECTED}")
-
-
-def _check_class(config: Path, want: str, what: str) -> None:
-    try:
-        cls = json.loads(config.read_text()).get("_class_name")
-    except (OSError, ValueError) as e:
-        raise EncoderError(f"{what}: cannot read {config}: {e}") from e
-    if cls is not None and cls != want:
-        raise EncoderError(f"{what}: {config} describes a {cls}, expected a {want}")
 
 
 def _load_diffusers_wan(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
