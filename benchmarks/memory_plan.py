@@ -17,7 +17,8 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hhtune.lora import LoraSettings, add_lora, expected_trainable_parameters
+from hhtune.adapters.inject import add_lora
+from hhtune.adapters.settings import LoraSettings, expected_trainable_parameters
 from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.model.packing import audio_coords, padded_text_coords, video_coords
 from hhtune.plan import TEXT_TOKENS

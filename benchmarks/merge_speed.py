@@ -86,7 +86,8 @@ def main() -> None:
     import torch
 
     from hhtune.export import export_adapter
-    from hhtune.lora import LoraSettings, add_lora
+    from hhtune.adapters.inject import add_lora
+    from hhtune.adapters.settings import LoraSettings
     from hhtune.model import HappyHorseTransformer, ModelConfig, save_checkpoint
 
     full = ModelConfig.preset("15b").model_dump()

@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_time, parse_args  # noqa: E402
 
-from hhtune.lora import LoraSettings, add_lora  # noqa: E402
+from hhtune.adapters.inject import add_lora  # noqa: E402
+from hhtune.adapters.settings import LoraSettings  # noqa: E402
 from hhtune.model import HappyHorseTransformer, ModelConfig  # noqa: E402
 from hhtune.recipe import LossSection  # noqa: E402
 from hhtune.training.data import TrainingDataset  # noqa: E402

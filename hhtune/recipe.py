@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .lora import LoraSettings, adapted_layers
+from .adapters.settings import LoraSettings, adapted_layers
 from .model.config import ModelConfig
 
 

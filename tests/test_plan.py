@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hhtune.lora import LoraSettings
+from hhtune.adapters.settings import LoraSettings
 from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.plan import GB, MemorySettings, PlanError, check_memory_plan, plan_recipe, plan_settings
 from hhtune.plan.__main__ import main

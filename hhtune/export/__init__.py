@@ -27,22 +27,16 @@ from pathlib import Path
 
 import torch
 
-from ._singlefile import write_single
-from .formats import (
-    AdapterError,
-    AdapterMetadata,
-    LoraWeights,
-    checkpoint_shapes,
-    drop_experts,
-    fit,
-    from_peft_model,
-    model_shapes,
-    read_adapter,
-    scale_modalities,
-    write_peft,
-)
+from ..adapters.base_identity import base_model_id
+from ..adapters.formats.fitting import checkpoint_shapes, fit, model_shapes
+from ..adapters.formats.modelspec import modelspec_header
+from ..adapters.formats.peft import from_peft_model, write_peft
+from ..adapters.formats.read import read_adapter
+from ..adapters.formats.single import write_single
+from ..adapters.formats.weights import AdapterError, AdapterMetadata, LoraWeights, drop_experts, scale_modalities
+from ..model import HappyHorseTransformer, ModelConfig
 from .merge import merge_into_checkpoint
-from .modelspec import modelspec_header, write_model_card
+from .model_card import write_model_card
 
 FORMATS = ("peft", "wan2gp", "comfyui", "kohya", "merged", "merged_single", "merged_fp8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -66,10 +60,8 @@ def as_weights(source: AdapterSource, metadata: AdapterMetadata | dict | None = 
     if isinstance(source, LoraWeights):
         w = source.copy()
     elif isinstance(source, torch.nn.Module):
-        from ..fingerprint import base_fingerprint
-
         w = fit(from_peft_model(source, adapter_name), model_shapes(source), "the model")
-        w.metadata.base_fingerprint = base_fingerprint(source)
+        w.metadata.base_fingerprint = base_model_id(source)
     else:
         w = read_adapter(source)
         info = Path(source) / "run_info.json"
@@ -137,8 +129,6 @@ def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: st
 
 def _preset_shapes(name: str):
     """Module shapes of a preset, from a model built on the meta device (no memory)."""
-    from ..model import HappyHorseTransformer, ModelConfig
-
     with torch.device("meta"):
         return model_shapes(HappyHorseTransformer(ModelConfig.preset(name)))
 

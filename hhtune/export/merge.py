@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
+from ..adapters.formats.weights import AdapterError, LoraWeights
 from ..io import atomic_dir, atomic_write_text
 from ..model.checkpoint import CONFIG_NAME, FP8_SCALE_SUFFIX, INDEX_NAME, SINGLE_NAME, checkpoint_files, read_shapes
 from ._stream import DTYPES, Entry, RawCopy, read_entries, read_tensor, tensor_chunks, write_streaming
-from .formats import AdapterError, LoraWeights
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from ..lora import expected_trainable_parameters
+from ..adapters.settings import expected_trainable_parameters
 from ..model import HappyHorseTransformer, ModelConfig
 from ..recipe import Recipe
 from ._scale import scaled_trace

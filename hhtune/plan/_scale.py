@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..lora import LoraSettings, adapted_layers
+from ..adapters.settings import LoraSettings, adapted_layers
 from ..model import ModelConfig
 from ._trace import StepShape, Trace, trace
 

@@ -24,7 +24,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..lora import LoraSettings, add_lora
+from ..adapters.inject import add_lora
+from ..adapters.settings import LoraSettings
 from ..model import HappyHorseTransformer, ModelConfig
 from ..model.packing import audio_coords, padded_text_coords, video_coords
 

@@ -145,7 +145,7 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
 
 def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path, progress, metrics, log) -> None:
     """Main process: final adapter (PEFT format), run_info.json, exports and the loss curve."""
-    from ..fingerprint import base_fingerprint
+    from ..adapters.base_identity import base_model_id
 
     adapter_dir = run_dir / "adapter"
     peft_model.save_pretrained(str(adapter_dir))
@@ -157,11 +157,11 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
         "languages": sorted({str(x) for x in data.ds["language"]}),
         "dataset_summary": {"clips": len(data), "dataset": str(data.path),
                             "fingerprint": data.manifest.get("fingerprint")},  # fmt: skip
-        "base_fingerprint": base_fingerprint(peft_model),
+        "base_fingerprint": base_model_id(peft_model),
         "base": recipe.model.checkpoint or recipe.model.preset,
     }
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
-    from ..export.modelspec import write_model_card  # a real model card in place of PEFT's template README
+    from ..export.model_card import write_model_card  # a real model card in place of PEFT's template README
 
     write_model_card(adapter_dir, {**info, "lora": recipe.lora.model_dump()})
     _export(recipe, peft_model, run_dir, info, log)

@@ -21,8 +21,8 @@ from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch.utils.data import DataLoader
 
+from ..adapters.inject import add_lora, trainable_parameter_count
 from ..io import atomic_write_text
-from ..lora import add_lora, trainable_parameter_count
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
 from ..model.offload import apply_block_swap
 from ..plan import PlanError, check_memory_plan

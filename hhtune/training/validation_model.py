@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-from ..lora import add_lora
+from ..adapters.inject import add_lora
 from ..model import load_checkpoint
 from ..recipe import Recipe
 

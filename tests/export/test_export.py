@@ -247,11 +247,11 @@ def test_cli_converts_a_training_run_folder(tmp_path, base_dir, capsys):
     model = trained()
     run = tmp_path / "run"
     model.save_pretrained(str(run / "adapter"))
-    from hhtune.fingerprint import base_fingerprint
+    from hhtune.adapters.base_identity import base_model_id
 
     (run / "run_info.json").write_text(json.dumps({
         "steps": 7, "recipe_hash": "r", "trigger_words": ["hh"], "languages": ["ja"], "dataset_summary": {"clips": 3},
-        "base_fingerprint": base_fingerprint(base_model()), "base": "tiny"}))  # fmt: skip
+        "base_fingerprint": base_model_id(base_model()), "base": "tiny"}))  # fmt: skip
     assert export_main([str(run), "--format", "kohya", "--out", str(tmp_path / "o"), "--dtype", "fp32"]) == 0
     written = tmp_path / "o" / "adapter_kohya.safetensors"
     assert f"wrote {written}" in capsys.readouterr().out

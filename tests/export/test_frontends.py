@@ -6,17 +6,15 @@ rebuilt from hhtune's own writers.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from adapter_helpers import base_model, inputs, out, rel, trained
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from hhtune import adapters
-from hhtune.export import AdapterError, export_adapter
-from hhtune.lora import LoraSettings, add_lora, expected_trainable_parameters, trainable_parameter_count
+from hhtune.adapters.inject import add_lora, trainable_parameter_count
+from hhtune.adapters.settings import LoraSettings, expected_trainable_parameters
+from hhtune.export import export_adapter
 from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint, save_checkpoint
 
 MM = [0, 1, 6, 7]  # the tiny preset's sandwich layers
@@ -172,9 +170,9 @@ def test_training_only_the_audio_experts_leaves_audio_free_video_bit_identical(t
     assert trainable_parameter_count(model) == expected_trainable_parameters(model.config, settings) == 15_360
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(".lora_A." in n or ".lora_B_audio." in n for n in names)
-    from hhtune.fingerprint import base_fingerprint
+    from hhtune.adapters.base_identity import base_model_id
 
-    assert base_fingerprint(model) == base_fingerprint(base_model())  # the expert wrappers hide no base weight
+    assert base_model_id(model) == base_model_id(base_model())  # the expert wrappers hide no base weight
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(3):
@@ -248,108 +246,3 @@ def PeftMergeMatches(model) -> bool:
     """PEFT's own merge_and_unload goes through the expert layer's merge and gives the same model."""
     want = out(model)
     return rel(out(model.merge_and_unload()), want) < 1e-2
-
-
-# --------------------------------------------------------------------------- metadata
-
-
-def test_modelspec_and_ss_keys_in_every_single_file_header(tmp_path):
-    model = trained()
-    meta = {"trigger_words": ["hhbrand"], "languages": ["en"], "resolution": "448x256", "title": "Brand voice",
-            "training_steps": 12}  # fmt: skip
-    for fmt in ("wan2gp", "comfyui", "kohya"):
-        with safe_open(export_adapter(model, fmt, tmp_path / f"{fmt}.safetensors", metadata=meta), "pt") as f:
-            h = f.metadata()
-        assert h["modelspec.sai_model_spec"] == "1.0.0" and h["modelspec.architecture"] == "daVinci-MagiHuman/lora", fmt
-        assert h["modelspec.title"] == "Brand voice" and h["modelspec.trigger_phrase"] == "hhbrand"
-        assert h["modelspec.resolution"] == "448x256" and h["ss_network_dim"] == "4" and h["ss_network_alpha"] == "4.0"
-        assert h["ss_steps"] == "12" and json.loads(h["hhtune"])["rank"] == 4
-
-
-def test_model_card_replaces_the_peft_template(tmp_path):
-    from hhtune.export import write_model_card
-
-    model = trained()
-    model.save_pretrained(str(tmp_path / "adapter"))
-    assert "[More Information Needed]" in (tmp_path / "adapter" / "README.md").read_text()
-    info = {"steps": 40, "base": "ckpt/base", "base_fingerprint": "f" * 32, "trigger_words": ["hhbrand"],
-            "languages": ["en", "zh"], "recipe_hash": "abc", "consent": "signed releases on file",
-            "dataset_summary": {"clips": 9, "hours": 0.25, "dataset": "data/brand"},
-            "validation": {"stills": ["validation/step_40.png"], "metrics": {"sample_distance": 0.31}}}  # fmt: skip
-    card = write_model_card(tmp_path / "adapter", info).read_text()
-    assert "[More Information Needed]" not in card
-    for text in ("ckpt/base", "f" * 32, "`hhbrand`", "en, zh", "clips: 9", "hours: 0.25", "recipe hash: `abc`",
-                 "validation/step_40.png", "sample_distance: 0.31", "signed releases on file"):  # fmt: skip
-        assert text in card, text
-    assert "NOT RECORDED" in write_model_card(tmp_path / "adapter", {}).read_text()  # no consent field: say so
-    (tmp_path / "samples" / "step-00000040").mkdir(parents=True)  # a run folder: stills and val/ metrics found there
-    (tmp_path / "samples" / "step-00000040" / "prompt0.png").write_bytes(b"")
-    (tmp_path / "metrics.jsonl").write_text('{"step": 40, "loss": 0.5}\n{"step": 40, "val/lip_sync": 0.8}\n')
-    card = write_model_card(tmp_path / "adapter", {"steps": 40}).read_text()
-    assert "../samples/step-00000040/prompt0.png" in card and "lip_sync: 0.8" in card
-
-
-# --------------------------------------------------------------------------- bad input
-
-
-def _snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
-
-
-@pytest.mark.parametrize("case", ["architecture", "wan_keys", "shape", "unknown_module", "unknown_key", "duplicate", "nan"])
-def test_bad_files_name_file_key_and_reason_and_change_nothing(tmp_path, case):
-    good = load_file(export_adapter(trained(), "wan2gp", tmp_path / "good.safetensors", dtype="fp32"))
-    k = "block.layers.2.mlp.down_proj"
-    state, header, match = dict(good), {}, None
-    if case == "architecture":
-        header = {"modelspec.architecture": "wan2.1-t2v-14b/lora"}
-        match = r"bad.safetensors: modelspec.architecture is 'wan2.1-t2v-14b/lora': a LoRA for another model"
-    elif case == "wan_keys":  # a Wan2.1 LoRA in ComfyUI's generic layout: no header, only foreign module paths
-        state = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 64),
-                 "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(64, 4)}  # fmt: skip
-        match = r"bad.safetensors: none of its 1 modules exist in the model \(e.g. 'blocks.0.self_attn.q'\).*another architecture"
-    elif case == "shape":
-        state[f"{k}.lora_A.weight"] = torch.zeros(4, 100)
-        match = r"bad.safetensors: block.layers.2.mlp.down_proj has A \[4, 100\] / B \[64, 4\], the model needs \[r, 168\]"
-    elif case == "unknown_module":
-        state["block.layers.2.attention.linear_gate.lora_A.weight"] = torch.zeros(4, 64)
-        state["block.layers.2.attention.linear_gate.lora_B.weight"] = torch.zeros(64, 4)
-        match = r"bad.safetensors: module 'block.layers.2.attention.linear_gate' does not exist in the model"
-    elif case == "unknown_key":
-        state["blocks.0.self_attn.q.lora_A.weight"] = torch.zeros(4, 64)
-        match = r"bad.safetensors: key blocks.0.self_attn.q.lora_A.weight names no HappyHorse module"
-    elif case == "duplicate":
-        state[f"lora_unet_{k.replace('.', '_')}.lora_down.weight"] = state[f"{k}.lora_A.weight"].clone()
-        state[f"lora_unet_{k.replace('.', '_')}.lora_up.weight"] = state[f"{k}.lora_B.weight"].clone()
-        match = r"bad.safetensors: module block.layers.2.mlp.down_proj appears twice.*two key styles"
-    elif case == "nan":
-        state[f"{k}.lora_B.weight"] = state[f"{k}.lora_B.weight"].clone()
-        state[f"{k}.lora_B.weight"][3, 1] = float("nan")
-        match = r"bad.safetensors: tensor block.layers.2.mlp.down_proj.lora_B.weight holds NaN"
-    save_file(state, tmp_path / "bad.safetensors", header)
-    for model in (base_model(), adapters.load(tmp_path / "good.safetensors", base_model())):  # plain, and stacked on
-        before, types = _snapshot(model)
-        with pytest.raises(AdapterError, match=match):
-            adapters.load(tmp_path / "bad.safetensors", model)
-        after, types_after = _snapshot(model)
-        assert types_after == types and before.keys() == after.keys()
-        assert all(torch.equal(before[n], after[n]) for n in before)  # nothing half-applied
-    with pytest.raises(AdapterError, match=match.replace("the model", "base .*")):
-        export_adapter(tmp_path / "bad.safetensors", "merged", tmp_path / "m", base=save_checkpoint(base_model(), tmp_path / "b"))
-
-
-def test_a_failure_while_injecting_removes_the_half_made_adapter(tmp_path, monkeypatch):
-    path = export_adapter(trained(layers="all"), "wan2gp", tmp_path / "w.safetensors", dtype="fp32")
-    first = adapters.load(export_adapter(trained(seed=1), "comfyui", tmp_path / "c.safetensors"), base_model())
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("out of memory")
-
-    monkeypatch.setattr(adapters, "set_peft_model_state_dict", broken)
-    for model in (base_model(), first):
-        before, types = _snapshot(model)
-        want = out(model)
-        with pytest.raises(RuntimeError, match="out of memory"):
-            adapters.load(path, model)
-        after, types_after = _snapshot(model)
-        assert types_after == types and before.keys() == after.keys() and torch.equal(out(model), want)

@@ -8,7 +8,8 @@ from typing import ClassVar
 import pytest
 import torch
 
-from hhtune.lora import LoraSettings, add_lora
+from hhtune.adapters.inject import add_lora
+from hhtune.adapters.settings import LoraSettings
 from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.model.offload import apply_block_swap
 

@@ -11,7 +11,8 @@ import torch
 import yaml
 from _runs import _adapter, _assert_same_adapter, _metric_steps, _recipe, _run_cli
 
-from hhtune.lora import LoraSettings, add_lora
+from hhtune.adapters.inject import add_lora
+from hhtune.adapters.settings import LoraSettings
 from hhtune.recipe import LossSection, validate_recipe
 from hhtune.training import TrainingDataset, TrainingError, build_model, flow_matching_loss, train
 from hhtune.training.synthetic import write_synthetic_dataset

@@ -28,9 +28,8 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from .model.transformer import ExpertLinear, Segments
-
-EXPERTS: tuple[str, ...] = ("video", "audio", "text")
+from ..model.transformer import ExpertLinear, Segments
+from .settings import EXPERTS
 
 
 class LoraExpertLinear(ExpertLinear, LoraLayer):

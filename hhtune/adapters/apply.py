@@ -2,7 +2,7 @@
 
 ``load(path, model, strength, modalities=...)`` reads any format hhtune exports (PEFT's own
 folders with DoRA, Wan2GP files, and musubi-tuner's MagiHuman LoRAs included), checks
-every module and shape against the model and the base fingerprint, and returns a
+every module and shape against the model and the base model's id, and returns a
 PEFT-wrapped model whose active adapters are all the loaded ones: the forward adds each
 adapter's delta at its own strength. The adapter keeps its own rank and alpha (PEFT's
 ``set_scale`` applies the strength), so a loaded adapter can be trained further
@@ -24,9 +24,13 @@ import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
-from .export.formats import AdapterError, LoraWeights, fit, model_shapes, read_adapter
-from .fingerprint import base_fingerprint
-from .lora_experts import EXPERTS, set_expert_strengths
+from .base_identity import base_model_id
+from .experts import set_expert_strengths
+from .formats.fitting import fit, model_shapes
+from .formats.peft import to_peft
+from .formats.read import read_adapter
+from .formats.weights import AdapterError, LoraWeights
+from .settings import EXPERTS
 
 
 class AdapterSpec(NamedTuple):
@@ -66,16 +70,16 @@ def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_
     """``w`` fitted to ``model``, or :class:`AdapterError` naming the file, module and reason.
 
     Checked in order: every module exists (a plain or sandwich-expert linear, or an
-    embedder) and every ``A``/``B`` shape fits it (see :func:`~hhtune.export.formats.fit`),
-    the rank agrees with the file's metadata, and (``check_base``) the base fingerprint
-    recorded in the file equals the model's.
+    embedder) and every ``A``/``B`` shape fits it (see :func:`~hhtune.adapters.formats.fitting.fit`),
+    the rank agrees with the file's metadata, and (``check_base``) the base model id
+    (:func:`~hhtune.adapters.base_identity.base_model_id`) recorded in the file equals the model's.
     """
     w = fit(w, model_shapes(model), source)
     meta = w.metadata
     for path, (a, _, _) in sorted(w.modules.items()):
         if meta.rank is not None and a.shape[0] != meta.rank:
             raise AdapterError(f"{source}: metadata says rank {meta.rank} but {path} has rank {a.shape[0]}")
-    if check_base and meta.base_fingerprint and meta.base_fingerprint != (mine := base_fingerprint(model)):
+    if check_base and meta.base_fingerprint and meta.base_fingerprint != (mine := base_model_id(model)):
         trained_on = f"{meta.base_name!r}, " if meta.base_name else ""
         raise AdapterError(
             f"{source} was trained on another base model ({trained_on}fingerprint {meta.base_fingerprint}; this model "
@@ -108,7 +112,7 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, mod
     while name in existing:
         name += "_"
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    config, state = w.to_peft(torch.float32)
+    config, state = to_peft(w, torch.float32)
     fresh = not isinstance(model, PeftModel)
     try:
         with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose

@@ -1,17 +1,12 @@
-"""LoRA placement, parameter counts and frozen base."""
+"""Adding a LoRA for training: placement, parameter counts and a frozen base."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hhtune.lora import (
-    LoraSettings,
-    add_lora,
-    expected_trainable_parameters,
-    target_module_names,
-    trainable_parameter_count,
-)
+from hhtune.adapters.inject import add_lora, trainable_parameter_count
+from hhtune.adapters.settings import LoraSettings, expected_trainable_parameters, target_module_names
 from hhtune.model import HappyHorseTransformer, ModelConfig
 
 
@@ -81,33 +76,3 @@ def test_15b_expert_and_embedder_counts_are_exact(settings, per_rank):
         model = HappyHorseTransformer(ModelConfig.preset("15b"))
     peft_model = add_lora(model, settings)
     assert trainable_parameter_count(peft_model) == expected_trainable_parameters(model.config, settings) == per_rank
-
-
-def test_expert_settings_place_one_b_per_chosen_expert():
-    with torch.device("meta"):
-        model = HappyHorseTransformer(ModelConfig.preset("tiny"))
-    settings = LoraSettings(rank=2, layers=[1, 2], experts=["text", "video"], embedders=["audio"])
-    assert target_module_names(model.config, settings)[-1] == "adapter.audio_embedder"
-    peft_model = add_lora(model, settings)
-    names = {n.split("block.layers.1.")[-1] for n, p in peft_model.named_parameters() if p.requires_grad and "layers.1." in n}
-    assert names == {f"{m}.{w}" for m in ("attention.linear_qkv", "attention.linear_proj", "mlp.up_gate_proj", "mlp.down_proj")
-                     for w in ("lora_A.default.weight", "lora_B_video.default.weight", "lora_B_text.default.weight")}  # fmt: skip
-    assert trainable_parameter_count(peft_model) == expected_trainable_parameters(model.config, settings)
-
-
-def test_bad_lora_settings_are_named():
-    cfg = ModelConfig.preset("tiny")
-    with pytest.raises(ValueError, match=r"lora.layers \[9\] cannot be adapted: indices must be in 0..7.*sandwich"):
-        target_module_names(cfg, LoraSettings(layers=[0, 3, 9]))
-    with pytest.raises(ValueError, match="use_dora cannot adapt the sandwich layers"):
-        target_module_names(cfg, LoraSettings(layers="all", use_dora=True))
-    with pytest.raises(ValueError, match="experts must name at least one"):
-        LoraSettings(experts=[])
-    with pytest.raises(ValueError, match="'video', 'audio' or 'text'"):
-        LoraSettings(experts=["speech"])
-    with pytest.raises(ValueError, match="linear_qkv"):
-        LoraSettings(targets=["qkv"])
-    with pytest.raises(ValueError, match="at least one"):
-        LoraSettings(targets=[])
-    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
-        LoraSettings(rnak=4)

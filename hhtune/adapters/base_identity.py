@@ -1,4 +1,4 @@
-"""Base-model fingerprint: which weights an adapter was trained against.
+"""Base-model identity (:func:`base_model_id`): which base weights an adapter was trained against.
 
 A hash of every tensor's name and shape plus a fixed sample of values (128 per tensor,
 evenly spaced over the flattened tensor) from the embedders, the final linears and the
@@ -6,11 +6,14 @@ evenly spaced over the flattened tensor) from the embedders, the final linears a
 
 * a model in memory, plain or wrapped by PEFT (the base weights are used), on any device;
 * the checkpoint folder or file it was saved to (read from the headers plus only the
-  sampled rows, so fingerprinting a 15B checkpoint reads a few MB);
+  sampled rows, so identifying a 15B checkpoint reads a few MB);
 * the same weights stored in bf16 or fp32 (sampled values are compared in bf16).
 
+Adapter files record it under the ``base_fingerprint`` metadata key (and ``run_info.json``
+under ``base_fingerprint``); the key keeps that name so files written before stay readable.
+
 Different weights of the same architecture (the SR or distilled model against the base)
-give different fingerprints; so does an FP8-quantised copy, whose values are rounded.
+give different ids; so does an FP8-quantised copy, whose values are rounded.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import os
 import re
 
 import torch
+from safetensors import safe_open
+
+from ..model.checkpoint import FP8_SCALE_SUFFIX, checkpoint_files, read_shapes
 
 _SAMPLED = ("adapter.video_embedder.weight", "adapter.audio_embedder.weight", "adapter.text_embedder.weight",
             "final_linear_video.weight", "final_linear_audio.weight")  # fmt: skip
@@ -29,8 +35,8 @@ _EVERY = 4
 _PER_TENSOR = 128
 
 
-def base_fingerprint(source: torch.nn.Module | str | os.PathLike) -> str:
-    """Fingerprint (32 hex digits) of a model's base weights, or of a checkpoint folder or file."""
+def base_model_id(source: torch.nn.Module | str | os.PathLike) -> str:
+    """Identity (32 hex digits) of a model's base weights, or of a checkpoint folder or file."""
     if isinstance(source, torch.nn.Module):
         shapes, sample = _from_module(source)
     else:
@@ -79,10 +85,6 @@ def _from_module(model: torch.nn.Module):
 
 
 def _from_checkpoint(path: str | os.PathLike):
-    from safetensors import safe_open
-
-    from .model.checkpoint import FP8_SCALE_SUFFIX, checkpoint_files, read_shapes
-
     info = read_shapes(path)
     shapes = {k: s for k, (s, _) in info.items() if not k.endswith(FP8_SCALE_SUFFIX)}
     files = checkpoint_files(path)

@@ -1,28 +1,25 @@
-"""LoRA on the HappyHorse transformer, through PEFT.
+"""What a LoRA adapts (the recipe's ``lora`` section): the modules that selects and how many parameters train.
 
 By default the four block linears (``linear_qkv``, ``linear_proj``, ``up_gate_proj``,
 ``down_proj``) of the shared layers (4-35 on the 15B model) are adapted.
 
 * ``layers: all`` (or a list naming sandwich layers, 0-3 and 36-39 on 15B) also adapts the
   sandwich layers' modality experts, through the PEFT custom layer of
-  :mod:`hhtune.lora_experts`; ``experts`` picks which of video, audio and text train.
+  :mod:`hhtune.adapters.experts`; ``experts`` picks which of video, audio and text train.
 * ``embedders`` adds the per-modality input projections ``adapter.<m>_embedder``.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .lora_experts import EXPERTS, register_experts
-from .model import HappyHorseTransformer, ModelConfig
+from ..model.config import ModelConfig
 
 TargetName = Literal["linear_qkv", "linear_proj", "up_gate_proj", "down_proj"]
 Modality = Literal["video", "audio", "text"]
+EXPERTS: tuple[str, ...] = ("video", "audio", "text")  # the stacked order of a sandwich layer's experts
 ALL_TARGETS: tuple[str, ...] = ("linear_qkv", "linear_proj", "up_gate_proj", "down_proj")
 _PARENT = {"linear_qkv": "attention", "linear_proj": "attention", "up_gate_proj": "mlp", "down_proj": "mlp"}
 
@@ -94,43 +91,6 @@ def target_module_names(config: ModelConfig, settings: LoraSettings) -> list[str
     """Fully qualified names of the modules to adapt, e.g. ``block.layers.4.attention.linear_qkv``."""
     blocks = [f"block.layers.{i}.{_PARENT[t]}.{t}" for i in adapted_layers(config, settings) for t in settings.targets]
     return blocks + [f"adapter.{m}_embedder" for m in settings.embedders]
-
-
-def lora_config(config: ModelConfig, settings: LoraSettings) -> LoraConfig:
-    """The PEFT ``LoraConfig`` for these settings (exact module names, so nothing else matches).
-
-    The sandwich layers' expert linears are adapted by the custom layer registered here.
-    """
-    config = LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.effective_alpha,
-        lora_dropout=settings.dropout,
-        target_modules=target_module_names(config, settings),
-        use_rslora=settings.use_rslora,
-        use_dora=settings.use_dora,
-        init_lora_weights=True if settings.init == "default" else "gaussian",
-        bias="none",
-    )
-    return register_experts(config, settings.experts)
-
-
-def add_lora(model: HappyHorseTransformer, settings: LoraSettings, adapter_name: str = "default") -> PeftModel:
-    """Wrap ``model`` with a trainable LoRA adapter; every base parameter is frozen.
-
-    LoRA weights are kept in fp32 (PEFT's default upcast) while the base stays in its
-    official dtypes, so adapter updates are not lost to bf16 rounding.
-    """
-    with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose
-        warnings.filterwarnings("ignore", message="Unsupported layer type .*ExpertLinear")
-        peft_model = get_peft_model(model, lora_config(model.config, settings), adapter_name=adapter_name)
-    for name, p in peft_model.named_parameters():
-        p.requires_grad_("lora_" in name)
-    return peft_model
-
-
-def trainable_parameter_count(model: torch.nn.Module) -> int:
-    """Number of parameters with ``requires_grad``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def expected_trainable_parameters(config: ModelConfig, settings: LoraSettings) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from hhtune.lora import LoraSettings, add_lora
+from hhtune.adapters.inject import add_lora
+from hhtune.adapters.settings import LoraSettings
 from hhtune.model import HappyHorseTransformer, ModelConfig
 
 

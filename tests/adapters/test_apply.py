@@ -1,4 +1,4 @@
-"""Adapter import: stacking at strengths, continued training, PEFT's own folders, fingerprints, bad files."""
+"""Applying adapter files to a model: stacking at strengths, continued training, PEFT's own folders, bad files."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-from export.adapter_helpers import base_model, inputs, out, rel, trained
+from adapter_helpers import base_model, inputs, out, rel, trained
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from hhtune import adapters
-from hhtune.export import AdapterError, export_adapter
-from hhtune.fingerprint import base_fingerprint
-from hhtune.model import load_checkpoint, save_checkpoint
+from hhtune.adapters import AdapterError, apply
+from hhtune.export import export_adapter
+from hhtune.model import save_checkpoint
 
 
 def _delta(model) -> torch.Tensor:
@@ -73,48 +73,6 @@ def test_peft_saved_folders_load_including_dora_and_run_dirs(tmp_path):
         model = trained(**kw)
         model.save_pretrained(str(tmp_path / "run" / "adapter"))  # PEFT's own writer, as training does
         torch.testing.assert_close(out(adapters.load(tmp_path / "run", base_model())), out(model), rtol=0, atol=1e-6)
-
-
-def test_fingerprint_is_the_same_in_memory_and_on_disk(tmp_path):
-    model = base_model()
-    fp = base_fingerprint(model)
-    saved = save_checkpoint(model, tmp_path / "ckpt", max_shard_size=40_000)
-    assert base_fingerprint(saved) == fp
-    assert base_fingerprint(trained()) == fp  # the base under a PEFT wrapper
-    assert base_fingerprint(load_checkpoint(saved, dtype=torch.float32)) == fp  # another storage dtype
-    assert base_fingerprint(base_model(seed=1)) != fp  # same shapes, other weights (an SR or distilled model)
-    fp8 = export_adapter(trained(), "merged_fp8", tmp_path / "fp8.safetensors", base=saved, strength=0.0)
-    assert base_fingerprint(fp8) != fp  # FP8 rounding changes the values
-    assert base_fingerprint(load_checkpoint(fp8, fp8_storage=True)) == base_fingerprint(fp8) == base_fingerprint(load_checkpoint(fp8))
-
-
-def test_fingerprint_reads_only_sampled_rows(tmp_path, monkeypatch):
-    from safetensors import safe_open as real_open
-
-    saved = save_checkpoint(base_model(), tmp_path / "ckpt")
-    full_reads = []
-
-    class Spy:
-        def __init__(self, *a, **k):
-            self._f = real_open(*a, **k)
-
-        def __enter__(self):
-            self._f.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self._f.__exit__(*exc)
-
-        def __getattr__(self, name):
-            return getattr(self._f, name)
-
-        def get_tensor(self, key):
-            full_reads.append(key)
-            return self._f.get_tensor(key)
-
-    monkeypatch.setattr("safetensors.safe_open", Spy)
-    assert base_fingerprint(saved) == base_fingerprint(base_model())
-    assert full_reads == []  # weights are read through row slices only
 
 
 def _write_with_meta(src, dst, **changes):
@@ -204,3 +162,69 @@ def test_sample_command_applies_per_modality_strengths(tmp_path, monkeypatch):
                      "--device", "cpu", "--adapter", f"{path}:video=1.0,audio=0.5"])  # fmt: skip
     layer = loaded[0].get_base_model().block.layers[0].attention.linear_qkv
     assert layer.expert_strength["adapter_a"] == {"video": 1.0, "audio": 0.5}
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("case", ["architecture", "wan_keys", "shape", "unknown_module", "unknown_key", "duplicate", "nan"])
+def test_bad_files_name_file_key_and_reason_and_change_nothing(tmp_path, case):
+    good = load_file(export_adapter(trained(), "wan2gp", tmp_path / "good.safetensors", dtype="fp32"))
+    k = "block.layers.2.mlp.down_proj"
+    state, header, match = dict(good), {}, None
+    if case == "architecture":
+        header = {"modelspec.architecture": "wan2.1-t2v-14b/lora"}
+        match = r"bad.safetensors: modelspec.architecture is 'wan2.1-t2v-14b/lora': a LoRA for another model"
+    elif case == "wan_keys":  # a Wan2.1 LoRA in ComfyUI's generic layout: no header, only foreign module paths
+        state = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 64),
+                 "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(64, 4)}  # fmt: skip
+        match = r"bad.safetensors: none of its 1 modules exist in the model \(e.g. 'blocks.0.self_attn.q'\).*another architecture"
+    elif case == "shape":
+        state[f"{k}.lora_A.weight"] = torch.zeros(4, 100)
+        match = r"bad.safetensors: block.layers.2.mlp.down_proj has A \[4, 100\] / B \[64, 4\], the model needs \[r, 168\]"
+    elif case == "unknown_module":
+        state["block.layers.2.attention.linear_gate.lora_A.weight"] = torch.zeros(4, 64)
+        state["block.layers.2.attention.linear_gate.lora_B.weight"] = torch.zeros(64, 4)
+        match = r"bad.safetensors: module 'block.layers.2.attention.linear_gate' does not exist in the model"
+    elif case == "unknown_key":
+        state["blocks.0.self_attn.q.lora_A.weight"] = torch.zeros(4, 64)
+        match = r"bad.safetensors: key blocks.0.self_attn.q.lora_A.weight names no HappyHorse module"
+    elif case == "duplicate":
+        state[f"lora_unet_{k.replace('.', '_')}.lora_down.weight"] = state[f"{k}.lora_A.weight"].clone()
+        state[f"lora_unet_{k.replace('.', '_')}.lora_up.weight"] = state[f"{k}.lora_B.weight"].clone()
+        match = r"bad.safetensors: module block.layers.2.mlp.down_proj appears twice.*two key styles"
+    elif case == "nan":
+        state[f"{k}.lora_B.weight"] = state[f"{k}.lora_B.weight"].clone()
+        state[f"{k}.lora_B.weight"][3, 1] = float("nan")
+        match = r"bad.safetensors: tensor block.layers.2.mlp.down_proj.lora_B.weight holds NaN"
+    save_file(state, tmp_path / "bad.safetensors", header)
+    for model in (base_model(), adapters.load(tmp_path / "good.safetensors", base_model())):  # plain, and stacked on
+        before, types = _snapshot(model)
+        with pytest.raises(AdapterError, match=match):
+            adapters.load(tmp_path / "bad.safetensors", model)
+        after, types_after = _snapshot(model)
+        assert types_after == types and before.keys() == after.keys()
+        assert all(torch.equal(before[n], after[n]) for n in before)  # nothing half-applied
+    with pytest.raises(AdapterError, match=match.replace("the model", "base .*")):
+        export_adapter(tmp_path / "bad.safetensors", "merged", tmp_path / "m", base=save_checkpoint(base_model(), tmp_path / "b"))
+
+
+def test_a_failure_while_injecting_removes_the_half_made_adapter(tmp_path, monkeypatch):
+    path = export_adapter(trained(layers="all"), "wan2gp", tmp_path / "w.safetensors", dtype="fp32")
+    first = adapters.load(export_adapter(trained(seed=1), "comfyui", tmp_path / "c.safetensors"), base_model())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(apply, "set_peft_model_state_dict", broken)
+    for model in (base_model(), first):
+        before, types = _snapshot(model)
+        want = out(model)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            adapters.load(path, model)
+        after, types_after = _snapshot(model)
+        assert types_after == types and before.keys() == after.keys() and torch.equal(out(model), want)

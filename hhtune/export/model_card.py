@@ -1,74 +1,12 @@
-"""What other tools read about an adapter: ModelSpec / ``ss_*`` header keys, and the model card.
-
-ModelSpec (``modelspec.*``) is the header convention kohya's sd-scripts, musubi-tuner,
-ComfyUI and Civitai tooling display; ``modelspec.architecture`` uses musubi-tuner's id for
-this model (``daVinci-MagiHuman``, ``/lora`` for adapters) so its tools recognise the file.
-The ``ss_*`` keys are sd-scripts' training keys (rank, alpha, module, steps, base).
-"""
+"""The model card (``README.md``) written beside an adapter, in place of PEFT's empty template."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 
+from ..adapters.formats.weights import AdapterMetadata
 from ..io import atomic_write_text
-from .formats import METADATA_KEY, AdapterError, AdapterMetadata, LoraWeights
-
-ARCHITECTURE = "daVinci-MagiHuman"
-IMPLEMENTATION = "https://github.com/GAIR-NLP/daVinci-MagiHuman"
-
-
-def modelspec_header(w: LoraWeights, *, merged: bool = False, folded: bool = False) -> dict[str, str]:
-    """hhtune's own header plus the ModelSpec and ``ss_*`` keys for ``w``.
-
-    ``folded``: the file holds ``B`` pre-scaled with ``alpha = r``, so ``ss_network_alpha`` is the rank.
-    """
-    meta = w.described()
-    title = meta.title or (f"HappyHorse LoRA ({', '.join(meta.trigger_words)})" if meta.trigger_words else "HappyHorse LoRA")
-    header = {
-        "format": "pt",
-        METADATA_KEY: meta.model_dump_json(),
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": ARCHITECTURE if merged else f"{ARCHITECTURE}/lora",
-        "modelspec.implementation": IMPLEMENTATION,
-        "modelspec.title": title,
-        "modelspec.date": _dt.date.today().isoformat(),
-        "modelspec.prediction_type": "flow",
-        "modelspec.tags": ",".join(["lora", "video", "audio", *meta.languages]),
-        "ss_network_module": "hhtune.lora",
-        "ss_base_model_version": ARCHITECTURE,
-    }
-    if meta.trigger_words:
-        header["modelspec.trigger_phrase"] = ", ".join(meta.trigger_words)
-        header["ss_tag_frequency"] = json.dumps({"trigger": {t: 1 for t in meta.trigger_words}})
-    if meta.resolution:
-        header["modelspec.resolution"] = meta.resolution
-    if meta.license:
-        header["modelspec.license"] = meta.license
-    if meta.rank is not None:
-        header["ss_network_dim"] = str(meta.rank)
-    if folded and meta.rank is not None:
-        header["ss_network_alpha"] = str(float(meta.rank))
-    elif meta.alpha is not None and not folded:
-        header["ss_network_alpha"] = str(meta.alpha)
-    if meta.training_steps is not None:
-        header["ss_steps"] = str(meta.training_steps)
-    if meta.base_name:
-        header["ss_sd_model_name"] = meta.base_name
-    if meta.dataset_summary.get("clips") is not None:
-        header["ss_num_train_items"] = str(meta.dataset_summary["clips"])
-    return header
-
-
-def check_architecture(header: dict[str, str], source: str) -> None:
-    """Refuse a file whose ModelSpec says it belongs to another model."""
-    arch = header.get("modelspec.architecture")
-    if arch and not arch.split("/")[0].lower().replace("-", "").endswith(("magihuman", "happyhorse")):
-        raise AdapterError(
-            f"{source}: modelspec.architecture is {arch!r}: a LoRA for another model cannot be applied to "
-            f"HappyHorse ({ARCHITECTURE})"
-        )
 
 
 def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | None = None) -> Path:
@@ -136,7 +74,6 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     path = folder / "README.md"
     atomic_write_text(path, "\n".join(lines))
     return path
-
 
 
 def _run_validation(run_dir: Path) -> dict:

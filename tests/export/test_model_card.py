@@ -1,0 +1,28 @@
+"""The model card written beside an adapter in place of PEFT's empty template."""
+
+from __future__ import annotations
+
+from adapter_helpers import trained
+
+from hhtune.export.model_card import write_model_card
+
+
+def test_model_card_replaces_the_peft_template(tmp_path):
+    model = trained()
+    model.save_pretrained(str(tmp_path / "adapter"))
+    assert "[More Information Needed]" in (tmp_path / "adapter" / "README.md").read_text()
+    info = {"steps": 40, "base": "ckpt/base", "base_fingerprint": "f" * 32, "trigger_words": ["hhbrand"],
+            "languages": ["en", "zh"], "recipe_hash": "abc", "consent": "signed releases on file",
+            "dataset_summary": {"clips": 9, "hours": 0.25, "dataset": "data/brand"},
+            "validation": {"stills": ["validation/step_40.png"], "metrics": {"sample_distance": 0.31}}}  # fmt: skip
+    card = write_model_card(tmp_path / "adapter", info).read_text()
+    assert "[More Information Needed]" not in card
+    for text in ("ckpt/base", "f" * 32, "`hhbrand`", "en, zh", "clips: 9", "hours: 0.25", "recipe hash: `abc`",
+                 "validation/step_40.png", "sample_distance: 0.31", "signed releases on file"):  # fmt: skip
+        assert text in card, text
+    assert "NOT RECORDED" in write_model_card(tmp_path / "adapter", {}).read_text()  # no consent field: say so
+    (tmp_path / "samples" / "step-00000040").mkdir(parents=True)  # a run folder: stills and val/ metrics found there
+    (tmp_path / "samples" / "step-00000040" / "prompt0.png").write_bytes(b"")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 40, "loss": 0.5}\n{"step": 40, "val/lip_sync": 0.8}\n')
+    card = write_model_card(tmp_path / "adapter", {"steps": 40}).read_text()
+    assert "../samples/step-00000040/prompt0.png" in card and "lip_sync: 0.8" in card
