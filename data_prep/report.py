@@ -70,7 +70,6 @@ def summarise(units: list[Unit]) -> dict:
         "alignment": {
             "methods": dict(methods),
             "mean_word_confidence": round(float(np.mean(confidence)), 3) if confidence else None,
-            "note": "",
         },
         "phonemes": {lang: {"distinct": len(c), "total": sum(c.values()), "counts": dict(c.most_common())}
                      for lang, c in sorted(phones.items())},  # fmt: skip

@@ -75,7 +75,7 @@ def test_report_fates_counts_and_pil_fallback(tmp_path, monkeypatch):
     t = summary["totals"]
     assert (t["files"], t["used"], t["used_whole"], t["split"], t["skipped"], t["clips"]) == (3, 2, 1, 1, 1, 3)
     assert summary["by_language"]["en"]["clips"] == 2 and summary["by_bucket"] == {"1:1": {"clips": 3, "seconds": 1.08}}
-    assert summary["phonemes"]["ko"]["distinct"] == 2 and summary["alignment"]["methods"] == {"dtw": 3}
+    assert summary["phonemes"]["ko"]["distinct"] == 2 and summary["alignment"] == {"methods": {"dtw": 3}, "mean_word_confidence": 0.5}
     report = json.loads((tmp_path / "report.json").read_text())
     assert [f["fate"] for f in report["files"]] == ["split", "used", "skipped"]
     page = (tmp_path / "report.html").read_text()
