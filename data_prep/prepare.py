@@ -114,10 +114,12 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
                                              planned.start, planned.frames)  # fmt: skip
             lines = _clip_lines(spoken, planned.start, planned.end, language)
             unit.clips.append(Clip(
-                clip_id, rel, round(planned.start, 4), round(planned.end, 4), language,
-                _caption(description, lines, speaker, language, meta, cfg), " ".join(lines), clip_align.to_json(),
-                clip_align.method if clip_align.words else "none", tuple(mask.tolist()), mask_source, bucket, width,
-                height, planned.frames, speaker))  # fmt: skip
+                clip_id=clip_id, source_file=rel, start_s=round(planned.start, 4), end_s=round(planned.end, 4),
+                language=language, caption=_caption(description, lines, speaker, language, meta, cfg),
+                transcript=" ".join(lines), alignment=clip_align.to_json(),
+                alignment_method=clip_align.method if clip_align.words else "none",
+                speech_mask=tuple(mask.tolist()), mask_source=mask_source, bucket=bucket, width=width, height=height,
+                num_frames=planned.frames, speaker=speaker))  # fmt: skip
     finally:
         reader.close()
 

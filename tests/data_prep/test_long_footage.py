@@ -16,6 +16,8 @@ from data_prep.report import write_report
 from data_prep.units import Clip
 from hhtune.media import SPEECH_RATE, read_audio
 
+pytestmark = pytest.mark.slow  # the shared build of three long files takes over a minute
+
 PAUSES = [0.6, 0.9, 0.5, 1.2, 0.7, 0.8]
 TEXTS = {
     "en": ("en-us", ["Good morning and welcome to our studio.", "Today we talk about the new spring collection.",
