@@ -85,10 +85,10 @@ def main() -> None:
             t = time.perf_counter()
             unit = prepare_file(path, path.name, {}, cfg, work)
             ours = time.perf_counter() - t
-            cov = unit.get("speech_coverage", {})
+            cov = unit.speech_coverage or {}
             kept = cov.get("transcribed_used_s", 0) / max(1e-9, cov.get("transcribed_s", 0))
-            row = {"file": name, "footage_s": round(unit["probe"]["duration"], 2), "ffmpeg_s": round(decode, 2),
-                   "stages_1_7_s": round(ours, 2), "ratio": round(ours / decode, 2), "clips": len(unit["clips"]),
+            row = {"file": name, "footage_s": round(unit.duration, 2), "ffmpeg_s": round(decode, 2),
+                   "stages_1_7_s": round(ours, 2), "ratio": round(ours / decode, 2), "clips": len(unit.clips),
                    "speech_kept": round(kept, 3)}  # fmt: skip
             results.append(row)
             print(f"{name:6} {row['footage_s']:9.1f} {decode:18.2f} {ours:11.2f} {row['ratio']:6.2f} {row['clips']:6d} {kept:12.1%}")

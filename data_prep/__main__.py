@@ -8,7 +8,7 @@
     python -m data_prep probe FILE...                     # stage 1: streams, duration, fps, rotation
     python -m data_prep transcript FILE                   # stage 2: a sidecar as parsed
     python -m data_prep g2p LANGUAGE "text"               # stage 3: words and phonemes
-    python -m data_prep align FILE --language L [--transcript T] [--out DIR]   # stage 4: JSON + TextGrid
+    python -m data_prep align FILE --language L [--transcript T] [--out DIR]   # stages 3-4 as a build: JSON + TextGrid
 
 Re-running a build resumes: finished files and encoded clips are not redone.
 """
@@ -72,33 +72,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _align_one(args) -> int:
-    from hhtune.media import SPEECH_RATE, probe, read_audio
-    from hhtune.speech.align import PhonemeRecognizer, align
-    from hhtune.speech.g2p import phonemize
+    """Stages 2-4 on one file through the build's own functions: the same audio decode, language check and
+    alignment (cue padding, neighbour bounds, too-long check), so the words are those a build cuts clips from."""
+    from hhtune.media import decode_audio, probe
     from hhtune.speech.languages import normalise_language
 
-    from .prepare import TRANSCRIPT_SUFFIXES
-    from .segment import shift
+    from .alignment import align_transcript, check_language
     from .textgrid import write_textgrid
-    from .transcripts import parse_transcript
+    from .transcripts import find_sidecar, parse_transcript
 
-    side = args.transcript or next((p for s in TRANSCRIPT_SUFFIXES if (p := args.file.with_suffix(s)).is_file()), None)
+    side = args.transcript or find_sidecar(args.file)
     if side is None:
         raise ValueError(f"no transcript for {args.file}: pass --transcript")
-    language, info = normalise_language(args.language), probe(args.file)
-    audio = read_audio(args.file, SPEECH_RATE)
-    rec = PhonemeRecognizer(args.acoustic_model) if args.acoustic_model else None
-    t = parse_transcript(side)
-    cues = [(s.start or 0.0, s.end or info.duration, s.text) for s in t.segments] if any(
-        s.start is not None for s in t.segments) else [(0.0, info.duration, t.text())]  # fmt: skip
-    result = None
-    for a, b, text in cues:
-        part = shift(align(audio[int(a * SPEECH_RATE) : int(b * SPEECH_RATE)], phonemize(text, language), rec), a)
-        if result is None:
-            result = part
-        else:
-            result.words += part.words
-            result.phonemes += part.phonemes
+    info = probe(args.file)
+    mono16k = decode_audio(args.file).mono16k
+    transcript = parse_transcript(side)
+    notes: list[str] = []
+    language = check_language(transcript.text(), normalise_language(args.language), mono16k, notes)
+    result = align_transcript(mono16k, transcript, language, info.duration, args.acoustic_model, notes).alignment
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.file.stem}.alignment.json").write_text(result.to_json(), encoding="utf-8")
@@ -159,7 +152,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "prepare":
         units = prepare_all(args.footage, args.out, cfg, rebuild=args.rebuild, progress=not args.no_progress,
                             redo=args.redo)  # fmt: skip
-        print(f"{sum(len(u['clips']) for u in units)} clips from {len(units)} files (cached in {args.out}/.work)")
+        print(f"{sum(len(u.clips) for u in units)} clips from {len(units)} files (cached in {args.out}/.work)")
         return 0
     out = build(args.footage, args.out, cfg, encode=args.command == "encode" or args.encode, rebuild=args.rebuild,
                 progress=not args.no_progress, reencode=args.reencode)  # fmt: skip

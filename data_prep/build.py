@@ -23,7 +23,9 @@ from hhtune.media import VIDEO_EXTENSIONS
 
 from .checks import check_environment
 from .config import DataConfig
-from .prepare import TRANSCRIPT_SUFFIXES, input_fingerprint, prepare_file, unit_name
+from .prepare import input_fingerprint, prepare_file
+from .transcripts import TRANSCRIPT_SUFFIXES
+from .units import Unit, unit_name
 
 FORMAT_VERSION = 1
 _AUDIO = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus")
@@ -36,7 +38,7 @@ class BuildError(ValueError):
     """The build cannot start or go on; the message says what to do."""
 
 
-def discover(footage: Path) -> tuple[list[str], list[dict]]:
+def discover(footage: Path) -> tuple[list[str], list[Unit]]:
     """Candidate footage files (relative paths) and the files skipped outright, with reasons."""
     if not footage.is_dir():
         raise BuildError(f"footage folder not found: {footage}")
@@ -48,13 +50,13 @@ def discover(footage: Path) -> tuple[list[str], list[dict]]:
         if p.suffix.lower() in VIDEO_EXTENSIONS:
             found.append(rel)
         elif p.suffix.lower() in _AUDIO:
-            skipped.append(_entry(rel, f"audio-only file ({p.suffix}): HappyHorse learns picture and sound together"))
+            skipped.append(Unit(rel, reason=f"audio-only file ({p.suffix}): HappyHorse learns picture and sound together"))
         elif p.suffix.lower() not in _SIDECARS:
-            skipped.append(_entry(rel, f"not a video file ({p.suffix or 'no extension'})"))
+            skipped.append(Unit(rel, reason=f"not a video file ({p.suffix or 'no extension'})"))
     return found, skipped
 
 
-def load_metadata(footage: Path) -> tuple[dict[str, dict], list[dict]]:
+def load_metadata(footage: Path) -> tuple[dict[str, dict], list[Unit]]:
     """Rows of ``metadata.jsonl`` or ``metadata.csv`` keyed by ``file_name``, and the rows that were refused
     (a path leaving the footage folder, a file that is not there), as report entries.
 
@@ -84,20 +86,16 @@ def load_metadata(footage: Path) -> tuple[dict[str, dict], list[dict]]:
             raise BuildError(f"{where}: a metadata row needs a file_name (the footage file it describes): {row}")
         target = (footage / name).resolve()
         if root not in target.parents:
-            refused.append(_entry(name, f"{where}: file_name points outside the footage folder; row ignored"))
+            refused.append(Unit(name, reason=f"{where}: file_name points outside the footage folder; row ignored"))
         elif not target.is_file():
-            refused.append(_entry(name, f"{where}: metadata names a file that is not in the footage folder"))
+            refused.append(Unit(name, reason=f"{where}: metadata names a file that is not in the footage folder"))
         else:
             out[str(target.relative_to(root))] = row
     return out, refused
 
 
-def _entry(name: str, reason: str) -> dict:
-    return {"file": name, "fate": "skipped", "reason": reason, "clips": [], "notes": []}
-
-
 def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = False, progress: bool = True,
-                redo: list[str] | None = None) -> list[dict]:  # fmt: skip
+                redo: list[str] | None = None) -> list[Unit]:  # fmt: skip
     """Stages 1-7 for every file not already done; returns every unit (skipped files included).
 
     A unit is reused when its inputs (file, sidecars, metadata row, settings) are unchanged;
@@ -122,7 +120,7 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
     atomic_write_text(stamp, json.dumps(settings))
     files, skipped = discover(footage)
     meta, refused = load_metadata(footage)
-    units: dict[str, dict] = {}
+    units: dict[str, Unit] = {}
     todo = []
     for rel in files:
         done = _done_unit(work / "units" / unit_name(rel), footage / rel, meta.get(rel, {}), cfg)
@@ -141,7 +139,7 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
                 units[futures[fut]] = fut.result()
                 bar.advance()
     everything = [units[rel] for rel in files] + skipped + refused
-    atomic_write_text(work / "units.json", json.dumps(everything, ensure_ascii=False))
+    atomic_write_text(work / "units.json", json.dumps([u.to_json() for u in everything], ensure_ascii=False))
     return everything
 
 
@@ -152,14 +150,14 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _done_unit(path: Path, source: Path, meta: dict, cfg: DataConfig) -> dict | None:
+def _done_unit(path: Path, source: Path, meta: dict, cfg: DataConfig) -> Unit | None:
     """A finished unit whose inputs are unchanged, else ``None`` (missing, stale or unreadable)."""
     if not path.is_file():
         return None
     try:
-        unit = json.loads(path.read_text())
-        return unit if unit.get("inputs") == input_fingerprint(source, meta, cfg) else None
-    except (OSError, ValueError):
+        unit = Unit.from_json(json.loads(path.read_text()))
+        return unit if unit.inputs == input_fingerprint(source, meta, cfg) else None
+    except (OSError, ValueError, KeyError, TypeError):  # Key/TypeError: a unit written in another layout
         return None
 
 
@@ -201,7 +199,7 @@ def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool
     return out
 
 
-def load_units(out: Path) -> list[dict]:
+def load_units(out: Path) -> list[Unit]:
     """The units of the last finished stages 1-7 run (``.work/units.json``), in report order.
 
     Only the index is read, so units of files since removed from the footage are not picked up.
@@ -209,7 +207,7 @@ def load_units(out: Path) -> list[dict]:
     index = Path(out) / ".work" / "units.json"
     if not index.is_file():
         raise BuildError(f"{out} has no finished stages 1-7 yet: run `python -m data_prep prepare FOOTAGE --out {out}`")
-    return json.loads(index.read_text())
+    return [Unit.from_json(u) for u in json.loads(index.read_text())]
 
 
 class _bar:

@@ -21,6 +21,7 @@ from .config import DataConfig
 from .encode import LATENTS, clip_key, latents_key
 from .segment import alignment_from_json
 from .textgrid import write_textgrid
+from .units import Clip, Unit
 
 META_COLUMNS = ("clip_id", "source_file", "start_s", "end_s", "language", "caption", "transcript", "alignment",
                 "speech_mask", "bucket", "width", "height", "num_frames")  # fmt: skip
@@ -56,19 +57,20 @@ def manifest_fingerprint(cfg: DataConfig, encoders_fp: str | None) -> str:
     return hashlib.sha256(json.dumps([FORMAT_VERSION, cfg.fingerprint(), encoders_fp]).encode()).hexdigest()[:16]
 
 
-def _rows(clips: list[dict], latents: Path | None):
+def _rows(clips: list[Clip], latents: Path | None):
     from safetensors.torch import load_file
 
     for c in clips:
-        row = {k: c[k] for k in META_COLUMNS}
-        row["speaker"] = c.get("speaker", "")
+        row = {k: getattr(c, k) for k in META_COLUMNS}
+        row["speech_mask"] = list(c.speech_mask)
+        row["speaker"] = c.speaker
         if latents is not None:
-            lat = load_file(latents / f"{c['clip_id']}.safetensors")
+            lat = load_file(latents / f"{c.clip_id}.safetensors")
             row |= {k: lat[k].numpy() for k in LATENTS}
         yield row
 
 
-def write_dataset(units: list[dict], out: Path, cfg: DataConfig, encoders: EncoderPaths | None) -> Path:
+def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: EncoderPaths | None) -> Path:
     """Write ``dataset/`` (one row per clip), ``alignments/`` and ``manifest.json``, each atomically.
 
     Rows stream through ``Dataset.from_generator`` (a private cache under ``.work``), so latents of a
@@ -78,16 +80,17 @@ def write_dataset(units: list[dict], out: Path, cfg: DataConfig, encoders: Encod
     import datasets
 
     out = Path(out)
-    clips = [{**c, "inputs": u.get("inputs", "")} for u in units for c in u["clips"]]
+    clips = [c for u in units for c in u.clips]
     latents = out / ".work" / "latents" if encoders is not None else None
     if latents is not None:
-        bad = [c["clip_id"] for c in clips if latents_key(latents / f"{c['clip_id']}.safetensors") != clip_key(c)]
+        bad = [c.clip_id for u in units for c in u.clips
+               if latents_key(latents / f"{c.clip_id}.safetensors") != clip_key(c, u.inputs)]  # fmt: skip
         if bad:
             raise DatasetFormatError(f"{len(bad)} clip(s) have no up-to-date latents (e.g. {bad[0]}); run the encode stage")
     with atomic_dir(out / "alignments") as tmp:
         for c in clips:
-            (tmp / f"{c['clip_id']}.json").write_text(c["alignment"], encoding="utf-8")
-            write_textgrid(alignment_from_json(c["alignment"]), c["num_frames"] / 25, tmp / f"{c['clip_id']}.TextGrid")
+            (tmp / f"{c.clip_id}.json").write_text(c.alignment, encoding="utf-8")
+            write_textgrid(alignment_from_json(c.alignment), c.num_frames / 25, tmp / f"{c.clip_id}.TextGrid")
     (out / ".work").mkdir(parents=True, exist_ok=True)
     cache = Path(tempfile.mkdtemp(prefix=".hf-cache.", dir=out / ".work"))
     try:
@@ -105,10 +108,10 @@ def write_dataset(units: list[dict], out: Path, cfg: DataConfig, encoders: Encod
     enc_fp = encoders_fingerprint(encoders) if encoders is not None else None
     manifest = {"format_version": FORMAT_VERSION, "fingerprint": manifest_fingerprint(cfg, enc_fp), "encoders": enc,
                 "encoders_fingerprint": enc_fp, "settings": cfg.model_dump(mode="json"), "encoded": encoders is not None,
-                "clips": len(clips), "languages": sorted({c["language"] for c in clips}),
+                "clips": len(clips), "languages": sorted({c.language for c in clips}),
                 # how each clip's words and speech mask were found (dtw/ctc alignment; phonemes, Silero VAD or energy)
-                "clip_sources": {c["clip_id"]: {"alignment": c.get("alignment_method", "none"),
-                                                "speech_mask": c.get("mask_source", "unknown")} for c in clips}}  # fmt: skip
+                "clip_sources": {c.clip_id: {"alignment": c.alignment_method, "speech_mask": c.mask_source}
+                                 for c in clips}}  # fmt: skip
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
     return out / "dataset"
 

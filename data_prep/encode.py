@@ -30,6 +30,7 @@ from hhtune.encoders import (
 from hhtune.io import atomic_save_file, atomic_write_text
 
 from .config import DataConfig, EncoderFolders
+from .units import Clip, Unit
 
 LATENTS = ("video_latents", "audio_latents", "text_embeds", "reference_latents")
 
@@ -58,13 +59,14 @@ def resolve_encoders(cfg: DataConfig, out: Path) -> EncoderPaths:
     return paths
 
 
-def clip_key(clip: dict) -> str:
-    """What a clip's latents depend on besides the encoders: its pixels/audio (source range, bucket) and caption."""
-    parts = [clip[k] for k in ("source_file", "start_s", "end_s", "width", "height", "num_frames", "caption")]
-    return hashlib.sha1(json.dumps(parts + [clip.get("inputs", "")], ensure_ascii=False).encode()).hexdigest()[:16]
+def clip_key(clip: Clip, inputs: str | None) -> str:
+    """What a clip's latents depend on besides the encoders: its pixels/audio (source range, bucket) and caption,
+    and the ``inputs`` fingerprint of its unit."""
+    parts = [clip.source_file, clip.start_s, clip.end_s, clip.width, clip.height, clip.num_frames, clip.caption]
+    return hashlib.sha1(json.dumps(parts + [inputs or ""], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def encode_clips(units: list[dict], work: Path, paths: EncoderPaths, cfg: DataConfig, progress: bool = True,
+def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataConfig, progress: bool = True,
                  reencode: bool = False) -> int:  # fmt: skip
     """Encode every clip whose latents are missing or stale; returns how many this process encoded."""
     from accelerate import PartialState
@@ -74,12 +76,8 @@ def encode_clips(units: list[dict], work: Path, paths: EncoderPaths, cfg: DataCo
     if state.is_main_process:
         _check_encoders(folder, paths, reencode)
     state.wait_for_everyone()
-    clips = []
-    for u in units:
-        for c in u["clips"]:
-            c = {**c, "inputs": u.get("inputs", "")}
-            if latents_key(folder / f"{c['clip_id']}.safetensors") != clip_key(c):
-                clips.append(c)
+    clips = [(c, clip_key(c, u.inputs)) for u in units for c in u.clips]
+    clips = [(c, key) for c, key in clips if latents_key(folder / f"{c.clip_id}.safetensors") != key]
     if not clips:
         return 0
     batches = _batches(clips, cfg.encode_batch_size)
@@ -89,9 +87,9 @@ def encode_clips(units: list[dict], work: Path, paths: EncoderPaths, cfg: DataCo
     done = 0
     with state.split_between_processes(batches) as mine, _progress(progress, sum(len(b) for b in mine)) as bar:
         for batch in mine:
-            for clip, tensors in zip(batch, _encode_batch(batch, work, video, audio, text)):
-                atomic_save_file({k: v.contiguous() for k, v in tensors.items()}, folder / f"{clip['clip_id']}.safetensors",
-                                 metadata={"key": clip_key(clip)})  # fmt: skip
+            for (clip, key), tensors in zip(batch, _encode_batch([c for c, _ in batch], work, video, audio, text)):
+                atomic_save_file({k: v.contiguous() for k, v in tensors.items()}, folder / f"{clip.clip_id}.safetensors",
+                                 metadata={"key": key})  # fmt: skip
                 done += 1
                 bar(1)
     state.wait_for_everyone()
@@ -106,24 +104,24 @@ def latents_key(path: Path) -> str | None:
         return (f.metadata() or {}).get("key")
 
 
-def _batches(clips: list[dict], size: int) -> list[list[dict]]:
-    """Clips of the same shape, ``size`` at a time, in a stable order."""
-    groups: dict[tuple[int, int, int], list[dict]] = {}
-    for c in sorted(clips, key=lambda c: c["clip_id"]):
-        groups.setdefault((c["num_frames"], c["height"], c["width"]), []).append(c)
+def _batches(clips: list[tuple[Clip, str]], size: int) -> list[list[tuple[Clip, str]]]:
+    """Clips (with their keys) of the same shape, ``size`` at a time, in a stable order."""
+    groups: dict[tuple[int, int, int], list[tuple[Clip, str]]] = {}
+    for c, key in sorted(clips, key=lambda ck: ck[0].clip_id):
+        groups.setdefault((c.num_frames, c.height, c.width), []).append((c, key))
     return [g[i : i + size] for _, g in sorted(groups.items()) for i in range(0, len(g), size)]
 
 
 @torch.no_grad()
-def _encode_batch(batch: list[dict], work: Path, video, audio, text) -> list[dict[str, torch.Tensor]]:
-    data = [np.load(work / "clips" / f"{c['clip_id']}.npz") for c in batch]
+def _encode_batch(batch: list[Clip], work: Path, video, audio, text) -> list[dict[str, torch.Tensor]]:
+    data = [np.load(work / "clips" / f"{c.clip_id}.npz") for c in batch]
     frames = torch.stack([torch.from_numpy(d["frames"]) for d in data]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     waves = torch.stack([torch.from_numpy(_stereo(d["audio"])) for d in data])  # [B, 2, N] at 51200 Hz
     refs = torch.stack([
         torch.from_numpy(d["reference"]).permute(2, 0, 1).float() / 127.5 - 1 if "reference" in d
         else frames[b, :, 0] for b, d in enumerate(data)
     ])[:, :, None]  # fmt: skip
-    feats, lengths = text.encode([c["caption"] for c in batch])
+    feats, lengths = text.encode([c.caption for c in batch])
     v, a, r = video.encode(frames).cpu(), audio.encode(waves).cpu(), video.encode(refs).cpu()
     return [{"video_latents": v[b], "audio_latents": a[b], "text_embeds": feats[b, : int(lengths[b])].cpu(),
              "reference_latents": r[b]} for b in range(len(batch))]  # fmt: skip

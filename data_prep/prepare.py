@@ -1,6 +1,8 @@
 """Stages 1-7 for one footage file: probe, decode, transcript, G2P, alignment, cutting, captions, buckets.
 
-Runs in a worker process. Its result, a *unit*, is written atomically to
+:func:`prepare_file` drives one function per stage (``_probe``, ``_transcript``, ``_align``, ``_segment``, ``_cut``,
+``_caption``), each filling in the file's :class:`~data_prep.units.Unit`. It runs in a worker process. Its result,
+the unit, is written atomically to
 ``DATASET_DIR/.work/units/``; the decoded clips go to ``.work/clips/`` the same way,
 so a killed build resumes by skipping finished units and never reads half a file.
 A unit remembers a fingerprint of its inputs (the file, its sidecars, its metadata row,
@@ -9,45 +11,40 @@ the settings): when any of them changes, the file is done again.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hhtune.contract import FPS, audio_samples_for, bucket_size, frames_for, nearest_bucket
 from hhtune.io import atomic_path, atomic_write_text
-from hhtune.media import AUDIO_RATE, SPEECH_RATE, FrameReader, MediaError, decode_audio, probe, resize_crop
-from hhtune.speech.align import Alignment, Interval, PhonemeRecognizer, align
-from hhtune.speech.g2p import phonemize
+from hhtune.media import AUDIO_RATE, SPEECH_RATE, Audio, FrameReader, MediaError, Probe, decode_audio, probe, resize_crop
+from hhtune.speech.align import Alignment, Interval
 from hhtune.speech.languages import normalise_language
-from hhtune.speech.vad import energy_activity, speech_activity, speech_near
+from hhtune.speech.vad import speech_activity, speech_near
 
 from .accounting import UNTRANSCRIBED, coverage, timeline, whole_file
+from .alignment import VAD_HOP, Speech, align_transcript, check_language
 from .captions import build_caption, join_words
-from .checks import script_languages, script_mismatch, too_long
 from .config import DataConfig
-from .segment import plan, runs, shift, window
-from .transcripts import Segment, Transcript, parse_transcript, transcribe
+from .segment import Plan, PlannedClip, plan, runs, window
+from .transcripts import TRANSCRIPT_SUFFIXES, Segment, Transcript, find_sidecar, parse_transcript, transcribe
+from .units import Clip, Skip, Unit, unit_name
 
-TRANSCRIPT_SUFFIXES = (".srt", ".vtt", ".txt")
 CAPTION_SUFFIXES = (".caption.txt", ".caption")
 METADATA_KEYS = ("file_name", "language", "caption", "speaker", "trigger", "reference_image", "background_sound")
-VAD_HOP = 0.04  # seconds per voice-activity decision
-CUE_PAD = 0.3  # seconds of air the aligner may look at around a cue
 
 
-class Skip(Exception):
-    """The file is skipped; the message is its reason in the report."""
+@dataclass(frozen=True)
+class _Heard:
+    """Where voice-activity detection heard speech: one flag per :data:`VAD_HOP`, and the detector that did."""
 
-
-def unit_name(rel: str) -> str:
-    """File name of a unit: stable across runs, unique per source file."""
-    return hashlib.sha1(rel.encode()).hexdigest()[:12] + ".json"
+    active: np.ndarray
+    detector: str  # "silero", or "energy" when Silero is missing
 
 
 def sidecars(path: Path) -> list[Path]:
@@ -65,57 +62,75 @@ def input_fingerprint(path: Path, meta: dict, cfg: DataConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare_file(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path) -> dict:
+def prepare_file(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path) -> Unit:
     """Run stages 1-7 on one file and write its unit; never raises for bad input (the unit says why)."""
-    unit: dict = {"file": rel, "fate": "skipped", "reason": "", "clips": [], "notes": []}
+    unit = Unit(rel)
     try:
-        unit["inputs"] = input_fingerprint(path, meta, cfg)
+        unit.inputs = input_fingerprint(path, meta, cfg)
         _prepare(path, rel, meta, cfg, work, unit)
-        n = len(unit["clips"])
-        unit["fate"] = "used" if n == 1 else "split" if n > 1 else "skipped"
+        n = len(unit.clips)
+        unit.fate = "used" if n == 1 else "split" if n > 1 else "skipped"
         if n > 1:
-            unit["reason"] = f"split into {n} clips"
-        elif n == 0 and not unit["reason"]:
-            unit["reason"] = (f"no clip of {cfg.min_seconds}-{cfg.max_seconds} s fits between word boundaries "
-                              f"({unit.get('probe', {}).get('duration', 0):.2f} s of footage)")  # fmt: skip
+            unit.reason = f"split into {n} clips"
+        elif n == 0 and not unit.reason:
+            unit.reason = (f"no clip of {cfg.min_seconds}-{cfg.max_seconds} s fits between word boundaries "
+                           f"({unit.duration:.2f} s of footage)")  # fmt: skip
     except (Skip, MediaError, ValueError, OSError) as e:
-        unit["reason"] = str(e)
-        unit["clips"] = []
+        unit.reason = str(e)
+        unit.clips = []
     except Exception as e:  # an unexpected failure must not stop the build: report it with its trace
-        unit["reason"] = f"internal error: {type(e).__name__}: {e}"
-        unit["notes"].append(traceback.format_exc(limit=4))
-        unit["clips"] = []
-    if unit["fate"] == "skipped" and not unit["clips"]:
-        duration = float((unit.get("probe") or {}).get("duration") or 0.0)
-        if not _all_planned(unit):
-            unit["timeline"] = whole_file(duration, unit["reason"])
-    atomic_write_text(work / "units" / unit_name(rel), json.dumps(unit, ensure_ascii=False))
+        unit.reason = f"internal error: {type(e).__name__}: {e}"
+        unit.notes.append(traceback.format_exc(limit=4))
+        unit.clips = []
+    if unit.fate == "skipped" and not unit.clips and not (unit.timeline and unit.speech_coverage is not None):
+        unit.timeline = whole_file(unit.duration, unit.reason)  # not cut: its timeline cannot say more than this
+    atomic_write_text(work / "units" / unit_name(rel), json.dumps(unit.to_json(), ensure_ascii=False))
     return unit
 
 
-def _all_planned(unit: dict) -> bool:
-    """Whether the file got through cutting (its timeline then already says why each range was dropped)."""
-    return bool(unit.get("timeline")) and "speech_coverage" in unit
+def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit: Unit) -> None:
+    """The driver: one call per stage, each filling in ``unit``."""
+    info, audio, language = _probe(path, meta, cfg, unit)
+    spoken, transcript, language, heard = _listen(path, audio.mono16k, language, info.duration, cfg, unit)
+    cut = _segment(spoken, transcript, heard.active, audio.mono16k, info.duration, language, cfg, unit)
+    bucket = nearest_bucket(info.width, info.height, list(cfg.buckets))
+    width, height = bucket_size(bucket, cfg.base_resolution)
+    root = path
+    for _ in Path(rel).parts:
+        root = root.parent
+    reference = _reference(root, meta, width, height)
+    if not cut.clips:
+        return
+    unit.bucket = bucket
+    reader = FrameReader(path, info, (width, height))
+    speaker = meta.get("speaker") or cfg.speaker
+    description = meta.get("caption") or _caption_sidecar(path) or ""
+    try:
+        for k, planned in enumerate(cut.clips):
+            clip_id = f"{Path(rel).stem}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}-{k:03d}"
+            _cut(reader, audio.stereo, planned, reference, work / "clips" / f"{clip_id}.npz")
+            clip_align = window(spoken.alignment, planned.start, planned.end)
+            mask, mask_source = _speech_mask(clip_align, spoken.alignment.method in ("ctc", "dtw"), heard,
+                                             planned.start, planned.frames)  # fmt: skip
+            lines = _clip_lines(spoken, planned.start, planned.end, language)
+            unit.clips.append(Clip(
+                clip_id=clip_id, source_file=rel, start_s=round(planned.start, 4), end_s=round(planned.end, 4),
+                language=language, caption=_caption(description, lines, speaker, language, meta, cfg),
+                transcript=" ".join(lines), alignment=clip_align.to_json(),
+                alignment_method=clip_align.method if clip_align.words else "none",
+                speech_mask=tuple(mask.tolist()), mask_source=mask_source, bucket=bucket, width=width, height=height,
+                num_frames=planned.frames, speaker=speaker))  # fmt: skip
+    finally:
+        reader.close()
 
 
-@dataclass
-class _Speech:
-    """The aligned speech of a whole file: words, phonemes, and which transcript line each word came from."""
-
-    alignment: Alignment
-    lines: list[str] = field(default_factory=list)  # transcript text per cue
-    word_line: list[int] = field(default_factory=list)  # cue index per aligned word
-    end: float = 0.0  # clips may not go past this (the end of the transcribed part)
-
-
-def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit: dict) -> None:
-    notes: list[str] = unit["notes"]
+def _probe(path: Path, meta: dict, cfg: DataConfig, unit: Unit) -> tuple[Probe, Audio, str]:
+    """Stage 1: probe and decode (the audio once; both rates are resampled in memory); the declared language."""
+    notes = unit.notes
     unknown = sorted(set(meta) - set(METADATA_KEYS))
     if unknown:
         notes.append(f"metadata keys ignored: {', '.join(unknown)} (known: {', '.join(METADATA_KEYS[1:])})")
-    # stage 1: probe and decode (the audio once; both rates are resampled in memory)
-    info = probe(path)
-    unit["probe"] = asdict(info)
+    info = unit.probe = probe(path)
     if info.audio_channels == 0:
         raise Skip("no audio track: HappyHorse learns picture and sound together")
     language = normalise_language(meta.get("language") or cfg.language or "unknown")
@@ -132,31 +147,50 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
         notes.append(f"odd frame size {info.width}x{info.height}: resized and cropped to the bucket")
     if abs(info.fps - FPS) > 0.01:
         notes.append(f"{info.fps:.3g} fps resampled to {FPS} fps")
-    duration = info.duration
+    return info, audio, language
 
-    # stage 2: transcript, and where speech is (Silero VAD, in a thread while the words are aligned: its torch
-    # kernels and the aligner's espeak-ng processes leave each other room; energy only when Silero is missing)
+
+def _listen(path: Path, mono16k: np.ndarray, language: str, duration: float, cfg: DataConfig,
+            unit: Unit) -> tuple[Speech, Transcript, str, _Heard]:  # fmt: skip
+    """Stages 2-4: the transcript, its language checked against its script, G2P and alignment; meanwhile where
+    speech is (Silero VAD, in a thread while the words are aligned: its torch kernels and the aligner's espeak-ng
+    processes leave each other room; energy only when Silero is missing)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        vad_job = pool.submit(speech_activity, audio.mono16k, VAD_HOP)
-        spoken, language, transcript = _words(path, audio.mono16k, language, duration, cfg, unit)
-        active, unit["vad"] = vad_job.result()
+        vad_job = pool.submit(speech_activity, mono16k, VAD_HOP)
+        transcript = _transcript(path, language, mono16k, cfg, unit)
+        language = unit.language = check_language(transcript.text(), language, mono16k, unit.notes)
+        spoken = _align(mono16k, transcript, language, duration, cfg, unit)
+        active, vad = vad_job.result()
+    unit.vad, unit.speech_seconds = vad, round(float(active.sum()) * VAD_HOP, 2)
+    return spoken, transcript, language, _Heard(active, vad)
+
+
+def _align(mono16k: np.ndarray, transcript: Transcript, language: str, duration: float, cfg: DataConfig,
+           unit: Unit) -> Speech:  # fmt: skip
+    """Stages 3-4: G2P and alignment of every cue (the same call as ``python -m data_prep align``)."""
+    spoken = align_transcript(mono16k, transcript, language, duration, cfg.acoustic_model, unit.notes)
+    unit.alignment_method = spoken.alignment.method
+    unit.notes += spoken.alignment.notes
+    if spoken.alignment.words:
+        unit.alignment_confidence = round(float(np.mean([w.confidence for w in spoken.alignment.words])), 3)
+    return spoken
+
+
+def _segment(spoken: Speech, transcript: Transcript, active: np.ndarray, mono16k: np.ndarray, duration: float,
+             language: str, cfg: DataConfig, unit: Unit) -> Plan:  # fmt: skip
+    """Stage 5: speech without transcript (per config), then the cut; every second of the file accounted for."""
+    notes = unit.notes
     speech = runs(active.tolist(), VAD_HOP)
-    unit["speech_seconds"] = round(float(active.sum()) * VAD_HOP, 2)
-    # stage 5: speech without transcript (per config), then the cut
-    words = spoken.alignment.words
-    energy = _levels(audio.mono16k)
-    if not words and not speech and cfg.untranscribed != "drop":  # no speech at all: ambient footage, kept whole
+    energy = _levels(mono16k)
+    if not spoken.alignment.words and not speech and cfg.untranscribed != "drop":  # no speech at all: kept whole
         notes.append("no speech detected: kept as clips without a Dialogue line (ambient footage)")
         loose = _untranscribed([Interval(0.0, frames_for(duration) / FPS, "")], [], transcript, energy, cfg)
     else:
-        loose = _untranscribed(speech, words, transcript, energy, cfg)
+        loose = _untranscribed(speech, spoken.alignment.words, transcript, energy, cfg)
     if loose and cfg.untranscribed == "asr":
-        extra = _asr_words(audio.mono16k, loose, language, cfg, notes)
-        spoken.alignment.words += extra.alignment.words
-        spoken.alignment.phonemes += extra.alignment.phonemes
-        spoken.word_line += [len(spoken.lines) + i for i in extra.word_line]
-        spoken.lines += extra.lines
+        spoken.extend(_asr_words(mono16k, loose, language, cfg, notes))
         loose = []
+    words = spoken.alignment.words
     keep_loose = cfg.untranscribed == "speech_without_dialogue"
     items = sorted(words + (loose if keep_loose else []), key=lambda w: w.start)
     cut = plan(items, spoken.end or duration, cfg.min_seconds, cfg.max_seconds)
@@ -164,48 +198,27 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
         verb = "kept as clips without a Dialogue line" if keep_loose else "dropped (untranscribed: drop)"
         notes.append(f"{sum(x.end - x.start for x in loose):.1f} s of speech outside every transcript cue: {verb}")
     spans = [(c.start, c.end) for c in cut.clips]
-    unit["timeline"] = timeline(duration, spans, words, speech, [(d.start, d.end, d.reason) for d in cut.dropped],
-                                UNTRANSCRIBED + ("" if keep_loose else " (dropped by config)"))  # fmt: skip
-    unit["speech_coverage"] = dict(zip(("transcribed_used_s", "transcribed_s"), coverage(words, spans)))
-    unit["speech_coverage"].update(zip(("detected_used_s", "detected_s"), coverage(speech + words, spans)))
-    bucket = nearest_bucket(info.width, info.height, list(cfg.buckets))
-    width, height = bucket_size(bucket, cfg.base_resolution)
-    root = path
-    for _ in Path(rel).parts:
-        root = root.parent
-    reference = _reference(root, meta, width, height)
-    if not cut.clips:
-        return
+    unit.timeline = timeline(duration, spans, words, speech, [(d.start, d.end, d.reason) for d in cut.dropped],
+                             UNTRANSCRIBED + ("" if keep_loose else " (dropped by config)"))  # fmt: skip
+    unit.speech_coverage = dict(zip(("transcribed_used_s", "transcribed_s"), coverage(words, spans)))
+    unit.speech_coverage.update(zip(("detected_used_s", "detected_s"), coverage(speech + words, spans)))
+    return cut
 
-    # stages 6-7: frames into the bucket, audio, captions
-    unit["bucket"] = bucket
-    reader = FrameReader(path, info, (width, height))
-    speaker = meta.get("speaker") or cfg.speaker
-    real = spoken.alignment.method in ("ctc", "dtw")
-    try:
-        for k, clip in enumerate(cut.clips):
-            start, n, end = clip.start, clip.frames, clip.end
-            frames = reader.read(start, n)
-            wave = _slice(audio.stereo, int(round(start * AUDIO_RATE)), audio_samples_for(n))
-            clip_align = window(spoken.alignment, start, end)
-            mask, mask_source = _speech_mask(clip_align, real, active, unit["vad"], start, n)
-            lines = _clip_lines(spoken, start, end, language)
-            description = meta.get("caption") or _caption_sidecar(path) or ""
-            caption = build_caption(description, lines=lines, speaker=speaker, language=language,
-                                    trigger=meta.get("trigger") or cfg.trigger, trigger_position=cfg.trigger_position,
-                                    background=meta.get("background_sound") or cfg.background_sound)  # fmt: skip
-            clip_id = f"{Path(rel).stem}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}-{k:03d}"
-            with atomic_path(work / "clips" / f"{clip_id}.npz") as tmp, open(tmp, "wb") as f:
-                np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
-            unit["clips"].append({
-                "clip_id": clip_id, "source_file": rel, "start_s": round(start, 4), "end_s": round(end, 4),
-                "language": language, "caption": caption, "transcript": " ".join(lines),
-                "alignment": clip_align.to_json(), "alignment_method": clip_align.method if clip_align.words else "none",
-                "speech_mask": mask.tolist(), "mask_source": mask_source, "bucket": bucket, "width": width,
-                "height": height, "num_frames": n, "speaker": speaker,
-            })  # fmt: skip
-    finally:
-        reader.close()
+
+def _cut(reader: FrameReader, stereo: np.ndarray, planned: PlannedClip, reference: np.ndarray | None,
+         npz: Path) -> None:  # fmt: skip
+    """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``."""
+    frames = reader.read(planned.start, planned.frames)
+    wave = _slice(stereo, int(round(planned.start * AUDIO_RATE)), audio_samples_for(planned.frames))
+    with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+        np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
+
+
+def _caption(description: str, lines: list[str], speaker: str, language: str, meta: dict, cfg: DataConfig) -> str:
+    """Stage 7: the clip's prompt (metadata overrides the config's trigger and background sound)."""
+    return build_caption(description, lines=lines, speaker=speaker, language=language,
+                         trigger=meta.get("trigger") or cfg.trigger, trigger_position=cfg.trigger_position,
+                         background=meta.get("background_sound") or cfg.background_sound)  # fmt: skip
 
 
 def _levels(mono16k: np.ndarray) -> np.ndarray:
@@ -213,35 +226,6 @@ def _levels(mono16k: np.ndarray) -> np.ndarray:
     hop = int(VAD_HOP * SPEECH_RATE)
     n = len(mono16k) // hop
     return np.mean(mono16k[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1) if n else np.zeros(0)
-
-
-def _words(path: Path, mono16k: np.ndarray, language: str, duration: float, cfg: DataConfig,
-           unit: dict) -> tuple[_Speech, str, Transcript]:  # fmt: skip
-    """Stages 2-4: the transcript, its language checked against its script, G2P and alignment."""
-    notes: list[str] = unit["notes"]
-    transcript = _transcript(path, language, mono16k, cfg, unit)
-    text = transcript.text()
-    if text and not energy_activity(mono16k, SPEECH_RATE, VAD_HOP).any():
-        raise Skip("the transcript claims speech but the audio is silent")
-    if text and language == "unknown":
-        fits = script_languages(text)
-        if len(fits) == 1:
-            language = next(iter(fits))
-            notes.append(f"no language declared: {language!r} inferred from the transcript's script")
-        else:
-            notes.append("transcript present but no language declared: not aligned (set language in metadata)")
-    if text and language != "unknown" and (why := script_mismatch(text, language)):
-        raise Skip(why)
-    unit["language"] = language
-
-    # stages 3-4: G2P and alignment
-    spoken = _align(mono16k, transcript, language, duration, cfg, notes)
-    unit["alignment_method"] = spoken.alignment.method
-    notes += spoken.alignment.notes
-    if spoken.alignment.words:
-        unit["alignment_confidence"] = round(float(np.mean([w.confidence for w in spoken.alignment.words])), 3)
-
-    return spoken, language, transcript
 
 
 def _untranscribed(speech: list[Interval], words: list[Interval], transcript: Transcript, energy: np.ndarray,
@@ -283,11 +267,12 @@ def _slice(wave: np.ndarray, a: int, length: int) -> np.ndarray:
     return out
 
 
-def _speech_mask(clip_align: Alignment, real: bool, active: np.ndarray, vad: str, start: float,
+def _speech_mask(clip_align: Alignment, real: bool, heard_at: _Heard, start: float,
                  n: int) -> tuple[np.ndarray, str]:  # fmt: skip
     """One value per audio latent (25/s) and its source. With a real alignment (``ctc``/``dtw``): the aligned
     phonemes, kept where Silero hears speech within 80 ms (the aligner stretches words over pauses it cannot
     see); else the voice-activity detection alone (Silero, or energy when it is missing)."""
+    active, vad = heard_at.active, heard_at.detector
     t = start + (np.arange(n) + 0.5) / FPS
     idx = np.clip((t / VAD_HOP).astype(np.int64), 0, max(0, len(active) - 1))
     heard = active[idx].astype(bool) if len(active) else np.zeros(n, dtype=bool)
@@ -301,7 +286,7 @@ def _speech_mask(clip_align: Alignment, real: bool, active: np.ndarray, vad: str
     return heard.astype(np.float32), vad
 
 
-def _clip_lines(speech: _Speech, start: float, end: float, language: str) -> list[str]:
+def _clip_lines(speech: Speech, start: float, end: float, language: str) -> list[str]:
     """The clip's spoken lines: a cue said wholly inside the clip keeps its transcript text (punctuation and
     all); a cue cut by the clip's edges contributes the aligned words that fall inside."""
     inside: dict[int, list[str]] = {}
@@ -313,94 +298,36 @@ def _clip_lines(speech: _Speech, start: float, end: float, language: str) -> lis
     return [speech.lines[i] if len(ws) == count[i] else join_words(ws, language) for i, ws in sorted(inside.items())]
 
 
-def _transcript(path: Path, language: str, audio16: np.ndarray, cfg: DataConfig, unit: dict) -> Transcript:
-    for suffix in TRANSCRIPT_SUFFIXES:
-        side = path.with_name(path.stem + suffix)
-        if side.is_file():
-            try:
-                t = parse_transcript(side)
-            except Exception as e:  # whatever the parser raises, the file's fate names the sidecar and the problem
-                raise Skip(f"transcript {side.name} could not be read: {e}") from e
-            unit["transcript_source"] = f"sidecar {side.name}"
-            return t
+def _transcript(path: Path, language: str, mono16k: np.ndarray, cfg: DataConfig, unit: Unit) -> Transcript:
+    """Stage 2: the transcript sidecar, else the local ASR when configured, else none (speech is untranscribed)."""
+    side = find_sidecar(path)
+    if side is not None:
+        try:
+            t = parse_transcript(side)
+        except Exception as e:  # whatever the parser raises, the file's fate names the sidecar and the problem
+            raise Skip(f"transcript {side.name} could not be read: {e}") from e
+        unit.transcript_source = f"sidecar {side.name}"
+        return t
     if cfg.asr_model:
-        unit["transcript_source"] = "asr"
-        unit["notes"].append(f"transcript from local ASR ({cfg.asr_model})")
-        return transcribe(audio16, language, cfg.asr_model)
-    unit["transcript_source"] = "none"
-    unit["notes"].append("no transcript sidecar and no asr_model: its speech is handled as untranscribed "
-                         f"({cfg.untranscribed})")
+        unit.transcript_source = "asr"
+        unit.notes.append(f"transcript from local ASR ({cfg.asr_model})")
+        return transcribe(mono16k, language, cfg.asr_model)
+    unit.transcript_source = "none"
+    unit.notes.append("no transcript sidecar and no asr_model: its speech is handled as untranscribed "
+                      f"({cfg.untranscribed})")
     return Transcript()
 
 
-@functools.lru_cache(maxsize=2)
-def _recognizer(path: str) -> PhonemeRecognizer:
-    """One acoustic model per worker process."""
-    return PhonemeRecognizer(path)
-
-
-def _cues(transcript: Transcript, duration: float, notes: list[str]) -> list[Segment]:
-    """Timed cues inside the clip (later ones dropped, overlong ones trimmed), or the untimed text as one cue."""
-    segs = [s for s in transcript.segments if s.text.strip()]
-    if not any(s.start is not None for s in segs):
-        text = " ".join(s.text for s in segs).strip()
-        return [Segment(0.0, duration, text)] if text else []
-    timed = [s for s in segs if s.start is not None]
-    inside = [s for s in timed if s.start < duration - 0.05]
-    if not inside:
-        raise Skip(f"the transcript is longer than the clip: every cue starts after its end ({duration:.2f} s)")
-    if len(inside) < len(timed):
-        notes.append(f"{len(timed) - len(inside)} transcript cue(s) start after the clip ends ({duration:.2f} s): dropped")
-    out = []
-    for s in inside:
-        end = s.end if s.end is not None and s.end > s.start else duration
-        if end > duration + 0.25:
-            notes.append(f"cue {s.start:.2f}-{end:.2f} s runs past the end ({duration:.2f} s): trimmed")
-        out.append(Segment(s.start, min(end, duration), s.text))
-    return out
-
-
-def _align(audio16: np.ndarray, transcript: Transcript, language: str, duration: float, cfg: DataConfig,
-           notes: list[str]) -> _Speech:  # fmt: skip
-    if not transcript.text() or language == "unknown":
-        return _Speech(Alignment("none"), end=duration)
-    cues = _cues(transcript, duration, notes)
-    recognizer = _recognizer(cfg.acoustic_model) if cfg.acoustic_model else None
-    out = _Speech(Alignment("none"), end=duration)
-    methods = set()
-    for ci, cue in enumerate(cues):
-        try:
-            words = phonemize(cue.text, language)
-        except Exception as e:  # a missing G2P backend names what to install; the build goes on
-            raise Skip(f"G2P failed for {language!r}: {type(e).__name__}: {e}") from e
-        if why := too_long(sum(len(w.phonemes) for w in words), cue.end - cue.start):
-            raise Skip(why)
-        # a little air around the cue (subtitle times are rarely exact), never into the neighbouring cues
-        lo = max(cue.start - CUE_PAD, cues[ci - 1].end if ci else 0.0)
-        hi = min(cue.end + CUE_PAD, cues[ci + 1].start if ci + 1 < len(cues) else duration)
-        part = shift(align(audio16[int(lo * SPEECH_RATE) : int(hi * SPEECH_RATE)], words, recognizer), lo)
-        methods.add(part.method)
-        out.alignment.notes += [f"cue {ci + 1}: {n}" for n in part.notes]
-        out.alignment.words += part.words
-        out.alignment.phonemes += part.phonemes
-        out.word_line += [ci] * len(part.words)
-        out.lines.append(cue.text.strip())
-    methods.discard("none")
-    out.alignment.method = "none" if not methods else "+".join(sorted(methods))
-    if not out.alignment.words:
-        notes.append("no word could be aligned (no speech found where the transcript says)")
-    return out
-
-
-def _asr_words(audio16: np.ndarray, loose: list[Interval], language: str, cfg: DataConfig, notes: list[str]) -> _Speech:
+def _asr_words(mono16k: np.ndarray, loose: list[Interval], language: str, cfg: DataConfig, notes: list[str]) -> Speech:
     """Transcribe each stretch of untranscribed speech with the local ASR model and align it like a cue."""
     segs = []
     for s in loose:
-        t = transcribe(audio16[int(s.start * SPEECH_RATE) : int(s.end * SPEECH_RATE)], language, cfg.asr_model)
+        t = transcribe(mono16k[int(s.start * SPEECH_RATE) : int(s.end * SPEECH_RATE)], language, cfg.asr_model)
         if t.text():
             segs.append(Segment(s.start, s.end, t.text()))
     notes.append(f"{len(segs)} stretch(es) of untranscribed speech transcribed by the local ASR ({cfg.asr_model})")
-    return _align(audio16, Transcript(segs, "asr"), language, len(audio16) / SPEECH_RATE, cfg, notes)
+    return align_transcript(mono16k, Transcript(segs, "asr"), language, len(mono16k) / SPEECH_RATE,
+                            cfg.acoustic_model, notes)  # fmt: skip
 
 
 def _caption_sidecar(path: Path) -> str:
@@ -439,11 +366,8 @@ def safe_child(folder: Path, name: str) -> Path:
 __all__ = [
     "CAPTION_SUFFIXES",
     "METADATA_KEYS",
-    "TRANSCRIPT_SUFFIXES",
-    "Skip",
     "input_fingerprint",
     "prepare_file",
     "safe_child",
     "sidecars",
-    "unit_name",
 ]  # fmt: skip

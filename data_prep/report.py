@@ -20,34 +20,35 @@ from hhtune.io import atomic_write_text
 
 from .accounting import seconds_by_reason
 from .segment import alignment_from_json
+from .units import Clip, Unit
 
 
-def summarise(units: list[dict]) -> dict:
+def summarise(units: list[Unit]) -> dict:
     """Counts and durations per language, bucket and speaker, alignment methods and quality, every file's fate."""
-    clips = [c for u in units for c in u["clips"]]
-    dur = lambda cs: round(sum(c["end_s"] - c["start_s"] for c in cs), 2)
+    clips = [c for u in units for c in u.clips]
+    dur = lambda cs: round(sum(c.end_s - c.start_s for c in cs), 2)
     by = lambda key: {k: {"clips": len(v), "seconds": dur(v)} for k, v in sorted(_group(clips, key).items())}
     phones: dict[str, Counter] = defaultdict(Counter)
     methods: Counter = Counter()
     confidence = []
     for c in clips:
-        a = alignment_from_json(c["alignment"])
+        a = alignment_from_json(c.alignment)
         methods[a.method] += 1
-        phones[c["language"]].update(p.label for p in a.phonemes)
+        phones[c.language].update(p.label for p in a.phonemes)
         confidence += [w.confidence for w in a.words]
-    fates = Counter(u["fate"] for u in units)
+    fates = Counter(u.fate for u in units)
     files = []
     for u in units:
-        entry = {k: u.get(k) for k in ("file", "fate", "reason", "language", "transcript_source", "alignment_method",
-                                       "alignment_confidence", "bucket", "speech_seconds")}  # fmt: skip
-        entry["notes"] = [n for n in u.get("notes", []) if "Traceback" not in n]
-        entry["clips"] = len(u["clips"])
-        entry["clip_ids"] = [c["clip_id"] for c in u["clips"]]
-        entry["duration_s"] = (u.get("probe") or {}).get("duration")
-        entry["timeline"] = u.get("timeline", [])
+        entry = {k: getattr(u, k) for k in ("file", "fate", "reason", "language", "transcript_source",
+                                            "alignment_method", "alignment_confidence", "bucket", "speech_seconds")}  # fmt: skip
+        entry["notes"] = [n for n in u.notes if "Traceback" not in n]
+        entry["clips"] = len(u.clips)
+        entry["clip_ids"] = [c.clip_id for c in u.clips]
+        entry["duration_s"] = u.probe.duration if u.probe is not None else None
+        entry["timeline"] = u.timeline or []
         entry["seconds"] = seconds_by_reason(entry["timeline"])
-        entry["speech_coverage"] = u.get("speech_coverage", {})
-        entry["mask_sources"] = sorted({c.get("mask_source", "") for c in u["clips"]} - {""})
+        entry["speech_coverage"] = u.speech_coverage or {}
+        entry["mask_sources"] = sorted({c.mask_source for c in u.clips} - {""})
         files.append(entry)
     seconds: Counter = Counter()
     cover: Counter = Counter()
@@ -58,18 +59,17 @@ def summarise(units: list[dict]) -> dict:
         "files": files,
         "totals": {"files": len(units), "used": fates["used"] + fates["split"], "used_whole": fates["used"],
                    "split": fates["split"], "skipped": fates["skipped"], "clips": len(clips), "seconds": dur(clips),
-                   "source_seconds": round(sum((u.get("probe") or {}).get("duration", 0) for u in units), 2),
+                   "source_seconds": round(sum(u.probe.duration for u in units if u.probe is not None), 2),
                    "dropped_seconds": round(sum(v for k, v in seconds.items() if k != "used"), 2),
                    **{k: round(cover.get(k, 0.0), 2) for k in ("transcribed_used_s", "transcribed_s", "detected_used_s",
                                                               "detected_s")}},  # fmt: skip
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "mask_sources": dict(Counter(c.get("mask_source", "unknown") for c in clips)),
-        "skip_reasons": dict(Counter(_reason_kind(u["reason"]) for u in units if u["fate"] == "skipped")),
+        "mask_sources": dict(Counter(c.mask_source for c in clips)),
+        "skip_reasons": dict(Counter(_reason_kind(u.reason) for u in units if u.fate == "skipped")),
         "by_language": by("language"), "by_bucket": by("bucket"), "by_speaker": by("speaker"),
         "alignment": {
             "methods": dict(methods),
             "mean_word_confidence": round(float(np.mean(confidence)), 3) if confidence else None,
-            "note": "",
         },
         "phonemes": {lang: {"distinct": len(c), "total": sum(c.values()), "counts": dict(c.most_common())}
                      for lang, c in sorted(phones.items())},  # fmt: skip
@@ -81,10 +81,10 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (")[0].split(":")[0][:80]
 
 
-def _group(clips: list[dict], key: str) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = defaultdict(list)
+def _group(clips: list[Clip], key: str) -> dict[str, list[Clip]]:
+    out: dict[str, list[Clip]] = defaultdict(list)
     for c in clips:
-        out[str(c.get(key, ""))].append(c)
+        out[str(getattr(c, key))].append(c)
     return dict(out)
 
 
@@ -135,23 +135,23 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
     return _b64png(img)
 
 
-def _clip_view(c: dict, out: Path) -> dict:
-    a = alignment_from_json(c["alignment"])
-    view = {k: c.get(k) for k in ("clip_id", "start_s", "end_s", "num_frames", "bucket", "width", "height", "caption",
+def _clip_view(c: Clip, out: Path) -> dict:
+    a = alignment_from_json(c.alignment)
+    view = {k: getattr(c, k) for k in ("clip_id", "start_s", "end_s", "num_frames", "bucket", "width", "height", "caption",
                                   "transcript", "mask_source")}  # fmt: skip
     view.update(method=a.method, words=a.words, confidence=round(a.mean_confidence, 3) if a.words else None,
                 strip=None, wave=None)  # fmt: skip
-    npz = out / ".work" / "clips" / f"{c['clip_id']}.npz"
+    npz = out / ".work" / "clips" / f"{c.clip_id}.npz"
     if npz.is_file():
         with np.load(npz) as data:
             view["strip"] = thumbnail_strip(data["frames"])
             audio = data["audio"] if "audio" in data else None
-        view["wave"] = waveform_picture(audio, c["end_s"] - c["start_s"], a, c.get("speech_mask"))
+        view["wave"] = waveform_picture(audio, c.end_s - c.start_s, a, list(c.speech_mask))
     return view
 
 
-def _charts(summary: dict, clips: list[dict]) -> tuple[list[tuple[str, str]], str]:
-    durations = [c["end_s"] - c["start_s"] for c in clips]
+def _charts(summary: dict, clips: list[Clip]) -> tuple[list[tuple[str, str]], str]:
+    durations = [c.end_s - c.start_s for c in clips]
     coverage = {k: v["counts"] for k, v in summary["phonemes"].items()}
     try:
         return _charts_matplotlib(durations, coverage), "matplotlib"
@@ -217,11 +217,11 @@ def _charts_pil(durations: list[float], coverage: dict[str, dict[str, int]]) -> 
     return out
 
 
-def write_report(units: list[dict], out: Path) -> dict:
+def write_report(units: list[Unit], out: Path) -> dict:
     """Write ``report.json`` and ``report.html`` atomically; return the summary."""
     out = Path(out)
     summary = summarise(units)
-    clips = [c for u in units for c in u["clips"]]
+    clips = [c for u in units for c in u.clips]
     charts, summary["charts_drawn_with"] = _charts(summary, clips)
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2, ensure_ascii=False))
     atomic_write_text(out / "report.html", _html(summary, units, charts, out))
@@ -231,11 +231,11 @@ def write_report(units: list[dict], out: Path) -> dict:
 _PALETTE = ["#9e9e9e", "#e0a030", "#d04040", "#8050c0", "#4080c0", "#c06090", "#60a0a0", "#a08050"]
 
 
-def _fate_text(u: dict) -> str:
-    return f"split into {len(u['clips'])} clips" if u["fate"] == "split" else u["fate"]
+def _fate_text(u: Unit) -> str:
+    return f"split into {len(u.clips)} clips" if u.fate == "split" else u.fate
 
 
-def _html(summary: dict, units: list[dict], charts: list[tuple[str, str]], out: Path) -> str:
+def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: Path) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape())
@@ -246,7 +246,7 @@ def _html(summary: dict, units: list[dict], charts: list[tuple[str, str]], out: 
         cov = f["speech_coverage"]
         files.append({**f, "fate_text": _fate_text(u), "used_s": f["seconds"].get("used", 0.0),
                       "coverage_text": _pct(cov.get("transcribed_used_s", 0), cov.get("transcribed_s", 0)),
-                      "clip_views": [_clip_view(c, out) for c in u["clips"]]})  # fmt: skip
+                      "clip_views": [_clip_view(c, out) for c in u.clips]})  # fmt: skip
     tables = [(name, summary[key]) for name, key in (("language", "by_language"), ("bucket", "by_bucket"),
                                                      ("speaker", "by_speaker"))]  # fmt: skip
     return env.get_template("report.html.j2").render(

@@ -27,7 +27,7 @@ _EPS = 1e-6
 
 
 @dataclass
-class Clip:
+class PlannedClip:
     """A planned clip: where it starts, how many frames, which words (indices into the word list)."""
 
     start: float
@@ -52,7 +52,7 @@ class Dropped:
 class Plan:
     """Clips and dropped stretches of one file."""
 
-    clips: list[Clip] = field(default_factory=list)
+    clips: list[PlannedClip] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
 
 
@@ -112,7 +112,7 @@ def plan(words: list[Interval], duration: float, min_s: float, max_s: float, pad
 
 
 def _try(words: list[Interval], i: int, j: int, floor: float, duration: float, min_s: float, limit: int,
-         pad_s: float) -> Clip | None:  # fmt: skip
+         pad_s: float) -> PlannedClip | None:  # fmt: skip
     """Words ``i..j`` as one clip between the previous clip (``floor``) and the next word, or ``None``."""
     first, last = words[i].start, min(words[j].end, duration)
     lo = max(floor, words[i - 1].end if i > 0 else 0.0)
@@ -120,7 +120,7 @@ def _try(words: list[Interval], i: int, j: int, floor: float, duration: float, m
     for hi in ((last + nxt) / 2, nxt):  # the near half of the next pause first, all of it if needed
         placed = _place(first, last, lo, hi, min_s, limit, pad_s)
         if placed is not None:
-            return Clip(round(placed[0], 6), placed[1], list(range(i, j + 1)))
+            return PlannedClip(round(placed[0], 6), placed[1], list(range(i, j + 1)))
     return None
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+TRANSCRIPT_SUFFIXES = (".srt", ".vtt", ".txt")  # sidecars next to a footage file, in the order they are looked for
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")
 _TAG = re.compile(r"<[^>]+>|\{[^}]+\}")
 
@@ -88,6 +89,11 @@ def parse_transcript(path: str | Path) -> Transcript:
         body = _clean(text)
         return Transcript([Segment(None, None, body)] if body else [], "txt")
     raise TranscriptError(f"{path}: unsupported transcript type {path.suffix!r}; use .srt, .vtt or .txt")
+
+
+def find_sidecar(path: Path) -> Path | None:
+    """The transcript sidecar of a footage file (same stem, first of :data:`TRANSCRIPT_SUFFIXES`), if any."""
+    return next((p for s in TRANSCRIPT_SUFFIXES if (p := path.with_name(path.stem + s)).is_file()), None)
 
 
 def transcribe(audio_16k: np.ndarray, language: str, asr_model_path: str | Path) -> Transcript:

@@ -11,20 +11,23 @@ import pytest
 from data_prep.config import load_data_config
 from data_prep.dataset import DatasetFormatError, load_dataset_dir, write_dataset
 from data_prep.report import write_report
+from data_prep.units import Clip, Unit
+from hhtune.media import Probe
 from hhtune.speech.align import Alignment, Interval
 
 
-def _unit(name: str, fate_clips: int, language: str = "en", frames: int = 9) -> dict:
+def _unit(name: str, fate_clips: int, language: str = "en", frames: int = 9) -> Unit:
     clips = []
     for k in range(fate_clips):
         a = Alignment("dtw", [Interval(0.04, 0.2, "hi", 0.5)], [Interval(0.04, 0.1, "h", 0.5), Interval(0.1, 0.2, "aɪ", 0.5)])
-        clips.append({"clip_id": f"{name}-{k:03d}", "source_file": f"{name}.mp4", "start_s": k * 0.36,
-                      "end_s": k * 0.36 + frames / 25, "language": language, "caption": "c", "transcript": "hi",
-                      "alignment": a.to_json(), "speech_mask": [1.0] * 2 + [0.0] * (frames - 2), "bucket": "1:1",
-                      "width": 32, "height": 32, "num_frames": frames, "speaker": "s"})  # fmt: skip
+        clips.append(Clip(clip_id=f"{name}-{k:03d}", source_file=f"{name}.mp4", start_s=k * 0.36,
+                          end_s=k * 0.36 + frames / 25, language=language, caption="c", transcript="hi",
+                          alignment=a.to_json(), alignment_method="dtw",
+                          speech_mask=(1.0,) * 2 + (0.0,) * (frames - 2), mask_source="phonemes (dtw) & silero",
+                          bucket="1:1", width=32, height=32, num_frames=frames, speaker="s"))  # fmt: skip
     fate = "skipped" if not clips else "used" if len(clips) == 1 else "split"
-    return {"file": f"{name}.mp4", "fate": fate, "reason": "no audio track" if not clips else "", "clips": clips,
-            "notes": [], "language": language, "alignment_method": "dtw", "probe": {"duration": 1.0}}  # fmt: skip
+    return Unit(f"{name}.mp4", fate, "no audio track" if not clips else "", clips, language=language,
+                alignment_method="dtw", probe=Probe(1.0, 25.0, 32, 32, 0, "h264", 1, 16000))  # fmt: skip
 
 
 def test_unencoded_dataset_roundtrip_and_validation(tmp_path):
@@ -55,9 +58,9 @@ def test_unencoded_dataset_roundtrip_and_validation(tmp_path):
 def test_report_fates_counts_and_pil_fallback(tmp_path, monkeypatch):
     units = [_unit("a", 2), _unit("b", 1, "ko"), _unit("c", 0)]
     for u in units:
-        for c in u["clips"]:
+        for c in u.clips:
             (tmp_path / ".work" / "clips").mkdir(parents=True, exist_ok=True)
-            np.savez(tmp_path / ".work" / "clips" / f"{c['clip_id']}.npz", frames=np.zeros((9, 32, 32, 3), np.uint8))
+            np.savez(tmp_path / ".work" / "clips" / f"{c.clip_id}.npz", frames=np.zeros((9, 32, 32, 3), np.uint8))
     real_import = builtins.__import__
 
     def no_matplotlib(name, *a, **k):
@@ -72,7 +75,7 @@ def test_report_fates_counts_and_pil_fallback(tmp_path, monkeypatch):
     t = summary["totals"]
     assert (t["files"], t["used"], t["used_whole"], t["split"], t["skipped"], t["clips"]) == (3, 2, 1, 1, 1, 3)
     assert summary["by_language"]["en"]["clips"] == 2 and summary["by_bucket"] == {"1:1": {"clips": 3, "seconds": 1.08}}
-    assert summary["phonemes"]["ko"]["distinct"] == 2 and summary["alignment"]["methods"] == {"dtw": 3}
+    assert summary["phonemes"]["ko"]["distinct"] == 2 and summary["alignment"] == {"methods": {"dtw": 3}, "mean_word_confidence": 0.5}
     report = json.loads((tmp_path / "report.json").read_text())
     assert [f["fate"] for f in report["files"]] == ["split", "used", "skipped"]
     page = (tmp_path / "report.html").read_text()

@@ -13,7 +13,10 @@ from _dp_footage import long_speech_footage, write_metadata
 from data_prep.build import prepare_all
 from data_prep.config import DataConfig
 from data_prep.report import write_report
+from data_prep.units import Clip
 from hhtune.media import SPEECH_RATE, read_audio
+
+pytestmark = pytest.mark.slow  # the shared build of three long files takes over a minute
 
 PAUSES = [0.6, 0.9, 0.5, 1.2, 0.7, 0.8]
 TEXTS = {
@@ -48,7 +51,7 @@ def built(tmp_path_factory):
     cfg = DataConfig(min_seconds=1.0, max_seconds=5.0, base_resolution=32, workers=2)
     out = tmp_path_factory.mktemp("out")
     units = prepare_all(d, out, cfg, progress=False)
-    return d, {u["file"]: u for u in units}, truth, out
+    return d, {u.file: u for u in units}, truth, out
 
 
 class _Page(HTMLParser):
@@ -83,11 +86,11 @@ def test_report_html_accounts_for_every_second(built):
     assert set(page.files) == set(units)
     for name, f in page.files.items():
         total = sum(b - a for a, b, _, _ in f["ranges"])
-        assert total == pytest.approx(f["duration"], abs=1e-3) == units[name]["probe"]["duration"]
+        assert total == pytest.approx(f["duration"], abs=1e-3) == units[name].probe.duration
         assert all(why for _, _, status, why in f["ranges"] if status == "dropped")
         used = sum(b - a for a, b, status, _ in f["ranges"] if status == "used")
-        assert used == pytest.approx(sum(c["end_s"] - c["start_s"] for c in units[name]["clips"]), abs=0.05)
-    n = sum(len(u["clips"]) for u in units.values())
+        assert used == pytest.approx(sum(c.end_s - c.start_s for c in units[name].clips), abs=0.05)
+    n = sum(len(u.clips) for u in units.values())
     assert len(page.clips) == n and page.images.get("thumbs") == n and page.images.get("alignment") == n
     t = summary["totals"]
     assert t["transcribed_used_s"] >= 0.9 * t["transcribed_s"] > 0
@@ -95,14 +98,14 @@ def test_report_html_accounts_for_every_second(built):
     assert "Speech kept:" in (out / "report.html").read_text()
 
 
-def _covered(spans: list[tuple[float, float]], clips: list[dict]) -> float:
+def _covered(spans: list[tuple[float, float]], clips: list[Clip]) -> float:
     t = np.arange(0, max(b for _, b in spans), 0.01)
     speech = np.zeros_like(t, dtype=bool)
     used = np.zeros_like(t, dtype=bool)
     for a, b in spans:
         speech |= (t >= a) & (t < b)
     for c in clips:
-        used |= (t >= c["start_s"]) & (t < c["end_s"])
+        used |= (t >= c.start_s) & (t < c.end_s)
     return float((speech & used).sum() / speech.sum())
 
 
@@ -110,40 +113,40 @@ def _covered(spans: list[tuple[float, float]], clips: list[dict]) -> float:
 def test_clips_keep_the_transcribed_speech(built, lang):
     _, units, truth, _ = built
     u = units[f"{lang}_talk.mp4"]
-    assert u["alignment_method"] == "dtw" and len(u["clips"]) >= 3, u
-    share = _covered(truth[u["file"]], u["clips"])
-    assert share >= 0.9, (lang, share, [(c["start_s"], c["end_s"]) for c in u["clips"]], truth[u["file"]])
-    assert u["speech_coverage"]["transcribed_used_s"] >= 0.9 * u["speech_coverage"]["transcribed_s"]
-    for c in u["clips"]:
-        assert (c["num_frames"] - 1) % 4 == 0 and 1.0 - 1e-6 <= c["num_frames"] / 25 <= 5.0 + 1e-6
+    assert u.alignment_method == "dtw" and len(u.clips) >= 3, u
+    share = _covered(truth[u.file], u.clips)
+    assert share >= 0.9, (lang, share, [(c.start_s, c.end_s) for c in u.clips], truth[u.file])
+    assert u.speech_coverage["transcribed_used_s"] >= 0.9 * u.speech_coverage["transcribed_s"]
+    for c in u.clips:
+        assert (c.num_frames - 1) % 4 == 0 and 1.0 - 1e-6 <= c.num_frames / 25 <= 5.0 + 1e-6
 
 
 @pytest.mark.parametrize("lang", list(TEXTS))
 def test_no_clip_boundary_falls_inside_a_word(built, lang):
     d, units, truth, _ = built
     u = units[f"{lang}_talk.mp4"]
-    audio = read_audio(d / u["file"], SPEECH_RATE)
+    audio = read_audio(d / u.file, SPEECH_RATE)
     loud = np.sqrt(np.mean(audio[np.abs(audio) > 1e-3] ** 2))
-    for c in u["clips"]:
-        for edge in (c["start_s"], c["end_s"]):
+    for c in u.clips:
+        for edge in (c.start_s, c.end_s):
             # measured on the sound itself, not on our own alignment: a boundary sits where the voice is quiet
             a = int(edge * SPEECH_RATE)
             level = np.sqrt(np.mean(audio[max(0, a - 240) : a + 240] ** 2))
-            inside = [(s, e) for s, e in truth[u["file"]] if s + 0.05 < edge < e - 0.05]
+            inside = [(s, e) for s, e in truth[u.file] if s + 0.05 < edge < e - 0.05]
             assert level < 0.2 * loud or not inside, (lang, edge, level / loud)
         # and never inside a word the aligner found
-        for w in json.loads(c["alignment"])["words"]:
-            assert 0 <= w["start"] and w["end"] <= c["end_s"] - c["start_s"] + 1e-6
+        for w in json.loads(c.alignment)["words"]:
+            assert 0 <= w["start"] and w["end"] <= c.end_s - c.start_s + 1e-6
 
 
 @pytest.mark.parametrize("lang", list(TEXTS))
 def test_every_second_is_accounted_for(built, lang):
     _, units, _, _ = built
     u = units[f"{lang}_talk.mp4"]
-    ranges = u["timeline"]
-    assert ranges[0]["start"] == 0 and ranges[-1]["end"] == pytest.approx(u["probe"]["duration"], abs=1e-3)
+    ranges = u.timeline
+    assert ranges[0]["start"] == 0 and ranges[-1]["end"] == pytest.approx(u.probe.duration, abs=1e-3)
     for x, y in zip(ranges, ranges[1:]):
         assert x["end"] == pytest.approx(y["start"], abs=1e-9)
     used = sum(r["end"] - r["start"] for r in ranges if r["status"] == "used")
-    assert used == pytest.approx(sum(c["end_s"] - c["start_s"] for c in u["clips"]), abs=0.05)
+    assert used == pytest.approx(sum(c.end_s - c.start_s for c in u.clips), abs=0.05)
     assert all(r["reason"] for r in ranges if r["status"] == "dropped")
