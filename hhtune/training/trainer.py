@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from ..io import atomic_write_text
 from ..lora import add_lora, trainable_parameter_count
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
-from ..model.offload import apply_block_swap
+from ..model.placement import apply_block_swap
 from ..plan import PlanError, check_memory_plan
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .callbacks import Callback, CallbackList
@@ -49,7 +49,7 @@ def build_model(section: ModelSection, device: torch.device | str = "cpu") -> Ha
     """The frozen base: a checkpoint streamed into a meta model, or a seeded random init of a preset.
 
     Compute dtype and activation offload are set here; block swap is applied after LoRA
-    (:func:`hhtune.model.offload.apply_block_swap`), since it only moves frozen weights.
+    (:func:`hhtune.model.placement.apply_block_swap`), since it only moves frozen weights.
     """
     config = ModelConfig.preset(section.preset) if section.preset else None
     if section.checkpoint:

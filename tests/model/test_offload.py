@@ -10,7 +10,8 @@ import torch
 
 from hhtune.lora import LoraSettings, add_lora
 from hhtune.model import HappyHorseTransformer, ModelConfig
-from hhtune.model.offload import apply_block_swap
+from hhtune.model import offload
+from hhtune.model.placement import apply_block_swap
 
 SWAPPED = 5  # layers 3..7 of the tiny preset: shared (LoRA) and sandwich layers
 
@@ -85,27 +86,27 @@ def test_block_swap_fails_loudly_on_bad_settings():
         apply_block_swap(dora, 2, "cpu")
 
 
-class _CountingSaveOnCpu(torch.autograd.graph.save_on_cpu):
+class _CountingHostOffload(offload.HostOffload):
     packed: ClassVar[list[tuple[int, ...]]] = []
 
-    def __init__(self, pin_memory: bool = False, device_type: str = "cuda") -> None:
-        super().__init__(pin_memory, device_type)
+    def __init__(self, pin_memory: bool) -> None:
+        super().__init__(pin_memory)
         inner = self.pack_hook
 
         def pack(t: torch.Tensor):
-            _CountingSaveOnCpu.packed.append(tuple(t.shape))
+            _CountingHostOffload.packed.append(tuple(t.shape))
             return inner(t)
 
         self.pack_hook = pack
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_offload_is_exact_and_goes_through_save_on_cpu(checkpointing, monkeypatch):
+def test_activation_offload_is_exact_and_goes_through_the_host_hooks(checkpointing, monkeypatch):
     _, ref = _lora_model(checkpointing)
     ref_loss = _loss(ref)
     ref_loss.backward()
-    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", _CountingSaveOnCpu)
-    _CountingSaveOnCpu.packed = []
+    monkeypatch.setattr(offload, "HostOffload", _CountingHostOffload)
+    _CountingHostOffload.packed = []
     model, peft = _lora_model(checkpointing)
     model.enable_activation_offload()
     loss = _loss(peft)
@@ -114,11 +115,11 @@ def test_activation_offload_is_exact_and_goes_through_save_on_cpu(checkpointing,
     for name, g in _grads(ref).items():
         assert torch.equal(dict(peft.named_parameters())[name].grad, g), name
     hidden = (1, 8 + 5 + 6, 64)  # [B, video+audio+text tokens, hidden]: the residual stream
-    n_hidden = _CountingSaveOnCpu.packed.count(hidden)
+    n_hidden = _CountingHostOffload.packed.count(hidden)
     if checkpointing:  # exactly the layer inputs were saved: the 6 layers after the frozen first two
-        assert n_hidden == 6, _CountingSaveOnCpu.packed
+        assert n_hidden == 6, _CountingHostOffload.packed
     else:  # everything the layers save goes to the host, far more than one tensor per layer
-        assert len(_CountingSaveOnCpu.packed) > 10 * 8
+        assert len(_CountingHostOffload.packed) > 10 * 8
 
 
 def test_swap_and_offload_together_with_checkpointing_are_exact():
