@@ -4,11 +4,11 @@ Block swap (:class:`BlockSwap`) keeps the frozen weights of the :class:`Swappabl
 some layers in (pinned, on CUDA) host memory. A layer's weights are copied into one of a
 few device buffers, allocated once and reused, just before the layer runs; the next
 ``prefetch`` layers are copied ahead (on a side stream on CUDA, overlapping the compute).
-In forward the weights are released when the layer ends. In the checkpointed recompute
-they stay until the backward has moved on to another layer (or ended), so the layer's
-backward uses them without a second copy: each swapped weight crosses to the device twice
-per training step (forward and recompute), and once without checkpointing (then the
-backward copies it transiently into a free buffer). LoRA weights, norms and other small
+In forward the weights are released when the layer ends. In backward a layer's weights
+are fetched once (by its checkpointed recompute, or by its first linear's backward) and
+kept until the backward has moved on to a lower layer (or ended), with the next lower
+layers prefetched: each swapped weight crosses to the device at most twice per training
+step (forward, and recompute or backward). LoRA weights, norms and other small
 parameters stay on the device. Results are exact: the same operations run on the same values.
 
 Activation offload (:func:`offloaded_activations`) keeps the tensors saved for backward in
@@ -104,6 +104,7 @@ class BlockSwap:
         self._offsets: dict[SwappableLinear, int] = {}
         self._hooks = []
         self._index: dict[nn.Module, int] = {}
+        self._layer_of: dict[SwappableLinear, int] = {}
         for i, layer in enumerate(layers):
             linears = [m for m in layer.modules() if isinstance(m, SwappableLinear) and not m.weight.requires_grad]
             end = 0
@@ -121,6 +122,7 @@ class BlockSwap:
                 if p.numel() and p.device != self.device:
                     p.data = p.data.to(self.device)
             self._linears.append(linears)
+            self._layer_of.update(dict.fromkeys(linears, i))
             self._index[layer] = i
             self._hooks.append(layer.register_forward_pre_hook(self._before))
             self._hooks.append(layer.register_forward_hook(self._after))
@@ -136,16 +138,17 @@ class BlockSwap:
         return sum(t.nbytes for t in self._host.values())
 
     def weight(self, module: SwappableLinear) -> Tensor:
-        """The module's weight on the device: the resident copy, or one copied into a free buffer (backward)."""
-        if module.weight.numel():
-            return module.weight
-        if self._free:
-            view = self._views(self._free[-1], [module])[module]
-        else:
-            view = torch.empty_like(self._host[module], device=self.device)
-            self.stats.buffers_allocated += 1
-        self._copy(self._host[module], view)
-        return view
+        """The module's weight on the device; in backward its layer is made resident first.
+
+        A layer's last linear can run its backward before the checkpointed recompute of the
+        layer (it saves no tensor), and without checkpointing there is no recompute at all:
+        either way the whole layer is fetched once and kept until the backward moves on.
+        """
+        if not module.weight.numel():
+            if torch._C._current_graph_task_id() == -1:
+                raise RuntimeError("a swapped linear ran outside its layer's forward; call BlockSwap.restore() first")
+            self._make_resident(self._layer_of[module], backward=True)
+        return module.weight
 
     def restore(self, device: torch.device | str | None = None) -> None:
         """Put every swapped weight back, on the device (or on ``device``, e.g. the host), and remove the hooks."""
@@ -161,13 +164,19 @@ class BlockSwap:
     # -- hooks -------------------------------------------------------------------
 
     def _before(self, layer: nn.Module, _args: object) -> None:
-        i = self._index[layer]
-        task = torch._C._current_graph_task_id()  # -1 outside backward
-        backward = task != -1
+        self._make_resident(self._index[layer], backward=torch._C._current_graph_task_id() != -1)
+
+    def _after(self, layer: nn.Module, _args: object, _output: object) -> None:
+        if torch._C._current_graph_task_id() == -1:  # in a recompute, keep the weights for the backward
+            self._release(self._index[layer])
+
+    def _make_resident(self, i: int, backward: bool) -> None:
+        """Layer ``i``'s weights in place, the next ``prefetch`` layers (downwards in backward) on their way."""
+        task = torch._C._current_graph_task_id()
         if backward and task != self._task:  # release what is left when this backward ends
             self._task = task
             torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
-        step = -1 if backward else 1  # the checkpointed recompute walks backwards
+        step = -1 if backward else 1  # the backward walks the layers downwards
         wanted = [j for j in range(i, i + step * (self.prefetch + 1), step) if 0 <= j < len(self._linears)]
         for j in [j for j in self._resident if j not in wanted]:  # layers whose backward is over, or stale prefetches
             self._release(j)
@@ -180,10 +189,6 @@ class BlockSwap:
             current.ready = None
         for m, view in current.views.items():
             m.weight.data = view
-
-    def _after(self, layer: nn.Module, _args: object, _output: object) -> None:
-        if torch._C._current_graph_task_id() == -1:  # in a recompute, keep the weights for the backward
-            self._release(self._index[layer])
 
     def _end_backward(self) -> None:
         for j in list(self._resident):

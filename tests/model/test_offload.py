@@ -7,10 +7,12 @@ from typing import ClassVar
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hhtune.lora import LoraSettings, add_lora
 from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.model import offload
+from hhtune.model.linears import SwappableLinear
 from hhtune.model.placement import apply_block_swap
 
 SWAPPED = 5  # layers 3..7 of the tiny preset: shared (LoRA) and sandwich layers
@@ -134,3 +136,51 @@ def test_swap_and_offload_together_with_checkpointing_are_exact():
     assert torch.equal(loss, ref_loss)
     for name, g in _grads(ref).items():
         assert torch.equal(dict(peft.named_parameters())[name].grad, g), name
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts bytes copied out of the given host storages, and any other op that reads them."""
+
+    def __init__(self, host_ptrs: set[int]) -> None:
+        super().__init__()
+        self.host, self.copied, self.other = host_ptrs, 0, []
+
+    def _is_host(self, t: object) -> bool:
+        return isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.untyped_storage().data_ptr() in self.host
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.copy_.default and self._is_host(args[1]):
+            self.copied += args[1].nbytes
+        elif any(self._is_host(a) for a in args):
+            self.other.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("checkpointing,offload_too", [(True, False), (True, True), (False, False)])
+def test_block_swap_copies_each_weight_at_most_twice_per_step_into_reused_buffers(checkpointing, offload_too):
+    model, peft = _lora_model(checkpointing)
+    if offload_too:  # the reentrant checkpoint path
+        model.enable_activation_offload()
+    linears = [m for layer in model.block.layers[8 - SWAPPED :] for m in layer.modules() if isinstance(m, SwappableLinear)]
+    host_ptrs = {m.weight.untyped_storage().data_ptr() for m in linears}
+    swap = apply_block_swap(peft, SWAPPED, "cpu")
+    seen: list[set[int]] = []
+    for layer in model.block.layers[8 - SWAPPED :]:
+        layer.register_forward_pre_hook(lambda *_: seen[-1].update(m.weight.untyped_storage().data_ptr() for m in linears
+                                                                  if m.weight.numel()))  # fmt: skip
+    per_step = []
+    for _ in range(3):
+        seen.append(set())
+        counter = _HostReads(host_ptrs)
+        with counter:
+            _loss(peft).backward()
+        assert counter.other == []  # no allocating copy (.to, clone) of a host weight
+        per_step.append(counter.copied)
+        if len(per_step) == 1:
+            allocated = swap.stats.buffers_allocated
+    assert swap.stats.buffers_allocated == allocated == 1 + swap.prefetch  # nothing allocated after warm-up
+    assert seen[1] <= seen[0] and seen[2] <= seen[0]  # the weights land in the same buffers every step
+    assert all(w == 0 for w in [m.weight.numel() for m in linears])
+    # forward, then once in backward (fetched by the recompute, or without checkpointing by the
+    # layer's first linear backward) and kept until the backward leaves the layer
+    assert per_step == [2 * swap.host_bytes] * 3
