@@ -261,7 +261,10 @@ def load_checkpoint(
             _assign(modules, params, buffers, key, (tensor.float() * scale), block_dtype, device, key in host)
     if pending_scales:
         raise CheckpointError(f"FP8 scales without an FP8 weight in {path}: {_few(sorted(pending_scales))}")
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    # the device may be meta (a dry run), so what was loaded is checked by name
+    loaded = {k for k in shapes if not k.endswith(FP8_SCALE_SUFFIX)}
+    loaded |= {k.rsplit(".", 1)[0] + ".fp8_scale" for k in fp8_weights} if fp8_storage else set()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in loaded]
     if left:
         raise CheckpointError(f"{path} left {len(left)} tensors unloaded: {_few(left)}")
     return model

@@ -48,8 +48,8 @@ def place_model(model: HappyHorseTransformer, device: torch.device | str, blocks
     for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
         owner_name, attr = key.rsplit(".", 1)
         target = host_tensor(tensor.data, device) if key in host else tensor.data.to(device)
-        if attr in modules[owner_name]._parameters:
-            modules[owner_name]._parameters[attr].data = target
+        if attr in modules[owner_name]._parameters:  # before LoRA and the optimizer: new Parameter objects are fine
+            modules[owner_name]._parameters[attr] = nn.Parameter(target, requires_grad=tensor.requires_grad)
         else:
             modules[owner_name]._buffers[attr] = target
     return model

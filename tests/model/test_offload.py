@@ -13,7 +13,7 @@ from hhtune.lora import LoraSettings, add_lora
 from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.model import offload
 from hhtune.model.linears import SwappableLinear
-from hhtune.model.placement import apply_block_swap
+from hhtune.model.placement import apply_block_swap, host_resident_keys, place_model
 
 SWAPPED = 5  # layers 3..7 of the tiny preset: shared (LoRA) and sandwich layers
 
@@ -184,3 +184,11 @@ def test_block_swap_copies_each_weight_at_most_twice_per_step_into_reused_buffer
     # forward, then once in backward (fetched by the recompute, or without checkpointing by the
     # layer's first linear backward) and kept until the backward leaves the layer
     assert per_step == [2 * swap.host_bytes] * 3
+
+
+def test_place_model_keeps_the_swapped_linears_on_the_host_and_moves_the_rest():
+    model = HappyHorseTransformer(ModelConfig.preset("tiny"))
+    place_model(model, "meta", SWAPPED)
+    on_host = {k for k, v in model.state_dict().items() if not v.is_meta}
+    assert on_host == host_resident_keys(model, SWAPPED) and len(on_host) == 4 * SWAPPED
+    assert all(k.startswith(tuple(f"block.layers.{i}." for i in range(3, 8))) for k in on_host)
