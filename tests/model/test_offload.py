@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -192,3 +194,17 @@ def test_place_model_keeps_the_swapped_linears_on_the_host_and_moves_the_rest():
     on_host = {k for k, v in model.state_dict().items() if not v.is_meta}
     assert on_host == host_resident_keys(model, SWAPPED) and len(on_host) == 4 * SWAPPED
     assert all(k.startswith(tuple(f"block.layers.{i}." for i in range(3, 8))) for k in on_host)
+
+
+def test_model_modules_import_each_other_without_cycles():
+    folder = Path(offload.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+    assert "transformer" not in graph["offload"] and "offload" in graph["transformer"]
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph.get(start, ()))
+
+    assert not [m for m in graph if reaches(m, m, set())]
