@@ -20,9 +20,14 @@ from hhtune.model.placement import apply_block_swap, host_resident_keys, place_m
 SWAPPED = 5  # layers 3..7 of the tiny preset: shared (LoRA) and sandwich layers
 
 
-def _lora_model(checkpointing: bool, seed: int = 0):
+def _lora_model(checkpointing: bool, seed: int = 0, fp8: bool = False):
     torch.manual_seed(seed)
     model = HappyHorseTransformer(ModelConfig.preset("tiny"))
+    for m in model.modules() if fp8 else ():
+        if isinstance(m, SwappableLinear):  # FP8 storage with a per-row scale
+            scale = m.weight.detach().float().abs().amax(dim=1, keepdim=True) / 448.0
+            m.weight = torch.nn.Parameter((m.weight.detach().float() / scale).to(torch.float8_e4m3fn), requires_grad=False)
+            m.fp8_scale = scale
     model.set_compute_dtype("fp32")
     model.enable_gradient_checkpointing(checkpointing)
     peft = add_lora(model, LoraSettings(rank=4))
@@ -126,11 +131,12 @@ def test_activation_offload_is_exact_and_goes_through_the_host_hooks(checkpointi
         assert len(_CountingHostOffload.packed) > 10 * 8
 
 
-def test_swap_and_offload_together_with_checkpointing_are_exact():
-    _, ref = _lora_model(True)
+@pytest.mark.parametrize("fp8", [False, True])
+def test_swap_and_offload_together_with_checkpointing_are_exact(fp8):
+    _, ref = _lora_model(True, fp8=fp8)
     ref_loss = _loss(ref)
     ref_loss.backward()
-    model, peft = _lora_model(True)
+    model, peft = _lora_model(True, fp8=fp8)
     model.enable_activation_offload()
     apply_block_swap(peft, 8, "cpu")
     loss = _loss(peft)
