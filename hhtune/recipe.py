@@ -31,6 +31,8 @@ class ModelSection(_Section):
     eval_checkpoint: str | None = Field(None, description="distilled checkpoint the adapter is validated on")
     block_dtype: Literal["bf16", "fp32"] = Field("bf16", description="storage of frozen block linears")
     fp8_base: bool = Field(False, description="keep an FP8 checkpoint's frozen weights in FP8 (dequantised on the fly)")
+    fp8_compute: bool = Field(False, description="with fp8_base: run the frozen forward GEMMs as FP8 matmuls "
+                                                 "(torch._scaled_mm; CUDA sm89+ or a CPU build with the op)")
     gradient_checkpointing: bool = True
     compute_dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="block linears/attention: bf16 (official numerics), fp32, or auto (bf16 on CUDA, fp32 on CPU)"
@@ -44,6 +46,8 @@ class ModelSection(_Section):
     def _need_one(self) -> ModelSection:
         if self.checkpoint is None and self.preset is None:
             raise ValueError("set model.checkpoint (a checkpoint folder) or model.preset (one of 15b, mid, tiny)")
+        if self.fp8_compute and not self.fp8_base:
+            raise ValueError("model.fp8_compute needs model.fp8_base: true (FP8 weights from an FP8 checkpoint)")
         return self
 
 

@@ -28,7 +28,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from ..model.transformer import ExpertLinear, Segments
+from ..model.linears import ExpertLinear, Segments
 from .settings import EXPERTS
 
 

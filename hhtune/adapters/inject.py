@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from ..model import HappyHorseTransformer, ModelConfig
+from .compute import fp32_adapters
 from .experts import register_experts
 from .settings import LoraSettings, target_module_names
 
@@ -43,6 +44,7 @@ def add_lora(model: HappyHorseTransformer, settings: LoraSettings, adapter_name:
     with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose
         warnings.filterwarnings("ignore", message="Unsupported layer type .*ExpertLinear")
         peft_model = get_peft_model(model, lora_config(model.config, settings), adapter_name=adapter_name)
+    fp32_adapters(peft_model, adapter_name, peft_model.peft_config[adapter_name].init_lora_weights)
     for name, p in peft_model.named_parameters():
         p.requires_grad_("lora_" in name)
     return peft_model

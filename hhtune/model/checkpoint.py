@@ -23,7 +23,9 @@ from torch import nn
 
 from ..io import atomic_save_file, atomic_write_text
 from .config import ModelConfig
-from .transformer import FP8_DTYPE, HappyHorseTransformer
+from .placement import host_resident_keys, host_tensor
+from .precision import FP8_DTYPE
+from .transformer import HappyHorseTransformer
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -210,6 +212,7 @@ def load_checkpoint(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     fp8_storage: bool = False,
+    swap_blocks: int = 0,
 ) -> HappyHorseTransformer:
     """Load an official-layout checkpoint into a new :class:`HappyHorseTransformer`.
 
@@ -219,6 +222,8 @@ def load_checkpoint(
         dtype: storage dtype of the block linears (default bf16, the official policy); fp32 parts stay fp32.
         device: where to put the weights (default CPU).
         fp8_storage: keep FP8 weights of an FP8 checkpoint in FP8 (dequantised on the fly) instead of bf16.
+        swap_blocks: the frozen block-linear weights of the last ``swap_blocks`` layers go to host
+            memory (pinned when ``device`` is CUDA) instead of ``device``, for block swap.
     """
     shapes = read_shapes(path)
     if config is None:
@@ -227,6 +232,7 @@ def load_checkpoint(
         model = HappyHorseTransformer(config)
     validate_shapes(shapes, model, source=str(path))
     device = torch.device(device or "cpu")
+    host = host_resident_keys(model, swap_blocks)
     block_dtype = dtype or torch.bfloat16
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
@@ -240,7 +246,7 @@ def load_checkpoint(
         if tensor.dtype == FP8_DTYPE:
             fp8_weights[key] = tensor
             continue
-        _assign(modules, params, buffers, key, tensor, block_dtype, device)
+        _assign(modules, params, buffers, key, tensor, block_dtype, device, key in host)
     for key, tensor in fp8_weights.items():
         if key not in pending_scales:
             raise CheckpointError(f"FP8 tensor {key!r} has no {key + FP8_SCALE_SUFFIX!r} scale in {path}")
@@ -248,26 +254,31 @@ def load_checkpoint(
         scale = scale.reshape(-1, *([1] * (tensor.dim() - 1))) if scale.numel() > 1 else scale.reshape(())
         if fp8_storage:
             owner = modules[key.rsplit(".", 1)[0]]
-            owner.weight = nn.Parameter(tensor.to(device), requires_grad=False)
+            weight = host_tensor(tensor, device) if key in host else tensor.to(device)
+            owner.weight = nn.Parameter(weight, requires_grad=False)
             owner.fp8_scale = scale.to(device)
         else:
-            _assign(modules, params, buffers, key, (tensor.float() * scale), block_dtype, device)
+            _assign(modules, params, buffers, key, (tensor.float() * scale), block_dtype, device, key in host)
     if pending_scales:
         raise CheckpointError(f"FP8 scales without an FP8 weight in {path}: {_few(sorted(pending_scales))}")
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    # the device may be meta (a dry run), so what was loaded is checked by name
+    loaded = {k for k in shapes if not k.endswith(FP8_SCALE_SUFFIX)}
+    loaded |= {k.rsplit(".", 1)[0] + ".fp8_scale" for k in fp8_weights} if fp8_storage else set()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in loaded]
     if left:
         raise CheckpointError(f"{path} left {len(left)} tensors unloaded: {_few(left)}")
     return model
 
 
-def _assign(modules, params, buffers, key, tensor, block_dtype, device) -> None:
+def _assign(modules, params, buffers, key, tensor, block_dtype, device, on_host: bool) -> None:
     owner_name, attr = key.rsplit(".", 1)
     owner = modules[owner_name]
     if key in params:
         target = params[key].dtype
         if target == torch.bfloat16:  # block linears: the storage dtype is selectable
             target = block_dtype
-        owner._parameters[attr] = nn.Parameter(tensor.to(device=device, dtype=target), requires_grad=True)
+        value = host_tensor(tensor.to(target), device) if on_host else tensor.to(device=device, dtype=target)
+        owner._parameters[attr] = nn.Parameter(value, requires_grad=True)
     else:
         owner._buffers[attr] = tensor.to(device=device, dtype=buffers[key].dtype)
 

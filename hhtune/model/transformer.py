@@ -21,7 +21,6 @@ samples never attend to each other.
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,23 +28,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from .config import ModelConfig
-from .offload import OffloadHooks, SwappedLinear, expert_linear, offloaded_activations
+from .linears import BF16Linear, ExpertLinear, Segments
+from .offload import OffloadHooks, offloaded_activations
 from .packing import Modality, padded_audio_coords, padded_text_coords, patchify, unpatchify, video_coords
-from .precision import ComputeDtype, dequantized, resolve_compute_dtype
-
-FP8_DTYPE = torch.float8_e4m3fn
-
-
-class Segments(NamedTuple):
-    """Token counts of the three modality segments of every row (``[video | audio | text]``)."""
-
-    video: int
-    audio: int
-    text: int
-
-    def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Split ``x`` along the sequence dim (dim 1) into video, audio and text parts."""
-        return torch.split(x, list(self), dim=1)  # type: ignore[return-value]
+from .precision import ComputeDtype, resolve_compute_dtype
 
 
 # --------------------------------------------------------------------------- norms
@@ -71,59 +57,6 @@ class MultiModalityRMSNorm(nn.Module):
 
 
 # --------------------------------------------------------------------------- linears
-
-
-def _weight(module: nn.Module, dtype: torch.dtype) -> Tensor:
-    """The module's weight in ``dtype``, dequantising FP8 storage (``weight * fp8_scale``) on the fly."""
-    return dequantized(module.weight, module.fp8_scale, dtype)
-
-
-def _frozen_linear(module: nn.Module, x: Tensor, sizes: list[int] | None) -> Tensor:
-    """``x @ W.T`` (or per expert segment of ``sizes`` tokens along dim 1) in the module's compute dtype.
-
-    Modules under block swap (``module.swap`` set by :mod:`hhtune.model.offload`) go through
-    an autograd function that fetches the weight again in backward instead of saving it.
-    """
-    dtype = resolve_compute_dtype(module.precision, x.device)
-    if module.swap is not None:
-        return SwappedLinear.apply(x, module, sizes, dtype)
-    return expert_linear(x, _weight(module, dtype), sizes, dtype)
-
-
-class BF16Linear(nn.Linear):
-    """A bias-free linear with bf16 weights, computed in the compute dtype, returning the input dtype.
-
-    A plain ``nn.Linear`` subclass so PEFT wraps it by name. Optional FP8 storage keeps
-    ``weight`` in ``float8_e4m3fn`` with a per-tensor fp32 ``fp8_scale`` buffer.
-    ``precision`` (``auto``/``bf16``/``fp32``) is set by
-    :meth:`HappyHorseTransformer.set_compute_dtype`; ``bf16`` is the official numerics.
-    """
-
-    def __init__(self, in_features: int, out_features: int, device: torch.device | None = None) -> None:
-        super().__init__(in_features, out_features, bias=False, device=device, dtype=torch.bfloat16)
-        self.register_buffer("fp8_scale", None, persistent=False)
-        self.precision: ComputeDtype = "auto"  # not `compute_dtype`: PEFT reads that name as a bnb dtype
-        self.swap = None  # set by hhtune.model.offload.BlockSwap
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _frozen_linear(self, x, None)
-
-
-class ExpertLinear(nn.Module):
-    """Three modality experts stacked along the output dim (video, audio, text), computed in the compute dtype."""
-
-    def __init__(self, in_features: int, out_features: int, num_experts: int = 3) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
-        self.weight = nn.Parameter(torch.empty(out_features * num_experts, in_features, dtype=torch.bfloat16))
-        self.register_buffer("fp8_scale", None, persistent=False)
-        self.precision: ComputeDtype = "auto"  # not `compute_dtype`: PEFT reads that name as a bnb dtype
-        self.swap = None  # set by hhtune.model.offload.BlockSwap
-        if not self.weight.is_meta:
-            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
-
-    def forward(self, x: Tensor, segments: Segments) -> Tensor:
-        return _frozen_linear(self, x, list(segments))
 
 
 def _linear(in_features: int, out_features: int, multimodal: bool) -> nn.Module:

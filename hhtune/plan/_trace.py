@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_leaves
 from ..adapters.inject import add_lora
 from ..adapters.settings import LoraSettings
 from ..model import HappyHorseTransformer, ModelConfig
+from ..model.linears import SwappableLinear
 from ..model.packing import audio_coords, padded_text_coords, video_coords
 
 
@@ -112,7 +113,7 @@ def _host_offload(pin_memory: bool) -> torch.autograd.graph.saved_tensors_hooks:
 
 def _to_fp8(model: nn.Module) -> None:
     for m in model.modules():
-        if hasattr(m, "swap"):  # the block linears
+        if isinstance(m, SwappableLinear):  # the block linears
             m.weight = nn.Parameter(torch.empty(m.weight.shape, dtype=torch.float8_e4m3fn, device="meta"), requires_grad=False)
             m.fp8_scale = torch.ones((), device="meta")
 

@@ -23,8 +23,11 @@ from torch.utils.data import DataLoader
 
 from ..adapters.inject import add_lora, trainable_parameter_count
 from ..io import atomic_write_text
+from ..adapters.compute import set_lora_compute_dtype
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
-from ..model.offload import apply_block_swap
+from ..model.linears import enable_fp8_compute
+from ..model.placement import apply_block_swap, place_model
+from ..model.precision import resolve_compute_dtype
 from ..plan import PlanError, check_memory_plan
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .callbacks import Callback, CallbackList
@@ -49,19 +52,24 @@ def build_model(section: ModelSection, device: torch.device | str = "cpu") -> Ha
     """The frozen base: a checkpoint streamed into a meta model, or a seeded random init of a preset.
 
     Compute dtype and activation offload are set here; block swap is applied after LoRA
-    (:func:`hhtune.model.offload.apply_block_swap`), since it only moves frozen weights.
+    (:func:`hhtune.model.placement.apply_block_swap`), since it only moves frozen weights.
     """
     config = ModelConfig.preset(section.preset) if section.preset else None
     if section.checkpoint:
         dtype = torch.float32 if section.block_dtype == "fp32" else torch.bfloat16
         model = load_checkpoint(section.checkpoint, config=config, dtype=dtype, device=device,
-                                fp8_storage=section.fp8_base)  # fmt: skip
+                                fp8_storage=section.fp8_base, swap_blocks=section.blocks_to_swap)  # fmt: skip
     else:
         torch.manual_seed(section.init_seed)
         model = HappyHorseTransformer(config)  # type: ignore[arg-type]
         if section.block_dtype == "fp32":
             model = model.float()
-        model = model.to(device)
+        model = place_model(model, device, section.blocks_to_swap)  # swapped layers never reach the device
+    if section.fp8_compute:
+        try:
+            enable_fp8_compute(model, device)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
     model.set_compute_dtype(section.compute_dtype)
     model.enable_activation_offload(section.activation_offload)
     return model
@@ -165,6 +173,7 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
         )
     model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
     peft_model = add_lora(model, recipe.lora)
+    set_lora_compute_dtype(peft_model, resolve_compute_dtype(recipe.model.compute_dtype, device))  # fp32 weights, bf16 matmuls
     snapshot = load_state(resume_from) if resume_from is not None else None
     if snapshot is not None:
         set_peft_model_state_dict(peft_model, snapshot.adapter)

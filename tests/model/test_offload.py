@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hhtune.adapters.inject import add_lora
 from hhtune.adapters.settings import LoraSettings
 from hhtune.model import HappyHorseTransformer, ModelConfig
-from hhtune.model.offload import apply_block_swap
+from hhtune.model import offload
+from hhtune.model.linears import SwappableLinear
+from hhtune.model.placement import apply_block_swap, host_resident_keys, place_model
 
 SWAPPED = 5  # layers 3..7 of the tiny preset: shared (LoRA) and sandwich layers
 
 
-def _lora_model(checkpointing: bool, seed: int = 0):
+def _lora_model(checkpointing: bool, seed: int = 0, fp8: bool = False):
     torch.manual_seed(seed)
     model = HappyHorseTransformer(ModelConfig.preset("tiny"))
+    for m in model.modules() if fp8 else ():
+        if isinstance(m, SwappableLinear):  # FP8 storage with a per-row scale
+            scale = m.weight.detach().float().abs().amax(dim=1, keepdim=True) / 448.0
+            m.weight = torch.nn.Parameter((m.weight.detach().float() / scale).to(torch.float8_e4m3fn), requires_grad=False)
+            m.fp8_scale = scale
     model.set_compute_dtype("fp32")
     model.enable_gradient_checkpointing(checkpointing)
     peft = add_lora(model, LoraSettings(rank=4))
@@ -86,27 +96,27 @@ def test_block_swap_fails_loudly_on_bad_settings():
         apply_block_swap(dora, 2, "cpu")
 
 
-class _CountingSaveOnCpu(torch.autograd.graph.save_on_cpu):
+class _CountingHostOffload(offload.HostOffload):
     packed: ClassVar[list[tuple[int, ...]]] = []
 
-    def __init__(self, pin_memory: bool = False, device_type: str = "cuda") -> None:
-        super().__init__(pin_memory, device_type)
+    def __init__(self, pin_memory: bool) -> None:
+        super().__init__(pin_memory)
         inner = self.pack_hook
 
         def pack(t: torch.Tensor):
-            _CountingSaveOnCpu.packed.append(tuple(t.shape))
+            _CountingHostOffload.packed.append(tuple(t.shape))
             return inner(t)
 
         self.pack_hook = pack
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_offload_is_exact_and_goes_through_save_on_cpu(checkpointing, monkeypatch):
+def test_activation_offload_is_exact_and_goes_through_the_host_hooks(checkpointing, monkeypatch):
     _, ref = _lora_model(checkpointing)
     ref_loss = _loss(ref)
     ref_loss.backward()
-    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", _CountingSaveOnCpu)
-    _CountingSaveOnCpu.packed = []
+    monkeypatch.setattr(offload, "HostOffload", _CountingHostOffload)
+    _CountingHostOffload.packed = []
     model, peft = _lora_model(checkpointing)
     model.enable_activation_offload()
     loss = _loss(peft)
@@ -115,18 +125,19 @@ def test_activation_offload_is_exact_and_goes_through_save_on_cpu(checkpointing,
     for name, g in _grads(ref).items():
         assert torch.equal(dict(peft.named_parameters())[name].grad, g), name
     hidden = (1, 8 + 5 + 6, 64)  # [B, video+audio+text tokens, hidden]: the residual stream
-    n_hidden = _CountingSaveOnCpu.packed.count(hidden)
+    n_hidden = _CountingHostOffload.packed.count(hidden)
     if checkpointing:  # exactly the layer inputs were saved: the 6 layers after the frozen first two
-        assert n_hidden == 6, _CountingSaveOnCpu.packed
+        assert n_hidden == 6, _CountingHostOffload.packed
     else:  # everything the layers save goes to the host, far more than one tensor per layer
-        assert len(_CountingSaveOnCpu.packed) > 10 * 8
+        assert len(_CountingHostOffload.packed) > 10 * 8
 
 
-def test_swap_and_offload_together_with_checkpointing_are_exact():
-    _, ref = _lora_model(True)
+@pytest.mark.parametrize("fp8", [False, True])
+def test_swap_and_offload_together_with_checkpointing_are_exact(fp8):
+    _, ref = _lora_model(True, fp8=fp8)
     ref_loss = _loss(ref)
     ref_loss.backward()
-    model, peft = _lora_model(True)
+    model, peft = _lora_model(True, fp8=fp8)
     model.enable_activation_offload()
     apply_block_swap(peft, 8, "cpu")
     loss = _loss(peft)
@@ -134,3 +145,73 @@ def test_swap_and_offload_together_with_checkpointing_are_exact():
     assert torch.equal(loss, ref_loss)
     for name, g in _grads(ref).items():
         assert torch.equal(dict(peft.named_parameters())[name].grad, g), name
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts bytes copied out of the given host storages, and any other op that reads them."""
+
+    def __init__(self, host_ptrs: set[int]) -> None:
+        super().__init__()
+        self.host, self.copied, self.other = host_ptrs, 0, []
+
+    def _is_host(self, t: object) -> bool:
+        return isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.untyped_storage().data_ptr() in self.host
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.copy_.default and self._is_host(args[1]):
+            self.copied += args[1].nbytes
+        elif any(self._is_host(a) for a in args):
+            self.other.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("checkpointing,offload_too", [(True, False), (True, True), (False, False)])
+def test_block_swap_copies_each_weight_at_most_twice_per_step_into_reused_buffers(checkpointing, offload_too):
+    model, peft = _lora_model(checkpointing)
+    if offload_too:  # the reentrant checkpoint path
+        model.enable_activation_offload()
+    linears = [m for layer in model.block.layers[8 - SWAPPED :] for m in layer.modules() if isinstance(m, SwappableLinear)]
+    host_ptrs = {m.weight.untyped_storage().data_ptr() for m in linears}
+    swap = apply_block_swap(peft, SWAPPED, "cpu")
+    seen: list[set[int]] = []
+    for layer in model.block.layers[8 - SWAPPED :]:
+        layer.register_forward_pre_hook(lambda *_: seen[-1].update(m.weight.untyped_storage().data_ptr() for m in linears
+                                                                  if m.weight.numel()))  # fmt: skip
+    per_step = []
+    for _ in range(3):
+        seen.append(set())
+        counter = _HostReads(host_ptrs)
+        with counter:
+            _loss(peft).backward()
+        assert counter.other == []  # no allocating copy (.to, clone) of a host weight
+        per_step.append(counter.copied)
+        if len(per_step) == 1:
+            allocated = swap.stats.buffers_allocated
+    assert swap.stats.buffers_allocated == allocated == 1 + swap.prefetch  # nothing allocated after warm-up
+    assert seen[1] <= seen[0] and seen[2] <= seen[0]  # the weights land in the same buffers every step
+    assert all(w == 0 for w in [m.weight.numel() for m in linears])
+    # forward, then once in backward (fetched by the recompute, or without checkpointing by the
+    # layer's first linear backward) and kept until the backward leaves the layer
+    assert per_step == [2 * swap.host_bytes] * 3
+
+
+def test_place_model_keeps_the_swapped_linears_on_the_host_and_moves_the_rest():
+    model = HappyHorseTransformer(ModelConfig.preset("tiny"))
+    place_model(model, "meta", SWAPPED)
+    on_host = {k for k, v in model.state_dict().items() if not v.is_meta}
+    assert on_host == host_resident_keys(model, SWAPPED) and len(on_host) == 4 * SWAPPED
+    assert all(k.startswith(tuple(f"block.layers.{i}." for i in range(3, 8))) for k in on_host)
+
+
+def test_model_modules_import_each_other_without_cycles():
+    folder = Path(offload.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+    assert "transformer" not in graph["offload"] and "offload" in graph["transformer"]
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph.get(start, ()))
+
+    assert not [m for m in graph if reaches(m, m, set())]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ...model.checkpoint import infer_config, read_shapes
-from ...model.transformer import ExpertLinear
+from ...model.linears import ExpertLinear
 from ..settings import EXPERTS
 from .weights import AdapterError, LoraWeights
 
