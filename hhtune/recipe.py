@@ -56,8 +56,15 @@ class DataSection(_Section):
 
     dataset: str = Field(..., description="DATASET_DIR written by `python -m data_prep build`")
     batch_size: int = Field(1, ge=1, description="clips per micro-batch per process (same bucket)")
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(None, ge=0, description="loader worker processes; null = min(4, CPU cores) "
+                                    "on CUDA, 0 on CPU (where workers would compete with the step for cores)")
     repeat: int = Field(1, ge=1, description="passes over the dataset per epoch (small datasets)")
+
+    def workers(self, device_type: str, cpus: int) -> int:
+        """Worker processes for a run on ``device_type`` with ``cpus`` host cores: ``num_workers`` or its default."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(4, cpus) if device_type == "cuda" else 0
 
 
 class LossSection(_Section):

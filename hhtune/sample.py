@@ -55,14 +55,21 @@ def _main(argv: list[str] | None) -> int:
     from hhtune.encoders import EncoderPaths
     from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint
     from hhtune.sampling import generate, write_mp4, write_previews
+    from hhtune.sampling.generate import NEGATIVE_PROMPT, encode_prompts
 
-    if args.model in ModelConfig.preset_names() and not Path(args.model).exists():
-        if not args.random_weights:
-            raise SampleError(
-                f"--model {args.model} is a preset name, not a checkpoint: it would sample random weights. Pass the "
-                "checkpoint folder (e.g. the distill/ folder of the official weights), or add --random-weights if an "
-                "untrained model is what you want (tests, smoke runs)"
-            )
+    preset = args.model in ModelConfig.preset_names() and not Path(args.model).exists()
+    if preset and not args.random_weights:
+        raise SampleError(
+            f"--model {args.model} is a preset name, not a checkpoint: it would sample random weights. Pass the "
+            "checkpoint folder (e.g. the distill/ folder of the official weights), or add --random-weights if an "
+            "untrained model is what you want (tests, smoke runs)"
+        )
+    encoders = EncoderPaths(video_vae=args.encoders / "video_vae", audio_vae=args.encoders / "audio_vae",
+                            text_encoder=args.encoders / "text_encoder")  # fmt: skip
+    # The text encoder (T5Gemma, 18 GB in bf16) is loaded, used and freed before the DiT exists.
+    prompts = [args.prompt, NEGATIVE_PROMPT] if args.sampler == "base" else [args.prompt]
+    features = encode_prompts(prompts, encoders.text_encoder, args.device)
+    if preset:
         torch.manual_seed(0)
         model = HappyHorseTransformer(ModelConfig.preset(args.model)).to(args.device)
     else:
@@ -75,8 +82,6 @@ def _main(argv: list[str] | None) -> int:
         path, strength, modalities = parse_spec(spec)
         model = load_adapter(path, model, strength=strength, modalities=modalities)
     model.eval()
-    encoders = EncoderPaths(video_vae=args.encoders / "video_vae", audio_vae=args.encoders / "audio_vae",
-                            text_encoder=args.encoders / "text_encoder")  # fmt: skip
     image = None
     if args.image:
         from PIL import Image
@@ -88,7 +93,8 @@ def _main(argv: list[str] | None) -> int:
         g = generate(model, args.prompt, encoders, seconds=args.seconds, aspect=args.aspect,
                      base_resolution=args.base_resolution, sampler=args.sampler, seed=args.seed, reference_image=image,
                      audio_path=str(args.audio) if args.audio else None, video_guidance=args.video_guidance,
-                     audio_guidance=args.audio_guidance, device=args.device, progress=lambda i: bar.advance(task))  # fmt: skip
+                     audio_guidance=args.audio_guidance, device=args.device, progress=lambda i: bar.advance(task),
+                     text_features=features[0], negative_features=features[1] if len(features) > 1 else None)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     mp4 = write_mp4(g.frames, g.audio, args.out / "sample.mp4")
     write_previews(g, args.out / "sample")

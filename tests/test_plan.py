@@ -114,3 +114,31 @@ def test_training_check_refuses_what_does_not_fit_unless_told():
     lenient = r.model_copy(update={"model": r.model.model_copy(update={"ignore_memory_plan": True})})
     assert check_memory_plan(lenient, cpu, log=logged.append, gpu_memory_gb=0.1).fits is False
     assert logged[-1].startswith("warning:")
+
+
+def test_training_shape_comes_from_the_dataset_then_the_flags_then_validation(tmp_path, capsys):
+    """A dataset is planned at its largest bucket and the plan says so; flags override; no dataset is said plainly."""
+    from hhtune.training.synthetic import write_synthetic_dataset
+
+    # 9 frames: 3 latent frames; buckets 4x4 and 4x6 latents (64x64 and 96x64 pixels)
+    data = write_synthetic_dataset(tmp_path / "ds", clips=3, frames=9, latent_hw=(4, 4), buckets=2)
+    r = validate_recipe({"model": {"preset": "mid", "gradient_checkpointing": False}, "lora": {"rank": 8},
+                         "data": {"dataset": str(data)}, "validation": {"seconds": 1.0, "base_resolution": 128}})  # fmt: skip
+    plan = plan_settings(r, MemorySettings(True))
+    assert plan.train_shape == StepShape(1, (3, 4, 6), 9, 640)
+    assert plan.train_source.startswith(f"dataset {data}: largest of 2 bucket(s), 96x64 9 frames")
+    flags = plan_settings(r, MemorySettings(True), seconds=0.2, resolution=64)
+    assert flags.train_shape.video == (2, 4, 8) and flags.train_shape.audio == 5  # 16:9 at 64p: 128x64
+    assert flags.train_source == "--seconds 0.2 --resolution 64"
+    missing = r.model_copy(update={"data": r.data.model_copy(update={"dataset": str(tmp_path / "none")})})
+    fallback = plan_settings(missing, MemorySettings(True))
+    assert fallback.train_shape == fallback.validation_shape
+    assert "no dataset at" in fallback.train_source and "--seconds and --resolution" in fallback.train_source
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"model": {"preset": "mid"}, "lora": {"rank": 8}, "data": {"dataset": str(data)}}))
+    assert main([str(recipe), "--json"]) == 0
+    shape = json.loads(capsys.readouterr().out)["train_shape"]
+    assert shape["latent"] == [3, 4, 6] and shape["source"].startswith(f"dataset {data}")
+    assert main([str(recipe)]) == 0
+    assert f"training clips planned from dataset {data}: largest" in capsys.readouterr().out

@@ -21,6 +21,7 @@ import torch
 from ..adapters.settings import expected_trainable_parameters
 from ..model import HappyHorseTransformer, ModelConfig
 from ..recipe import Recipe
+from ._dataset import dataset_shapes
 from ._scale import scaled_trace
 from ._trace import StepShape
 
@@ -58,6 +59,7 @@ class Plan:
     world_size: int
     train_shape: StepShape
     validation_shape: StepShape
+    train_source: str  # where the training clip shape came from (dataset, flags or validation clip)
     components: dict[str, float]
     train_peak_gb: float
     validation_peak_gb: float
@@ -83,6 +85,9 @@ class Plan:
                "prompt_encoding_gb": round(self.prompt_encoding_gb, 2), "fits": self.fits,
                "gpu_memory_gb": self.gpu_memory_gb, "world_size": self.world_size, "settings": asdict(self.settings),
                "train_tokens": self.train_shape.tokens, "validation_tokens": self.validation_shape.tokens,
+               "train_shape": {"latent": list(self.train_shape.video), "audio": self.train_shape.audio,
+                               "text": self.train_shape.text, "batch": self.train_shape.batch,
+                               "source": self.train_source},
                "components": {k: round(v, 3) for k, v in self.components.items()}}  # fmt: skip
         if self.recommendation is not None:
             out["recommendation"] = {"settings": asdict(self.recommendation.settings),
@@ -109,6 +114,38 @@ def _clip_shape(config: ModelConfig, seconds: float, aspect: str, resolution: in
         raise PlanError(f"resolution {resolution} gives a {h}x{w} latent; the 2x2 patch needs both even: "
                         f"use a multiple of 32 (e.g. {resolution // 32 * 32} or {math.ceil(resolution / 32) * 32})")  # fmt: skip
     return StepShape(batch=batch, video=(t, h, w), audio=audio[1], text=TEXT_TOKENS)
+
+
+def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: int | None = None,
+                   aspect: str | None = None) -> tuple[StepShape, str]:  # fmt: skip
+    """The training micro-batch shape to plan for, and a line saying where it came from.
+
+    Explicit ``seconds``/``resolution`` (``--seconds``/``--resolution``) win. Otherwise, when
+    ``data.dataset`` exists, the dataset's bucket with the most tokens (its clips at their own
+    frame count and size; text at the 640-token maximum). Otherwise the validation clip, said so.
+    """
+    config, v, batch = recipe.preset_config(), recipe.validation, recipe.data.batch_size
+    if seconds is None and resolution is None:
+        try:
+            found = dataset_shapes(recipe.data.dataset)
+        except ValueError as e:
+            raise PlanError(f"data.dataset: {e}") from None
+        if found is not None:
+            shapes = [_bucket_shape(f, h, w, batch) for f, h, w in found.buckets]
+            best = max(shapes, key=lambda s: s.tokens)
+            f, h, w = found.buckets[shapes.index(best)]
+            return best, (f"dataset {found.path}: largest of {len(found.buckets)} bucket(s), {w}x{h} {f} frames "
+                          f"(longest clip {found.longest_frames} frames, {found.clips} clips)")  # fmt: skip
+    shape = _clip_shape(config, seconds or v.seconds, aspect or v.aspect, resolution or v.base_resolution, batch)
+    if seconds is not None or resolution is not None:
+        return shape, f"--seconds {seconds or v.seconds:g} --resolution {resolution or v.base_resolution}"
+    return shape, (f"validation clip ({v.seconds:g} s, {v.base_resolution}p): no dataset at {recipe.data.dataset}; "
+                   "pass --seconds and --resolution for the training clips")  # fmt: skip
+
+
+def _bucket_shape(frames: int, height: int, width: int, batch: int) -> StepShape:
+    """A dataset bucket as latent tokens: 4x temporal and 16x spatial VAE strides, one audio latent per frame."""
+    return StepShape(batch=batch, video=((frames - 1) // 4 + 1, height // 16, width // 16), audio=frames, text=TEXT_TOKENS)
 
 
 def _weight_bytes(config: ModelConfig, block_dtype: str, fp8: bool) -> tuple[int, list[int]]:
@@ -166,8 +203,7 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
     if settings.blocks_to_swap and world_size > 1:
         raise PlanError("model.blocks_to_swap with FSDP (world size > 1) is not supported; shard or swap, not both")
     v = recipe.validation
-    train_shape = _clip_shape(config, seconds or v.seconds, aspect or v.aspect, resolution or v.base_resolution,
-                              recipe.data.batch_size)  # fmt: skip
+    train_shape, train_source = training_shape(recipe, seconds=seconds, resolution=resolution, aspect=aspect)
     val_shape = _clip_shape(config, v.seconds, v.aspect, v.base_resolution, 1)
     kw = {"fp8": settings.fp8_base, "full": full_trace}
     step = scaled_trace(config, recipe.lora, train_shape, training=True, checkpointing=settings.gradient_checkpointing,
@@ -201,7 +237,7 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
     train_peak = (frozen + 2 * lora + optimizer + step.peak) / GB
     validation_peak = max(resident + sample.peak, resident + vaes + decode) / GB
     return Plan(settings=settings, world_size=world_size, train_shape=train_shape, validation_shape=val_shape,
-                components=components, train_peak_gb=train_peak, validation_peak_gb=validation_peak,
+                train_source=train_source, components=components, train_peak_gb=train_peak, validation_peak_gb=validation_peak,
                 prompt_encoding_gb=text_encoder / GB)  # fmt: skip
 
 

@@ -28,7 +28,7 @@ def format_plan(plan: Plan) -> str:
     head = (f"memory plan (per process, world size {plan.world_size}): {plan.train_shape.tokens} tokens/clip "
             f"(latent {t}x{h}x{w}), batch {plan.train_shape.batch}; checkpointing={s.gradient_checkpointing} "
             f"offload={s.activation_offload} fp8_base={s.fp8_base} blocks_to_swap={s.blocks_to_swap}")
-    lines = [head, f"{'component':<48}{'GB':>9}  used in"]
+    lines = [head, f"training clips planned from {plan.train_source}", f"{'component':<48}{'GB':>9}  used in"]
     lines += [f"{label:<48}{plan.components[key]:>9.2f}  {where}" for key, label, where in _ROWS]
     lines += [f"{'training step peak':<48}{plan.train_peak_gb:>9.2f}",
               f"{'validation peak':<48}{plan.validation_peak_gb:>9.2f}",
@@ -60,8 +60,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for training")
     parser.add_argument("--gpu-memory", type=float, help="device memory in GB: say whether it fits and recommend settings")
     parser.add_argument("--world-size", type=int, default=1, help="FSDP2 processes (frozen weights are sharded)")
-    parser.add_argument("--seconds", type=float, help="training clip length (default: validation.seconds)")
-    parser.add_argument("--resolution", type=int, help="training base resolution (default: validation.base_resolution)")
+    parser.add_argument("--seconds", type=float, help="training clip length (default: the dataset's largest bucket, else validation.seconds)")
+    parser.add_argument("--resolution", type=int, help="training base resolution (default: the dataset's largest bucket, else validation.base_resolution)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     from ..recipe import load_recipe

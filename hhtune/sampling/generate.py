@@ -80,21 +80,23 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
              base_resolution: int = 256, sampler: str = "distilled", seed: int = 0, reference_image: np.ndarray | None = None,
              audio_path: str | None = None, video_guidance: float = 5.0, audio_guidance: float = 5.0,
              device: str | torch.device = "cpu", progress=None, text_features: tuple[Tensor, int] | None = None,
-             decode: bool = True, vae_tiling: bool = False, offload_model: bool = False) -> Generated | tuple[Tensor, Tensor]:  # fmt: skip
+             negative_features: tuple[Tensor, int] | None = None, decode: bool = True, vae_tiling: bool = False,
+             offload_model: bool = False) -> Generated | tuple[Tensor, Tensor]:  # fmt: skip
     """Sample one clip and decode it. ``reference_image`` ([H, W, 3] uint8) makes it image-to-video.
 
-    ``text_features`` (``[1, L, C]``, ``L``) from :func:`encode_prompts` skip loading the text
-    encoder (the distilled sampler needs nothing else from it). ``decode=False`` returns the
+    ``text_features`` (``[1, L, C]``, ``L``) from :func:`encode_prompts`, and for the base sampler
+    ``negative_features`` of :data:`NEGATIVE_PROMPT`, skip loading the text encoder. Without them
+    the encoder is loaded and freed here, beside ``model``: callers holding a large model encode
+    first (as ``python -m hhtune.sample`` and validation do). ``decode=False`` returns the
     ``(video, audio)`` latents only. The VAEs load in bf16 on CUDA; ``vae_tiling`` decodes the
     video in tiles, and ``offload_model`` moves ``model`` to the CPU while the VAEs run.
     """
     vshape, ashape, (width, height) = latent_shapes(seconds, aspect, base_resolution)
-    if text_features is None or sampler == "base":
-        text_enc = load_text_encoder(encoders.text_encoder, device)
-        feats, lengths = text_enc.encode([prompt])
-        text = feats[:, : int(lengths[0])].to(device)
-    else:
-        text_enc, text = None, text_features[0][:, : text_features[1]].to(device)
+    base = sampler == "base"
+    if text_features is None or (base and negative_features is None):
+        encoded = encode_prompts([prompt, NEGATIVE_PROMPT] if base else [prompt], encoders.text_encoder, device)
+        text_features, negative_features = encoded[0], (encoded[1] if base else None)
+    text = text_features[0][:, : text_features[1]].to(device)
     video_vae = audio_vae = None
     reference = None
     if reference_image is not None:
@@ -118,13 +120,12 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
     if sampler == "distilled":
         video, audio = sample_distilled(fn, vshape, ashape, **kwargs)
     elif sampler == "base":
-        neg, neg_len = text_enc.encode([NEGATIVE_PROMPT])
-        uncond = model_velocity_fn(model, neg[:, : int(neg_len[0])].to(device), int(neg_len[0]))
+        neg, neg_len = negative_features
+        uncond = model_velocity_fn(model, neg[:, :neg_len].to(device), neg_len)
         video, audio = sample_base(fn, uncond, vshape, ashape, video_guidance=video_guidance,
                                    audio_guidance=audio_guidance, **kwargs)  # fmt: skip
     else:
         raise ValueError(f"unknown sampler {sampler!r}; allowed: distilled, base")
-    del text_enc
     if not decode:
         return video, audio
     with _offloaded(model, offload_model):

@@ -9,17 +9,22 @@ as one process with W times the gradient accumulation.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..contract import FORMAT_VERSION
+from ..recipe import DataSection
 
 LATENT_COLUMNS = ("video_latents", "audio_latents", "text_embeds")
 META_COLUMNS = ("clip_id", "num_frames", "width", "height", "speech_mask", "language")
+ARRAY_COLUMNS = (*LATENT_COLUMNS, "speech_mask")  # read as arrays by collate
 
 
 class DatasetError(ValueError):
@@ -41,9 +46,17 @@ class Batch:
     index: int  # global micro-batch index (seeds the noise of its samples)
 
     def to(self, device: torch.device | str) -> Batch:
-        """The batch with every tensor on ``device``."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in moved.items()})
+        """The batch with every tensor on ``device`` (copies to CUDA are asynchronous from pinned memory)."""
+        non_blocking = torch.device(device).type == "cuda"
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked host memory (called by a ``DataLoader`` with ``pin_memory=True``)."""
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, fn) -> Batch:
+        items = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: fn(v) if isinstance(v, Tensor) else v for k, v in items.items()})
 
     @property
     def size(self) -> int:
@@ -82,6 +95,8 @@ class TrainingDataset:
             raise DatasetError(f"{self.path}: the dataset has no clips (see {self.path}/report.html for why)")
         self._has_reference = "reference_latents" in ds.column_names
         self.ds = ds
+        # the array columns as numpy (zero-copy from Arrow where possible), not nested Python lists
+        self._arrays = ds.with_format("numpy", columns=[*ARRAY_COLUMNS, *(("reference_latents",) if self._has_reference else ())])
         keys = zip(ds["num_frames"], ds["height"], ds["width"])
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, key in enumerate(keys):
@@ -94,7 +109,7 @@ class TrainingDataset:
     @property
     def text_channels(self) -> int:
         """Channels of the stored text features."""
-        return int(torch.as_tensor(self.ds[0]["text_embeds"]).shape[-1])
+        return int(self._arrays[0]["text_embeds"].shape[-1])
 
     def epoch_batches(self, epoch: int, seed: int, batch_size: int, repeat: int = 1) -> list[list[int]]:
         """Row indices of every micro-batch of one epoch, shuffled reproducibly."""
@@ -109,24 +124,27 @@ class TrainingDataset:
         return batches
 
     def collate(self, rows: list[int], index: int) -> Batch:
-        """Stack the rows of one bucket into a :class:`Batch` (audio and text padded)."""
-        items = [self.ds[i] for i in rows]
-        video = torch.stack([torch.as_tensor(it["video_latents"], dtype=torch.float32) for it in items])
-        audio, audio_len = _pad([torch.as_tensor(it["audio_latents"], dtype=torch.float32) for it in items])
-        text, text_len = _pad([torch.as_tensor(it["text_embeds"], dtype=torch.float32) for it in items])
-        masks = [torch.as_tensor(it["speech_mask"], dtype=torch.float32) for it in items]
+        """Stack the rows of one bucket into a :class:`Batch` (audio and text padded), as float32 tensors."""
+        items = [self._arrays[i] for i in rows]
+        video = torch.stack([_tensor(it["video_latents"]) for it in items])
+        audio, audio_len = _pad([_tensor(it["audio_latents"]) for it in items])
+        text, text_len = _pad([_tensor(it["text_embeds"]) for it in items])
         speech = torch.zeros(len(items), audio.shape[1])
-        for b, m in enumerate(masks):
+        for b, it in enumerate(items):
+            m = _tensor(it["speech_mask"])
             n = min(len(m), audio.shape[1])
             speech[b, :n] = m[:n]
         refs = [it.get("reference_latents") if self._has_reference else None for it in items]
         has_ref = torch.tensor([r is not None for r in refs])
         reference = None
         if bool(has_ref.any()):
-            reference = torch.stack(
-                [torch.as_tensor(r, dtype=torch.float32) if r is not None else video[b, :, :1] for b, r in enumerate(refs)]
-            )
+            reference = torch.stack([_tensor(r) if r is not None else video[b, :, :1] for b, r in enumerate(refs)])
         return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index)
+
+
+def _tensor(array: np.ndarray) -> Tensor:
+    """A float32 tensor sharing ``array``'s memory where it already is float32."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -135,6 +153,18 @@ def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
     for b, s in enumerate(seqs):
         out[b, : s.shape[0]] = s
     return out, lengths
+
+
+def loader_options(section: DataSection, device: torch.device | str) -> dict[str, Any]:
+    """Keyword arguments of the training ``DataLoader`` for ``section`` on ``device``.
+
+    Worker processes (:meth:`~hhtune.recipe.DataSection.workers`) prefetch micro-batches while
+    the device computes; on CUDA batches are pinned so the copy to the device is asynchronous,
+    and workers persist rather than restarting.
+    """
+    workers = section.workers(torch.device(device).type, os.cpu_count() or 1)
+    return {"num_workers": workers, "pin_memory": torch.device(device).type == "cuda",
+            "persistent_workers": workers > 0}  # fmt: skip
 
 
 class MicroBatches(torch.utils.data.Dataset):

@@ -2,9 +2,11 @@
 
 ``x_t = (1 - sigma) * x0 + sigma * noise`` and the target velocity ``v = noise - x0``,
 jointly over video and audio latents. Every random choice of a sample (sigma, noise,
-caption dropout, image-to-video) comes from a generator seeded by
+caption dropout, image-to-video) comes from generators seeded by
 ``(seed, global micro-batch index, row)``, so a step's loss does not depend on how the
-run is split over processes or whether it was resumed.
+run is split over processes or whether it was resumed. The scalar choices come from a
+host generator (the host needs them anyway); the noise from a second stream drawn on the
+batch's device, so no latent-sized tensor is made on the host and copied.
 """
 
 from __future__ import annotations
@@ -25,9 +27,21 @@ def shift_sigma(u: Tensor, shift: float) -> Tensor:
 
 
 def sample_generator(seed: int, batch_index: int, row: int) -> torch.Generator:
-    """The generator of one sample's random choices."""
-    mixed = (seed * 0x9E3779B1 + batch_index * 0x85EBCA77 + row * 0xC2B2AE3D) % (2**63 - 1)
-    return torch.Generator().manual_seed(mixed)
+    """The host generator of one sample's scalar choices (sigma, caption dropout, image-to-video)."""
+    return torch.Generator().manual_seed(_mix(seed, batch_index, row, 0))
+
+
+def noise_generator(seed: int, batch_index: int, row: int, device: torch.device | str) -> torch.Generator:
+    """The generator of one sample's noise, on ``device``: a stream of its own, so noise never waits on the host.
+
+    A CUDA generator draws other numbers than a CPU one from the same seed; either way a
+    sample's noise depends only on ``(seed, batch_index, row)`` and the device type.
+    """
+    return torch.Generator(device=device).manual_seed(_mix(seed, batch_index, row, 1))
+
+
+def _mix(seed: int, batch_index: int, row: int, stream: int) -> int:
+    return (seed * 0x9E3779B1 + batch_index * 0x85EBCA77 + row * 0xC2B2AE3D + stream * 0x27D4EB2F) % (2**63 - 1)
 
 
 def sample_sigma(cfg: LossSection, gen: torch.Generator) -> float:
@@ -77,10 +91,11 @@ def flow_matching_loss(
     bsz = batch.size
     gens = [sample_generator(seed, batch.index, r) for r in range(bsz)]
     sigmas = torch.tensor([sample_sigma(cfg, g) for g in gens], device=dev)
-    noise_v = torch.stack([torch.randn(batch.video.shape[1:], generator=g) for g in gens]).to(dev)
-    noise_a = torch.stack([torch.randn(batch.audio.shape[1:], generator=g) for g in gens]).to(dev)
     drop = torch.tensor([float(torch.rand((), generator=g)) < caption_dropout for g in gens], device=dev)
     i2v = torch.tensor([float(torch.rand((), generator=g)) < cfg.i2v_probability for g in gens], device=dev)
+    noise_gens = [noise_generator(seed, batch.index, r, dev) for r in range(bsz)]  # drawn where the batch is
+    noise_v = torch.stack([torch.randn(batch.video.shape[1:], generator=g, device=dev) for g in noise_gens])
+    noise_a = torch.stack([torch.randn(batch.audio.shape[1:], generator=g, device=dev) for g in noise_gens])
     i2v &= batch.has_reference.to(dev)
 
     s_v = sigmas.view(-1, 1, 1, 1, 1)

@@ -31,7 +31,7 @@ from ..model.precision import resolve_compute_dtype
 from ..plan import PlanError, check_memory_plan
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .callbacks import Callback, CallbackList
-from .data import MicroBatches, TrainingDataset
+from .data import MicroBatches, TrainingDataset, loader_options
 from .distributed import (
     fsdp_requested,
     full_optimizer_state,
@@ -212,8 +212,7 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
     remaining = recipe.train.max_steps - progress.step
     batches = MicroBatches(data, seed=recipe.train.seed, batch_size=recipe.data.batch_size, repeat=recipe.data.repeat,
                            start=progress.step * accum * world + rank, world=world, count=max(0, remaining * accum))  # fmt: skip
-    loader = iter(DataLoader(batches, batch_size=None, num_workers=recipe.data.num_workers,
-                             persistent_workers=False))  # fmt: skip
+    loader = iter(DataLoader(batches, batch_size=None, **loader_options(recipe.data, device)))
 
     def checkpoint() -> None:
         adapter = full_trainable_state(unwrapped) if fsdp or main else {}  # a collective under FSDP

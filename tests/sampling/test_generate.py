@@ -92,3 +92,47 @@ def test_precomputed_prompt_features_replace_the_text_encoder(encoders, monkeypa
                          vae_tiling=True, offload_model=True)  # fmt: skip
     assert next(model.parameters()).device.type == "cpu"  # put back where it was
     assert abs(tiled.frames.astype(int) - plain.frames.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("sampler", ["distilled", "base"])
+def test_sample_command_frees_the_text_encoder_before_the_dit_exists(encoders, tmp_path, monkeypatch, sampler):
+    """`python -m hhtune.sample` never holds the text encoder beside the DiT: it is dead when the DiT is built and runs."""
+    import gc
+    import importlib
+    import weakref
+
+    from hhtune.model import HappyHorseTransformer
+    from hhtune.sample import main
+
+    gen = importlib.import_module("hhtune.sampling.generate")
+    loaded, events = [], []
+    load, init, forward = gen.load_text_encoder, HappyHorseTransformer.__init__, HappyHorseTransformer.forward
+
+    def recording_load(*args, **kwargs):
+        enc = load(*args, **kwargs)
+        loaded.append(weakref.ref(enc))
+        events.append(("load", True))
+        return enc
+
+    def encoder_alive() -> bool:
+        gc.collect()
+        return any(ref() is not None for ref in loaded)
+
+    def checking_init(self, *args, **kwargs):
+        events.append(("build", encoder_alive()))
+        init(self, *args, **kwargs)
+
+    def checking_forward(self, *args, **kwargs):
+        events.append(("forward", encoder_alive()))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "load_text_encoder", recording_load)
+    monkeypatch.setattr(HappyHorseTransformer, "__init__", checking_init)
+    monkeypatch.setattr(HappyHorseTransformer, "forward", checking_forward)
+    argv = ["--model", "tiny", "--random-weights", "--encoders", str(Path(encoders.video_vae).parent), "--prompt", "a cat",
+            "--seconds", "0.2", "--base-resolution", "32", "--sampler", sampler, "--out", str(tmp_path), "--device", "cpu"]
+    assert main(argv) == 0
+    kinds = [kind for kind, _ in events]
+    # one load, first: the prompt (and for the base sampler the negative prompt) are encoded before the DiT exists
+    assert kinds[0] == "load" and kinds.count("load") == 1 and kinds[1] == "build" and "forward" in kinds
+    assert all(alive is False for kind, alive in events if kind != "load")

@@ -11,7 +11,8 @@ import torch
 
 from hhtune.recipe import LossSection
 from hhtune.training.data import TrainingDataset
-from hhtune.training.objective import flow_matching_loss, sample_generator, shift_sigma, video_frame_weights
+from hhtune.training.objective import (flow_matching_loss, noise_generator, sample_generator, shift_sigma,
+                                      video_frame_weights)  # fmt: skip
 
 
 class Recorder(torch.nn.Module):
@@ -44,8 +45,9 @@ def test_noising_and_target_match_hand_computation(synthetic_dataset):
     g = sample_generator(11, 3, 0)
     u = torch.rand((), generator=g)
     sigma = shift_sigma(u.clamp(1e-5, 1 - 1e-5), 5.0)
-    noise_v = torch.randn(batch.video.shape[1:], generator=g)
-    noise_a = torch.randn(batch.audio.shape[1:], generator=g)
+    g_noise = noise_generator(11, 3, 0, "cpu")
+    noise_v = torch.randn(batch.video.shape[1:], generator=g_noise)
+    noise_a = torch.randn(batch.audio.shape[1:], generator=g_noise)
     x_v = (1 - sigma) * batch.video[0] + sigma * noise_v
     torch.testing.assert_close(model.calls[0]["video"][0], x_v)
     torch.testing.assert_close(model.calls[0]["audio"][0], (1 - sigma) * batch.audio[0] + sigma * noise_a)
@@ -53,6 +55,26 @@ def test_noising_and_target_match_hand_computation(synthetic_dataset):
     torch.testing.assert_close(out.video_loss, (noise_v - batch.video[0]).square().mean())
     torch.testing.assert_close(out.audio_loss, (noise_a - batch.audio[0]).square().mean())
     assert float(out.sigmas[0]) == pytest.approx(float(sigma))
+
+
+def test_noise_is_drawn_on_the_batch_device_from_the_sample_generators(synthetic_dataset, monkeypatch):
+    """Latent-sized noise is made where the batch lives (no host tensor copied over), by per-sample generators there."""
+    data = TrainingDataset(synthetic_dataset)
+    batch = data.collate(data.groups[next(iter(data.groups))][:2], index=0)
+    draws, randn = [], torch.randn
+
+    def recording_randn(*args, **kwargs):
+        out = randn(*args, **kwargs)
+        if out.dim() > 0:  # noise, not a scalar choice
+            draws.append((kwargs.get("device"), kwargs.get("generator")))
+        return out
+
+    monkeypatch.setattr(torch, "randn", recording_randn)
+    flow_matching_loss(Recorder(), batch, LossSection(), seed=0, caption_dropout=0.0)
+    assert len(draws) == 2 * batch.size  # video and audio noise per sample
+    assert all(torch.device(dev) == batch.video.device for dev, _ in draws)
+    assert all(g is not None and g.device == batch.video.device for _, g in draws)
+    assert len({id(g) for _, g in draws}) == batch.size  # one generator per sample
 
 
 def test_same_seed_same_loss_other_batch_index_other_noise(synthetic_dataset):
