@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _align_one(args) -> int:
-    from hhtune.media import SPEECH_RATE, probe, read_audio
+    from hhtune.contract import SPEECH_SAMPLE_RATE as SPEECH_RATE
+    from hhtune.media import probe, read_audio
     from hhtune.speech.align import PhonemeRecognizer, align
     from hhtune.speech.g2p import phonemize
     from hhtune.speech.languages import normalise_language

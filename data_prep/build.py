@@ -25,7 +25,6 @@ from .checks import check_environment
 from .config import DataConfig
 from .prepare import TRANSCRIPT_SUFFIXES, input_fingerprint, prepare_file, unit_name
 
-FORMAT_VERSION = 1
 _AUDIO = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus")
 # Files that go with footage and are not footage themselves (never reported as skipped).
 _SIDECARS = (*TRANSCRIPT_SUFFIXES, ".caption", ".json", ".jsonl", ".csv", ".png", ".jpg", ".jpeg", ".webp", ".yaml",
@@ -236,4 +235,4 @@ class _bar:
             self._p.__exit__(*a)
 
 
-__all__ = ["FORMAT_VERSION", "BuildError", "build", "discover", "load_metadata", "load_units", "prepare_all"]
+__all__ = ["BuildError", "build", "discover", "load_metadata", "load_units", "prepare_all"]
