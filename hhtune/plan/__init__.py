@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from ..contract import BUCKETS, TEXT_LENGTH, VIDEO_STRIDE, LatentShape, bucket_size, frames_for
 from ..lora import expected_trainable_parameters
 from ..model import HappyHorseTransformer, ModelConfig
 from ..recipe import Recipe
@@ -29,7 +30,6 @@ HEADROOM_FRACTION, HEADROOM_GB = 0.05, 0.5
 TEXT_ENCODER_PARAMS = 9.2e9  # T5Gemma-9B encoder
 VIDEO_VAE_PARAMS = 0.70e9  # Wan2.2 VAE (48 channels, 4x16x16)
 AUDIO_VAE_PARAMS = 0.157e9  # Stable Audio Open VAE
-TEXT_TOKENS = 640  # prompts are padded to 640 tokens
 
 
 class PlanError(ValueError):
@@ -98,17 +98,14 @@ def needed_gb(peak_gb: float) -> float:
 
 
 def _clip_shape(config: ModelConfig, seconds: float, aspect: str, resolution: int, batch: int) -> StepShape:
-    from ..sampling.generate import latent_shapes
-
-    try:
-        video, audio, _ = latent_shapes(seconds, aspect, resolution)
-    except ValueError as e:
-        raise PlanError(str(e)) from None
-    _, _, t, h, w = video
+    if aspect not in BUCKETS:
+        raise PlanError(f"unknown aspect {aspect!r}; allowed: {', '.join(BUCKETS)}")
+    shape = LatentShape.from_pixels(*bucket_size(aspect, resolution), frames_for(seconds))
+    t, h, w = shape.latent_frames, shape.latent_height, shape.latent_width
     if h % 2 or w % 2:
         raise PlanError(f"resolution {resolution} gives a {h}x{w} latent; the 2x2 patch needs both even: "
                         f"use a multiple of 32 (e.g. {resolution // 32 * 32} or {math.ceil(resolution / 32) * 32})")  # fmt: skip
-    return StepShape(batch=batch, video=(t, h, w), audio=audio[1], text=TEXT_TOKENS)
+    return StepShape(batch=batch, video=(t, h, w), audio=shape.frames, text=TEXT_LENGTH)  # prompts are padded
 
 
 def _weight_bytes(config: ModelConfig, block_dtype: str, fp8: bool) -> tuple[int, list[int]]:
@@ -149,7 +146,8 @@ def _vae_decode_workspace(shape: StepShape) -> int:
     live at once (input, output, residual, cache), plus the decoded clip in fp32.
     """
     t, h, w = shape.video
-    height, width, frames = h * 16, w * 16, (t - 1) * 4 + 1
+    ft, fh, fw = VIDEO_STRIDE
+    height, width, frames = h * fh, w * fw, (t - 1) * ft + 1
     return 4 * 256 * 4 * height * width * 2 + frames * 3 * height * width * 4
 
 
