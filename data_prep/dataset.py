@@ -79,7 +79,8 @@ def write_dataset(units: list[dict], out: Path, cfg: DataConfig, encoders: Encod
     with atomic_dir(out / "alignments") as tmp:
         for c in clips:
             (tmp / f"{c['clip_id']}.json").write_text(c["alignment"], encoding="utf-8")
-            write_textgrid(alignment_from_json(c["alignment"]), seconds_of(c["num_frames"]), tmp / f"{c['clip_id']}.TextGrid")
+            grid = tmp / f"{c['clip_id']}.TextGrid"
+            write_textgrid(alignment_from_json(c["alignment"]), seconds_of(c["num_frames"]), grid)
     (out / ".work").mkdir(parents=True, exist_ok=True)
     cache = Path(tempfile.mkdtemp(prefix=".hf-cache.", dir=out / ".work"))
     try:

@@ -44,7 +44,8 @@ class ModelSection(_Section):
     @model_validator(mode="after")
     def _need_one(self) -> ModelSection:
         if self.checkpoint is None and self.preset is None:
-            raise ValueError(f"set model.checkpoint (a checkpoint folder) or model.preset (one of {', '.join(PRESETS)})")
+            presets = ", ".join(PRESETS)
+            raise ValueError(f"set model.checkpoint (a checkpoint folder) or model.preset (one of {presets})")
         return self
 
 

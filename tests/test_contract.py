@@ -31,7 +31,7 @@ ALLOWED = {
     ("benchmarks/_common.py", "SAMPLES_PER_LATENT"): "the side of the square matmul that measures the ceiling",
     ("data_prep/prepare.py", "SPEECH_SAMPLE_RATE"): "a source below 16 kHz is reported as band-limited",
     ("data_prep/sample_footage/make_sample_footage.py", "SPEECH_SAMPLE_RATE"): "one sample file's own audio rate",
-    ("hhtune/export/formats.py", "FORMAT_VERSION"): "the version of the exported adapter metadata, not of datasets",
+    ("hhtune/export/formats.py", "FORMAT_VERSION"): "the version of exported adapter metadata, not of datasets",
 }
 
 
@@ -40,8 +40,9 @@ def _docstrings(tree: ast.AST) -> set[int]:
     out = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            out.add(id(body[0].value))
+        first = body[0] if isinstance(body, list) and body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            out.add(id(first.value))
     return out
 
 
@@ -118,8 +119,10 @@ def test_the_docstring_examples_hold():
     assert bucket_size("9:16", 256) == (256, 480) and "480x256 at 256" in bucket_size.__doc__
 
 
-@pytest.mark.parametrize("frames,size,video", [(1, (32, 32), (48, 1, 2, 2)), (9, (480, 256), (48, 3, 16, 30)),
-                                               (49, (256, 448), (48, 13, 28, 16)), (125, (40, 24), (48, 32, 1, 2))])  # fmt: skip
+@pytest.mark.parametrize("frames,size,video", [
+    (1, (32, 32), (48, 1, 2, 2)), (9, (480, 256), (48, 3, 16, 30)), (49, (256, 448), (48, 13, 28, 16)),
+    (125, (40, 24), (48, 32, 1, 2)),
+])  # fmt: skip
 def test_latent_shapes_follow_the_vae_strides(frames, size, video):
     shape = LatentShape.from_pixels(*size, frames)
     assert shape.video == video and shape.audio == (frames, 64) and shape.frames == frames

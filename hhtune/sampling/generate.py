@@ -22,8 +22,9 @@ OUTPUT_AUDIO_RATE = 44100  # the official post-processing resamples decoded audi
 NEGATIVE_PROMPT = "low quality, worst quality, blurry, distorted, static, noise, hiss, distortion, muffled"
 
 
-def latent_shapes(seconds: float, aspect: str, base_resolution: int = 256) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, int]]:
-    """``(video_shape, audio_shape, (width, height))`` of one clip, batch 1: the contract's frame rule and bucket size."""
+def latent_shapes(seconds: float, aspect: str,
+                  base_resolution: int = 256) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, int]]:  # fmt: skip
+    """``(video_shape, audio_shape, (width, height))`` of one clip, batch 1 (the contract's frames and bucket size)."""
     if aspect not in BUCKETS:
         raise ValueError(f"unknown aspect {aspect!r}; allowed: {', '.join(BUCKETS)}")
     width, height = bucket_size(aspect, base_resolution)

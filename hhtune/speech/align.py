@@ -141,7 +141,8 @@ class PhonemeRecognizer:
         """Log-probabilities ``[frames, vocab]`` and the seconds per frame."""
         import torch
 
-        inputs = self.features(audio_16k, sampling_rate=SPEECH_SAMPLE_RATE, return_tensors="pt").input_values.to(self.device)
+        inputs = self.features(audio_16k, sampling_rate=SPEECH_SAMPLE_RATE, return_tensors="pt").input_values
+        inputs = inputs.to(self.device)
         with torch.no_grad():
             logits = self.model(inputs).logits[0].float()
         lp = torch.log_softmax(logits, dim=-1).cpu().numpy()
@@ -364,6 +365,7 @@ def build_tiny_recognizer(out_dir: str | Path, seed: int = 0) -> Path:
     model = Wav2Vec2ForCTC(cfg)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    Wav2Vec2FeatureExtractor(sampling_rate=SPEECH_SAMPLE_RATE, do_normalize=True, return_attention_mask=True).save_pretrained(out)
+    features = Wav2Vec2FeatureExtractor(sampling_rate=SPEECH_SAMPLE_RATE, do_normalize=True, return_attention_mask=True)
+    features.save_pretrained(out)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     return out

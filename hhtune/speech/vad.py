@@ -67,8 +67,8 @@ def silero_activity(audio_16k: np.ndarray, hop_s: float = 0.04, threshold: float
     model = _silero()
     with torch.no_grad():
         spans = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio_16k, dtype=np.float32)), model,
-                                      sampling_rate=SPEECH_SAMPLE_RATE, threshold=threshold, min_silence_duration_ms=150,
-                                      speech_pad_ms=30)  # fmt: skip
+                                      sampling_rate=SPEECH_SAMPLE_RATE, threshold=threshold,
+                                      min_silence_duration_ms=150, speech_pad_ms=30)  # fmt: skip
     for s in spans:
         a = int(s["start"] / SPEECH_SAMPLE_RATE / hop_s)
         b = int(np.ceil(s["end"] / SPEECH_SAMPLE_RATE / hop_s))
