@@ -13,15 +13,10 @@ from hhtune.model import ModelConfig
 
 def forward_flops(cfg: ModelConfig, tokens: int) -> float:
     """Matmul FLOPs of one forward over ``tokens`` tokens of one sample (linears + attention)."""
-    h, hd = cfg.hidden_size, cfg.head_dim
-    q = cfg.num_heads_q * hd
-    qkv = q + 2 * cfg.num_heads_kv * hd + (cfg.num_heads_q if cfg.enable_attn_gating else 0)
     total = 0.0
     for i in range(cfg.num_layers):
-        inner = 4 * h if i in cfg.gelu7_layers else int(h * 4 * 2 / 3) // 4 * 4
-        up = inner if i in cfg.gelu7_layers else 2 * inner
-        total += 2 * tokens * (h * qkv + q * h + h * up + inner * h)  # linears
-        total += 4 * tokens * tokens * q  # QK^T and PV
+        total += 2 * tokens * sum(n_in * n_out for n_in, n_out in cfg.linear_features(i).values())  # linears
+        total += 4 * tokens * tokens * cfg.q_width  # QK^T and PV
     return total
 
 

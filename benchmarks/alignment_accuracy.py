@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hhtune.contract import SPEECH_SAMPLE_RATE
 from hhtune.speech.align import Alignment, PhonemeRecognizer, align, align_dtw
 from hhtune.speech.g2p import WordPhonemes, phonemize
 from hhtune.speech.vad import energy_activity, silero_activity, speech_near
 
-RATE = 16000
+RATE = SPEECH_SAMPLE_RATE
 HOP = 0.04
 TEXTS = {
     "en": "Our new spring collection arrives in stores this week with bright colours and light fabrics",

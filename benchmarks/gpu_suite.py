@@ -41,9 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import forward_flops  # noqa: E402
 
-from hhtune.lora import add_lora  # noqa: E402
-from hhtune.model.offload import apply_block_swap  # noqa: E402
-from hhtune.plan import GB, TEXT_TOKENS, plan_recipe  # noqa: E402
+from hhtune.adapters.inject import add_lora  # noqa: E402
+from hhtune.model.placement import apply_block_swap  # noqa: E402
+from hhtune.contract import TEXT_LENGTH  # noqa: E402
+from hhtune.plan import GB, plan_recipe  # noqa: E402
 from hhtune.recipe import ModelSection, Recipe, load_recipe  # noqa: E402
 from hhtune.sampling.generate import latent_shapes, model_velocity_fn  # noqa: E402
 from hhtune.sampling.samplers import sample_distilled  # noqa: E402
@@ -114,7 +115,7 @@ def clip_batch(recipe: Recipe, setup: Setup, label: str, device: str, *, caption
     cfg = recipe.preset_config()
     (_, c, t, h, w), (_, frames, _), _ = latent_shapes(setup.seconds, "16:9", setup.resolutions[label])
     gen = torch.Generator().manual_seed(0)
-    text_len = TEXT_TOKENS if setup.preset == "15b" else 16
+    text_len = TEXT_LENGTH if setup.preset == "15b" else 16
     batch = Batch(video=torch.randn(1, c, t, h, w, generator=gen), audio=torch.randn(1, frames, 64, generator=gen),
                   audio_lengths=torch.tensor([frames]),
                   text=torch.randn(1, text_len, cfg.text_in_channels, generator=gen),

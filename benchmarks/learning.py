@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hhtune.contract import AUDIO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune import adapters
 from hhtune.model import ModelConfig, save_checkpoint
 from hhtune.recipe import validate_recipe
@@ -80,13 +81,13 @@ def learning_check(work: Path, *, steps: int = 2000, clips: int = 1, seeds: int 
     seconds = time.perf_counter() - t0
     data = TrainingDataset(dataset)
     rows = [data.ds[i] for i in range(len(data))]
-    videos = [torch.tensor(np.asarray(r["video_latents"])) for r in rows]
+    videos = [torch.tensor(np.asarray(r[VIDEO_LATENTS])) for r in rows]
 
     def median_distance(model: torch.nn.Module) -> float:
         distances = []
         for row, video in zip(rows, videos):
-            text = torch.tensor(np.asarray(row["text_embeds"]))[None]
-            audio_shape = (1, *np.asarray(row["audio_latents"]).shape)
+            text = torch.tensor(np.asarray(row[TEXT_EMBEDS]))[None]
+            audio_shape = (1, *np.asarray(row[AUDIO_LATENTS]).shape)
             for seed in range(seeds):
                 sample, _ = sample_distilled(model_velocity_fn(model, text, text.shape[1]), (1, *video.shape),
                                              audio_shape, generator=torch.Generator().manual_seed(1000 + seed))  # fmt: skip

@@ -19,9 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from hhtune.adapters.inject import add_lora
 from hhtune.adapters.settings import LoraSettings, expected_trainable_parameters
+from hhtune.contract import TEXT_LENGTH
 from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.model.packing import audio_coords, padded_text_coords, video_coords
-from hhtune.plan import TEXT_TOKENS
 from hhtune.plan._scale import scaled_trace
 from hhtune.plan._trace import StepShape
 from hhtune.sampling.generate import latent_shapes
@@ -94,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     config, lora = ModelConfig.preset("mid"), LoraSettings(rank=32)
     video, audio, _ = latent_shapes(args.seconds, "16:9", args.resolution)
-    shape = StepShape(1, tuple(video[2:]), audio[1], TEXT_TOKENS)
+    shape = StepShape(1, tuple(video[2:]), audio[1], TEXT_LENGTH)
     print(f"mid preset, rank 32, fp32 compute, {shape.tokens} tokens ({args.seconds} s at {args.resolution}p)")
     print(f"{'checkpointing':<15}{'plan MB':>10}{'measured MB':>13}{'ratio':>8}{'step plan':>11}{'step meas.':>12}")
     for ckpt in (False, True):

@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_time, forward_flops, matmul_ceiling, parse_args  # noqa: E402
 
+from hhtune.contract import LatentShape  # noqa: E402
 from hhtune.model import HappyHorseTransformer, ModelConfig  # noqa: E402
 
 # (frames, height, width) of the sample per preset: latents [48, T, H/16, W/16], audio = frames, text 640 / 32
@@ -27,12 +28,12 @@ SHAPES = {"tiny": (33, 256, 448), "mid": (33, 256, 448), "15b": (125, 256, 448)}
 
 def _inputs(cfg: ModelConfig, preset: str, device: str):
     frames, h, w = SHAPES[preset]
-    t = (frames - 1) // 4 + 1
+    shape = LatentShape.from_pixels(w, h, frames)
     g = torch.Generator().manual_seed(0)
-    video = torch.randn(1, 48, t, h // 16, w // 16, generator=g).to(device)
-    audio = torch.randn(1, frames, 64, generator=g).to(device)
+    video = torch.randn(1, *shape.video, generator=g).to(device)
+    audio = torch.randn(1, *shape.audio, generator=g).to(device)
     text = torch.randn(1, 160 if preset == "15b" else 32, cfg.text_in_channels, generator=g).to(device)
-    tokens = t * (h // 32) * (w // 32) + frames + text.shape[1]
+    tokens = shape.latent_frames * (shape.latent_height // 2) * (shape.latent_width // 2) + frames + text.shape[1]
     return (video, audio, text), tokens
 
 

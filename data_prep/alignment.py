@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hhtune.media import SPEECH_RATE
+from hhtune.contract import SPEECH_SAMPLE_RATE as SPEECH_RATE
 from hhtune.speech.align import Alignment, PhonemeRecognizer, align
 from hhtune.speech.g2p import phonemize
 from hhtune.speech.vad import energy_activity

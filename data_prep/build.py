@@ -27,7 +27,6 @@ from .prepare import input_fingerprint, prepare_file
 from .transcripts import TRANSCRIPT_SUFFIXES
 from .units import Unit, unit_name
 
-FORMAT_VERSION = 1
 _AUDIO = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus")
 # Files that go with footage and are not footage themselves (never reported as skipped).
 _SIDECARS = (*TRANSCRIPT_SUFFIXES, ".caption", ".json", ".jsonl", ".csv", ".png", ".jpg", ".jpeg", ".webp", ".yaml",
@@ -234,4 +233,4 @@ class _bar:
             self._p.__exit__(*a)
 
 
-__all__ = ["FORMAT_VERSION", "BuildError", "build", "discover", "load_metadata", "load_units", "prepare_all"]
+__all__ = ["BuildError", "build", "discover", "load_metadata", "load_units", "prepare_all"]

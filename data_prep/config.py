@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Bucket = Literal["16:9", "9:16", "4:3", "1:1"]
+from hhtune.contract import BUCKETS, Bucket
 
 
 class EncoderFolders(BaseModel):
@@ -34,7 +34,7 @@ class DataConfig(BaseModel):
         "start", description="where the trigger goes when the description has no {trigger} placeholder")
     speaker: str = Field("the speaker", description="speaker description in Dialogue lines when metadata names none")
     background_sound: str = "No prominent background sound"
-    buckets: list[Bucket] = Field(default_factory=lambda: ["16:9", "9:16", "4:3", "1:1"])
+    buckets: list[Bucket] = Field(default_factory=lambda: list(BUCKETS))
     base_resolution: int = Field(256, ge=32, multiple_of=32, description="short side in pixels")
     min_seconds: float = Field(1.0, gt=0)
     max_seconds: float = Field(5.0, gt=0)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from hhtune.contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune.encoders import (
     EncoderPaths,
     build_tiny_encoders,
@@ -32,7 +33,7 @@ from hhtune.io import atomic_save_file, atomic_write_text
 from .config import DataConfig, EncoderFolders
 from .units import Clip, Unit
 
-LATENTS = ("video_latents", "audio_latents", "text_embeds", "reference_latents")
+LATENTS = (*LATENT_COLUMNS, REFERENCE_LATENTS)  # what a clip's latents file holds
 
 
 class StaleLatentsError(ValueError):
@@ -123,8 +124,8 @@ def _encode_batch(batch: list[Clip], work: Path, video, audio, text) -> list[dic
     ])[:, :, None]  # fmt: skip
     feats, lengths = text.encode([c.caption for c in batch])
     v, a, r = video.encode(frames).cpu(), audio.encode(waves).cpu(), video.encode(refs).cpu()
-    return [{"video_latents": v[b], "audio_latents": a[b], "text_embeds": feats[b, : int(lengths[b])].cpu(),
-             "reference_latents": r[b]} for b in range(len(batch))]  # fmt: skip
+    return [{VIDEO_LATENTS: v[b], AUDIO_LATENTS: a[b], TEXT_EMBEDS: feats[b, : int(lengths[b])].cpu(),
+             REFERENCE_LATENTS: r[b]} for b in range(len(batch))]  # fmt: skip
 
 
 def _stereo(wave: np.ndarray) -> np.ndarray:

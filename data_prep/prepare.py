@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hhtune.contract import AUDIO_SAMPLE_RATE as AUDIO_RATE
 from hhtune.contract import FPS, audio_samples_for, bucket_size, frames_for, nearest_bucket
+from hhtune.contract import SPEECH_SAMPLE_RATE as SPEECH_RATE
 from hhtune.io import atomic_path, atomic_write_text
-from hhtune.media import AUDIO_RATE, SPEECH_RATE, Audio, FrameReader, MediaError, Probe, decode_audio, probe, resize_crop
+from hhtune.media import Audio, FrameReader, MediaError, Probe, decode_audio, probe, resize_crop
 from hhtune.speech.align import Alignment, Interval
 from hhtune.speech.languages import normalise_language
 from hhtune.speech.vad import speech_activity, speech_near

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hhtune.contract import SPEECH_SAMPLE_RATE
+
 TRANSCRIPT_SUFFIXES = (".srt", ".vtt", ".txt")  # sidecars next to a footage file, in the order they are looked for
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")
 _TAG = re.compile(r"<[^>]+>|\{[^}]+\}")
@@ -104,6 +106,7 @@ def transcribe(audio_16k: np.ndarray, language: str, asr_model_path: str | Path)
 
     asr = pipeline("automatic-speech-recognition", model=str(asr_model_path), return_timestamps=True)
     lang = None if language == "unknown" else NAMES[language].lower().replace("mandarin", "chinese")
-    out = asr({"raw": audio_16k, "sampling_rate": 16000}, generate_kwargs={"language": lang} if lang else {})
+    kwargs = {"language": lang} if lang else {}
+    out = asr({"raw": audio_16k, "sampling_rate": SPEECH_SAMPLE_RATE}, generate_kwargs=kwargs)
     chunks = out.get("chunks") or [{"timestamp": (None, None), "text": out["text"]}]
     return Transcript([Segment(c["timestamp"][0], c["timestamp"][1], c["text"].strip()) for c in chunks], "asr")

@@ -3,27 +3,76 @@
 * video runs at :data:`FPS` frames per second, and a clip has ``4k+1`` frames (the Wan2.2 VAE keeps the first
   frame alone and packs every following 4 into one latent frame);
 * audio runs at :data:`AUDIO_SAMPLE_RATE` Hz, stereo, and one audio latent holds :data:`SAMPLES_PER_LATENT`
-  samples, so there is exactly one audio latent per video frame (51200 / 2048 = 25);
+  samples, so there is exactly one audio latent per video frame (51200 / 2048 = 25); speech detection,
+  alignment and ASR read mono at :data:`SPEECH_SAMPLE_RATE` Hz;
 * pictures are resized and centre-cropped to one of :data:`BUCKETS` at a base (short side) resolution;
-* :data:`FORMAT_VERSION` is the version of the dataset layout (manifest + Arrow rows).
+  :class:`LatentShape` gives the latent sizes of a clip from its pixel sizes;
+* a dataset folder holds ``manifest.json`` and ``dataset/`` (Arrow rows with :data:`META_COLUMNS`, and with
+  :data:`LATENT_COLUMNS` when encoded); :data:`FORMAT_VERSION` is the version of that layout;
+* the allowed values of the settings shared across the project are the ``Literal`` types below
+  (:data:`Preset`, :data:`Bucket`, :data:`ComputeDtype`, :data:`Language`).
 
 The frame rule (:func:`frames_for`): a clip of ``seconds`` has the **largest** ``4k+1`` frame count whose
 duration ``frames / FPS`` does not exceed ``seconds`` (at least 1 frame). Never longer than asked: a clip
 cut from footage must fit inside it, and a generated clip never runs past the requested length.
-0.5 s -> 9 frames (0.36 s; 13 frames would be 0.52 s), 2 s -> 49 frames, 5 s -> 121 frames.
+0.5 s -> 9 frames (0.36 s; 13 frames would be 0.52 s), 2 s -> 49 frames, 5 s -> 125 frames.
+A 5 s clip in the 16:9 bucket at 256 px (480x256) has latents ``[48, 32, 16, 30]`` and ``[125, 64]``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal, NamedTuple, get_args
 
+# -- allowed values -------------------------------------------------------------------------------------------------
+Preset = Literal["15b", "mid", "tiny"]
+Bucket = Literal["16:9", "9:16", "4:3", "1:1"]
+ComputeDtype = Literal["auto", "bf16", "fp32"]
+Language = Literal["en", "zh", "yue", "ja", "ko", "de", "fr"]
+PRESETS: tuple[str, ...] = get_args(Preset)
+COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
+LANGUAGES: tuple[str, ...] = get_args(Language)
+UNKNOWN_LANGUAGE = "unknown"  # the language column's value when none is known
+
+# -- time and sound -------------------------------------------------------------------------------------------------
 FPS = 25
-AUDIO_SAMPLE_RATE = 51200
-SAMPLES_PER_LATENT = 2048
+AUDIO_SAMPLE_RATE = 51200  # what the Stable Audio VAE is fed (official ``load_audio_and_encode``)
+SAMPLES_PER_LATENT = 2048  # the product of the Oobleck strides 2*4*4*8*8
 AUDIO_LATENTS_PER_SECOND = AUDIO_SAMPLE_RATE // SAMPLES_PER_LATENT
 assert AUDIO_LATENTS_PER_SECOND == FPS, "one audio latent per video frame"
-FORMAT_VERSION = 1
+SPEECH_SAMPLE_RATE = 16000  # what speech detection, alignment and ASR read
+
+# -- pictures and latents -------------------------------------------------------------------------------------------
 BUCKETS: dict[str, tuple[int, int]] = {"16:9": (16, 9), "9:16": (9, 16), "4:3": (4, 3), "1:1": (1, 1)}
+assert tuple(BUCKETS) == get_args(Bucket)
+VIDEO_LATENT_CHANNELS = 48  # Wan2.2 VAE
+VIDEO_STRIDE = (4, 16, 16)  # frames, height, width per latent (after the first frame)
+AUDIO_LATENT_CHANNELS = 64  # Stable Audio Open 1.0
+TEXT_LENGTH = 640  # text features are padded or trimmed to this many tokens (official ``t5_gemma_target_length``)
+
+# -- the dataset folder ---------------------------------------------------------------------------------------------
+FORMAT_VERSION = 1
+VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS = "video_latents", "audio_latents", "text_embeds"
+REFERENCE_LATENTS = "reference_latents"  # optional: the first frame's latents, null where a clip has none
+#: Columns every dataset has, in the order data_prep writes them.
+META_COLUMNS = ("clip_id", "source_file", "start_s", "end_s", "language", "caption", "transcript", "alignment",
+                "speech_mask", "bucket", "width", "height", "num_frames")  # fmt: skip
+SPEAKER_COLUMN = "speaker"  # optional metadata: who speaks, as the captions name them
+#: Columns an encoded dataset has on top (``manifest["encoded"]``); :data:`REFERENCE_LATENTS` may follow.
+LATENT_COLUMNS = (VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS)
+#: The Arrow type of every column, in the order of the rows: a value type, ``[]`` per list level (latent shapes
+#: differ per bucket, so latents are nested float32 lists).
+COLUMN_TYPES: dict[str, str] = {
+    "clip_id": "string", "source_file": "string", "start_s": "float64", "end_s": "float64", "language": "string",
+    "caption": "string", "transcript": "string", "alignment": "string", "speech_mask": "float32[]", "bucket": "string",
+    "width": "int32", "height": "int32", "num_frames": "int32", SPEAKER_COLUMN: "string",
+    VIDEO_LATENTS: "float32[][][][]", AUDIO_LATENTS: "float32[][]", TEXT_EMBEDS: "float32[][]",
+    REFERENCE_LATENTS: "float32[][][][]",
+}  # fmt: skip
+assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, *LATENT_COLUMNS, REFERENCE_LATENTS)
+MANIFEST = "manifest.json"  # {"format_version", "fingerprint", "encoders", "settings", "encoded", "clips", ...}
+ROWS = "dataset"  # the Arrow rows (``Dataset.save_to_disk``)
+
 _EPS = 1e-6  # float slack: 0.36 s is 9 frames even when 0.36 * 25 comes out as 8.999999
 
 
@@ -63,5 +112,46 @@ def nearest_bucket(width: int, height: int, allowed: list[str]) -> str:
     return min(allowed, key=lambda b: abs(math.log(BUCKETS[b][0] / BUCKETS[b][1]) - ratio))
 
 
-__all__ = ["AUDIO_LATENTS_PER_SECOND", "AUDIO_SAMPLE_RATE", "BUCKETS", "FORMAT_VERSION", "FPS", "SAMPLES_PER_LATENT",
+class LatentShape(NamedTuple):
+    """The latent sizes of one clip: ``frames`` video frames (as many audio latents) and the video latent grid."""
+
+    frames: int
+    latent_frames: int
+    latent_height: int
+    latent_width: int
+
+    @classmethod
+    def from_pixels(cls, width: int, height: int, frames: int) -> LatentShape:
+        """The latents of ``frames`` (``4k+1``) frames of ``width x height`` pixels (sides floored to the stride)."""
+        if frames < 1 or (frames - 1) % VIDEO_STRIDE[0]:
+            raise ValueError(f"a clip has 4k+1 frames, got {frames}")
+        ft, fh, fw = VIDEO_STRIDE
+        return cls(frames, (frames - 1) // ft + 1, height // fh, width // fw)
+
+    @property
+    def video(self) -> tuple[int, int, int, int]:
+        """``[C, T, H, W]`` of the video latents."""
+        return VIDEO_LATENT_CHANNELS, self.latent_frames, self.latent_height, self.latent_width
+
+    @property
+    def reference(self) -> tuple[int, int, int, int]:
+        """``[C, 1, H, W]`` of a reference first frame's latents."""
+        return VIDEO_LATENT_CHANNELS, 1, self.latent_height, self.latent_width
+
+    @property
+    def audio(self) -> tuple[int, int]:
+        """``[La, C]`` of the audio latents: one per video frame."""
+        return self.frames, AUDIO_LATENT_CHANNELS
+
+    @property
+    def audio_samples(self) -> int:
+        """Audio samples at :data:`AUDIO_SAMPLE_RATE` the audio latents hold."""
+        return audio_samples_for(self.frames)
+
+
+__all__ = ["AUDIO_LATENTS", "AUDIO_LATENTS_PER_SECOND", "AUDIO_LATENT_CHANNELS", "AUDIO_SAMPLE_RATE", "BUCKETS",
+           "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "LANGUAGES", "LATENT_COLUMNS", "MANIFEST",
+           "META_COLUMNS", "PRESETS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN",
+           "SPEECH_SAMPLE_RATE", "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VIDEO_LATENTS",
+           "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket", "ComputeDtype", "Language", "LatentShape", "Preset",
            "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "nearest_bucket", "seconds_of"]  # fmt: skip

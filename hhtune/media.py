@@ -19,10 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import AUDIO_SAMPLE_RATE, FPS
+from .contract import AUDIO_SAMPLE_RATE, FPS, SPEECH_SAMPLE_RATE
 
-AUDIO_RATE = AUDIO_SAMPLE_RATE
-SPEECH_RATE = 16000  # what speech detection, alignment and ASR read
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi")
 
 
@@ -51,8 +49,8 @@ class Probe:
 class Audio:
     """The decoded audio of a file: stereo for the audio VAE, mono for alignment."""
 
-    stereo: np.ndarray  # [2, N] float32 at AUDIO_RATE
-    mono16k: np.ndarray  # [M] float32 at SPEECH_RATE
+    stereo: np.ndarray  # [2, N] float32 at AUDIO_SAMPLE_RATE
+    mono16k: np.ndarray  # [M] float32 at SPEECH_SAMPLE_RATE
 
 
 def probe(path: str | Path) -> Probe:
@@ -265,13 +263,11 @@ def read_audio(path: str | Path, sample_rate: int, channels: int = 1) -> np.ndar
 def decode_audio(path: str | Path) -> Audio:
     """One decode, two products: 51200 Hz stereo (mono duplicated, surround down-mixed) and 16 kHz mono."""
     stereo, rate = _extract(path, 2)
-    return Audio(_resample(stereo, rate, AUDIO_RATE), _resample(stereo.mean(axis=0), rate, SPEECH_RATE))
+    return Audio(_resample(stereo, rate, AUDIO_SAMPLE_RATE), _resample(stereo.mean(axis=0), rate, SPEECH_SAMPLE_RATE))
 
 
 __all__ = [
-    "AUDIO_RATE",
     "FPS",
-    "SPEECH_RATE",
     "VIDEO_EXTENSIONS",
     "Audio",
     "FrameReader",

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .adapters.settings import LoraSettings, adapted_layers
+from .contract import PRESETS, Bucket, ComputeDtype, Preset
 from .model.config import ModelConfig
 
 
@@ -26,7 +27,7 @@ class ModelSection(_Section):
     """Which transformer is trained and how it is held in memory."""
 
     checkpoint: str | None = Field(None, description="official-layout checkpoint folder; null = random init of `preset`")
-    preset: Literal["15b", "mid", "tiny"] | None = Field(None, description="architecture when no checkpoint (or to check it)")
+    preset: Preset | None = Field(None, description="architecture when no checkpoint (or to check it)")
     variant: Literal["distill", "base"] = Field("distill", description="the checkpoint being trained")
     eval_checkpoint: str | None = Field(None, description="distilled checkpoint the adapter is validated on")
     block_dtype: Literal["bf16", "fp32"] = Field("bf16", description="storage of frozen block linears")
@@ -34,7 +35,7 @@ class ModelSection(_Section):
     fp8_compute: bool = Field(False, description="with fp8_base: run the frozen forward GEMMs as FP8 matmuls "
                                                  "(torch._scaled_mm; CUDA sm89+ or a CPU build with the op)")
     gradient_checkpointing: bool = True
-    compute_dtype: Literal["auto", "bf16", "fp32"] = Field(
+    compute_dtype: ComputeDtype = Field(
         "auto", description="block linears/attention: bf16 (official numerics), fp32, or auto (bf16 on CUDA, fp32 on CPU)"
     )
     blocks_to_swap: int = Field(0, ge=0, description="layers whose frozen weights live in host memory (block swap)")
@@ -45,7 +46,8 @@ class ModelSection(_Section):
     @model_validator(mode="after")
     def _need_one(self) -> ModelSection:
         if self.checkpoint is None and self.preset is None:
-            raise ValueError("set model.checkpoint (a checkpoint folder) or model.preset (one of 15b, mid, tiny)")
+            presets = ", ".join(PRESETS)
+            raise ValueError(f"set model.checkpoint (a checkpoint folder) or model.preset (one of {presets})")
         if self.fp8_compute and not self.fp8_base:
             raise ValueError("model.fp8_compute needs model.fp8_base: true (FP8 weights from an FP8 checkpoint)")
         return self
@@ -124,7 +126,7 @@ class ValidationSection(_Section):
     prompts: list[str] = Field(default_factory=list)
     reference_images: list[str] = Field(default_factory=list)
     seconds: float = Field(2.0, gt=0)
-    aspect: Literal["16:9", "9:16", "4:3", "1:1"] = "16:9"
+    aspect: Bucket = "16:9"
     base_resolution: int = Field(256, ge=32)
     seed: int = 1234
     encoders: str | None = Field(None, description="folder of the VAEs/text encoder (EncoderPaths), or 'tiny'")

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .contract import BUCKETS, COMPUTE_DTYPES
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli`."""
@@ -36,14 +38,14 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--image", type=Path, help="reference first frame (image-to-video)")
     parser.add_argument("--audio", type=Path, help="given audio (audio-to-video): kept fixed")
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--aspect", default="16:9", choices=["16:9", "9:16", "4:3", "1:1"])
+    parser.add_argument("--aspect", default="16:9", choices=list(BUCKETS))
     parser.add_argument("--base-resolution", type=int, default=256)
     parser.add_argument("--sampler", default="distilled", choices=["distilled", "base"])
     parser.add_argument("--video-guidance", type=float, default=5.0)
     parser.add_argument("--audio-guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp32"],
+    parser.add_argument("--compute-dtype", default="auto", choices=list(COMPUTE_DTYPES),
                         help="block linears/attention: bf16 (official numerics), fp32, auto (bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)

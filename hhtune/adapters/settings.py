@@ -99,15 +99,10 @@ def expected_trainable_parameters(config: ModelConfig, settings: LoraSettings) -
     A sandwich expert linear trains one shared ``A`` and one ``B`` per chosen expert:
     ``r * (in + len(experts) * out)``.
     """
-    hidden, hd = config.hidden_size, config.head_dim
-    q = config.num_heads_q * hd
-    qkv_out = q + 2 * config.num_heads_kv * hd + (config.num_heads_q if config.enable_attn_gating else 0)
+    hidden = config.hidden_size
     total = 0
     for layer in adapted_layers(config, settings):
-        gelu = layer in config.gelu7_layers
-        inner = hidden * 4 if gelu else int(hidden * 4 * 2 / 3) // 4 * 4
-        dims = {"linear_qkv": (hidden, qkv_out), "linear_proj": (q, hidden),
-                "up_gate_proj": (hidden, inner if gelu else 2 * inner), "down_proj": (inner, hidden)}  # fmt: skip
+        dims = config.linear_features(layer)
         experts = len(settings.experts) if layer in config.mm_layers else 1
         for t in settings.targets:
             i, o = dims[t]

@@ -9,15 +9,13 @@
 Nothing heavy is imported until a loader runs.
 """
 
-from ._common import (AUDIO_HOP, AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, TEXT_LENGTH, VIDEO_LATENT_CHANNELS,
-                      VIDEO_STRIDE, EncoderError, EncoderPaths)  # fmt: skip
+from ._common import EncoderError, EncoderPaths
 from ._tiny import build_tiny_encoders
 from .audio import AudioVAE, load_audio_vae
 from .fingerprint import encoders_fingerprint
 from .text import TextEncoder, load_text_encoder
 from .video import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, VideoVAE, load_video_vae
 
-__all__ = ["AUDIO_HOP", "AUDIO_LATENT_CHANNELS", "AUDIO_SAMPLE_RATE", "TEXT_LENGTH", "VIDEO_LATENT_CHANNELS",
-           "VIDEO_STRIDE", "WAN22_LATENTS_MEAN", "WAN22_LATENTS_STD", "AudioVAE", "EncoderError", "EncoderPaths",
+__all__ = ["WAN22_LATENTS_MEAN", "WAN22_LATENTS_STD", "AudioVAE", "EncoderError", "EncoderPaths",
            "TextEncoder", "VideoVAE", "build_tiny_encoders", "encoders_fingerprint", "load_audio_vae",
            "load_text_encoder", "load_video_vae"]  # fmt: skip

@@ -1,4 +1,7 @@
-"""Shared pieces of the encoder wrappers: the paths model, the error type, constants and small helpers."""
+"""Shared pieces of the encoder wrappers: the paths model, the error type and small helpers.
+
+Latent shapes, rates and the text length are in :mod:`hhtune.contract`.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,6 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
-
-#: Audio is fed to the Stable Audio VAE at this rate (official ``load_audio_and_encode``: ``sample_rate = 51200``).
-AUDIO_SAMPLE_RATE = 51200
-#: Samples per audio latent: the product of the Oobleck strides 2*4*4*8*8; 51200 / 2048 = 25 latents per second.
-AUDIO_HOP = 2048
-#: Audio latent channels of Stable Audio Open 1.0.
-AUDIO_LATENT_CHANNELS = 64
-#: Wan2.2 VAE latent channels and its stride (frames, height, width).
-VIDEO_LATENT_CHANNELS = 48
-VIDEO_STRIDE = (4, 16, 16)
-#: Text features are padded or trimmed to this many tokens (official config ``t5_gemma_target_length``).
-TEXT_LENGTH = 640
 
 
 class EncoderError(ValueError):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..contract import AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, VIDEO_LATENT_CHANNELS
 from ._common import EncoderPaths
 from .video import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 
@@ -44,7 +45,8 @@ def _save_tiny_video_vae(path: Path, seed: int) -> None:
 
     torch.manual_seed(seed)
     model = AutoencoderKLWan(
-        base_dim=4, decoder_base_dim=4, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
+        base_dim=4, decoder_base_dim=4, z_dim=VIDEO_LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        attn_scales=[],
         temperal_downsample=[False, True, True], dropout=0.0, is_residual=True, in_channels=12, out_channels=12,
         patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
         latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD),
@@ -63,7 +65,8 @@ def _save_tiny_audio_vae(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = AutoencoderOobleck(
         encoder_hidden_size=128, downsampling_ratios=[2, 4, 4, 8, 8], channel_multiples=[1, 1, 1, 1, 1],
-        decoder_channels=4, decoder_input_channels=64, audio_channels=2, sampling_rate=51200,
+        decoder_channels=4, decoder_input_channels=AUDIO_LATENT_CHANNELS, audio_channels=2,
+        sampling_rate=AUDIO_SAMPLE_RATE,
     )  # fmt: skip
     model.save_pretrained(path)
 

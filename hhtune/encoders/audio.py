@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import (AUDIO_HOP, AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, EncoderError, _check_rank, _device_of,
-                      _diffusers_folder, _dtype_of, default_dtype, _existing, _in_batches)  # fmt: skip
+from ..contract import AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, SAMPLES_PER_LATENT
+from ._common import (EncoderError, _check_rank, _device_of, _diffusers_folder, _dtype_of, default_dtype, _existing,
+                      _in_batches)  # fmt: skip
 
 #: Files of the official (stable-audio-tools) layout that the official ``SAAudioFeatureExtractor`` reads.
 OFFICIAL_CONFIG_FILE, OFFICIAL_WEIGHTS_FILE = "model_config.json", "model.safetensors"
@@ -33,7 +34,7 @@ class AudioVAE:
     """
 
     sample_rate: int = AUDIO_SAMPLE_RATE
-    hop: int = AUDIO_HOP
+    hop: int = SAMPLES_PER_LATENT
 
     def __init__(self, model: torch.nn.Module, final_tanh: bool = False, batch_size: int = 8) -> None:
         self.model = model
@@ -109,7 +110,7 @@ def load_audio_vae(path: str | Path, device: str | torch.device = "cpu",
     for r in model.config.downsampling_ratios:
         hop *= r
     channels = model.config.decoder_input_channels
-    if hop != AUDIO_HOP or channels != AUDIO_LATENT_CHANNELS or model.config.audio_channels != 2:
+    if hop != SAMPLES_PER_LATENT or channels != AUDIO_LATENT_CHANNELS or model.config.audio_channels != 2:
         raise EncoderError(f"audio VAE at {folder}: hop {hop}, {channels} latent channels, "
                            f"{model.config.audio_channels} audio channels; expected the Stable Audio Open VAE "
                            f"(hop 2048, 64 latent channels, stereo)")  # fmt: skip

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import TEXT_LENGTH, EncoderError, _device_of, _existing, default_dtype
+from ..contract import TEXT_LENGTH
+from ._common import EncoderError, _device_of, _existing, default_dtype
 
 _EXPECTED = "a transformers T5Gemma folder (config.json with model_type t5gemma, weights and tokenizer files)"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")

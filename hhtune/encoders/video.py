@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import (VIDEO_LATENT_CHANNELS, VIDEO_STRIDE, EncoderError, _check_rank, _device_of, _diffusers_folder,
-                      _dtype_of, default_dtype, _existing, _in_batches)  # fmt: skip
+from ..contract import VIDEO_LATENT_CHANNELS, VIDEO_STRIDE
+from ._common import (EncoderError, _check_rank, _device_of, _diffusers_folder, _dtype_of, default_dtype, _existing,
+                      _in_batches)  # fmt: skip
 
 # Per-channel latent statistics of the Wan2.2 VAE, as listed in the official ``Wan2_2_VAE.__init__``
 # (``self.mean`` / ``self.std``); diffusers' Wan2.2 config carries the same numbers as latents_mean/std.
@@ -113,7 +114,7 @@ def load_video_vae(path: str | Path, device: str | torch.device = "cpu",
     kind, where = _resolve_video(path)
     model = _load_diffusers_wan(where, dtype) if kind == "diffusers" else _load_official_wan(where, dtype)
     z_dim, patch = model.config.z_dim, model.config.patch_size
-    if z_dim != VIDEO_LATENT_CHANNELS or patch != 2 or model.config.scale_factor_spatial != 16:
+    if z_dim != VIDEO_LATENT_CHANNELS or patch != 2 or model.config.scale_factor_spatial != VIDEO_STRIDE[1]:
         raise EncoderError(f"video VAE at {where}: z_dim {z_dim}, patch_size {patch}, spatial stride "
                            f"{model.config.scale_factor_spatial}; HappyHorse takes the Wan2.2 VAE "
                            f"(z_dim 48, patch_size 2, stride 16)")  # fmt: skip

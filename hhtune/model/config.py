@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PresetName = Literal["15b", "mid", "tiny"]
+from ..contract import PRESETS
 
 # Official runtime-only keys we accept (so official configs load) but do not use.
 _OFFICIAL_RUNTIME_KEYS = ("params_dtype", "tread_config", "checkpoint_qk_layernorm_rope", "num_heads_q", "num_heads_kv")
@@ -58,6 +58,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+assert tuple(_PRESETS) == PRESETS, "hhtune.contract.Preset names the presets defined here"
 
 class ModelConfig(BaseModel):
     """Architecture of a HappyHorse single-stream transformer.
@@ -119,6 +120,39 @@ class ModelConfig(BaseModel):
     def num_heads_kv(self) -> int:
         """Number of key/value heads."""
         return self.num_query_groups
+
+    @property
+    def q_width(self) -> int:
+        """Width of the queries of all heads (``num_heads_q * head_dim``)."""
+        return self.num_heads_q * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Width of the keys (and of the values) of all key/value heads."""
+        return self.num_heads_kv * self.head_dim
+
+    @property
+    def gate_width(self) -> int:
+        """Width of the attention gate: one logit per query head, 0 without gating."""
+        return self.num_heads_q if self.enable_attn_gating else 0
+
+    @property
+    def qkv_width(self) -> int:
+        """Output width of ``linear_qkv``: queries, keys, values and the gate."""
+        return self.q_width + 2 * self.kv_width + self.gate_width
+
+    def mlp_width(self, layer: int) -> int:
+        """Inner MLP width of ``layer``: 4x hidden for GELU7, 8/3x hidden (down to a multiple of 4) for SwiGLU7."""
+        if layer in self.gelu7_layers:
+            return self.hidden_size * 4
+        return int(self.hidden_size * 4 * 2 / 3) // 4 * 4
+
+    def linear_features(self, layer: int) -> dict[str, tuple[int, int]]:
+        """``(in_features, out_features)`` of the four block linears of ``layer`` (SwiGLU7 doubles ``up_gate_proj``)."""
+        hidden, inner = self.hidden_size, self.mlp_width(layer)
+        up = inner if layer in self.gelu7_layers else 2 * inner
+        return {"linear_qkv": (hidden, self.qkv_width), "linear_proj": (self.q_width, hidden),
+                "up_gate_proj": (hidden, up), "down_proj": (inner, hidden)}  # fmt: skip
 
     @property
     def shared_layers(self) -> list[int]:

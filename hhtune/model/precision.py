@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-ComputeDtype = Literal["auto", "bf16", "fp32"]
+from ..contract import COMPUTE_DTYPES, ComputeDtype
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)
 DEQUANT_CHUNK_ELEMENTS = 1 << 24
@@ -27,12 +27,12 @@ DEQUANT_CHUNK_ELEMENTS = 1 << 24
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def resolve_compute_dtype(setting: str, device: torch.device | str) -> torch.dtype:
+def resolve_compute_dtype(setting: ComputeDtype, device: torch.device | str) -> torch.dtype:
     """The torch dtype of ``setting`` on ``device``: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
     if setting == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if setting not in _DTYPES:
-        raise ValueError(f"unknown compute dtype {setting!r}; allowed: auto, bf16, fp32")
+        raise ValueError(f"unknown compute dtype {setting!r}; allowed: {', '.join(COMPUTE_DTYPES)}")
     return _DTYPES[setting]
 
 

@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
+from ..contract import ComputeDtype
 from .config import ModelConfig
 from .linears import BF16Linear, ExpertLinear, Segments
 from .offload import OffloadHooks, offloaded_activations
 from .packing import Modality, padded_audio_coords, padded_text_coords, patchify, unpatchify, video_coords
-from .precision import ComputeDtype, resolve_compute_dtype
+from .precision import resolve_compute_dtype
 
 
 # --------------------------------------------------------------------------- norms
@@ -135,11 +136,10 @@ class Attention(nn.Module):
         n = 3 if multimodal else 1
         self.num_heads_q, self.num_heads_kv, self.head_dim = config.num_heads_q, config.num_heads_kv, config.head_dim
         self.gating = config.enable_attn_gating
-        q_size, kv_size = self.num_heads_q * self.head_dim, self.num_heads_kv * self.head_dim
-        self.split_sizes = [q_size, kv_size, kv_size, self.num_heads_q if self.gating else 0]
+        self.split_sizes = [config.q_width, config.kv_width, config.kv_width, config.gate_width]
         self.pre_norm = MultiModalityRMSNorm(config.hidden_size, n)
-        self.linear_qkv = _linear(config.hidden_size, sum(self.split_sizes), multimodal)
-        self.linear_proj = _linear(q_size, config.hidden_size, multimodal)
+        self.linear_qkv = _linear(config.hidden_size, config.qkv_width, multimodal)
+        self.linear_proj = _linear(config.q_width, config.hidden_size, multimodal)
         self.q_norm = MultiModalityRMSNorm(config.head_dim, n)
         self.k_norm = MultiModalityRMSNorm(config.head_dim, n)
         self.precision: ComputeDtype = "auto"
@@ -172,15 +172,14 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Pre-normed MLP: SwiGLU7 (gated, 8/3 width) or GELU7 (4x width)."""
 
-    def __init__(self, config: ModelConfig, multimodal: bool, use_gelu7: bool) -> None:
+    def __init__(self, config: ModelConfig, multimodal: bool, layer: int) -> None:
         super().__init__()
         n = 3 if multimodal else 1
-        hidden = config.hidden_size
-        self.activation = gelu7 if use_gelu7 else swiglu7
-        inner = hidden * 4 if use_gelu7 else int(hidden * 4 * 2 / 3) // 4 * 4
-        self.pre_norm = MultiModalityRMSNorm(hidden, n)
-        self.up_gate_proj = _linear(hidden, inner if use_gelu7 else inner * 2, multimodal)
-        self.down_proj = _linear(inner, hidden, multimodal)
+        self.activation = gelu7 if layer in config.gelu7_layers else swiglu7
+        features = config.linear_features(layer)
+        self.pre_norm = MultiModalityRMSNorm(config.hidden_size, n)
+        self.up_gate_proj = _linear(*features["up_gate_proj"], multimodal)
+        self.down_proj = _linear(*features["down_proj"], multimodal)
         self.precision: ComputeDtype = "auto"
 
     def forward(self, h: Tensor, seg: Segments) -> Tensor:
@@ -198,7 +197,7 @@ class TransformerLayer(nn.Module):
         super().__init__()
         multimodal = index in config.mm_layers
         self.attention = Attention(config, multimodal)
-        self.mlp = MLP(config, multimodal, use_gelu7=index in config.gelu7_layers)
+        self.mlp = MLP(config, multimodal, index)
         self.post_norm = index in config.post_norm_layers
         if self.post_norm:
             n = 3 if multimodal else 1

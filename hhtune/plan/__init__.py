@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from ..adapters.settings import expected_trainable_parameters
+from ..contract import BUCKETS, TEXT_LENGTH, VIDEO_STRIDE, LatentShape, bucket_size, frames_for
 from ..model import HappyHorseTransformer, ModelConfig
 from ..recipe import Recipe
 from ._dataset import dataset_shapes
@@ -30,7 +31,6 @@ HEADROOM_FRACTION, HEADROOM_GB = 0.05, 0.5
 TEXT_ENCODER_PARAMS = 9.2e9  # T5Gemma-9B encoder
 VIDEO_VAE_PARAMS = 0.70e9  # Wan2.2 VAE (48 channels, 4x16x16)
 AUDIO_VAE_PARAMS = 0.157e9  # Stable Audio Open VAE
-TEXT_TOKENS = 640  # prompts are padded to 640 tokens
 
 
 class PlanError(ValueError):
@@ -103,17 +103,14 @@ def needed_gb(peak_gb: float) -> float:
 
 
 def _clip_shape(config: ModelConfig, seconds: float, aspect: str, resolution: int, batch: int) -> StepShape:
-    from ..sampling.generate import latent_shapes
-
-    try:
-        video, audio, _ = latent_shapes(seconds, aspect, resolution)
-    except ValueError as e:
-        raise PlanError(str(e)) from None
-    _, _, t, h, w = video
+    if aspect not in BUCKETS:
+        raise PlanError(f"unknown aspect {aspect!r}; allowed: {', '.join(BUCKETS)}")
+    shape = LatentShape.from_pixels(*bucket_size(aspect, resolution), frames_for(seconds))
+    t, h, w = shape.latent_frames, shape.latent_height, shape.latent_width
     if h % 2 or w % 2:
         raise PlanError(f"resolution {resolution} gives a {h}x{w} latent; the 2x2 patch needs both even: "
                         f"use a multiple of 32 (e.g. {resolution // 32 * 32} or {math.ceil(resolution / 32) * 32})")  # fmt: skip
-    return StepShape(batch=batch, video=(t, h, w), audio=audio[1], text=TEXT_TOKENS)
+    return StepShape(batch=batch, video=(t, h, w), audio=shape.frames, text=TEXT_LENGTH)  # prompts are padded
 
 
 def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: int | None = None,
@@ -144,8 +141,9 @@ def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: 
 
 
 def _bucket_shape(frames: int, height: int, width: int, batch: int) -> StepShape:
-    """A dataset bucket as latent tokens: 4x temporal and 16x spatial VAE strides, one audio latent per frame."""
-    return StepShape(batch=batch, video=((frames - 1) // 4 + 1, height // 16, width // 16), audio=frames, text=TEXT_TOKENS)
+    """A dataset bucket as latent tokens (the contract's latent shape; text at its padded maximum)."""
+    shape = LatentShape.from_pixels(width, height, frames)
+    return StepShape(batch=batch, video=(shape.latent_frames, shape.latent_height, shape.latent_width), audio=shape.frames, text=TEXT_LENGTH)
 
 
 def _weight_bytes(config: ModelConfig, block_dtype: str, fp8: bool) -> tuple[int, list[int]]:
@@ -186,7 +184,8 @@ def _vae_decode_workspace(shape: StepShape) -> int:
     live at once (input, output, residual, cache), plus the decoded clip in fp32.
     """
     t, h, w = shape.video
-    height, width, frames = h * 16, w * 16, (t - 1) * 4 + 1
+    ft, fh, fw = VIDEO_STRIDE
+    height, width, frames = h * fh, w * fw, (t - 1) * ft + 1
     return 4 * 256 * 4 * height * width * 2 + frames * 3 * height * width * 4
 
 

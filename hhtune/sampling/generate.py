@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -14,25 +13,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..contract import FPS, frames_for
-from ..encoders import AUDIO_SAMPLE_RATE, EncoderPaths, load_audio_vae, load_text_encoder, load_video_vae
+from ..contract import AUDIO_SAMPLE_RATE, BUCKETS, FPS, LatentShape, audio_samples_for, bucket_size, frames_for
+from ..encoders import EncoderPaths, load_audio_vae, load_text_encoder, load_video_vae
 from ..io import atomic_path
 from .samplers import sample_base, sample_distilled
 
-ASPECTS = {"16:9": (16, 9), "9:16": (9, 16), "4:3": (4, 3), "1:1": (1, 1)}
 OUTPUT_AUDIO_RATE = 44100  # the official post-processing resamples decoded audio by 441/512
 NEGATIVE_PROMPT = "low quality, worst quality, blurry, distorted, static, noise, hiss, distortion, muffled"
 
 
-def latent_shapes(seconds: float, aspect: str, base_resolution: int = 256) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, int]]:
-    """``(video_shape, audio_shape, (width, height))`` of one clip: frames = 25 s + 1 rounded to 4k+1."""
-    if aspect not in ASPECTS:
-        raise ValueError(f"unknown aspect {aspect!r}; allowed: {', '.join(ASPECTS)}")
-    frames = frames_for(seconds)  # the dataset contract's 4k+1 rule (hhtune/contract.py)
-    w, h = ASPECTS[aspect]
-    long_side = int(math.ceil(base_resolution * max(w, h) / min(w, h) / 32) * 32)
-    width, height = (long_side, base_resolution) if w >= h else (base_resolution, long_side)
-    return (1, 48, (frames - 1) // 4 + 1, height // 16, width // 16), (1, frames, 64), (width, height)
+def latent_shapes(seconds: float, aspect: str,
+                  base_resolution: int = 256) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, int]]:  # fmt: skip
+    """``(video_shape, audio_shape, (width, height))`` of one clip, batch 1 (the contract's frames and bucket size)."""
+    if aspect not in BUCKETS:
+        raise ValueError(f"unknown aspect {aspect!r}; allowed: {', '.join(BUCKETS)}")
+    width, height = bucket_size(aspect, base_resolution)
+    shape = LatentShape.from_pixels(width, height, frames_for(seconds))
+    return (1, *shape.video), (1, *shape.audio), (width, height)
 
 
 def model_velocity_fn(model: torch.nn.Module, text: Tensor, text_length: int):
@@ -111,8 +108,9 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
         from hhtune.media import read_audio
 
         audio_vae = load_audio_vae(encoders.audio_vae, device)
-        wave = torch.from_numpy(read_audio(audio_path, AUDIO_SAMPLE_RATE))[: ashape[1] * 2048]
-        wave = torch.nn.functional.pad(wave, (0, ashape[1] * 2048 - wave.shape[0]))
+        samples = audio_samples_for(ashape[1])
+        wave = torch.from_numpy(read_audio(audio_path, AUDIO_SAMPLE_RATE))[:samples]
+        wave = torch.nn.functional.pad(wave, (0, samples - wave.shape[0]))
         fixed_audio = audio_vae.encode(wave[None, None].expand(1, 2, -1))
     gen = torch.Generator().manual_seed(seed)
     fn = model_velocity_fn(model, text, text.shape[1])

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import SPEECH_SAMPLE_RATE
 from .g2p import WordPhonemes
 
-SPEECH_RATE = 16000
 HOP_S = 0.01  # feature hop of the DTW aligner
 _GAP_S = 0.08  # silence put between synthesised words (absorbs the real pauses)
 _N_MFCC = 13
@@ -141,11 +141,12 @@ class PhonemeRecognizer:
         """Log-probabilities ``[frames, vocab]`` and the seconds per frame."""
         import torch
 
-        inputs = self.features(audio_16k, sampling_rate=16000, return_tensors="pt").input_values.to(self.device)
+        inputs = self.features(audio_16k, sampling_rate=SPEECH_SAMPLE_RATE, return_tensors="pt").input_values
+        inputs = inputs.to(self.device)
         with torch.no_grad():
             logits = self.model(inputs).logits[0].float()
         lp = torch.log_softmax(logits, dim=-1).cpu().numpy()
-        return lp, len(audio_16k) / 16000 / max(1, lp.shape[0])
+        return lp, len(audio_16k) / SPEECH_SAMPLE_RATE / max(1, lp.shape[0])
 
     def transcribe(self, audio_16k: np.ndarray) -> list[str]:
         """Greedy CTC phoneme decoding."""
@@ -220,7 +221,7 @@ def _espeak(text: str, voice: str, word_gap: int = 0) -> np.ndarray:
     except subprocess.CalledProcessError as e:
         raise ValueError(f"espeak-ng could not speak {text!r} with voice {voice!r}: {e.stderr.decode()[-200:]}") from e
     data, rate = soundfile.read(io.BytesIO(res.stdout), dtype="float32")
-    return librosa.resample(data, orig_sr=rate, target_sr=SPEECH_RATE, res_type="soxr_hq").astype(np.float32)
+    return librosa.resample(data, orig_sr=rate, target_sr=SPEECH_SAMPLE_RATE, res_type="soxr_hq").astype(np.float32)
 
 
 def _trim(wave: np.ndarray) -> np.ndarray:
@@ -243,7 +244,7 @@ _SPLIT_GAP_S = 0.25  # a silence this long in a synthesis made with word_gap=40 
 def _split_at_gaps(wave: np.ndarray, count: int) -> list[np.ndarray] | None:
     """``count`` words out of a synthesis with long pauses between words, or ``None`` if the pauses do not
     number ``count - 1`` (a word with a pause of its own, or words espeak-ng merged)."""
-    hop = int(0.01 * SPEECH_RATE)
+    hop = int(0.01 * SPEECH_SAMPLE_RATE)
     n = len(wave) // hop
     if n == 0:
         return None
@@ -298,8 +299,8 @@ def _features(wave: np.ndarray) -> np.ndarray:
     """Per-signal normalised MFCCs ``[frames, 13]`` at :data:`HOP_S` (energy included, as c0)."""
     import librosa
 
-    hop = int(HOP_S * SPEECH_RATE)
-    m = librosa.feature.mfcc(y=wave, sr=SPEECH_RATE, n_mfcc=_N_MFCC, n_fft=512, hop_length=hop, n_mels=40).T
+    hop = int(HOP_S * SPEECH_SAMPLE_RATE)
+    m = librosa.feature.mfcc(y=wave, sr=SPEECH_SAMPLE_RATE, n_mfcc=_N_MFCC, n_fft=512, hop_length=hop, n_mels=40).T
     return (m - m.mean(axis=0)) / (m.std(axis=0) + 1e-6)
 
 
@@ -308,10 +309,10 @@ def align_dtw(audio_16k: np.ndarray, words: list[WordPhonemes]) -> Alignment:
     import librosa
     from scipy.spatial.distance import cdist
 
-    if len(audio_16k) < int(0.1 * SPEECH_RATE):
+    if len(audio_16k) < int(0.1 * SPEECH_SAMPLE_RATE):
         return Alignment("none", notes=["audio too short to align"])
     waves = synthesize_words(words)
-    gap = np.zeros(int(_GAP_S * SPEECH_RATE), dtype=np.float32)
+    gap = np.zeros(int(_GAP_S * SPEECH_SAMPLE_RATE), dtype=np.float32)
     pieces, spans, t = [gap], [], len(gap)
     for w in waves:
         spans.append((t, t + len(w)))
@@ -323,7 +324,7 @@ def align_dtw(audio_16k: np.ndarray, words: list[WordPhonemes]) -> Alignment:
     cost = cdist(real, fake, metric="euclidean")
     _, path = librosa.sequence.dtw(C=cost, backtrack=True)
     path = path[::-1]  # (real frame, synthetic frame) pairs in time order
-    hop = int(HOP_S * SPEECH_RATE)
+    hop = int(HOP_S * SPEECH_SAMPLE_RATE)
     lo = np.full(len(fake), len(real), dtype=np.int64)  # first and last real frame mapped to each synthetic frame
     hi = np.full(len(fake), -1, dtype=np.int64)
     np.minimum.at(lo, path[:, 1], path[:, 0])
@@ -364,6 +365,7 @@ def build_tiny_recognizer(out_dir: str | Path, seed: int = 0) -> Path:
     model = Wav2Vec2ForCTC(cfg)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=True).save_pretrained(out)
+    features = Wav2Vec2FeatureExtractor(sampling_rate=SPEECH_SAMPLE_RATE, do_normalize=True, return_attention_mask=True)
+    features.save_pretrained(out)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     return out

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-LANGUAGES: tuple[str, ...] = ("en", "zh", "yue", "ja", "ko", "de", "fr")
+from ..contract import LANGUAGES
+
 NAMES = {"en": "English", "zh": "Mandarin", "yue": "Cantonese", "ja": "Japanese", "ko": "Korean", "de": "German",
          "fr": "French", "unknown": "unknown language"}  # fmt: skip
 _ALIASES = {

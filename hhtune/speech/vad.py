@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-SPEECH_RATE = 16000
+from ..contract import SPEECH_SAMPLE_RATE
 
 
 class VADUnavailable(RuntimeError):
@@ -60,18 +60,18 @@ def silero_activity(audio_16k: np.ndarray, hop_s: float = 0.04, threshold: float
     import torch
     from silero_vad import get_speech_timestamps
 
-    n = int(len(audio_16k) / SPEECH_RATE / hop_s)
+    n = int(len(audio_16k) / SPEECH_SAMPLE_RATE / hop_s)
     out = np.zeros(n, dtype=bool)
     if n == 0:
         return out
     model = _silero()
     with torch.no_grad():
         spans = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio_16k, dtype=np.float32)), model,
-                                      sampling_rate=SPEECH_RATE, threshold=threshold, min_silence_duration_ms=150,
-                                      speech_pad_ms=30)  # fmt: skip
+                                      sampling_rate=SPEECH_SAMPLE_RATE, threshold=threshold,
+                                      min_silence_duration_ms=150, speech_pad_ms=30)  # fmt: skip
     for s in spans:
-        a = int(s["start"] / SPEECH_RATE / hop_s)
-        b = int(np.ceil(s["end"] / SPEECH_RATE / hop_s))
+        a = int(s["start"] / SPEECH_SAMPLE_RATE / hop_s)
+        b = int(np.ceil(s["end"] / SPEECH_SAMPLE_RATE / hop_s))
         out[a : min(n, b)] = True
     return out
 
@@ -90,7 +90,7 @@ def speech_activity(audio_16k: np.ndarray, hop_s: float = 0.04) -> tuple[np.ndar
     try:
         return silero_activity(audio_16k, hop_s), "silero"
     except VADUnavailable:
-        return energy_activity(audio_16k, SPEECH_RATE, hop_s), "energy"
+        return energy_activity(audio_16k, SPEECH_SAMPLE_RATE, hop_s), "energy"
 
 
 __all__ = ["VADUnavailable", "energy_activity", "silero_activity", "speech_activity", "speech_near"]

@@ -1,7 +1,8 @@
 """Training: dataset batches, the flow-matching objective, the loop and its resumable state."""
 
+from ..dataset import DatasetError
 from .callbacks import Callback
-from .data import Batch, DatasetError, TrainingDataset
+from .data import Batch, TrainingDataset
 from .errors import TrainingError
 from .objective import flow_matching_loss, shift_sigma
 from .state import CheckpointLoadError

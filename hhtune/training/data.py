@@ -8,7 +8,6 @@ as one process with W times the gradient accumulation.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass, fields
@@ -19,16 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..contract import FORMAT_VERSION
+from ..contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
+from ..dataset import DatasetError, open_dataset_dir
 from ..recipe import DataSection
 
-LATENT_COLUMNS = ("video_latents", "audio_latents", "text_embeds")
-META_COLUMNS = ("clip_id", "num_frames", "width", "height", "speech_mask", "language")
-ARRAY_COLUMNS = (*LATENT_COLUMNS, "speech_mask")  # read as arrays by collate
-
-
-class DatasetError(ValueError):
-    """A dataset folder that training cannot use, with the reason and the fix."""
+_ARRAY_COLUMNS = (*LATENT_COLUMNS, "speech_mask")  # read as arrays by collate
 
 
 @dataclass
@@ -67,36 +61,14 @@ class TrainingDataset:
     """A ``DATASET_DIR`` from data_prep, validated, with bucket groups for batching."""
 
     def __init__(self, path: str | Path) -> None:
-        import datasets
-
-        self.path = Path(path)
-        manifest_path = self.path / "manifest.json"
-        if not manifest_path.is_file():
-            raise DatasetError(
-                f"{self.path} is not a data_prep dataset (no manifest.json); build one with "
-                f"`python -m data_prep build FOOTAGE_DIR --out {self.path} --encode`"
-            )
-        self.manifest = json.loads(manifest_path.read_text())
-        version = self.manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise DatasetError(f"{self.path}: dataset format_version {version!r}, this hhtune reads {FORMAT_VERSION}")
-        if not self.manifest.get("encoded", False):
-            raise DatasetError(
-                f"{self.path} has no latents: training needs an encoded dataset; re-run data_prep build with --encode"
-            )
-        try:
-            ds = datasets.load_from_disk(str(self.path / "dataset"))
-        except FileNotFoundError as e:
-            raise DatasetError(f"{self.path}/dataset is missing or incomplete ({e})") from e
-        missing = [c for c in (*LATENT_COLUMNS, *META_COLUMNS) if c not in ds.column_names]
-        if missing:
-            raise DatasetError(f"{self.path}: dataset lacks columns {missing}; rebuild it with this hhtune's data_prep")
+        opened = open_dataset_dir(path, require_encoded=True)
+        self.path, self.manifest, ds = opened.path, opened.manifest, opened.dataset
         if len(ds) == 0:
             raise DatasetError(f"{self.path}: the dataset has no clips (see {self.path}/report.html for why)")
-        self._has_reference = "reference_latents" in ds.column_names
+        self._has_reference = REFERENCE_LATENTS in ds.column_names
         self.ds = ds
         # the array columns as numpy (zero-copy from Arrow where possible), not nested Python lists
-        self._arrays = ds.with_format("numpy", columns=[*ARRAY_COLUMNS, *(("reference_latents",) if self._has_reference else ())])
+        self._arrays = ds.with_format("numpy", columns=[*_ARRAY_COLUMNS, *((REFERENCE_LATENTS,) if self._has_reference else ())])
         keys = zip(ds["num_frames"], ds["height"], ds["width"])
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, key in enumerate(keys):
@@ -109,7 +81,7 @@ class TrainingDataset:
     @property
     def text_channels(self) -> int:
         """Channels of the stored text features."""
-        return int(self._arrays[0]["text_embeds"].shape[-1])
+        return int(self._arrays[0][TEXT_EMBEDS].shape[-1])
 
     def epoch_batches(self, epoch: int, seed: int, batch_size: int, repeat: int = 1) -> list[list[int]]:
         """Row indices of every micro-batch of one epoch, shuffled reproducibly."""
@@ -126,15 +98,15 @@ class TrainingDataset:
     def collate(self, rows: list[int], index: int) -> Batch:
         """Stack the rows of one bucket into a :class:`Batch` (audio and text padded), as float32 tensors."""
         items = [self._arrays[i] for i in rows]
-        video = torch.stack([_tensor(it["video_latents"]) for it in items])
-        audio, audio_len = _pad([_tensor(it["audio_latents"]) for it in items])
-        text, text_len = _pad([_tensor(it["text_embeds"]) for it in items])
+        video = torch.stack([_tensor(it[VIDEO_LATENTS]) for it in items])
+        audio, audio_len = _pad([_tensor(it[AUDIO_LATENTS]) for it in items])
+        text, text_len = _pad([_tensor(it[TEXT_EMBEDS]) for it in items])
         speech = torch.zeros(len(items), audio.shape[1])
         for b, it in enumerate(items):
             m = _tensor(it["speech_mask"])
             n = min(len(m), audio.shape[1])
             speech[b, :n] = m[:n]
-        refs = [it.get("reference_latents") if self._has_reference else None for it in items]
+        refs = [it.get(REFERENCE_LATENTS) if self._has_reference else None for it in items]
         has_ref = torch.tensor([r is not None for r in refs])
         reference = None
         if bool(has_ref.any()):

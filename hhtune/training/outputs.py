@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..contract import TEXT_EMBEDS, VIDEO_LATENTS
 from ..io import atomic_write_text
 from ..recipe import Recipe
 from .data import TrainingDataset
@@ -78,7 +79,7 @@ def encode_validation_prompts(recipe: Recipe, data: TrainingDataset, device: tor
     out: dict[int, tuple[torch.Tensor, int]] = {}
     for i, p in enumerate(recipe.validation.prompts):
         if p in by_caption:
-            feats = torch.as_tensor(data.ds[by_caption[p]]["text_embeds"], dtype=torch.float32)[None]
+            feats = torch.as_tensor(data.ds[by_caption[p]][TEXT_EMBEDS], dtype=torch.float32)[None]
             out[i] = (feats, int(feats.shape[1]))
     todo = [i for i in range(len(recipe.validation.prompts)) if i not in out]
     if todo:
@@ -109,7 +110,7 @@ def training_clip_summaries(recipe: Recipe, data: TrainingDataset) -> list[torch
         return None
     from ..sampling.metrics import clip_summary
 
-    return [clip_summary(row["video_latents"]) for row in data.ds.select_columns(["video_latents"])]
+    return [clip_summary(row[VIDEO_LATENTS]) for row in data.ds.select_columns([VIDEO_LATENTS])]
 
 
 def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, prompts: PromptFeatures | None,

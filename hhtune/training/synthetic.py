@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import FORMAT_VERSION
+from ..contract import (AUDIO_LATENTS, FORMAT_VERSION, LATENT_COLUMNS, MANIFEST, META_COLUMNS, REFERENCE_LATENTS, ROWS,
+                        TEXT_EMBEDS, VIDEO_LATENTS, VIDEO_STRIDE, LatentShape, seconds_of)  # fmt: skip
 
 
 def write_synthetic_dataset(
@@ -32,41 +33,31 @@ def write_synthetic_dataset(
 
     rng = np.random.default_rng(seed)
     path = Path(path)
-    rows: dict[str, list] = {k: [] for k in ("clip_id", "source_file", "start_s", "end_s", "language", "caption",
-                                             "transcript", "alignment", "speech_mask", "bucket", "width", "height",
-                                             "num_frames", "video_latents", "audio_latents", "text_embeds")}  # fmt: skip
+    rows: dict[str, list] = {k: [] for k in (*META_COLUMNS, *LATENT_COLUMNS)}
     if with_reference:
-        rows["reference_latents"] = []
-    t = (frames - 1) // 4 + 1
+        rows[REFERENCE_LATENTS] = []
     for i in range(clips):
         h, w = latent_hw[0], latent_hw[1] + 2 * (i % buckets)
-        video = rng.standard_normal((48, t, h, w), dtype=np.float32)
+        shape = LatentShape.from_pixels(w * VIDEO_STRIDE[2], h * VIDEO_STRIDE[1], frames)
+        video = rng.standard_normal(shape.video, dtype=np.float32)
         lt = int(rng.integers(text_len[0], text_len[1] + 1))
         speech = np.zeros(frames, dtype=np.float32)
         speech[frames // 4 : 3 * frames // 4 + 1] = 1.0
-        rows["clip_id"].append(f"synthetic-{i:04d}")
-        rows["source_file"].append(f"synthetic-{i:04d}.mp4")
-        rows["start_s"].append(0.0)
-        rows["end_s"].append(frames / 25)
-        rows["language"].append(["en", "zh", "ja", "de"][i % 4])
-        rows["caption"].append(f"synthetic clip {i}")
-        rows["transcript"].append("")
-        rows["alignment"].append(json.dumps({"method": "none", "words": [], "phonemes": []}))
-        rows["speech_mask"].append(speech.tolist())
-        rows["bucket"].append("16:9")
-        rows["width"].append(w * 16)
-        rows["height"].append(h * 16)
-        rows["num_frames"].append(frames)
-        rows["video_latents"].append(video)
-        rows["audio_latents"].append(rng.standard_normal((frames, 64), dtype=np.float32))
-        rows["text_embeds"].append(rng.standard_normal((lt, text_channels), dtype=np.float32))
-        if with_reference:
-            rows["reference_latents"].append(video[:, :1].copy())
+        row = {"clip_id": f"synthetic-{i:04d}", "source_file": f"synthetic-{i:04d}.mp4", "start_s": 0.0,
+               "end_s": seconds_of(frames), "language": ["en", "zh", "ja", "de"][i % 4],
+               "caption": f"synthetic clip {i}", "transcript": "",
+               "alignment": json.dumps({"method": "none", "words": [], "phonemes": []}), "speech_mask": speech.tolist(),
+               "bucket": "16:9", "width": w * VIDEO_STRIDE[2], "height": h * VIDEO_STRIDE[1], "num_frames": frames,
+               VIDEO_LATENTS: video, AUDIO_LATENTS: rng.standard_normal(shape.audio, dtype=np.float32),
+               TEXT_EMBEDS: rng.standard_normal((lt, text_channels), dtype=np.float32),
+               REFERENCE_LATENTS: video[:, :1].copy()}  # fmt: skip
+        for k, column in rows.items():
+            column.append(row[k])
     path.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_dict(rows).save_to_disk(str(path / "dataset"))
+    datasets.Dataset.from_dict(rows).save_to_disk(str(path / ROWS))
     manifest = {"format_version": FORMAT_VERSION, "fingerprint": f"synthetic-{seed}", "encoders": {},
                 "settings": {"synthetic": True}, "encoded": True}  # fmt: skip
-    (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return path
 
 

@@ -146,8 +146,10 @@ def test_adapter_specs_on_the_command_line():
 
 def test_sample_command_applies_per_modality_strengths(tmp_path, monkeypatch):
     """``hhtune.sample --adapter PATH:video=1.0,audio=0.5`` loads the real file with those strengths."""
+    from hhtune.encoders import build_tiny_encoders
     from hhtune.sample import main as sample_main
 
+    build_tiny_encoders(tmp_path / "enc")  # prompts are encoded (and the encoder freed) before the adapter loads
     path = export_adapter(trained(layers="all", experts=["video", "audio"]), "wan2gp", tmp_path / "a.safetensors")
     loaded = []
     real = adapters.load
@@ -158,7 +160,8 @@ def test_sample_command_applies_per_modality_strengths(tmp_path, monkeypatch):
 
     monkeypatch.setattr(adapters, "load", spy)
     with pytest.raises(SystemExit):
-        sample_main(["--model", "tiny", "--random-weights", "--encoders", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o"),
+        sample_main(["--model", "tiny", "--random-weights", "--encoders", str(tmp_path / "enc"), "--prompt", "x",
+                     "--out", str(tmp_path / "o"),
                      "--device", "cpu", "--adapter", f"{path}:video=1.0,audio=0.5"])  # fmt: skip
     layer = loaded[0].get_base_model().block.layers[0].attention.linear_qkv
     assert layer.expert_strength["adapter_a"] == {"video": 1.0, "audio": 0.5}

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from data_prep.config import load_data_config
-from data_prep.dataset import DatasetFormatError, load_dataset_dir, write_dataset
+from data_prep.dataset import load_dataset_dir, write_dataset
 from data_prep.report import write_report
 from data_prep.units import Clip, Unit
+from hhtune.dataset import DatasetError
 from hhtune.media import Probe
 from hhtune.speech.align import Alignment, Interval
 
@@ -38,16 +39,16 @@ def test_unencoded_dataset_roundtrip_and_validation(tmp_path):
     assert len(d.dataset) == 3 and not d.encoded and d.manifest["languages"] == ["en", "ko"]
     assert set(d.dataset.column_names) >= {"clip_id", "speech_mask", "alignment", "num_frames", "bucket"}
     assert (tmp_path / "alignments" / "a-001.TextGrid").is_file()
-    with pytest.raises(DatasetFormatError, match="has no latents"):
+    with pytest.raises(DatasetError, match="has no latents"):
         load_dataset_dir(tmp_path, require_encoded=True)
-    with pytest.raises(DatasetFormatError, match="other settings or encoders"):
+    with pytest.raises(DatasetError, match="other settings or encoders"):
         load_dataset_dir(tmp_path, fingerprint="nope")
     # a row that breaks the format is caught by the reader
     bad = [_unit("a", 1, frames=10)]
     write_dataset(bad, tmp_path / "bad", cfg, None)
-    with pytest.raises(DatasetFormatError, match="num_frames 10 is not 4k\\+1"):
+    with pytest.raises(DatasetError, match="num_frames 10 is not 4k\\+1"):
         load_dataset_dir(tmp_path / "bad")
-    with pytest.raises(DatasetFormatError, match="no manifest.json"):
+    with pytest.raises(DatasetError, match="no manifest.json"):
         load_dataset_dir(tmp_path / "nowhere")
     # the manifest's fingerprint follows the settings
     write_dataset(units, tmp_path / "other", load_data_config(None, {"base_resolution": 64}), None)

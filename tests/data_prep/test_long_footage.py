@@ -14,7 +14,8 @@ from data_prep.build import prepare_all
 from data_prep.config import DataConfig
 from data_prep.report import write_report
 from data_prep.units import Clip
-from hhtune.media import SPEECH_RATE, read_audio
+from hhtune.contract import SPEECH_SAMPLE_RATE
+from hhtune.media import read_audio
 
 pytestmark = pytest.mark.slow  # the shared build of three long files takes over a minute
 
@@ -125,12 +126,12 @@ def test_clips_keep_the_transcribed_speech(built, lang):
 def test_no_clip_boundary_falls_inside_a_word(built, lang):
     d, units, truth, _ = built
     u = units[f"{lang}_talk.mp4"]
-    audio = read_audio(d / u.file, SPEECH_RATE)
+    audio = read_audio(d / u.file, SPEECH_SAMPLE_RATE)
     loud = np.sqrt(np.mean(audio[np.abs(audio) > 1e-3] ** 2))
     for c in u.clips:
         for edge in (c.start_s, c.end_s):
             # measured on the sound itself, not on our own alignment: a boundary sits where the voice is quiet
-            a = int(edge * SPEECH_RATE)
+            a = int(edge * SPEECH_SAMPLE_RATE)
             level = np.sqrt(np.mean(audio[max(0, a - 240) : a + 240] ** 2))
             inside = [(s, e) for s, e in truth[u.file] if s + 0.05 < edge < e - 0.05]
             assert level < 0.2 * loud or not inside, (lang, edge, level / loud)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from _dp_footage import ffmpeg, make_clip
 
-from hhtune.media import AUDIO_RATE, FrameReader, MediaError, decode_audio, probe, read_audio
+from hhtune.contract import AUDIO_SAMPLE_RATE
+from hhtune.media import FrameReader, MediaError, decode_audio, probe, read_audio
 
 
 @pytest.mark.parametrize("name,vcodec,acodec", [
@@ -45,13 +46,14 @@ def test_surround_and_narrowband_audio(tmp_path):
     info = probe(surround)
     assert info.audio_channels == 6 and info.audio_layout == "5.1"
     a = decode_audio(surround)
-    assert a.stereo.shape[0] == 2 and abs(a.stereo.shape[1] - AUDIO_RATE) < 4096 and abs(len(a.mono16k) - 16000) < 1300
+    assert a.stereo.shape[0] == 2 and abs(a.stereo.shape[1] - AUDIO_SAMPLE_RATE) < 4096
+    assert abs(len(a.mono16k) - 16000) < 1300
     assert np.abs(a.stereo).max() > 0.05
     narrow = make_clip(tmp_path / "n.mp4", audio="sine=f=300", rate=8000, channels=1, seconds=1.0)
     a = decode_audio(narrow)
     assert np.allclose(a.stereo[0], a.stereo[1])  # mono copied to both channels
     spectrum = np.abs(np.fft.rfft(a.stereo[0]))
-    assert np.argmax(spectrum) * AUDIO_RATE / len(a.stereo[0]) == pytest.approx(300, abs=5)
+    assert np.argmax(spectrum) * AUDIO_SAMPLE_RATE / len(a.stereo[0]) == pytest.approx(300, abs=5)
     assert read_audio(narrow, 16000).ndim == 1 and read_audio(narrow, 16000, channels=2).shape[0] == 2
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hhtune.encoders import (AUDIO_SAMPLE_RATE, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, EncoderError, EncoderPaths,
+from hhtune.contract import AUDIO_SAMPLE_RATE
+from hhtune.encoders import (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, EncoderError, EncoderPaths,
                              build_tiny_encoders, encoders_fingerprint, load_audio_vae, load_text_encoder,
                              load_video_vae)  # fmt: skip
 from hhtune.encoders.audio import oobleck_config_from_official

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..settings import EXPERTS
 
-FORMAT_VERSION = 1
+ADAPTER_FORMAT_VERSION = 1
 METADATA_KEY = "hhtune"
 
 
@@ -33,7 +33,7 @@ class AdapterMetadata(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format_version: int = FORMAT_VERSION
+    format_version: int = ADAPTER_FORMAT_VERSION
     base_fingerprint: str | None = Field(None, description="base_model_id() of the base it was trained on")
     rank: int | None = None
     alpha: float | None = None
