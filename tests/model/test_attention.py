@@ -66,6 +66,8 @@ def test_kernels_match_sliced_attention_outputs_and_gradients(build, flex_backwa
     out = attend(q, k, v, plan)
     mask = valid[:, :, None, None]
     torch.testing.assert_close(out * mask, ref, rtol=1e-6, atol=1e-6)
+    if plan.kernel != "sdpa":  # padding attends nowhere: no work, zero output
+        assert torch.count_nonzero(out[~valid]) == 0
     for got, want in zip(_grads(out, valid, q, k, v), _grads(ref, valid, q, k, v)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
@@ -154,6 +156,24 @@ def test_no_mask_reaches_sdpa_while_sampling(monkeypatch):
     fn = model_velocity_fn(model, torch.randn(1, 5, 32), 5)
     sample_distilled(fn, (1, 48, 2, 4, 4), (1, 5, 64), generator=torch.Generator().manual_seed(0), device="cpu")
     assert spy.calls and all(mask is None for mask, _ in spy.calls)
+
+
+def test_flash_backward_is_deterministic_when_torch_is(fake_flash_attn, monkeypatch):
+    q, k, v, groups, _ = _ragged_qkv()
+    seen, kernel = [], fake_flash_attn.flash_attn_varlen_func
+
+    def spy(*args, deterministic):
+        seen.append(deterministic)
+        return kernel(*args, deterministic=deterministic)
+
+    monkeypatch.setattr(fake_flash_attn, "flash_attn_varlen_func", spy)
+    attend(q, k, v, flash_plan(groups))
+    torch.use_deterministic_algorithms(True)
+    try:
+        attend(q, k, v, flash_plan(groups))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert seen == [False, True]
 
 
 def test_kernel_choice_never_sends_a_mask_to_sdpa_on_cuda(fake_flash_attn, monkeypatch):
