@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,8 +80,12 @@ UNMASKED = AttentionPlan("sdpa")
 
 
 def flash_attn_available() -> bool:
-    """Whether the ``flash_attn`` package (FlashAttention 2) can be imported."""
-    return importlib.util.find_spec("flash_attn") is not None
+    """Whether the ``flash_attn`` package (FlashAttention 2) imports (a build for another torch does not)."""
+    try:
+        import flash_attn  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
 
 
 def check_backend(backend: str) -> None:
