@@ -24,11 +24,13 @@ from torch.utils.data import DataLoader
 from ..io import atomic_write_text
 from ..lora import add_lora, trainable_parameter_count
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
+from ..model.compile import compile_layers
 from ..model.offload import apply_block_swap
 from ..plan import PlanError, check_memory_plan
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .callbacks import Callback, CallbackList
 from .data import MicroBatches, TrainingDataset
+from .determinism import configure_determinism
 from .distributed import (
     fsdp_requested,
     full_optimizer_state,
@@ -63,6 +65,7 @@ def build_model(section: ModelSection, device: torch.device | str = "cpu") -> Ha
             model = model.float()
         model = model.to(device)
     model.set_compute_dtype(section.compute_dtype)
+    model.set_attention_backend(section.attention)
     model.enable_activation_offload(section.activation_offload)
     return model
 
@@ -122,6 +125,7 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
     ``callbacks`` are :class:`~hhtune.training.callbacks.Callback` objects called at step ends
     and while checkpoints are written.
     """
+    configure_determinism(recipe.train.deterministic)  # before anything runs on the device
     hooks = CallbackList(callbacks)
     run_dir = Path(recipe.train.output_dir)
     accelerator = Accelerator(
@@ -172,6 +176,8 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
         raise TrainingError("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
                             "across processes: set model.blocks_to_swap=0 (see python -m hhtune.plan --world-size N)")  # fmt: skip
     swap = apply_block_swap(peft_model, recipe.model.blocks_to_swap, device)
+    if recipe.model.compile:  # the finished model: LoRA and block swap in place
+        compile_layers(peft_model)
     wrapped = shard_model(peft_model, device) if fsdp else peft_model  # sharding replaces the parameters
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, recipe.optimizer, device)
