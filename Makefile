@@ -2,7 +2,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ffmpeg espeak-ng
+# gcc/g++: torch.compile (model.compile) builds its CPU kernels with a C++ compiler.
+APT_PACKAGES := ffmpeg espeak-ng gcc g++
 # A bare Debian/Ubuntu python3 has no venv/ensurepip: python3-venv brings them.
 VENV_PACKAGE := python3-venv
 

@@ -38,6 +38,10 @@ class ModelSection(_Section):
     compute_dtype: ComputeDtype = Field(
         "auto", description="block linears/attention: bf16 (official numerics), fp32, or auto (bf16 on CUDA, fp32 on CPU)"
     )
+    attention: Literal["auto", "sdpa", "flex", "flash"] = Field(
+        "auto", description="kernel of masked attention (ragged batches): auto (flash, else flex on CUDA; sdpa on CPU), "
+        "sdpa (CPU only), flex, flash (flash-attn, CUDA)")
+    compile: bool = Field(False, description="torch.compile each transformer layer (regional compilation)")
     blocks_to_swap: int = Field(0, ge=0, description="layers whose frozen weights live in host memory (block swap)")
     activation_offload: bool = Field(False, description="keep tensors saved for backward in host memory")
     ignore_memory_plan: bool = Field(False, description="train even when `python -m hhtune.plan` says it will not fit")
@@ -104,6 +108,8 @@ class TrainSection(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    deterministic: bool = Field(False, description="deterministic kernels (torch.use_deterministic_algorithms): bit-exact "
+                                "resume on CUDA, somewhat slower")
     max_consecutive_nonfinite: int = Field(5, ge=1, description="stop after this many NaN/inf losses in a row")
     output_dir: str = Field("runs/hhtune", description="RUN_DIR: checkpoints, samples, adapter, logs")
 

@@ -13,9 +13,9 @@ State-dict keys, shapes, dtypes and numerics match the official ``DiTModel``
 Where we differ from the official code, the maths is the same but the layout is not:
 the official model sorts tokens by modality and runs one packed sequence through
 flash-attn; we keep each sample's ``[video, audio, text]`` segments contiguous in a
-``[B, L, C]`` batch, so expert dispatch is slicing and attention is
-``scaled_dot_product_attention`` with a key-padding (or block-diagonal) mask, and
-samples never attend to each other.
+``[B, L, C]`` batch, so expert dispatch is slicing. Padding is sliced off where it can be
+(at batch 1, all of it) and what is left is masked by the kernel ``model.attention``
+chooses (:mod:`hhtune.model.attention`), so samples never attend to each other.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from ..contract import ComputeDtype
+from .attention import UNMASKED, AttentionBackend, AttentionPlan, TokenGroups, attend, check_backend, plan_attention
 from .config import ModelConfig
 from .linears import BF16Linear, ExpertLinear, Segments
 from .offload import OffloadHooks, offloaded_activations
 from .packing import Modality, padded_audio_coords, padded_text_coords, patchify, unpatchify, video_coords
 from .precision import resolve_compute_dtype
+from .rope import FourierRope, apply_rope, check_rope_coords
 
 
 # --------------------------------------------------------------------------- norms
@@ -85,46 +87,6 @@ def gelu7(x: Tensor, alpha: float = 1.702, limit: float = 7.0) -> Tensor:
     return x * torch.sigmoid(alpha * x)
 
 
-# --------------------------------------------------------------------------- RoPE
-
-
-class FourierRope(nn.Module):
-    """Element-wise Fourier RoPE over (t, h, w) from 9-column coordinates.
-
-    ``bands`` (``head_dim // 8`` inverse frequencies) is a persistent buffer, as in the
-    official checkpoint (``adapter.rope.bands``).
-    """
-
-    def __init__(self, head_dim: int, temperature: float = 10000.0) -> None:
-        super().__init__()
-        n = head_dim // 8
-        self.register_buffer("bands", 1.0 / temperature ** (torch.arange(n, dtype=torch.float32) / n))
-
-    def forward(self, coords: Tensor) -> tuple[Tensor, Tensor]:
-        """``coords [..., 9]`` -> ``(cos, sin)``, each ``[..., 3 * head_dim // 8]``."""
-        xyz, sizes, refs = coords[..., 0:3], coords[..., 3:6], coords[..., 6:9]
-        scales = (refs - 1) / (sizes - 1)
-        scales = torch.where((refs == 1) & (sizes == 1), torch.ones_like(scales), scales)
-        # An assert on the device: no host sync per forward on CUDA, raises at once on CPU,
-        # and traces under FakeTensorMode (hhtune.plan), where a Python bool could not.
-        torch._assert_async(torch.isfinite(scales).all(), "invalid RoPE coordinates: a size of 1 needs a reference size of 1")
-        centers = (sizes - 1) / 2
-        centers = torch.cat([torch.zeros_like(centers[..., :1]), centers[..., 1:]], dim=-1)  # time is not centred
-        proj = ((xyz - centers) * scales).unsqueeze(-1) * self.bands
-        return proj.cos().flatten(-2), proj.sin().flatten(-2)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first ``2 * cos.shape[-1]`` channels of ``x [B, L, H, D]`` (non-interleaved halves)."""
-    ro = cos.shape[-1] * 2
-    cos = torch.cat([cos, cos], dim=-1).unsqueeze(-2)
-    sin = torch.cat([sin, sin], dim=-1).unsqueeze(-2)
-    head, tail = x[..., :ro], x[..., ro:]
-    x1, x2 = head.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return torch.cat([head * cos + rotated * sin, tail], dim=-1)
-
-
 # --------------------------------------------------------------------------- blocks
 
 
@@ -144,7 +106,7 @@ class Attention(nn.Module):
         self.k_norm = MultiModalityRMSNorm(config.head_dim, n)
         self.precision: ComputeDtype = "auto"
 
-    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor], seg: Segments, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor], seg: Segments, plan: AttentionPlan) -> Tensor:
         b, length, _ = h.shape
         dtype = resolve_compute_dtype(self.precision, h.device)
         x = self.pre_norm(h, seg).to(dtype)
@@ -159,10 +121,8 @@ class Attention(nn.Module):
         # kernel, so we take the exact softmax in fp32 on the same rounded inputs. In fp32
         # compute nothing is rounded.
         softmax = torch.bfloat16 if dtype == torch.bfloat16 and h.is_cuda else torch.float32
-        q, k, v = (t.to(dtype).to(softmax).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, enable_gqa=self.num_heads_q != self.num_heads_kv
-        ).transpose(1, 2).to(dtype)
+        q, k, v = (t.to(dtype).to(softmax) for t in (q, k, v))
+        out = attend(q, k, v, plan).to(dtype)
         if self.gating:
             out = out * torch.sigmoid(g).unsqueeze(-1)
         out = out.reshape(b, length, -1).to(dtype)
@@ -204,8 +164,8 @@ class TransformerLayer(nn.Module):
             self.attn_post_norm = MultiModalityRMSNorm(config.hidden_size, n)
             self.mlp_post_norm = MultiModalityRMSNorm(config.hidden_size, n)
 
-    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, seg: Segments, attn_mask: Tensor | None) -> Tensor:
-        a = self.attention(h, (cos, sin), seg, attn_mask)
+    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, seg: Segments, plan: AttentionPlan) -> Tensor:
+        a = self.attention(h, (cos, sin), seg, plan)
         if self.post_norm:
             a = self.attn_post_norm(a, seg)
         h = h + a
@@ -258,6 +218,7 @@ class HappyHorseTransformer(nn.Module):
         # Block swap releases a layer's weights in a forward hook, so the checkpointed
         # recompute must run to the end of the layer (no early stop) when it is on.
         self.checkpoint_early_stop = True
+        self.attention_backend: AttentionBackend = "auto"
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer in the backward pass instead of storing its activations."""
@@ -282,17 +243,21 @@ class HappyHorseTransformer(nn.Module):
             if isinstance(module, (BF16Linear, ExpertLinear, Attention, MLP)):
                 module.precision = setting
 
-    # -- core ------------------------------------------------------------------
+    def set_attention_backend(self, backend: AttentionBackend) -> None:
+        """The kernel of masked attention (``model.attention``): ``auto``, ``sdpa``, ``flex`` or ``flash``."""
+        check_backend(backend)
+        self.attention_backend = backend
 
-    def forward_tokens(
-        self, video: Tensor, audio: Tensor, text: Tensor, coords: Tensor, attn_mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    # -- core ------------------------------------------------------------------
+    def forward_tokens(self, video: Tensor, audio: Tensor, text: Tensor, coords: Tensor,
+                       attention: AttentionPlan = UNMASKED) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Run the transformer on token rows laid out ``[video | audio | text]``.
 
         Args:
             video: ``[B, Nv, video_in_channels]`` patch tokens; audio: ``[B, La, audio_in_channels]``;
-            text: ``[B, Lt, text_in_channels]``; coords: ``[B, Nv+La+Lt, 9]``;
-            attn_mask: optional bool mask broadcastable to ``[B, heads, L, L]`` (True = attend).
+            text: ``[B, Lt, text_in_channels]``; coords: ``[B, Nv+La+Lt, 9]`` (valid, see
+            :func:`~hhtune.model.rope.check_rope_coords`); attention: the mask plan of the batch
+            (:func:`hhtune.model.attention.plan_attention`); the default attends over whole rows.
         Returns:
             video velocity tokens ``[B, Nv, video_in_channels]`` and audio ``[B, La, audio_in_channels]`` (fp32).
         """
@@ -306,13 +271,13 @@ class HappyHorseTransformer(nn.Module):
                 dim=1,
             )
             cos, sin = emb.rope(coords.float())
-            h = self._layers(h, cos, sin, seg, attn_mask)
+            h = self._layers(h, cos, sin, seg, attention)
             hv, ha, _ = seg.split(h)
             out_video = self.final_linear_video(self.final_norm_video(hv.float()))
             out_audio = self.final_linear_audio(self.final_norm_audio(ha.float()))
         return out_video, out_audio
 
-    def _layers(self, h: Tensor, cos: Tensor, sin: Tensor, seg: Segments, attn_mask: Tensor | None) -> Tensor:
+    def _layers(self, h: Tensor, cos: Tensor, sin: Tensor, seg: Segments, plan: AttentionPlan) -> Tensor:
         training = torch.is_grad_enabled()
         offload = self.activation_offload is not None and training
         with self.activation_offload(h.is_cuda) if offload else contextlib.nullcontext():
@@ -324,67 +289,60 @@ class HappyHorseTransformer(nn.Module):
                     # layer with LoRA weights but a frozen input gets a leaf input.
                     if h.requires_grad or any(p.requires_grad for p in layer.parameters()):
                         h = h if h.requires_grad else h.detach().requires_grad_()
-                        h = checkpoint(layer, h, cos, sin, seg, attn_mask, use_reentrant=True)
+                        h = checkpoint(layer, h, cos, sin, seg, plan, use_reentrant=True)
                     else:  # a frozen layer on a frozen input records nothing
-                        h = layer(h, cos, sin, seg, attn_mask)
+                        h = layer(h, cos, sin, seg, plan)
                 elif self.gradient_checkpointing and training:
                     with set_checkpoint_early_stop(self.checkpoint_early_stop):
-                        h = checkpoint(layer, h, cos, sin, seg, attn_mask, use_reentrant=False)
+                        h = checkpoint(layer, h, cos, sin, seg, plan, use_reentrant=False)
                 else:
-                    h = layer(h, cos, sin, seg, attn_mask)
+                    h = layer(h, cos, sin, seg, plan)
         return h
 
     # -- batched API -----------------------------------------------------------
 
-    def forward(
-        self,
-        video: Tensor,
-        audio: Tensor,
-        text: Tensor,
-        *,
-        text_lengths: Tensor | None = None,
-        audio_lengths: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, video: Tensor, audio: Tensor, text: Tensor, *, text_lengths: Tensor | None = None,
+                audio_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Velocities for a batch of samples that share one video latent shape.
 
         Args:
             video: ``[B, 48, T, H, W]`` noisy video latents (H, W even).
             audio: ``[B, La, 64]`` noisy audio latents, padded to the longest.
             text: ``[B, Lt, C]`` text features, padded to the longest.
-            text_lengths / audio_lengths: ``[B]`` real lengths; padding is masked out of attention.
+            text_lengths / audio_lengths: ``[B]`` real lengths; padding is cut off or masked out of attention.
         Returns:
             ``(video_velocity [B, 48, T, H, W], audio_velocity [B, La, 64])``; padded audio rows are zero.
         """
         b, _, t, hh, ww = video.shape
-        la, lt = audio.shape[1], text.shape[1]
-        dev = video.device
+        la, dev = audio.shape[1], video.device
         a_len = _lengths(audio_lengths, b, la, dev, "audio_lengths")
-        t_len = _lengths(text_lengths, b, lt, dev, "text_lengths")
+        t_len = _lengths(text_lengths, b, text.shape[1], dev, "text_lengths")
+        # Padding past the longest row is cut off (at batch 1 that is all of it: no mask);
+        # what is left, in a ragged batch, is masked by the attention kernel.
+        a_max, t_max = int(a_len.max()), int(t_len.max())
+        audio, text = audio[:, :a_max], text[:, :t_max]
         tokens = patchify(video)
         nv = tokens.shape[1]
-        coords = torch.cat(
-            [
-                video_coords((t, hh, ww)).to(dev).expand(b, nv, 9),
-                padded_audio_coords(a_len, la),
-                padded_text_coords(t_len, lt),
-            ],
-            dim=1,
-        )
-        mask = None
-        if bool((a_len < la).any()) or bool((t_len < lt).any()):
-            pos_a = torch.arange(la, device=dev)[None] < a_len[:, None]
-            pos_t = torch.arange(lt, device=dev)[None] < t_len[:, None]
-            valid = torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), pos_a, pos_t], dim=1)
-            mask = valid[:, None, None, :]
-        out_v, out_a = self.forward_tokens(tokens, audio, text, coords, mask)
-        out_a = out_a * (torch.arange(la, device=dev)[None, :, None] < a_len[:, None, None])
-        return unpatchify(out_v, (t, hh, ww)), out_a
+        coords = torch.cat([video_coords((t, hh, ww)).to(dev).expand(b, nv, 9), padded_audio_coords(a_len, a_max),
+                            padded_text_coords(t_len, t_max)], dim=1)  # fmt: skip
+        groups = None
+        if bool((a_len < a_max).any()) or bool((t_len < t_max).any()):
+            pos_a = torch.arange(a_max, device=dev)[None] < a_len[:, None]
+            pos_t = torch.arange(t_max, device=dev)[None] < t_len[:, None]
+            groups = TokenGroups.padded_rows(torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), pos_a, pos_t], 1))
+        out_v, out_a = self.forward_tokens(tokens, audio, text, coords, self._attention_plan(groups))
+        out_a = out_a * (torch.arange(a_max, device=dev)[None, :, None] < a_len[:, None, None])
+        return unpatchify(out_v, (t, hh, ww)), F.pad(out_a, (0, 0, 0, la - a_max))
+
+    def _attention_plan(self, groups: TokenGroups | None) -> AttentionPlan:
+        if groups is None:
+            return UNMASKED
+        dtype = resolve_compute_dtype(self.block.layers[0].attention.precision, groups.ids.device)
+        return plan_attention(groups, self.attention_backend, dtype, torch.is_grad_enabled())
 
     # -- official packed API ---------------------------------------------------
 
-    def forward_packed(
-        self, x: Tensor, coords: Tensor, modality: Tensor, sample_lengths: list[int] | None = None
-    ) -> Tensor:
+    def forward_packed(self, x: Tensor, coords: Tensor, modality: Tensor, sample_lengths: list[int] | None = None) -> Tensor:
         """The official single-sequence call: ``x [L, max_channels]``, ``coords [L, 9]``, ``modality [L]``.
 
         Returns the official packed output ``[L, max(video_in, audio_in)]`` (video rows hold
@@ -398,20 +356,16 @@ class HappyHorseTransformer(nn.Module):
         xs, cs = x[order], coords[order]
         nv, na, _ = counts
         video, audio, text = torch.split(xs, counts, dim=0)
-        mask = None
+        check_rope_coords(coords)
+        groups = None
         if sample_lengths is not None:
             if sum(sample_lengths) != x.shape[0]:
                 raise ValueError(f"sample_lengths sum to {sum(sample_lengths)}, but the sequence has {x.shape[0]} tokens")
             ids = torch.repeat_interleave(torch.arange(len(sample_lengths), device=x.device),
                                           torch.tensor(sample_lengths, device=x.device))[order]
-            mask = (ids[:, None] == ids[None, :])[None, None]
-        out_v, out_a = self.forward_tokens(
-            video[None, :, : cfg.video_in_channels],
-            audio[None, :, : cfg.audio_in_channels],
-            text[None, :, : cfg.text_in_channels],
-            cs[None],
-            mask,
-        )
+            groups = TokenGroups.packed(ids) if len(sample_lengths) > 1 else None
+        out_v, out_a = self.forward_tokens(video[None, :, : cfg.video_in_channels], audio[None, :, : cfg.audio_in_channels],
+                                           text[None, :, : cfg.text_in_channels], cs[None], self._attention_plan(groups))
         out = torch.zeros(x.shape[0], max(cfg.video_in_channels, cfg.audio_in_channels), dtype=torch.float32, device=x.device)
         out[order[:nv], : cfg.video_in_channels] = out_v[0]
         out[order[nv : nv + na], : cfg.audio_in_channels] = out_a[0]

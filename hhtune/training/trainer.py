@@ -25,6 +25,7 @@ from ..adapters.inject import add_lora, trainable_parameter_count
 from ..io import atomic_write_text
 from ..adapters.compute import set_lora_compute_dtype
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
+from ..model.compile import compile_layers
 from ..model.linears import enable_fp8_compute
 from ..model.placement import apply_block_swap, place_model
 from ..model.precision import resolve_compute_dtype
@@ -32,6 +33,7 @@ from ..plan import PlanError, check_memory_plan
 from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
 from .callbacks import Callback, CallbackList
 from .data import MicroBatches, TrainingDataset, loader_options
+from .determinism import configure_determinism
 from .distributed import (
     fsdp_requested,
     full_optimizer_state,
@@ -71,6 +73,7 @@ def build_model(section: ModelSection, device: torch.device | str = "cpu") -> Ha
         except ValueError as e:
             raise TrainingError(str(e)) from None
     model.set_compute_dtype(section.compute_dtype)
+    model.set_attention_backend(section.attention)
     model.enable_activation_offload(section.activation_offload)
     return model
 
@@ -130,6 +133,7 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
     ``callbacks`` are :class:`~hhtune.training.callbacks.Callback` objects called at step ends
     and while checkpoints are written.
     """
+    configure_determinism(recipe.train.deterministic)  # before anything runs on the device
     hooks = CallbackList(callbacks)
     run_dir = Path(recipe.train.output_dir)
     accelerator = Accelerator(
@@ -181,6 +185,8 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
         raise TrainingError("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
                             "across processes: set model.blocks_to_swap=0 (see python -m hhtune.plan --world-size N)")  # fmt: skip
     swap = apply_block_swap(peft_model, recipe.model.blocks_to_swap, device)
+    if recipe.model.compile:  # the finished model: LoRA and block swap in place
+        compile_layers(peft_model)
     wrapped = shard_model(peft_model, device) if fsdp else peft_model  # sharding replaces the parameters
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, recipe.optimizer, device)

@@ -1,0 +1,210 @@
+"""Attention kernels: which one runs (``model.attention``) and the mask each one takes.
+
+Every sample attends to itself only, and padding is attended by nothing. The model
+slices padding off where it can (at batch 1 nothing is left to mask), so most calls are
+unmasked and run SDPA with no mask: torch's flash kernel on CUDA. What still needs a mask
+(a batch of ragged rows, several samples packed in one sequence) is described once per
+forward by :class:`TokenGroups` and turned into an :class:`AttentionPlan` for one kernel:
+
+* ``flash``: FlashAttention's varlen kernel on the valid tokens gathered into one packed
+  sequence (CUDA with ``flash-attn`` installed, bf16/fp16 compute);
+* ``flex``: FlexAttention with a block mask (compiled on CUDA; forward only on the CPU,
+  where torch has no Flex backward);
+* ``sdpa``: SDPA with a dense bool mask, on the CPU only. On CUDA a mask can send SDPA to
+  its math kernel, which materialises ``[B, heads, L, L]`` scores (tens of GB per layer at
+  540p), so a masked SDPA call is refused there, and unmasked calls are restricted to the
+  fused kernels so that a missing kernel raises instead of falling back silently.
+
+``auto`` takes flash, else flex on CUDA, and masked SDPA (a fused CPU kernel) on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from ..cli import MissingDependencyError
+
+AttentionBackend = Literal["auto", "sdpa", "flex", "flash"]
+Kernel = Literal["sdpa", "flex", "flash"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flex", "flash")
+_HALF = (torch.bfloat16, torch.float16)
+# The fused CUDA kernels; SDPBackend.MATH is deliberately absent.
+_CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+
+
+@dataclass(frozen=True)
+class TokenGroups:
+    """Who attends to whom: a token sees the tokens of its row with the same id; id ``-1`` is padding.
+
+    ``ids`` is ``[B, L]`` (int64). ``one_per_row`` says each row holds one sample, so the dense
+    SDPA mask can be a key-padding mask ``[B, 1, 1, L]`` instead of ``[B, 1, L, L]``.
+    """
+
+    ids: Tensor
+    one_per_row: bool
+
+    @classmethod
+    def padded_rows(cls, valid: Tensor) -> TokenGroups:
+        """One sample per row with ``valid [B, L]`` (bool) marking its real tokens."""
+        rows = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(valid)
+        return cls(torch.where(valid, rows, torch.full_like(rows, -1)), one_per_row=True)
+
+    @classmethod
+    def packed(cls, sample_ids: Tensor) -> TokenGroups:
+        """Several samples in one sequence: ``sample_ids [L]`` names each token's sample."""
+        return cls(sample_ids.long()[None], one_per_row=False)
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What every layer's attention call of one forward takes (built once per forward)."""
+
+    kernel: Kernel
+    mask: Tensor | None = None  # sdpa: bool, True = attend, broadcastable to [B, heads, L, L]
+    block_mask: BlockMask | None = None  # flex
+    index: Tensor | None = None  # flash: flat positions (in B*L) of the valid tokens, grouped by sample
+    cu_seqlens: Tensor | None = None  # flash: int32 [samples + 1]
+    max_seqlen: int = 0  # flash
+
+
+UNMASKED = AttentionPlan("sdpa")
+
+
+def flash_attn_available() -> bool:
+    """Whether the ``flash_attn`` package (FlashAttention 2) imports (a build for another torch does not)."""
+    try:
+        import flash_attn  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def check_backend(backend: str) -> None:
+    """Raise ``ValueError`` unless ``backend`` is a ``model.attention`` setting."""
+    if backend not in BACKENDS:
+        raise ValueError(f"model.attention = {backend!r}: allowed: {', '.join(BACKENDS)}")
+
+
+def choose_kernel(backend: str, device_type: str, dtype: torch.dtype, training: bool) -> Kernel:
+    """The kernel that runs masked attention for the ``model.attention`` setting ``backend``.
+
+    Raises ``ValueError`` (naming ``model.attention``) for a combination that cannot run or,
+    on CUDA, that would reach SDPA's math kernel; :class:`MissingDependencyError` when
+    ``flash`` is asked for without ``flash-attn``.
+    """
+    check_backend(backend)
+    cuda = device_type == "cuda"
+    if backend == "auto":
+        if not cuda:
+            return "sdpa"
+        return "flash" if dtype in _HALF and flash_attn_available() else "flex"
+    if backend == "sdpa" and cuda:
+        raise ValueError("model.attention = sdpa cannot run this batch on CUDA: its rows have different text or audio "
+                         "lengths, and masked SDPA may fall back to the math kernel ([B, heads, L, L] scores). Set "
+                         "model.attention to auto, flash or flex (or data.batch_size = 1)")  # fmt: skip
+    if backend == "flash":
+        if not cuda or dtype not in _HALF:
+            raise ValueError(f"model.attention = flash needs CUDA and bf16 compute (model.compute_dtype), got "
+                             f"{device_type} with {dtype}; set model.attention = auto")  # fmt: skip
+        if not flash_attn_available():
+            raise MissingDependencyError("model.attention = flash needs FlashAttention: pip install flash-attn "
+                                         "--no-build-isolation (or set model.attention = auto to use FlexAttention)")  # fmt: skip
+    if backend == "flex" and not cuda and training:
+        raise ValueError("model.attention = flex cannot train on the CPU (torch has no FlexAttention backward there); "
+                         "set model.attention = auto")  # fmt: skip
+    return backend  # type: ignore[return-value]
+
+
+def plan_attention(groups: TokenGroups | None, backend: str, dtype: torch.dtype, training: bool) -> AttentionPlan:
+    """The plan of one forward: unmasked SDPA without ``groups``, else the chosen kernel's (see :func:`choose_kernel`)."""
+    if groups is None:
+        return UNMASKED
+    kernel = choose_kernel(backend, groups.ids.device.type, dtype, training)
+    return {"sdpa": sdpa_plan, "flex": flex_plan, "flash": flash_plan}[kernel](groups)
+
+
+def sdpa_plan(groups: TokenGroups) -> AttentionPlan:
+    """A dense bool mask; a padding query sees every real key of its row (its output is discarded, but never NaN)."""
+    ids = groups.ids
+    if groups.one_per_row:
+        return AttentionPlan("sdpa", mask=(ids >= 0)[:, None, None, :])
+    same = (ids[:, :, None] == ids[:, None, :]) | (ids[:, :, None] < 0)
+    return AttentionPlan("sdpa", mask=(same & (ids[:, None, :] >= 0))[:, None])
+
+
+def flex_plan(groups: TokenGroups) -> AttentionPlan:
+    """A FlexAttention block mask (built once, shared by every layer); padding queries see nothing (output 0)."""
+    ids = groups.ids
+
+    def same_sample(b, h, q, k):
+        return (ids[b, k] >= 0) & (ids[b, q] == ids[b, k])
+
+    b, length = ids.shape
+    return AttentionPlan("flex", block_mask=create_block_mask(same_sample, b, None, length, length, device=ids.device))
+
+
+def flash_plan(groups: TokenGroups) -> AttentionPlan:
+    """The valid tokens' flat positions grouped by sample, and their ``cu_seqlens``; padding outputs 0."""
+    ids = groups.ids
+    b = ids.shape[0]
+    rows = torch.arange(b, device=ids.device)[:, None] * (int(ids.max()) + 1)
+    keys = torch.where(ids >= 0, ids + rows, -1).flatten()  # (row, sample) -> one key; padding stays -1
+    order = torch.argsort(keys, stable=True)
+    index = order[keys[order] >= 0]
+    counts = torch.unique_consecutive(keys[index], return_counts=True)[1]
+    cu = F.pad(torch.cumsum(counts, 0), (1, 0)).to(torch.int32)
+    return AttentionPlan("flash", index=index, cu_seqlens=cu, max_seqlen=int(counts.max()))
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
+    """Softmax attention of ``q [B, L, Hq, D]`` over ``k, v [B, L, Hkv, D]`` (GQA) -> ``[B, L, Hq, D]``."""
+    if plan.kernel == "flash":
+        return _flash(q, k, v, plan)
+    gqa = q.shape[2] != k.shape[2]
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if plan.kernel == "flex":
+        out = _flex_fn(q.is_cuda)(qt, kt, vt, block_mask=plan.block_mask, enable_gqa=gqa)
+        return out.transpose(1, 2)
+    if plan.mask is not None and q.is_cuda:
+        raise ValueError("masked SDPA on CUDA may run the math kernel; set model.attention to auto, flash or flex")
+    if q.is_cuda and gqa and q.dtype not in _HALF:  # the fp32 (memory-efficient) kernel may not take enable_gqa
+        kt, vt = (t.repeat_interleave(qt.shape[1] // t.shape[1], dim=1) for t in (kt, vt))
+        gqa = False
+    with sdpa_kernel(_CUDA_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=plan.mask, enable_gqa=gqa)
+    return out.transpose(1, 2)
+
+
+def _flex_fn(cuda: bool):
+    """Flex outside a compiled region runs unfused (scores materialised) unless compiled: compile it on CUDA."""
+    if cuda and not torch.compiler.is_compiling():
+        return _compiled_flex()
+    return flex_attention
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(flex_attention)
+
+
+def _flash(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
+    from flash_attn import flash_attn_varlen_func
+
+    b, length, heads, dim = q.shape
+
+    def packed(t: Tensor) -> Tensor:
+        return t.reshape(b * length, *t.shape[2:]).index_select(0, plan.index)
+
+    out = flash_attn_varlen_func(packed(q), packed(k), packed(v), plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen,
+                                 plan.max_seqlen, deterministic=torch.are_deterministic_algorithms_enabled())  # fmt: skip
+    full = out.new_zeros(b * length, heads, dim).index_copy(0, plan.index, out)
+    return full.reshape(b, length, heads, dim)
