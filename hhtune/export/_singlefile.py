@@ -86,7 +86,7 @@ def read_single(path: Path, keys: list[str]) -> LoraWeights:
     found: dict[str, tuple[str, str]] = {}  # module path -> (style, key stem)
     used: set[str] = set()
     for k in keys:
-        style, stem = _classify(k, str(path))
+        style, stem = _classify(k)
         if style is None:
             continue
         module = _module_path(style, stem, k, str(path))
@@ -123,7 +123,7 @@ def read_single(path: Path, keys: list[str]) -> LoraWeights:
     return w
 
 
-def _classify(key: str, source: str) -> tuple[str | None, str]:
+def _classify(key: str) -> tuple[str | None, str]:
     for style, prefix, a_suffix, b_suffix in _STYLES:
         for suffix in (a_suffix, b_suffix):
             if key.endswith(suffix) and key.startswith(prefix):

@@ -14,8 +14,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PresetName = Literal["15b", "mid", "tiny"]
-
 # Official runtime-only keys we accept (so official configs load) but do not use.
 _OFFICIAL_RUNTIME_KEYS = ("params_dtype", "tread_config", "checkpoint_qk_layernorm_rope", "num_heads_q", "num_heads_kv")
 
