@@ -81,6 +81,7 @@ def _fates(out: Path) -> dict[str, dict]:
     return {f["file"]: f for f in json.loads((out / "report.json").read_text())["files"]}
 
 
+@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
 def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     fates = _fates(broken_build)
     skipped = {
@@ -117,6 +118,7 @@ def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     assert totals["files"] == len(fates) == 19 and totals["skipped"] == len(skipped)
 
 
+@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
 def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     import datasets
 
@@ -153,6 +155,7 @@ def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     assert "matplotlib" in html
 
 
+@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
 def test_clip_audio_is_stereo_at_51200(broken_build):
     import datasets
 
@@ -165,6 +168,7 @@ def test_clip_audio_is_stereo_at_51200(broken_build):
         assert np.abs(clip["audio"]).max() > 0.01
 
 
+@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
 def test_resume_after_a_kill_redoes_only_the_unfinished(broken, tmp_path):
     """SIGKILL a real build after its second finished file, then run it again."""
     out = tmp_path / "ds"
@@ -294,6 +298,7 @@ def test_data_config_errors_name_the_key(tmp_path):
     assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(p)]) == 2
 
 
+@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
 def test_sample_footage_all_languages_then_encoded(tmp_path):
     """Stages 1-7 on the shipped footage (seven languages), then 8-9 on a part of it with the tiny encoders."""
     import datasets

@@ -23,6 +23,7 @@ def _streams(mp4: Path) -> list[dict]:
     return json.loads(out)["streams"]
 
 
+@pytest.mark.slow  # the sample command in a subprocess, prompt to mp4
 def test_sample_command_writes_a_playable_mp4(encoders, tmp_path):
     from PIL import Image
 

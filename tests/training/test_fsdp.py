@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from hhtune.encoders import build_tiny_encoders
 from hhtune.training.synthetic import write_synthetic_dataset
 
+pytestmark = pytest.mark.slow  # every test launches several training processes
+
 
 def _launch(config: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / config),
