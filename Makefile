@@ -1,4 +1,4 @@
-# The two commands of the README. Each sets up a fresh machine by itself.
+# The commands of the README. Each sets up a fresh machine by itself.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,16 +7,21 @@ APT_PACKAGES := ffmpeg espeak-ng gcc g++
 # A bare Debian/Ubuntu python3 has no venv/ensurepip: python3-venv brings them.
 VENV_PACKAGE := python3-venv
 
-.PHONY: quickstart test setup system-deps
+.PHONY: quickstart test check setup system-deps
 
 ## quickstart: build the sample dataset and fine-tune the tiny model on it (CPU, a few minutes)
 quickstart: setup
 	$(BIN)/python -m data_prep build data_prep/sample_footage --out runs/quickstart/dataset --config recipes/quickstart_data.yaml --encode
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml hhtune/train.py recipes/quickstart.yaml
 
-## test: run the whole test suite
+## test: run the whole test suite (PYTEST_ARGS adds options, e.g. PYTEST_ARGS=--durations=20)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## check: while working: the linter and the fast tier (everything not marked slow), a few minutes on 2 cores
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 setup: system-deps $(VENV)/.installed
 

@@ -26,7 +26,6 @@ import sys
 import traceback
 from collections.abc import Callable
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_DEPENDENCY = 3

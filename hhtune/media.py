@@ -198,16 +198,6 @@ def _crop(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.ascontiguousarray(rgb[top : top + h, left : left + w])
 
 
-def read_frames(path: str | Path, start: float, num_frames: int, info: Probe,
-                size: tuple[int, int] | None = None) -> np.ndarray:  # fmt: skip
-    """``num_frames`` RGB frames at 25 fps from ``start`` seconds, ``[F, H, W, 3]`` uint8, rotation applied."""
-    reader = FrameReader(path, info, size)
-    try:
-        return reader.read(start, num_frames)
-    finally:
-        reader.close()
-
-
 def resize_crop(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     """Scale ``[F, H, W, 3]`` uint8 frames to cover ``width x height`` (antialiased), then centre-crop."""
     import torch
@@ -276,6 +266,5 @@ __all__ = [
     "decode_audio",
     "probe",
     "read_audio",
-    "read_frames",
     "resize_crop",
 ]  # fmt: skip

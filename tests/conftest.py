@@ -18,11 +18,17 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 
 @pytest.fixture(scope="session")
-def official_tiny() -> dict[str, torch.Tensor]:
+def official_tiny_file() -> Path:
+    """``official_forward_tiny.safetensors``: the official forward of the tiny config, with its ``arch`` metadata."""
+    return FIXTURES / "official_forward_tiny.safetensors"
+
+
+@pytest.fixture(scope="session")
+def official_tiny(official_tiny_file) -> dict[str, torch.Tensor]:
     """Tensors of ``official_forward_tiny.safetensors`` (weights.*, packed.*, inputs.*, outputs.*)."""
     from safetensors.torch import load_file
 
-    return load_file(FIXTURES / "official_forward_tiny.safetensors")
+    return load_file(official_tiny_file)
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,7 @@ def test_block_swap_and_fp8_lower_the_frozen_weights():
     assert fp8.components["frozen_weights"] < 0.6 * base.components["frozen_weights"]
 
 
+@pytest.mark.slow  # a recommendation search: traces the mid model under several settings
 def test_recommendation_is_the_cheapest_setting_that_fits():
     r = _recipe(seconds=5.0, resolution=256)
     plain = plan_settings(r, MemorySettings(False))
@@ -104,6 +105,7 @@ def test_15b_numbers_are_in_the_published_range():
     assert 1 < plan.components["activations"] < 10 and plan.train_peak_gb < 45
 
 
+@pytest.mark.slow  # three plans of the mid model, two with a recommendation search
 def test_training_check_refuses_what_does_not_fit_unless_told():
     r, cpu, logged = _recipe(), torch.device("cpu"), []
     assert check_memory_plan(r, cpu, log=logged.append) is None and "not computed" in logged[0]

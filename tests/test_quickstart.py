@@ -39,6 +39,7 @@ def _quickstart_commands() -> list[list[str]]:
 COMMAND_TIMEOUT_S = 600
 
 
+@pytest.mark.slow  # the README's two commands, minutes on a CPU
 @pytest.mark.timeout(2 * COMMAND_TIMEOUT_S + 120)
 def test_readme_quickstart_runs_end_to_end(tmp_path):
     for folder in ("recipes", "accelerate_configs", "data_prep/sample_footage"):

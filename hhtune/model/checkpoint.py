@@ -82,12 +82,6 @@ def read_shapes(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str
     return out
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``__metadata__`` of the first safetensors file of a checkpoint."""
-    with safe_open(checkpoint_files(path)[0], framework="pt") as sf:
-        return dict(sf.metadata() or {})
-
-
 def load_state_dict_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint (folder or file) in one dict. Use for small models and adapters."""
     out: dict[str, torch.Tensor] = {}

@@ -102,7 +102,7 @@ def needed_gb(peak_gb: float) -> float:
     return peak_gb * (1 + HEADROOM_FRACTION) + HEADROOM_GB
 
 
-def _clip_shape(config: ModelConfig, seconds: float, aspect: str, resolution: int, batch: int) -> StepShape:
+def _clip_shape(seconds: float, aspect: str, resolution: int, batch: int) -> StepShape:
     if aspect not in BUCKETS:
         raise PlanError(f"unknown aspect {aspect!r}; allowed: {', '.join(BUCKETS)}")
     shape = LatentShape.from_pixels(*bucket_size(aspect, resolution), frames_for(seconds))
@@ -121,7 +121,7 @@ def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: 
     ``data.dataset`` exists, the dataset's bucket with the most tokens (its clips at their own
     frame count and size; text at the 640-token maximum). Otherwise the validation clip, said so.
     """
-    config, v, batch = recipe.preset_config(), recipe.validation, recipe.data.batch_size
+    v, batch = recipe.validation, recipe.data.batch_size
     if seconds is None and resolution is None:
         try:
             found = dataset_shapes(recipe.data.dataset)
@@ -133,7 +133,7 @@ def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: 
             f, h, w = found.buckets[shapes.index(best)]
             return best, (f"dataset {found.path}: largest of {len(found.buckets)} bucket(s), {w}x{h} {f} frames "
                           f"(longest clip {found.longest_frames} frames, {found.clips} clips)")  # fmt: skip
-    shape = _clip_shape(config, seconds or v.seconds, aspect or v.aspect, resolution or v.base_resolution, batch)
+    shape = _clip_shape(seconds or v.seconds, aspect or v.aspect, resolution or v.base_resolution, batch)
     if seconds is not None or resolution is not None:
         return shape, f"--seconds {seconds or v.seconds:g} --resolution {resolution or v.base_resolution}"
     return shape, (f"validation clip ({v.seconds:g} s, {v.base_resolution}p): no dataset at {recipe.data.dataset}; "
@@ -203,7 +203,7 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
         raise PlanError("model.blocks_to_swap with FSDP (world size > 1) is not supported; shard or swap, not both")
     v = recipe.validation
     train_shape, train_source = training_shape(recipe, seconds=seconds, resolution=resolution, aspect=aspect)
-    val_shape = _clip_shape(config, v.seconds, v.aspect, v.base_resolution, 1)
+    val_shape = _clip_shape(v.seconds, v.aspect, v.base_resolution, 1)
     kw = {"fp8": settings.fp8_base, "full": full_trace}
     step = scaled_trace(config, recipe.lora, train_shape, training=True, checkpointing=settings.gradient_checkpointing,
                         activation_offload=settings.activation_offload, **kw)  # fmt: skip
@@ -264,14 +264,14 @@ def recommend(recipe: Recipe, gpu_memory_gb: float, **kwargs) -> Plan | None:
         key = (s.gradient_checkpointing, s.activation_offload, s.fp8_base)
         if key not in cache:
             cache[key] = plan_settings(recipe, replace(s, blocks_to_swap=0), **kwargs)
-        p = cache[key] if s.blocks_to_swap == 0 else _with_swap(cache[key], recipe, s, **kwargs)
+        p = cache[key] if s.blocks_to_swap == 0 else _with_swap(cache[key], recipe, s)
         p.gpu_memory_gb = gpu_memory_gb
         if p.fits:
             return p
     return None
 
 
-def _with_swap(plan: Plan, recipe: Recipe, settings: MemorySettings, **kwargs) -> Plan:
+def _with_swap(plan: Plan, recipe: Recipe, settings: MemorySettings) -> Plan:
     outside, layers = _weight_bytes(recipe.preset_config(), recipe.model.block_dtype, settings.fp8_base)
     frozen = _frozen_bytes(outside, layers, settings.blocks_to_swap, 1) / GB
     delta = frozen - plan.components["frozen_weights"]
@@ -289,6 +289,45 @@ def plan_recipe(recipe: Recipe, gpu_memory_gb: float | None = None, **kwargs) ->
     if gpu_memory_gb is not None:
         plan.recommendation = plan if plan.fits else recommend(recipe, gpu_memory_gb, **kwargs)
     return plan
+
+
+_ROWS = [
+    ("frozen_weights", "frozen weights (resident)", "both"),
+    ("lora_params", "LoRA parameters (fp32)", "both"),
+    ("lora_grads", "LoRA gradients (fp32)", "train"),
+    ("optimizer_state", "AdamW state", "both"),
+    ("activations", "activations saved for backward", "train"),
+    ("temporaries", "temporaries (one layer's recompute/backward)", "train"),
+    ("eval_checkpoint_copy", "eval checkpoint (second DiT)", "validation"),
+    ("validation_forward", "sampling forward (no grad)", "validation"),
+    ("vaes", "video + audio VAE (bf16)", "validation"),
+    ("vae_decode_workspace", "VAE decode workspace (estimate)", "validation"),
+]
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a table by component, then the peaks and the recommendation."""
+    s, (t, h, w) = plan.settings, plan.train_shape.video
+    head = (f"memory plan (per process, world size {plan.world_size}): {plan.train_shape.tokens} tokens/clip "
+            f"(latent {t}x{h}x{w}), batch {plan.train_shape.batch}; checkpointing={s.gradient_checkpointing} "
+            f"offload={s.activation_offload} fp8_base={s.fp8_base} blocks_to_swap={s.blocks_to_swap}")
+    lines = [head, f"training clips planned from {plan.train_source}", f"{'component':<48}{'GB':>9}  used in"]
+    lines += [f"{label:<48}{plan.components[key]:>9.2f}  {where}" for key, label, where in _ROWS]
+    lines += [f"{'training step peak':<48}{plan.train_peak_gb:>9.2f}",
+              f"{'validation peak':<48}{plan.validation_peak_gb:>9.2f}",
+              f"{'prompt encoding (T5Gemma-9B bf16, alone)':<48}{plan.prompt_encoding_gb:>9.2f}"]  # fmt: skip
+    if plan.gpu_memory_gb is not None:
+        lines.append(f"fits {plan.gpu_memory_gb:g} GB (5% + 0.5 GB headroom): {'yes' if plan.fits else 'NO'}")
+        rec = plan.recommendation
+        if rec is None:
+            lines.append("no setting fits one process; try FSDP2 over more GPUs (--world-size) or a lower resolution"
+                         + (", or validate on the trained model (model.eval_checkpoint=null: the eval "
+                            f"checkpoint is a second DiT of {plan.components['eval_checkpoint_copy']:.1f} GB)"
+                            if plan.components["eval_checkpoint_copy"] else ""))
+        elif rec is not plan:
+            lines.append(f"recommended: {' '.join(rec.settings.overrides())} "
+                         f"(train {rec.train_peak_gb:.1f} GB, validation {rec.validation_peak_gb:.1f} GB)")  # fmt: skip
+    return "\n".join(lines)
 
 
 def check_memory_plan(recipe: Recipe, device: torch.device, world_size: int = 1, log=print,
@@ -309,8 +348,6 @@ def check_memory_plan(recipe: Recipe, device: torch.device, world_size: int = 1,
     if recipe.model.preset is None:
         log("memory plan: skipped (set model.preset so the plan knows the architecture)")
         return None
-    from .__main__ import format_plan
-
     plan = plan_recipe(recipe, gpu_memory_gb, world_size=world_size)
     log(format_plan(plan))
     if plan.fits is False:

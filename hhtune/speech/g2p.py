@@ -17,8 +17,6 @@ import functools
 import re
 from dataclasses import dataclass, field
 
-from ..contract import LANGUAGES
-
 _LATIN_WORD = re.compile(r"[A-Za-zÀ-ÿ'’-]+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _ESPEAK_VOICE = {"en": "en-us", "de": "de", "fr": "fr-fr", "ko": "ko", "zh": "cmn-latn-pinyin", "yue": "yue",
@@ -186,14 +184,3 @@ def phonemize(text: str, language: str) -> list[WordPhonemes]:
     voice = _ESPEAK_VOICE[language]
     return [WordPhonemes(w, p, speak=w, voice=voice) for w, p in zip(words, _espeak_words(words, voice)) if p]
 
-
-def available_backends() -> dict[str, str]:
-    """Language -> backend in use, or why it is unavailable."""
-    out = {}
-    for lang in LANGUAGES:
-        try:
-            phonemize({"zh": "你好", "yue": "你好", "ja": "こんにちは", "ko": "안녕"}.get(lang, "hello"), lang)
-            out[lang] = {"zh": "pypinyin+espeak", "yue": "pycantonese+espeak", "ja": "pyopenjtalk"}.get(lang, "espeak-ng")
-        except Exception as e:  # report every failure as text: this is a diagnostic
-            out[lang] = f"unavailable: {e}"
-    return out

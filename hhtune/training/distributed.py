@@ -57,13 +57,6 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """Whether ``model`` was sharded by :func:`shard_model`."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every trainable parameter, unsharded, on the CPU, by its name in ``model``.
 

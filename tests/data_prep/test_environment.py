@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.__main__ import main
-from data_prep.checks import EnvironmentProblem, check_environment
+from data_prep.checks import EnvironmentProblem, check_environment, missing_requirements
 
 
 def _path_without(tmp_path: Path, *tools: str) -> str:
@@ -24,8 +24,9 @@ def _path_without(tmp_path: Path, *tools: str) -> str:
     return str(bin_dir)
 
 
-def test_the_real_environment_passes():
-    check_environment()
+def test_the_real_environment_has_every_requirement():
+    assert missing_requirements() == ([], [])  # `make setup` installs everything the build checks for
+    assert check_environment() is None
 
 
 def test_missing_tools_stop_the_build_with_the_apt_command(tmp_path, monkeypatch, capsys):

@@ -19,6 +19,8 @@ from hhtune.media import read_audio
 
 pytestmark = pytest.mark.slow  # the shared build of three long files takes over a minute
 
+pytestmark = pytest.mark.slow  # every test shares one build of three minutes of speech (~45 s)
+
 PAUSES = [0.6, 0.9, 0.5, 1.2, 0.7, 0.8]
 TEXTS = {
     "en": ("en-us", ["Good morning and welcome to our studio.", "Today we talk about the new spring collection.",

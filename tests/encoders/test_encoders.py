@@ -333,37 +333,52 @@ def test_fingerprint_is_stable_and_sensitive(tiny, tmp_path):
 # -------------------------------------------------------------------------------------------- errors
 
 
-def test_bad_paths_name_the_path_and_the_expected_layout(tiny, tmp_path):
-    with pytest.raises(EncoderError, match=r"video VAE: .*nope does not exist; expected a diffusers AutoencoderKLWan"):
-        load_video_vae(tmp_path / "nope")
-    with pytest.raises(EncoderError, match=r"video VAE not found at .*: expected .*Wan2.2_VAE.pth"):
-        load_video_vae(tmp_path)
-    with pytest.raises(EncoderError, match=r"audio VAE: .*nope does not exist; expected .*model_config.json"):
-        load_audio_vae(tmp_path / "nope")
-    with pytest.raises(EncoderError, match=r"audio VAE not found at .*: expected a diffusers AutoencoderOobleck"):
-        load_audio_vae(tmp_path)
-    with pytest.raises(EncoderError, match=r"text encoder not found at .*: expected a transformers T5Gemma folder"):
-        load_text_encoder(tmp_path)
-    with pytest.raises(EncoderError, match=r"text encoder: .*nope does not exist"):
-        load_text_encoder(tmp_path / "nope")
-    with pytest.raises(EncoderError, match=r"video VAE: .*config.json describes a AutoencoderOobleck, expected a Aut"):
-        load_video_vae(tiny.audio_vae)
-    with pytest.raises(EncoderError, match=r"audio VAE: .*describes a AutoencoderKLWan, expected a AutoencoderOobleck"):
-        load_audio_vae(tiny.video_vae)
-    with pytest.raises(EncoderError, match=r"text encoder at .*model_type None, expected 't5gemma'"):
-        load_text_encoder(tiny.video_vae)
-    (tmp_path / "weights.txt").write_text("x")
-    with pytest.raises(EncoderError, match=r"weights.txt is a file but not a .pth checkpoint"):
-        load_video_vae(tmp_path / "weights.txt")
-    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(EncoderError, match=r"cannot read the official checkpoint .*broken.pth"):
-        load_video_vae(tmp_path / "broken.pth")
+def _file(tmp_path, name: str, content: bytes):
+    (tmp_path / name).write_bytes(content)
+    return tmp_path / name
+
+
+def _sat_folder_without_weights(tmp_path):
     (tmp_path / "sat").mkdir()
     (tmp_path / "sat" / "model_config.json").write_text("{}")
-    with pytest.raises(EncoderError, match=r"sat has model_config.json but no model.safetensors"):
-        load_audio_vae(tmp_path / "sat")
-    with pytest.raises(EncoderError, match="text encoder not found"):
-        encoders_fingerprint(EncoderPaths(video_vae=tiny.video_vae, audio_vae=tiny.audio_vae, text_encoder=tmp_path))
+    return tmp_path / "sat"
+
+
+# (loader, the path it is given from (tiny encoders, tmp_path), the error it must raise)
+BAD_PATHS = {
+    "video_missing": (load_video_vae, lambda tiny, tmp: tmp / "nope",
+                      r"video VAE: .*nope does not exist; expected a diffusers AutoencoderKLWan"),
+    "video_empty_folder": (load_video_vae, lambda tiny, tmp: tmp, r"video VAE not found at .*: expected .*Wan2.2_VAE.pth"),
+    "audio_missing": (load_audio_vae, lambda tiny, tmp: tmp / "nope",
+                      r"audio VAE: .*nope does not exist; expected .*model_config.json"),
+    "audio_empty_folder": (load_audio_vae, lambda tiny, tmp: tmp,
+                           r"audio VAE not found at .*: expected a diffusers AutoencoderOobleck"),
+    "text_empty_folder": (load_text_encoder, lambda tiny, tmp: tmp,
+                          r"text encoder not found at .*: expected a transformers T5Gemma folder"),
+    "text_missing": (load_text_encoder, lambda tiny, tmp: tmp / "nope", r"text encoder: .*nope does not exist"),
+    "video_given_the_audio_vae": (load_video_vae, lambda tiny, tmp: tiny.audio_vae,
+                                  r"video VAE: .*config.json describes a AutoencoderOobleck, expected a Aut"),
+    "audio_given_the_video_vae": (load_audio_vae, lambda tiny, tmp: tiny.video_vae,
+                                  r"audio VAE: .*describes a AutoencoderKLWan, expected a AutoencoderOobleck"),
+    "text_given_the_video_vae": (load_text_encoder, lambda tiny, tmp: tiny.video_vae,
+                                 r"text encoder at .*model_type None, expected 't5gemma'"),
+    "video_not_a_pth": (load_video_vae, lambda tiny, tmp: _file(tmp, "weights.txt", b"x"),
+                        r"weights.txt is a file but not a .pth checkpoint"),
+    "video_broken_pth": (load_video_vae, lambda tiny, tmp: _file(tmp, "broken.pth", b"not a checkpoint"),
+                         r"cannot read the official checkpoint .*broken.pth"),
+    "audio_sat_without_weights": (load_audio_vae, lambda tiny, tmp: _sat_folder_without_weights(tmp),
+                                  r"sat has model_config.json but no model.safetensors"),
+    "fingerprint_without_text_encoder": (
+        encoders_fingerprint, lambda tiny, tmp: EncoderPaths(video_vae=tiny.video_vae, audio_vae=tiny.audio_vae,
+                                                             text_encoder=tmp), "text encoder not found"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_PATHS)
+def test_bad_paths_name_the_path_and_the_expected_layout(case, tiny, tmp_path):
+    load, path, message = BAD_PATHS[case]
+    with pytest.raises(EncoderError, match=message):
+        load(path(tiny, tmp_path))
 
 
 def test_missing_tokenizer_and_wrong_geometry_are_refused(tiny, tmp_path):

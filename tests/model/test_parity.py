@@ -21,12 +21,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def test_fixture_config_is_the_tiny_preset(official_tiny):
+def test_fixture_config_is_the_tiny_preset(official_tiny_file):
     from safetensors import safe_open
 
-    from tests.conftest import FIXTURES
-
-    with safe_open(FIXTURES / "official_forward_tiny.safetensors", "pt") as f:
+    with safe_open(official_tiny_file, "pt") as f:
         arch = json.loads(f.metadata()["arch"])
     assert ModelConfig(**arch) == ModelConfig.preset("tiny")
 

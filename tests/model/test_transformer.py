@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hhtune.model import HappyHorseTransformer, ModelConfig
+from hhtune.model.precision import resolve_compute_dtype
 
 OFFICIAL_15B_NUMEL = 15_299_419_152
 OFFICIAL_15B_KEYS = 331
@@ -18,6 +19,16 @@ def _random_inputs(seed: int, b: int = 1, t: int = 2, h: int = 4, w: int = 4, la
         torch.randn(b, la, 64, generator=g),
         torch.randn(b, lt, 32, generator=g),
     )
+
+
+@pytest.mark.parametrize(("setting", "device", "dtype"), [
+    ("auto", "cuda", torch.bfloat16), ("auto", "cuda:1", torch.bfloat16), ("auto", torch.device("cuda", 0), torch.bfloat16),
+    ("auto", "cpu", torch.float32), ("auto", "meta", torch.float32),
+    ("bf16", "cpu", torch.bfloat16), ("fp32", "cuda", torch.float32),
+])  # fmt: skip
+def test_compute_dtype_auto_is_bf16_on_cuda_and_fp32_elsewhere(setting, device, dtype):
+    """Decided by the device the model runs on, not by the machine: this test needs no GPU."""
+    assert resolve_compute_dtype(setting, device) == dtype
 
 
 def test_15b_preset_on_meta_has_official_size_and_keys():

@@ -23,6 +23,7 @@ def _streams(mp4: Path) -> list[dict]:
     return json.loads(out)["streams"]
 
 
+@pytest.mark.slow  # the sample command in a subprocess, prompt to mp4
 def test_sample_command_writes_a_playable_mp4(encoders, tmp_path):
     from PIL import Image
 
@@ -59,14 +60,24 @@ def test_validation_hook_saves_clips_and_returns_metrics(encoders, tmp_path):
     assert 0.9 < with_clips["nearest_clip_distance"] < 1.1  # |sample - 100| / |100| with a sample near 0
 
 
-def test_encoders_load_in_bf16_on_cuda_and_fp32_on_cpu_by_default(encoders):
+@pytest.mark.parametrize(("device", "dtype"), [("cuda", "bfloat16"), ("cuda:1", "bfloat16"), ("cpu", "float32"),
+                                             ("meta", "float32"), ("mps", "float32")])  # fmt: skip
+def test_encoders_default_to_bf16_on_cuda_and_fp32_elsewhere(device, dtype):
+    """Decided by the device asked for, not by the machine: this CPU-only machine still answers bf16 for CUDA."""
+    import torch
+
+    from hhtune.encoders._common import default_dtype
+
+    assert default_dtype(device) == getattr(torch, dtype)
+    assert default_dtype(torch.device(device)) == getattr(torch, dtype)
+
+
+def test_encoders_load_in_their_device_default_unless_a_dtype_is_given(encoders):
     import torch
 
     from hhtune.encoders import load_text_encoder, load_video_vae
-    from hhtune.encoders._common import default_dtype
 
-    assert default_dtype("cuda:0") == torch.bfloat16 and default_dtype("cpu") == torch.float32
-    assert load_text_encoder(encoders.text_encoder).model.dtype == torch.float32
+    assert load_text_encoder(encoders.text_encoder, device="cpu").model.dtype == torch.float32
     vae = load_video_vae(encoders.video_vae, dtype=torch.bfloat16)
     assert {p.dtype for p in vae.model.parameters()} == {torch.bfloat16}
 

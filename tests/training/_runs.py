@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,13 @@ def _run_cli(recipe: dict, tmp: Path, *, env_extra: dict | None = None, launcher
     script = [str(Path(__file__).with_name("_fault_run.py")), str(path), fault] if fault else [str(ROOT / "hhtune" / "train.py"), str(path)]
     cmd = (launcher or [sys.executable]) + script
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def free_port() -> int:
+    """A TCP port the OS has just handed out as free, for a launcher's rendezvous (no fixed port to collide on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _metric_steps(run: Path) -> list[int]:

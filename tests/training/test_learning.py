@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 from learning import learning_check  # noqa: E402
 
 
+@pytest.mark.slow  # 2,000 training steps
 @pytest.mark.timeout(1500)
 def test_adapted_samples_land_at_most_half_as_far_from_the_clip_as_the_base_samples(tmp_path):
     result = learning_check(tmp_path, steps=2000, clips=1, seeds=4)

@@ -32,6 +32,7 @@ def uninterrupted(dataset, tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow  # a training run in a subprocess
 def test_run_folder_has_everything_a_team_needs(dataset, tmp_path):
     recipe = validate_recipe(_recipe(dataset, tmp_path / "run", logging={"wandb_mode": "offline"},
                                      checkpointing={"every_steps": 3, "keep_last": 2},
@@ -67,6 +68,7 @@ def test_base_weights_stay_frozen_and_bit_identical(dataset, tmp_path):
     assert all(2 <= int(k.split(".")[2]) <= 5 for k in changed)
 
 
+@pytest.mark.slow  # killed, resumed and uninterrupted training runs in subprocesses
 def test_resume_after_kill_equals_uninterrupted(dataset, uninterrupted, tmp_path):
     recipe = _recipe(dataset, tmp_path / "run")
     killed = _run_cli(recipe, tmp_path, fault="kill@step:7")
@@ -80,6 +82,7 @@ def test_resume_after_kill_equals_uninterrupted(dataset, uninterrupted, tmp_path
     assert _metric_steps(tmp_path / "run") == list(range(1, 11))  # steps 6-7 redone once, not logged twice
 
 
+@pytest.mark.slow  # killed, resumed and uninterrupted training runs in subprocesses
 def test_kill_while_a_checkpoint_is_written_then_resume_equals_uninterrupted(dataset, uninterrupted, tmp_path):
     """SIGKILL between two files of checkpoint 10: no step-10 checkpoint exists, the resume starts at 5."""
     recipe = _recipe(dataset, tmp_path / "run")
@@ -96,6 +99,7 @@ def test_kill_while_a_checkpoint_is_written_then_resume_equals_uninterrupted(dat
     assert not list(ckpts.glob(".step-*")), "the half-written folder of the killed save is left behind"
 
 
+@pytest.mark.slow  # killed, resumed and uninterrupted training runs in subprocesses
 def test_sigterm_checkpoints_then_resume_equals_uninterrupted(dataset, uninterrupted, tmp_path):
     recipe = _recipe(dataset, tmp_path / "run")
     stopped = _run_cli(recipe, tmp_path, fault="sigterm@step:3")
@@ -106,6 +110,7 @@ def test_sigterm_checkpoints_then_resume_equals_uninterrupted(dataset, uninterru
     _assert_same_adapter(uninterrupted, tmp_path / "run")
 
 
+@pytest.mark.slow  # multi-process training
 def test_two_processes_equal_one_process_with_double_accumulation(dataset, tmp_path):
     one = _recipe(dataset, tmp_path / "one", train={"max_steps": 4, "gradient_accumulation_steps": 2})
     two = _recipe(dataset, tmp_path / "two", train={"max_steps": 4})
@@ -162,6 +167,7 @@ def test_schedule_is_per_optimizer_step():
     assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 15 / 16)))
 
 
+@pytest.mark.slow  # 50 training steps of the mid model
 def test_overfitting_one_batch_halves_the_loss(tmp_path):
     """50 steps on one fixed batch (same noise and sigma) cut the loss to under half.
 

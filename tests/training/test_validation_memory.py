@@ -6,6 +6,7 @@ import gc
 import importlib
 import weakref
 
+import pytest
 import torch
 
 from hhtune.encoders import build_tiny_encoders
@@ -31,6 +32,7 @@ def _recipe(data, enc, out) -> dict:
     }
 
 
+@pytest.mark.slow  # training with validation
 def test_text_encoder_loads_once_for_all_prompts_and_is_never_resident_while_training(tmp_path, monkeypatch):
     from transformers import T5GemmaEncoderModel
 
