@@ -15,7 +15,7 @@ from hhtune.lora import LoraSettings, add_lora
 from hhtune.recipe import LossSection, validate_recipe
 from hhtune.training import TrainingDataset, TrainingError, build_model, flow_matching_loss, train
 from hhtune.training.synthetic import write_synthetic_dataset
-from hhtune.training.trainer import build_scheduler
+from hhtune.training.builders import build_scheduler
 
 
 @pytest.fixture(scope="module")
