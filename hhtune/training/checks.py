@@ -1,8 +1,9 @@
-"""Settings that cannot run together, found from the recipe and the launch alone, before anything loads.
+"""Settings that cannot run together, found before the model loads.
 
-:meth:`hhtune.training.trainer.LoraTrainer.setup` calls :func:`check_recipe` first, so a run
-that cannot work stops in a second instead of after the dataset, the text encoder and 30 GB
-of weights have loaded. Each check keeps the error class it had when it ran later:
+:meth:`hhtune.training.trainer.LoraTrainer.setup` calls :func:`check_recipe` first (the recipe
+and the launch alone, before anything loads), then :func:`check_dataset` once the dataset's
+metadata is read, so a run that cannot work stops in seconds instead of after the text encoder
+and 30 GB of weights have loaded, or at its first validation. Each check keeps the error class it had when it ran later:
 ``ValueError`` (bad input, exit code 2) for settings that contradict the model, and
 :class:`~hhtune.training.errors.TrainingError` for the others.
 """
@@ -10,7 +11,9 @@ of weights have loaded. Each check keeps the error class it had when it ran late
 from __future__ import annotations
 
 from ..recipe import Recipe
+from .data import TrainingDataset
 from .errors import TrainingError
+from .outputs import encoder_paths, validation_enabled
 
 
 def check_recipe(recipe: Recipe, *, device_type: str, fsdp: bool) -> None:
@@ -47,3 +50,21 @@ def _check_model(recipe: Recipe) -> None:
     if config is not None and swap > config.num_layers:  # else the checkpoint's own config is checked on load
         raise ValueError(f"model.blocks_to_swap = {swap}: must be in 0..{config.num_layers} "
                          f"(the model has {config.num_layers} layers)")  # fmt: skip
+
+
+def check_dataset(recipe: Recipe, data: TrainingDataset) -> None:
+    """Raise if the dataset does not suit the recipe: text width against the preset, encoders for validation."""
+    config = recipe.preset_config()
+    if config is not None:  # else the checkpoint's config is known once it loads; the trainer checks it then
+        check_text_channels(data, config.text_in_channels)
+    if validation_enabled(recipe):
+        encoder_paths(recipe, data)  # raises when neither validation.encoders nor the manifest names them
+
+
+def check_text_channels(data: TrainingDataset, model_channels: int) -> None:
+    """Raise if the dataset's text features were encoded for a model of another text width."""
+    if data.text_channels != model_channels:
+        raise TrainingError(
+            f"the dataset's text features have {data.text_channels} channels but the model takes {model_channels}: "
+            "the dataset was encoded for another model (e.g. tiny encoders for the 15b preset)"
+        )

@@ -29,7 +29,7 @@ from ..progress import ProgressBar
 from ..recipe import Recipe, recipe_table
 from .builders import build_batches, build_metrics, build_model, build_optimizer, build_scheduler
 from .callbacks import Callback, CallbackList
-from .checks import check_recipe
+from .checks import check_dataset, check_recipe, check_text_channels
 from .data import TrainingDataset
 from .distributed import (fsdp_requested, full_optimizer_state, full_trainable_state, load_full_optimizer_state,
                           shard_model)  # fmt: skip
@@ -99,6 +99,7 @@ class LoraTrainer:
         self.world = self.accelerator.num_processes
         self.log: Log = self._log if self.main else _quiet
         self.data = TrainingDataset(recipe.data.dataset)
+        check_dataset(recipe, self.data)
         resume_from = self._start_run_folder()
         try:  # on CUDA: prints the plan, refuses a run it says will not fit (model.ignore_memory_plan overrides)
             check_memory_plan(recipe, self.device, self.world if self.fsdp else 1, self._log if self.main else None)
@@ -141,12 +142,7 @@ class LoraTrainer:
         """``self.model``: the base with LoRA (resumed, block swap applied); ``self.wrapped``: it sharded under FSDP."""
         recipe, device = self.recipe, self.device
         model = build_model(recipe.model, "cpu" if self.fsdp else device)
-        if self.data.text_channels != model.config.text_in_channels:
-            raise TrainingError(
-                f"the dataset's text features have {self.data.text_channels} channels but the model takes "
-                f"{model.config.text_in_channels}: the dataset was encoded for another model (e.g. tiny encoders for "
-                "the 15b preset)"
-            )
+        check_text_channels(self.data, model.config.text_in_channels)
         model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
         self.model = add_lora(model, recipe.lora)
         if snapshot is not None:

@@ -1,4 +1,4 @@
-"""Settings that cannot run together stop the run in setup(), before the dataset or the model loads."""
+"""Settings that cannot run together stop the run in setup(), before the model (or even the dataset) loads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from _runs import _recipe
 from hhtune.model import HappyHorseTransformer
 from hhtune.recipe import validate_recipe
 from hhtune.training import LoraTrainer, TrainingDataset, TrainingError
+from hhtune.training.synthetic import write_synthetic_dataset
 
 FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
 CONFLICTS = {
@@ -44,3 +45,15 @@ def test_recipe_conflicts_are_refused_before_anything_loads(name, tmp_path, monk
     with pytest.raises(error, match=match):
         LoraTrainer(recipe, log=lambda *_: None).setup()
     assert not (tmp_path / "run").exists()  # nothing written either
+
+
+def test_dataset_that_does_not_suit_the_recipe_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(HappyHorseTransformer, "__init__", _must_not_load)
+    wide = write_synthetic_dataset(tmp_path / "wide", clips=1, text_channels=48)
+    with pytest.raises(TrainingError, match="text features have 48 channels but the model takes 32"):
+        LoraTrainer(validate_recipe(_recipe(wide, tmp_path / "run")), log=lambda *_: None).setup()
+    data = write_synthetic_dataset(tmp_path / "ds", clips=1)  # its manifest names no encoders
+    caption = TrainingDataset(data).ds[0]["caption"]  # a prompt the text encoder is not needed for
+    recipe = _recipe(data, tmp_path / "run", validation={"prompts": [caption], "at_end": True})
+    with pytest.raises(TrainingError, match="validation needs encoders"):  # not at the first validation
+        LoraTrainer(validate_recipe(recipe), log=lambda *_: None).setup()
