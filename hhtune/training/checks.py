@@ -3,9 +3,9 @@
 :meth:`hhtune.training.trainer.LoraTrainer.setup` calls :func:`check_recipe` first (the recipe
 and the launch alone, before anything loads), then :func:`check_dataset` once the dataset's
 metadata is read, so a run that cannot work stops in seconds instead of after the text encoder
-and 30 GB of weights have loaded, or at its first validation. Each check keeps the error class it had when it ran later:
-``ValueError`` (bad input, exit code 2) for settings that contradict the model, and
-:class:`~hhtune.training.errors.TrainingError` for the others.
+and 30 GB of weights have loaded, or at its first validation. Each check keeps the error class
+it had when it ran later: ``ValueError`` (bad input, exit code 2) for settings that contradict
+the model, and :class:`~hhtune.training.errors.TrainingError` for the others.
 """
 
 from __future__ import annotations
