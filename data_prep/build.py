@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hhtune.io import atomic_write_text
 from hhtune.media import VIDEO_EXTENSIONS
+from hhtune.progress import ProgressBar
 
 from .checks import check_environment
 from .config import DataConfig
@@ -132,7 +133,7 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
                                  initializer=_worker_init) as pool, \
-                _bar(progress, len(todo)) as bar:  # fmt: skip
+                ProgressBar("stages 1-7", len(todo), enabled=progress) as bar:  # fmt: skip
             futures = {pool.submit(prepare_file, footage / rel, rel, meta.get(rel, {}), cfg, work): rel for rel in todo}
             for fut in as_completed(futures):
                 units[futures[fut]] = fut.result()
@@ -207,30 +208,6 @@ def load_units(out: Path) -> list[Unit]:
     if not index.is_file():
         raise BuildError(f"{out} has no finished stages 1-7 yet: run `python -m data_prep prepare FOOTAGE --out {out}`")
     return [Unit.from_json(u) for u in json.loads(index.read_text())]
-
-
-class _bar:
-    """A rich progress bar that can be switched off."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> _bar:
-        if self.enabled:
-            from rich.progress import Progress
-
-            self._p = Progress()
-            self._p.__enter__()
-            self._t = self._p.add_task("stages 1-7", total=self.total)
-        return self
-
-    def advance(self) -> None:
-        if self.enabled:
-            self._p.advance(self._t)
-
-    def __exit__(self, *a) -> None:
-        if self.enabled:
-            self._p.__exit__(*a)
 
 
 __all__ = ["BuildError", "build", "discover", "load_metadata", "load_units", "prepare_all"]

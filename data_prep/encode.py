@@ -29,6 +29,7 @@ from hhtune.encoders import (
     load_video_vae,
 )
 from hhtune.io import atomic_save_file, atomic_write_text
+from hhtune.progress import ProgressBar
 
 from .config import DataConfig, EncoderFolders
 from .units import Clip, Unit
@@ -86,13 +87,14 @@ def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataCo
     video, audio, text = (load_video_vae(paths.video_vae, device), load_audio_vae(paths.audio_vae, device),
                           load_text_encoder(paths.text_encoder, device))  # fmt: skip
     done = 0
-    with state.split_between_processes(batches) as mine, _progress(progress, sum(len(b) for b in mine)) as bar:
+    with state.split_between_processes(batches) as mine, \
+            ProgressBar("stage 8: encode", sum(len(b) for b in mine), enabled=progress) as bar:  # fmt: skip
         for batch in mine:
             for (clip, key), tensors in zip(batch, _encode_batch([c for c, _ in batch], work, video, audio, text)):
                 atomic_save_file({k: v.contiguous() for k, v in tensors.items()}, folder / f"{clip.clip_id}.safetensors",
                                  metadata={"key": key})  # fmt: skip
                 done += 1
-                bar(1)
+                bar.advance()
     state.wait_for_everyone()
     return done
 
@@ -148,27 +150,6 @@ def _check_encoders(folder: Path, paths: EncoderPaths, reencode: bool) -> None:
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps(want))
-
-
-class _progress:
-    """A rich progress bar for the encode, or nothing."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled and total > 0, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self._p = Progress()
-        self._p.__enter__()
-        task = self._p.add_task("stage 8: encode", total=self.total)
-        return lambda n: self._p.advance(task, n)
-
-    def __exit__(self, *a) -> None:
-        if self.enabled:
-            self._p.__exit__(*a)
 
 
 __all__ = ["LATENTS", "StaleLatentsError", "clip_key", "encode_clips", "latents_key", "resolve_encoders"]

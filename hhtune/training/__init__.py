@@ -1,12 +1,13 @@
-"""Training: dataset batches, the flow-matching objective, the loop and its resumable state."""
+"""Training: recipe checks, dataset batches, the flow-matching objective, the loop and its resumable state."""
 
 from ..dataset import DatasetError
+from .builders import build_model
 from .callbacks import Callback
 from .data import Batch, TrainingDataset
 from .errors import TrainingError
 from .objective import flow_matching_loss, shift_sigma
 from .state import CheckpointLoadError
-from .trainer import build_model, train
+from .trainer import LoraTrainer, train
 
-__all__ = ["Batch", "Callback", "CheckpointLoadError", "DatasetError", "TrainingDataset", "TrainingError", "build_model",
-           "flow_matching_loss", "shift_sigma", "train"]  # fmt: skip
+__all__ = ["Batch", "Callback", "CheckpointLoadError", "DatasetError", "LoraTrainer", "TrainingDataset", "TrainingError",
+           "build_model", "flow_matching_loss", "shift_sigma", "train"]  # fmt: skip

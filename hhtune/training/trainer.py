@@ -1,110 +1,324 @@
-"""The training loop: recipe -> model + LoRA -> steps -> checkpoints -> adapter.
+"""The training loop: recipe -> checks -> model + LoRA -> steps -> checkpoints -> adapter.
 
-Accelerate provides devices, DDP/FSDP wrapping and mixed precision. Gradient
-accumulation, the LR schedule and data order are handled here explicitly, so that the
-schedule is stepped once per optimizer step whatever the process count, and so that a
-resumed run repeats an uninterrupted one exactly.
+:class:`LoraTrainer` runs one recipe in named stages (``setup``, ``step``, ``save_checkpoint``,
+``validate``, ``finish``) and :func:`train` drives them. Accelerate provides devices, DDP/FSDP
+wrapping and mixed precision. Gradient accumulation, the LR schedule and data order are
+handled here explicitly, so that the schedule is stepped once per optimizer step whatever the
+process count, and so that a resumed run repeats an uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from torch.utils.data import DataLoader
 
+from ..adapters.compute import set_lora_compute_dtype
 from ..adapters.inject import add_lora, trainable_parameter_count
 from ..io import atomic_write_text
-from ..adapters.compute import set_lora_compute_dtype
-from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
 from ..model.compile import compile_layers
-from ..model.linears import enable_fp8_compute
-from ..model.placement import apply_block_swap, place_model
+from ..model.placement import apply_block_swap
 from ..model.precision import resolve_compute_dtype
 from ..plan import PlanError, check_memory_plan
-from ..recipe import ModelSection, OptimizerSection, Recipe, recipe_table
+from ..progress import ProgressBar
+from ..recipe import Recipe, recipe_table
+from .builders import build_batches, build_metrics, build_model, build_optimizer, build_scheduler
 from .callbacks import Callback, CallbackList
-from .data import MicroBatches, TrainingDataset, loader_options
+from .checks import check_dataset, check_recipe, check_text_channels
+from .data import TrainingDataset
 from .determinism import configure_determinism
-from .distributed import (
-    fsdp_requested,
-    full_optimizer_state,
-    full_trainable_state,
-    load_full_optimizer_state,
-    shard_model,
-)
+from .distributed import (fsdp_requested, full_optimizer_state, full_trainable_state, load_full_optimizer_state,
+                          shard_model)  # fmt: skip
 from .errors import TrainingError
-from .metrics import MetricsLogger, peak_memory_gb
-from .objective import flow_matching_loss, sigma_bucket
+from .metrics import peak_memory_gb
+from .objective import LossOutput, flow_matching_loss, sigma_bucket
 from .outputs import (check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step,
                       training_clip_summaries)  # fmt: skip
 from .resume import ResumeMismatch, check_resume, run_fingerprint
 from .state import Progress, Snapshot, latest_checkpoint, load_state, read_fingerprint, save_state
 
+Log = Callable[[str], object]
 
-def build_model(section: ModelSection, device: torch.device | str = "cpu") -> HappyHorseTransformer:
-    """The frozen base: a checkpoint streamed into a meta model, or a seeded random init of a preset.
 
-    Compute dtype and activation offload are set here; block swap is applied after LoRA
-    (:func:`hhtune.model.placement.apply_block_swap`), since it only moves frozen weights.
+def train(recipe: Recipe, log: Log = print, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Path:
+    """Run (or resume) the recipe; return the run folder with the final adapter.
+
+    ``callbacks`` are :class:`~hhtune.training.callbacks.Callback` objects called at step ends
+    and while checkpoints are written. SIGTERM checkpoints at the next step boundary and exits.
     """
-    config = ModelConfig.preset(section.preset) if section.preset else None
-    if section.checkpoint:
-        dtype = torch.float32 if section.block_dtype == "fp32" else torch.bfloat16
-        model = load_checkpoint(section.checkpoint, config=config, dtype=dtype, device=device,
-                                fp8_storage=section.fp8_base, swap_blocks=section.blocks_to_swap)  # fmt: skip
-    else:
-        torch.manual_seed(section.init_seed)
-        model = HappyHorseTransformer(config)  # type: ignore[arg-type]
-        if section.block_dtype == "fp32":
-            model = model.float()
-        model = place_model(model, device, section.blocks_to_swap)  # swapped layers never reach the device
-    if section.fp8_compute:
+    trainer = LoraTrainer(recipe, log=log, callbacks=callbacks)
+    trainer.setup()
+    steps, every = recipe.train.max_steps, recipe.checkpointing.every_steps
+    with _StopFlag() as stop, ProgressBar("train", steps, completed=trainer.progress.step, enabled=trainer.main) as bar:
+        while trainer.progress.step < steps:
+            loss = trainer.step()
+            step = trainer.progress.step
+            bar.update(step, f"loss {loss:.4f}")
+            trainer.stop_if_diverged()
+            stopping = _any_process(trainer.accelerator, stop.raised)
+            if step % every == 0 or stopping:
+                trainer.save_checkpoint()
+            if stopping:
+                trainer.accelerator.wait_for_everyone()
+                raise SystemExit(f"stopped by SIGTERM at step {step}; re-run the same command to resume")
+            if recipe.validation.every_steps and step % recipe.validation.every_steps == 0:
+                trainer.validate()
+            trainer.hooks.on_step_end(step)
+    return trainer.finish()
+
+
+class LoraTrainer:
+    """One run of a recipe: :meth:`setup`, then :meth:`step` until ``train.max_steps`` with
+    :meth:`save_checkpoint` and :meth:`validate` on their schedules, then :meth:`finish`.
+
+    Every process of a launch builds one; only the main process logs and writes the run folder.
+    """
+
+    def __init__(self, recipe: Recipe, log: Log = print, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> None:
+        self.recipe = recipe
+        self.hooks = CallbackList(callbacks)
+        self.run_dir = Path(recipe.train.output_dir)
+        self._log = log
+        self._validated_at = -1
+
+    def setup(self) -> None:
+        """Check the recipe before anything loads, then read the dataset, resume, build and wrap the model."""
+        recipe = self.recipe
         try:
-            enable_fp8_compute(model, device)
+            self.fsdp = fsdp_requested()
         except ValueError as e:
             raise TrainingError(str(e)) from None
-    model.set_compute_dtype(section.compute_dtype)
-    model.set_attention_backend(section.attention)
-    model.enable_activation_offload(section.activation_offload)
-    return model
+        check_recipe(recipe, device_type="cuda" if torch.cuda.is_available() else "cpu", fsdp=self.fsdp)
+        check_output_dependencies(recipe)
+        configure_determinism(recipe.train.deterministic)  # before anything runs on the device
+        self.accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available())
+        self.main, self.device = self.accelerator.is_main_process, self.accelerator.device
+        self.world = self.accelerator.num_processes
+        self.log: Log = self._log if self.main else _quiet
+        self.data = TrainingDataset(recipe.data.dataset)
+        check_dataset(recipe, self.data)
+        resume_from = self._start_run_folder()
+        try:  # on CUDA: prints the plan, refuses a run it says will not fit (model.ignore_memory_plan overrides)
+            check_memory_plan(recipe, self.device, self.world if self.fsdp else 1, self._log if self.main else None)
+        except PlanError as e:
+            raise TrainingError(str(e)) from None
+        # The text encoder is loaded, used and freed here, before the transformer exists.
+        self.prompts = encode_validation_prompts(recipe, self.data, self.device, needed=self.main or self.fsdp)
+        self.clips = training_clip_summaries(recipe, self.data) if self.main else None  # for the memorisation metric
+        snapshot = load_state(resume_from) if resume_from is not None else None
+        self._build_model(snapshot)
+        self._build_optimizer(snapshot)
+        if resume_from is not None:
+            self.log(f"resuming from {resume_from} (step {self.progress.step})")
+        if not self.fsdp:
+            self.wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.metrics = build_metrics(recipe, self.run_dir, self.progress) if self.main else None
+        if self.metrics is not None:
+            self.progress.wandb_id = self.metrics.wandb_id
+        self.log(f"trainable parameters: {trainable_parameter_count(self.model):,} | processes: {self.world} | "
+                 f"device: {self.device}" + (" | FSDP2" if self.fsdp else ""))  # fmt: skip
+        self.batches = build_batches(recipe, self.data, self.progress, world=self.world,
+                                     rank=self.accelerator.process_index, device=self.device)  # fmt: skip
+        self.wrapped.train()
+
+    def _start_run_folder(self) -> Path | None:
+        """The run's fingerprint, checked against the checkpoint to resume from (returned); recipe.yaml written."""
+        recipe = self.recipe
+        self.fingerprint = run_fingerprint(recipe, self.world, self.data.manifest.get("fingerprint"))
+        self.fingerprint["sharding"] = "fsdp2" if self.fsdp else "none"
+        resume_from = latest_checkpoint(self.run_dir) if recipe.checkpointing.resume else None
+        if resume_from is not None:
+            _check_fingerprint(resume_from, self.fingerprint, recipe, self.log)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+            self.log(_format_table(recipe))
+        return resume_from
+
+    def _build_model(self, snapshot: Snapshot | None) -> None:
+        """``self.model``: the base with LoRA (resumed, block swap applied); ``self.wrapped``: it sharded under FSDP."""
+        recipe, device = self.recipe, self.device
+        model = build_model(recipe.model, "cpu" if self.fsdp else device)
+        check_text_channels(self.data, model.config.text_in_channels)
+        model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
+        self.model = add_lora(model, recipe.lora)
+        set_lora_compute_dtype(self.model, resolve_compute_dtype(recipe.model.compute_dtype, device))  # bf16 matmuls
+        if snapshot is not None:
+            set_peft_model_state_dict(self.model, snapshot.adapter)
+        self.swap = apply_block_swap(self.model, recipe.model.blocks_to_swap, device)
+        if recipe.model.compile:  # the finished model: LoRA and block swap in place
+            compile_layers(self.model)
+        # sharding replaces the parameters; the module object stays the same
+        self.wrapped = shard_model(self.model, device) if self.fsdp else self.model
+
+    def _build_optimizer(self, snapshot: Snapshot | None) -> None:
+        """Optimizer, schedule and progress, restored from ``snapshot`` when resuming."""
+        recipe = self.recipe
+        self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, recipe.optimizer)
+        # the scheduler sets the lr when built: build it first, then restore the saved lr with the optimizer state
+        self.scheduler = build_scheduler(self.optimizer, recipe.optimizer, recipe.train.max_steps)
+        self.progress = Progress()
+        if snapshot is None:
+            return
+        if self.fsdp:
+            load_full_optimizer_state(self.wrapped, self.optimizer, snapshot.optimizer)
+        else:
+            self.optimizer.load_state_dict(snapshot.optimizer)
+        self.scheduler.load_state_dict(snapshot.scheduler)
+        self.progress = snapshot.progress
+
+    def step(self) -> float:
+        """One optimizer step: ``train.gradient_accumulation_steps`` micro-batches, then the update and the schedule.
+
+        The update is skipped (and counted) when any process met a non-finite loss. The step's
+        losses stay on the device until its end and are read to the host once. Returns the
+        step's mean loss.
+        """
+        recipe, accum = self.recipe, self.recipe.train.gradient_accumulation_steps
+        t0 = time.perf_counter()
+        data_wait, stats = 0.0, _StepStats()
+        for micro in range(accum):
+            t_data = time.perf_counter()
+            batch = next(self.batches).to(self.device)
+            data_wait += time.perf_counter() - t_data
+            with _grad_sync(self.accelerator, self.wrapped, self.fsdp, last=micro == accum - 1):
+                out = flow_matching_loss(self.wrapped, batch, recipe.loss, seed=recipe.train.seed,
+                                         caption_dropout=recipe.caption_dropout)  # fmt: skip
+                finite = torch.isfinite(out.loss)
+                self.accelerator.backward(torch.where(finite, out.loss / accum, out.loss * 0.0))
+            stats.add(out, finite)
+        stats.read()
+        grad_norm = self._update(stats.all_finite)
+        self.scheduler.step()
+        self.progress.step += 1
+        step_time = time.perf_counter() - t0
+        if self.metrics is not None and self.progress.step % recipe.logging.every_steps == 0:
+            self.metrics.log(self.progress.step, stats.summary(
+                lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, step_time=step_time, data_wait=data_wait,
+                world=self.world, memory=peak_memory_gb(self.device), nonfinite=self.progress.nonfinite_steps))  # fmt: skip
+        return stats.mean_loss()
+
+    def _update(self, all_finite: bool) -> float | None:
+        """Clip and apply the accumulated gradients (returns their norm), or drop them if any process saw a NaN/inf."""
+        p = self.progress
+        if _any_process(self.accelerator, not all_finite):
+            self.optimizer.zero_grad(set_to_none=True)
+            p.nonfinite_steps += 1
+            p.consecutive_nonfinite += 1
+            return None
+        p.consecutive_nonfinite = 0
+        grad_norm = _clip(self.accelerator, self.params, self.recipe.train.max_grad_norm, self.fsdp)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def stop_if_diverged(self) -> None:
+        """After ``train.max_consecutive_nonfinite`` skipped steps in a row: checkpoint, then raise."""
+        p = self.progress
+        if p.consecutive_nonfinite >= self.recipe.train.max_consecutive_nonfinite:
+            self.save_checkpoint()
+            raise TrainingError(
+                f"{p.consecutive_nonfinite} non-finite losses in a row at step {p.step}: "
+                "lower optimizer.lr, check the dataset's latents, or raise train.max_consecutive_nonfinite; "
+                "a checkpoint was saved and re-running the command resumes from it"
+            )
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint of the current step (every process takes part; the main one writes)."""
+        adapter = full_trainable_state(self.model) if self.fsdp or self.main else {}  # a collective under FSDP
+        optim_state = full_optimizer_state(self.wrapped, self.optimizer) if self.fsdp else self.optimizer.state_dict()
+        if self.main:
+            snap = Snapshot(self.progress, get_peft_model_state_dict(self.model, state_dict=adapter), optim_state,
+                            self.scheduler.state_dict(), self.fingerprint)  # fmt: skip
+            step = self.progress.step
+            path = save_state(self.run_dir, snap, self.recipe.checkpointing.keep_last,
+                              on_file=lambda f: self.hooks.on_checkpoint_file(step, f))  # fmt: skip
+            self.hooks.on_save(step, path)
+        self.accelerator.wait_for_everyone()
+
+    def validate(self) -> None:
+        """Render and score the validation prompts at the current step (every process takes part under FSDP)."""
+        self._validated_at = self.progress.step
+        run_validation_step(self.recipe, self.accelerator, self.model, self.prompts, self.data, self.run_dir,
+                            self.progress.step, self.metrics, self.log, sharded=self.fsdp, clips=self.clips)  # fmt: skip
+
+    def finish(self) -> Path:
+        """The last checkpoint and validation if not yet done, then the adapter, run_info.json and exports."""
+        recipe, progress = self.recipe, self.progress
+        if progress.step % recipe.checkpointing.every_steps:
+            self.save_checkpoint()
+        if recipe.validation.at_end and self._validated_at != progress.step:
+            self.validate()
+        final = full_trainable_state(self.model) if self.fsdp else None  # every process takes part in the gather
+        self.accelerator.wait_for_everyone()
+        if self.swap is not None:  # the base fingerprint reads the frozen weights; they stay on the host
+            self.swap.restore("cpu")
+        if self.main:
+            finished = self.model if final is None else _unsharded_copy(recipe, self.model, final)
+            finish_run(recipe, finished, self.data, self.run_dir, progress, self.metrics, self.log)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return self.run_dir
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSection, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, or bitsandbytes' 8-bit AdamW when asked for and possible."""
-    kwargs = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
-    if cfg.eight_bit:
-        if device.type != "cuda":
-            raise TrainingError("optimizer.eight_bit needs a CUDA device (bitsandbytes); set it to false on CPU")
-        try:
-            import bitsandbytes as bnb
-        except ImportError as e:
-            raise TrainingError("optimizer.eight_bit needs bitsandbytes: pip install 'hhtune[bnb]'") from e
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+class _StepStats:
+    """The losses of one optimizer step's micro-batches: kept on the device, read to the host once by :meth:`read`."""
+
+    def __init__(self) -> None:
+        self._pending: list[torch.Tensor] = []  # per micro-batch: finite, loss, video, audio, sigmas, per-sample
+        self.losses: list[float] = []
+        self.video: list[float] = []
+        self.audio: list[float] = []
+        self.tokens = 0
+        self.buckets: dict[str, list[float]] = {}
+        self.all_finite = True
+
+    def add(self, out: LossOutput, finite: torch.Tensor) -> None:
+        self.tokens += out.tokens
+        head = torch.stack([finite.float(), out.loss.detach().float(), out.video_loss.float(), out.audio_loss.float()])
+        self._pending.append(torch.cat([head, out.sigmas.float(), out.per_sample.float()]))
+
+    def read(self) -> None:
+        """Copy the step's numbers to the host in one transfer; non-finite micro-batches are left out of the means."""
+        for values in torch.cat(self._pending).cpu().split([len(t) for t in self._pending]):
+            finite, loss, video, audio, *rest = values.tolist()
+            self.all_finite &= finite == 1.0
+            if finite != 1.0:
+                continue
+            self.losses.append(loss)
+            self.video.append(video)
+            self.audio.append(audio)
+            n = len(rest) // 2
+            for s, sample_loss in zip(rest[:n], rest[n:]):
+                self.buckets.setdefault(sigma_bucket(s), []).append(sample_loss)
+        self._pending = []
+
+    def mean_loss(self) -> float:
+        return _mean(self.losses)
+
+    def summary(self, *, lr, grad_norm, step_time, data_wait, world, memory, nonfinite) -> dict:
+        out = {
+            "loss": self.mean_loss(), "loss_video": _mean(self.video), "loss_audio": _mean(self.audio),
+            "lr": lr, "tokens_per_s": self.tokens * world / step_time, "step_time_s": step_time,
+            "data_wait_share": data_wait / step_time, "peak_memory_gb": memory, "nonfinite_steps": nonfinite,
+        }  # fmt: skip
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        out.update({f"loss_{k}": _mean(v) for k, v in sorted(self.buckets.items())})
+        return out
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerSection, max_steps: int):
-    """Linear warmup, then constant, cosine or linear decay to ``min_lr_ratio`` (per optimizer step)."""
-
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def _quiet(*_: object) -> None:
+    return None
 
 
 class _StopFlag:
@@ -127,194 +341,11 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Path:
-    """Run (or resume) the recipe; return the run folder with the final adapter.
-
-    ``callbacks`` are :class:`~hhtune.training.callbacks.Callback` objects called at step ends
-    and while checkpoints are written.
-    """
-    configure_determinism(recipe.train.deterministic)  # before anything runs on the device
-    hooks = CallbackList(callbacks)
-    run_dir = Path(recipe.train.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=recipe.train.mixed_precision,
-        cpu=not torch.cuda.is_available(),
-    )
-    main = accelerator.is_main_process
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    accum = recipe.train.gradient_accumulation_steps
-    try:
-        fsdp = fsdp_requested()
-    except ValueError as e:
-        raise TrainingError(str(e)) from None
-    if fsdp and recipe.model.eval_checkpoint is not None:
-        raise TrainingError("model.eval_checkpoint is not supported with FSDP2 yet: validate on the trained "
-                            "model (model.eval_checkpoint=null) or train without FSDP")  # fmt: skip
-
-    data = TrainingDataset(recipe.data.dataset)  # fails fast, before the model loads
-    check_output_dependencies(recipe)
-    fingerprint = run_fingerprint(recipe, world, data.manifest.get("fingerprint"))
-    fingerprint["sharding"] = "fsdp2" if fsdp else "none"
-    resume_from = latest_checkpoint(run_dir) if recipe.checkpointing.resume else None
-    if resume_from is not None:
-        _check_fingerprint(resume_from, fingerprint, recipe, log if main else (lambda *_: None))
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-        log(_format_table(recipe))
-    try:  # on CUDA: prints the plan, refuses a run it says will not fit (model.ignore_memory_plan overrides)
-        check_memory_plan(recipe, device, world if fsdp else 1, log if main else None)
-    except PlanError as e:
-        raise TrainingError(str(e)) from None
-    # The text encoder is loaded, used and freed here, before the transformer exists.
-    prompts = encode_validation_prompts(recipe, data, device, needed=main or fsdp)
-    clips = training_clip_summaries(recipe, data) if main else None  # for the memorisation metric
-    model = build_model(recipe.model, "cpu" if fsdp else device)
-    if data.text_channels != model.config.text_in_channels:
-        raise TrainingError(
-            f"the dataset's text features have {data.text_channels} channels but the model takes "
-            f"{model.config.text_in_channels}: the dataset was encoded for another model (e.g. tiny encoders for the 15b preset)"
-        )
-    model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
-    peft_model = add_lora(model, recipe.lora)
-    set_lora_compute_dtype(peft_model, resolve_compute_dtype(recipe.model.compute_dtype, device))  # fp32 weights, bf16 matmuls
-    snapshot = load_state(resume_from) if resume_from is not None else None
-    if snapshot is not None:
-        set_peft_model_state_dict(peft_model, snapshot.adapter)
-    if fsdp and recipe.model.blocks_to_swap:
-        raise TrainingError("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
-                            "across processes: set model.blocks_to_swap=0 (see python -m hhtune.plan --world-size N)")  # fmt: skip
-    swap = apply_block_swap(peft_model, recipe.model.blocks_to_swap, device)
-    if recipe.model.compile:  # the finished model: LoRA and block swap in place
-        compile_layers(peft_model)
-    wrapped = shard_model(peft_model, device) if fsdp else peft_model  # sharding replaces the parameters
-    params = [p for p in wrapped.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, recipe.optimizer, device)
-    # the scheduler sets the lr when built: build it first, then restore the saved lr with the optimizer state
-    scheduler = build_scheduler(optimizer, recipe.optimizer, recipe.train.max_steps)
-    progress = Progress()
-    if snapshot is not None:
-        if fsdp:
-            load_full_optimizer_state(wrapped, optimizer, snapshot.optimizer)
-        else:
-            optimizer.load_state_dict(snapshot.optimizer)
-        scheduler.load_state_dict(snapshot.scheduler)
-        progress = snapshot.progress
-        if main:
-            log(f"resuming from {resume_from} (step {progress.step})")
-    if not fsdp:
-        wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
-    unwrapped = peft_model  # the same module object, sharded in place under FSDP
-
-    metrics = None
-    if main:
-        metrics = MetricsLogger(run_dir, mode=recipe.logging.wandb_mode, project=recipe.logging.project,
-                                run_name=recipe.logging.run_name, config=recipe.model_dump(mode="json"),
-                                resume_id=progress.wandb_id, resume_step=progress.step)  # fmt: skip
-        progress.wandb_id = metrics.wandb_id
-        log(f"trainable parameters: {trainable_parameter_count(peft_model):,} | processes: {world} | device: {device}"
-            + (" | FSDP2" if fsdp else ""))  # fmt: skip
-
-    remaining = recipe.train.max_steps - progress.step
-    batches = MicroBatches(data, seed=recipe.train.seed, batch_size=recipe.data.batch_size, repeat=recipe.data.repeat,
-                           start=progress.step * accum * world + rank, world=world, count=max(0, remaining * accum))  # fmt: skip
-    loader = iter(DataLoader(batches, batch_size=None, **loader_options(recipe.data, device)))
-
-    def checkpoint() -> None:
-        adapter = full_trainable_state(unwrapped) if fsdp or main else {}  # a collective under FSDP
-        optim_state = full_optimizer_state(wrapped, optimizer) if fsdp else optimizer.state_dict()
-        if main:
-            snap = Snapshot(progress, get_peft_model_state_dict(unwrapped, state_dict=adapter), optim_state,
-                            scheduler.state_dict(), fingerprint)  # fmt: skip
-            step = progress.step
-            path = save_state(run_dir, snap, recipe.checkpointing.keep_last,
-                              on_file=lambda f: hooks.on_checkpoint_file(step, f))  # fmt: skip
-            hooks.on_save(step, path)
-        accelerator.wait_for_everyone()
-
-    validated_at = -1
-
-    def validate() -> None:
-        nonlocal validated_at
-        validated_at = progress.step
-        run_validation_step(recipe, accelerator, unwrapped, prompts, data, run_dir, progress.step, metrics, log,
-                            sharded=fsdp, clips=clips)  # fmt: skip
-
-    wrapped.train()
-    bar = _progress_bar(main, recipe.train.max_steps, progress.step)
-    with _StopFlag() as stop, bar:
-        while progress.step < recipe.train.max_steps:
-            t0 = time.perf_counter()
-            data_wait, stats = 0.0, _StepStats()
-            for micro in range(accum):
-                t_data = time.perf_counter()
-                batch = next(loader).to(device)
-                data_wait += time.perf_counter() - t_data
-                last = micro == accum - 1
-                with _grad_sync(accelerator, wrapped, fsdp, last):
-                    out = flow_matching_loss(wrapped, batch, recipe.loss, seed=recipe.train.seed,
-                                             caption_dropout=recipe.caption_dropout)  # fmt: skip
-                    finite = bool(torch.isfinite(out.loss))
-                    accelerator.backward(out.loss / accum if finite else out.loss * 0.0)
-                stats.add(out, finite)
-            nonfinite = _any_process(accelerator, not stats.all_finite)
-            grad_norm = None
-            if nonfinite:
-                optimizer.zero_grad(set_to_none=True)
-                progress.nonfinite_steps += 1
-                progress.consecutive_nonfinite += 1
-            else:
-                progress.consecutive_nonfinite = 0
-                grad_norm = _clip(accelerator, params, recipe.train.max_grad_norm, fsdp)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            progress.step += 1
-            step_time = time.perf_counter() - t0
-
-            if main and progress.step % recipe.logging.every_steps == 0:
-                metrics.log(progress.step, stats.summary(
-                    lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, step_time=step_time, data_wait=data_wait,
-                    world=world, memory=peak_memory_gb(device), nonfinite=progress.nonfinite_steps))  # fmt: skip
-            bar.update(progress.step, stats.mean_loss())
-            if progress.consecutive_nonfinite >= recipe.train.max_consecutive_nonfinite:
-                checkpoint()
-                raise TrainingError(
-                    f"{progress.consecutive_nonfinite} non-finite losses in a row at step {progress.step}: "
-                    "lower optimizer.lr, check the dataset's latents, or raise train.max_consecutive_nonfinite; "
-                    "a checkpoint was saved and re-running the command resumes from it"
-                )
-            stopping = _any_process(accelerator, stop.raised)
-            if progress.step % recipe.checkpointing.every_steps == 0 or stopping:
-                checkpoint()
-            if stopping:
-                accelerator.wait_for_everyone()
-                raise SystemExit(f"stopped by SIGTERM at step {progress.step}; re-run the same command to resume")
-            if recipe.validation.every_steps and progress.step % recipe.validation.every_steps == 0:
-                validate()
-            hooks.on_step_end(progress.step)
-
-    if progress.step % recipe.checkpointing.every_steps:
-        checkpoint()
-    if recipe.validation.at_end and validated_at != progress.step:
-        validate()
-    final = full_trainable_state(unwrapped) if fsdp else None  # every process takes part in the gather
-    accelerator.wait_for_everyone()
-    if swap is not None:  # the base fingerprint reads the frozen weights; they stay on the host
-        swap.restore("cpu")
-    if main:
-        finished = unwrapped if final is None else _unsharded_copy(recipe, unwrapped, final)
-        finish_run(recipe, finished, data, run_dir, progress, metrics, log)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return run_dir
-
-
 def _check_fingerprint(checkpoint: Path, current: dict, recipe: Recipe, log) -> None:
     stored = read_fingerprint(checkpoint)
     if stored is None:
         warnings.warn(f"{checkpoint} has no run fingerprint (written by an older hhtune): resuming without "
-                      "checking that the settings match", stacklevel=3)  # fmt: skip
+                      "checking that the settings match", stacklevel=5)  # fmt: skip
         return
     try:
         allowed = check_resume(stored, current, recipe.checkpointing.allow_changed, str(checkpoint))
@@ -337,43 +368,6 @@ def _grad_sync(accelerator: Accelerator, wrapped: torch.nn.Module, fsdp: bool, l
         wrapped.set_requires_gradient_sync(last)
         return accelerator.autocast()
     return contextlib.nullcontext() if last else accelerator.no_sync(wrapped)
-
-
-class _StepStats:
-    """Losses of one optimizer step's micro-batches."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.video: list[float] = []
-        self.audio: list[float] = []
-        self.tokens = 0
-        self.buckets: dict[str, list[float]] = {}
-        self.all_finite = True
-
-    def add(self, out, finite: bool) -> None:
-        self.all_finite &= finite
-        self.tokens += out.tokens
-        if not finite:
-            return
-        self.losses.append(float(out.loss.detach()))
-        self.video.append(float(out.video_loss))
-        self.audio.append(float(out.audio_loss))
-        for s, loss in zip(out.sigmas.tolist(), out.per_sample.tolist()):
-            self.buckets.setdefault(sigma_bucket(s), []).append(loss)
-
-    def mean_loss(self) -> float:
-        return sum(self.losses) / len(self.losses) if self.losses else float("nan")
-
-    def summary(self, *, lr, grad_norm, step_time, data_wait, world, memory, nonfinite) -> dict:
-        out = {
-            "loss": self.mean_loss(), "loss_video": _mean(self.video), "loss_audio": _mean(self.audio),
-            "lr": lr, "tokens_per_s": self.tokens * world / step_time, "step_time_s": step_time,
-            "data_wait_share": data_wait / step_time, "peak_memory_gb": memory, "nonfinite_steps": nonfinite,
-        }  # fmt: skip
-        if grad_norm is not None:
-            out["grad_norm"] = grad_norm
-        out.update({f"loss_{k}": _mean(v) for k, v in sorted(self.buckets.items())})
-        return out
 
 
 def _mean(xs: list[float]) -> float:
@@ -407,39 +401,3 @@ def _format_table(recipe: Recipe) -> str:
     rows = recipe_table(recipe)
     width = max(len(k) for k, _ in rows)
     return "resolved recipe\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
-
-
-class _Bar:
-    def __init__(self, total: int, start: int) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._p = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                           TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
-        self._task = self._p.add_task("train", total=total, completed=start, loss=float("nan"))
-
-    def __enter__(self):
-        self._p.__enter__()
-        return self
-
-    def __exit__(self, *a):
-        self._p.__exit__(*a)
-
-    def update(self, step: int, loss: float) -> None:
-        self._p.update(self._task, completed=step, loss=loss)
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return None
-
-    def update(self, step: int, loss: float) -> None:
-        return None
-
-
-def _progress_bar(main: bool, total: int, start: int):
-    return _Bar(total, start) if main else _NoBar()
-
-

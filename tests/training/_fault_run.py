@@ -13,8 +13,12 @@ import signal
 import sys
 from pathlib import Path
 
-from hhtune.recipe import load_recipe
-from hhtune.training import Callback, TrainingError, train
+# Run as a script, so the checkout this file is in is not on sys.path: put it first, or the faulted run would
+# import whichever hhtune is installed while the run it is compared with (hhtune/train.py) uses the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from hhtune.recipe import load_recipe  # noqa: E402
+from hhtune.training import Callback, TrainingError, train  # noqa: E402
 
 
 class Fault(Callback):

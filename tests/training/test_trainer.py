@@ -16,7 +16,9 @@ from hhtune.adapters.settings import LoraSettings
 from hhtune.recipe import LossSection, validate_recipe
 from hhtune.training import TrainingDataset, TrainingError, build_model, flow_matching_loss, train
 from hhtune.training.synthetic import write_synthetic_dataset
-from hhtune.training.trainer import build_scheduler
+from hhtune.training.builders import build_scheduler
+from hhtune.training.data import MicroBatches
+from hhtune.training.objective import sigma_bucket
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,27 @@ def test_run_folder_has_everything_a_team_needs(dataset, tmp_path):
     # warmup 2 then cosine to 0 over 7 steps, one scheduler step per optimizer step
     assert records[0]["lr"] == pytest.approx(1e-3) and records[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert list((run / "wandb").glob("offline-run-*")), "wandb offline run missing"
+
+
+def test_logged_losses_are_the_means_over_the_step_micro_batches(dataset, tmp_path):
+    """Step 1's logged losses equal the objective on its two micro-batches computed apart (the step reads them once)."""
+    recipe = validate_recipe(_recipe(dataset, tmp_path / "run", data={"batch_size": 2},
+                                     train={"max_steps": 1, "gradient_accumulation_steps": 2}))  # fmt: skip
+    logged = json.loads((train(recipe, log=lambda *_: None) / "metrics.jsonl").read_text().splitlines()[0])
+    batches = MicroBatches(TrainingDataset(dataset), seed=3, batch_size=2, repeat=recipe.data.repeat, start=0, world=1,
+                           count=2)  # fmt: skip
+    model = add_lora(build_model(recipe.model), recipe.lora)  # the run's initial model: same seeds, same order
+    with torch.no_grad():
+        outs = [flow_matching_loss(model, batches[k], recipe.loss, seed=3, caption_dropout=recipe.caption_dropout)
+                for k in range(2)]  # fmt: skip
+    by_bucket: dict[str, list[float]] = {}
+    for out in outs:
+        for sigma, loss in zip(out.sigmas.tolist(), out.per_sample.tolist()):
+            by_bucket.setdefault(f"loss_{sigma_bucket(sigma)}", []).append(loss)
+    expected = {"loss": [float(o.loss) for o in outs], "loss_video": [float(o.video_loss) for o in outs],
+                "loss_audio": [float(o.audio_loss) for o in outs], **by_bucket}  # fmt: skip
+    assert {k: v for k, v in logged.items() if k.startswith("loss")} == pytest.approx(
+        {k: sum(v) / len(v) for k, v in expected.items()}, rel=1e-6)
 
 
 def test_base_weights_stay_frozen_and_bit_identical(dataset, tmp_path):

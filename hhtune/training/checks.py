@@ -1,0 +1,70 @@
+"""Settings that cannot run together, found before the model loads.
+
+:meth:`hhtune.training.trainer.LoraTrainer.setup` calls :func:`check_recipe` first (the recipe
+and the launch alone, before anything loads), then :func:`check_dataset` once the dataset's
+metadata is read, so a run that cannot work stops in seconds instead of after the text encoder
+and 30 GB of weights have loaded, or at its first validation. Each check keeps the error class
+it had when it ran later: ``ValueError`` (bad input, exit code 2) for settings that contradict
+the model, and :class:`~hhtune.training.errors.TrainingError` for the others.
+"""
+
+from __future__ import annotations
+
+from ..recipe import Recipe
+from .data import TrainingDataset
+from .errors import TrainingError
+from .outputs import encoder_paths, validation_enabled
+
+
+def check_recipe(recipe: Recipe, *, device_type: str, fsdp: bool) -> None:
+    """Raise if the recipe cannot run on ``device_type`` (``"cuda"``, ``"cpu"`` ...) with or without FSDP2."""
+    _check_launch(recipe, device_type, fsdp)
+    _check_model(recipe)
+    merged = [f for f in recipe.export.formats if f.startswith("merged")]
+    if merged and recipe.model.checkpoint is None:
+        raise TrainingError(f"export.formats {merged} merge into a base checkpoint on disk, but model.checkpoint is "
+                            "null (a random preset); remove them from export.formats or set model.checkpoint")  # fmt: skip
+
+
+def _check_launch(recipe: Recipe, device_type: str, fsdp: bool) -> None:
+    if recipe.optimizer.eight_bit and device_type != "cuda":
+        raise TrainingError("optimizer.eight_bit needs a CUDA device (bitsandbytes); set it to false on CPU")
+    if fsdp and recipe.model.eval_checkpoint is not None:
+        raise TrainingError("model.eval_checkpoint is not supported with FSDP2 yet: validate on the trained "
+                            "model (model.eval_checkpoint=null) or train without FSDP")  # fmt: skip
+    if fsdp and recipe.model.blocks_to_swap:
+        raise TrainingError("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
+                            "across processes: set model.blocks_to_swap=0 (see python -m hhtune.plan --world-size N)")  # fmt: skip
+
+
+def _check_model(recipe: Recipe) -> None:
+    """Block swap against the adapter and the architecture, where the recipe names it (``model.preset``).
+
+    The LoRA layers are checked against the preset when the recipe is validated.
+    """
+    swap = recipe.model.blocks_to_swap
+    if swap and recipe.lora.use_dora:
+        raise ValueError("model.blocks_to_swap does not work with lora.use_dora (DoRA reads the swapped base weight); "
+                         "set one off")  # fmt: skip
+    config = recipe.preset_config()
+    if config is not None and swap > config.num_layers:  # else the checkpoint's own config is checked on load
+        raise ValueError(f"model.blocks_to_swap = {swap}: must be in 0..{config.num_layers} "
+                         f"(the model has {config.num_layers} layers)")  # fmt: skip
+
+
+def check_dataset(recipe: Recipe, data: TrainingDataset) -> None:
+    """Raise if the dataset does not suit the recipe: text width against the preset, encoders for validation."""
+    config = recipe.preset_config()
+    if config is not None:  # else the checkpoint's config is known once it loads; the trainer checks it then
+        check_text_channels(data, config.text_in_channels)
+    if validation_enabled(recipe):
+        encoder_paths(recipe, data)  # raises when neither validation.encoders nor the manifest names them
+
+
+def check_text_channels(data: TrainingDataset, model_channels: int) -> None:
+    """Raise if the dataset's text features were encoded for a model of another text width."""
+    if data.text_channels != model_channels:
+        raise TrainingError(
+            f"the dataset's text features have {data.text_channels} channels but the model takes {model_channels}: "
+            "the dataset was encoded for another model (e.g. tiny encoders for the 15b preset)"
+        )
