@@ -153,7 +153,8 @@ def test_report_colours_are_fixed_per_category_and_the_fate_paints_no_row(tmp_pa
     from data_prep.accounting import NOT_IN_CLIP, SILENCE, UNTRANSCRIBED
 
     t1 = [{"start": 0.0, "end": 0.3, "status": "dropped", "reason": SILENCE},
-          {"start": 0.3, "end": 1.0, "status": "used", "reason": ""}]  # fmt: skip
+          {"start": 0.3, "end": 0.5, "status": "dropped", "reason": "black frames"},
+          {"start": 0.5, "end": 1.0, "status": "used", "reason": ""}]  # fmt: skip
     t2 = [{"start": 0.0, "end": 0.2, "status": "dropped", "reason": UNTRANSCRIBED},
           {"start": 0.2, "end": 0.4, "status": "dropped", "reason": NOT_IN_CLIP},
           {"start": 0.4, "end": 0.7, "status": "dropped", "reason": SILENCE},
@@ -164,6 +165,8 @@ def test_report_colours_are_fixed_per_category_and_the_fate_paints_no_row(tmp_pa
         write_report([_unit("a", 1, timeline=timeline), _unit("c", 0, timeline=timeline)], out)
         page = (out / "report.html").read_text()
         legends.append(_legend(page))
+        spans = re.findall(r'data-reason="([^"]*)" title="[^"]*"\s+style="width:[0-9.]+%;background:(#[0-9a-f]{6})"', page)
+        assert len(spans) == 2 * len(timeline) and all(legends[-1][why or "used"] == c for why, c in spans)
         assert '<tr class="' not in page and not re.search(r"^\.(used|split|skipped)\b", page, re.M)
     assert set(legends[0]) >= {"used", SILENCE} and set(legends[1]) >= {"used", SILENCE, UNTRANSCRIBED, NOT_IN_CLIP}
     assert legends[0][SILENCE] == legends[1][SILENCE] and legends[0]["used"] == legends[1]["used"]
@@ -178,6 +181,7 @@ def test_report_waveform_shares_the_filmstrip_axis_plays_sound_and_speaks_plainl
     from PIL import Image
 
     units = [_unit("a", 1, frames=33)]
+    units[0].alignment_confidence = 0.41
     _clip_files(units, tmp_path, width=56)
     write_report(units, tmp_path)
     page = (tmp_path / "report.html").read_text()
@@ -190,7 +194,9 @@ def test_report_waveform_shares_the_filmstrip_axis_plays_sound_and_speaks_plainl
     assert len(sound) < 20_000  # 1.3 s: a few KB, not a WAV's 260
     assert "1 input file," in page and "1 training clip," in page and "1 file used whole" in page
     assert "words timed by matching the transcript to the sound, fair match" in page  # word confidence 0.5
+    assert page.count("words timed by matching the transcript to the sound, fair match") == 2  # file row, clip
     assert "dtw (0." not in page and ">phonemes (dtw) & silero<" not in page
+    assert 'title="alignment method: dtw, mean word confidence 0.41' in page
     assert 'title="speech mask source: phonemes (dtw) &amp; silero"' in page
 
 
