@@ -24,6 +24,7 @@ from hhtune.media import VIDEO_EXTENSIONS
 from .checks import check_environment
 from .config import DataConfig
 from .prepare import input_fingerprint, prepare_file
+from .quiet import quiet_dependencies
 from .transcripts import TRANSCRIPT_SUFFIXES
 from .units import Unit, unit_name
 
@@ -160,10 +161,12 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
 
 
 def _worker_init() -> None:
-    """One thread per worker process: the parallelism is the pool's, not torch's (no oversubscription)."""
+    """One thread per worker process: the parallelism is the pool's, not torch's (no oversubscription). Dependency
+    notices are filtered here too: a spawned worker does not inherit the main process's filters."""
     import torch
 
     torch.set_num_threads(1)
+    quiet_dependencies()
 
 
 def _done_unit(path: Path, source: Path, meta: dict, cfg: DataConfig) -> Unit | None:

@@ -210,3 +210,20 @@ def test_every_file_of_the_footage_folder_has_a_fate(tmp_path):
     reasons = {u.file: u.reason for u in skipped}
     assert set(reasons) == {"logo.png", "brief.docx", "ref.jpg"}
     assert reasons["logo.png"].startswith("not a video file (.png)") and reasons["brief.docx"] == "not a video file (.docx)"
+
+
+def test_check_says_whether_a_dataset_is_trainable(tmp_path, capsys):
+    from data_prep.__main__ import main
+    from hhtune.training.synthetic import write_synthetic_dataset
+
+    write_dataset([_unit("a", 2)], tmp_path / "plain", load_data_config(None, {"base_resolution": 32}), None)
+    capsys.readouterr()  # the writer's progress bars
+    assert main(["check", str(tmp_path / "plain")]) == 2  # well formed, but training would refuse it
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "is not trainable: it has no latents" in err[0]
+    assert f"python -m data_prep encode FOOTAGE_DIR --out {tmp_path / 'plain'}" in err[0]
+    encoded = write_synthetic_dataset(tmp_path / "encoded", clips=2, with_reference=True)  # an encoded build's layout
+    capsys.readouterr()
+    assert main(["check", str(encoded)]) == 0
+    assert capsys.readouterr().out.startswith(f"{encoded}: trainable: 2 clips with latents")
+    assert main(["check", str(tmp_path / "nowhere")]) == 2
