@@ -170,8 +170,11 @@ def _main(argv: list[str] | None) -> int:
     out = build(args.footage, args.out, cfg, encode=args.command == "encode" or args.encode, rebuild=args.rebuild,
                 progress=not args.no_progress, reencode=args.reencode)  # fmt: skip
     if (out / "report.json").is_file():
-        totals = json.loads((out / "report.json").read_text())["totals"]
-        print(f"dataset: {out}/dataset  report: {out}/report.html  {json.dumps(totals)}")
+        from .report import plural
+
+        t = json.loads((out / "report.json").read_text())["totals"]
+        print(f"dataset: {out}/dataset: {plural(t['clips'], 'clip')}, {t['seconds']} s, from {plural(t['files'], 'file')} "
+              f"({t['used']} used, {t['skipped']} skipped); what happened to each file: {out}/report.html")
     return 0
 
 
