@@ -227,3 +227,15 @@ def test_check_says_whether_a_dataset_is_trainable(tmp_path, capsys):
     assert main(["check", str(encoded)]) == 0
     assert capsys.readouterr().out.startswith(f"{encoded}: trainable: 2 clips with latents")
     assert main(["check", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_reference_image_named_in_metadata_is_a_companion_not_a_skipped_file(tmp_path):
+    from data_prep.build import prepare_all
+
+    footage = tmp_path / "footage"
+    footage.mkdir()
+    for name in ("a.mp4", "ref.png", "logo.png"):
+        (footage / name).write_text("x")
+    (footage / "metadata.jsonl").write_text(json.dumps({"file_name": "a.mp4", "reference_image": "ref.png"}) + "\n")
+    units = prepare_all(footage, tmp_path / "out", load_data_config(None, {"workers": 1}), progress=False)
+    assert sorted(u.file for u in units) == ["a.mp4", "logo.png"]  # a.mp4 is no real video: skipped, with its reason
