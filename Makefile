@@ -3,13 +3,14 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # gcc/g++: torch.compile (model.compile) builds its CPU kernels with a C++ compiler.
-APT_PACKAGES := ffmpeg espeak-ng gcc g++
+# chromium: the browser tests of the data_prep report and the evaluation report.
+APT_PACKAGES := ffmpeg espeak-ng gcc g++ chromium
 # A bare Debian/Ubuntu python3 has no venv/ensurepip: python3-venv brings them.
 VENV_PACKAGE := python3-venv
 
 .PHONY: quickstart test check setup system-deps
 
-## quickstart: build the sample dataset and fine-tune the tiny model on it (CPU, a few minutes)
+## quickstart: build the sample dataset and fine-tune the tiny model on it (CPU; about 11 min on a busy 2-core machine)
 quickstart: setup
 	$(BIN)/python -m data_prep build data_prep/sample_footage --out runs/quickstart/dataset --config recipes/quickstart_data.yaml --encode
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml hhtune/train.py recipes/quickstart.yaml
@@ -36,7 +37,8 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU wheel of torch first, so nothing below pulls a multi-GB CUDA build.
+	# torch first, pinned, so nothing below pulls another build. pip takes it from its configured sources: a local
+	# CPU wheel where pip has one (find-links), else PyPI's default build (CUDA on x86-64 Linux); see the README.
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@

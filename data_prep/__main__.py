@@ -4,7 +4,7 @@
     python -m data_prep prepare FOOTAGE_DIR --out DATASET_DIR [--redo FILE ...]  # stages 1-7 (cached in .work)
     python -m data_prep encode FOOTAGE_DIR --out DATASET_DIR [--reencode]        # stages 8-9 (reuses 1-7)
     python -m data_prep report DATASET_DIR                # rewrite report.html / report.json from the cache
-    python -m data_prep check DATASET_DIR                 # validate a built dataset (what training reads)
+    python -m data_prep check DATASET_DIR                 # trainable? exit 0, else 2 with why and the fix
     python -m data_prep probe FILE...                     # stage 1: streams, duration, fps, rotation
     python -m data_prep transcript FILE                   # stage 2: a sidecar as parsed
     python -m data_prep g2p LANGUAGE "text"               # stage 3: words and phonemes
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for STEM.alignment.json and STEM.TextGrid (default: print JSON)")
     p = sub.add_parser("report", help="rewrite the report from DATASET_DIR/.work")
     p.add_argument("dataset", type=Path)
-    p = sub.add_parser("check", help="validate a built DATASET_DIR")
+    p = sub.add_parser("check", help="whether training can use DATASET_DIR (exit 0), or why not (exit 2)")
     p.add_argument("dataset", type=Path)
     return parser
 
@@ -102,10 +102,29 @@ def _align_one(args) -> int:
     return 0
 
 
+def _check(path: Path) -> int:
+    """Whether training can read ``path``: exit 0 and ``trainable``, or an ``error:`` line saying why not and how to
+    fix it (exit 2). The format is checked as the reader checks it; a dataset without latents is well formed but
+    not trainable."""
+    from hhtune.dataset import DatasetError
+
+    from .dataset import load_dataset_dir
+
+    d = load_dataset_dir(path)
+    if not d.encoded:
+        raise DatasetError(f"{path} is not trainable: it has no latents (built without --encode); run "
+                           f"`python -m data_prep encode FOOTAGE_DIR --out {path}` (reuses the cached clips)")  # fmt: skip
+    print(f"{path}: trainable: {len(d.dataset)} clips with latents, fingerprint {d.manifest['fingerprint']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli` (2 bad input, 3 a missing tool or package)."""
     from hhtune.cli import run_command
 
+    from .quiet import quiet_dependencies
+
+    quiet_dependencies()
     return run_command(_main, argv)
 
 
@@ -143,11 +162,7 @@ def _main(argv: list[str] | None) -> int:
         print(json.dumps(write_report(load_units(args.dataset), args.dataset)["totals"]))
         return 0
     if args.command == "check":
-        from .dataset import load_dataset_dir
-
-        d = load_dataset_dir(args.dataset)
-        print(f"{args.dataset}: {len(d.dataset)} clips, encoded={d.encoded}, fingerprint {d.manifest['fingerprint']}: ok")
-        return 0
+        return _check(args.dataset)
     cfg = _config(args)
     if args.command == "prepare":
         units = prepare_all(args.footage, args.out, cfg, rebuild=args.rebuild, progress=not args.no_progress,
@@ -157,8 +172,11 @@ def _main(argv: list[str] | None) -> int:
     out = build(args.footage, args.out, cfg, encode=args.command == "encode" or args.encode, rebuild=args.rebuild,
                 progress=not args.no_progress, reencode=args.reencode)  # fmt: skip
     if (out / "report.json").is_file():
-        totals = json.loads((out / "report.json").read_text())["totals"]
-        print(f"dataset: {out}/dataset  report: {out}/report.html  {json.dumps(totals)}")
+        from .report import plural
+
+        t = json.loads((out / "report.json").read_text())["totals"]
+        print(f"dataset: {out}/dataset: {plural(t['clips'], 'clip')}, {t['seconds']} s, from {plural(t['files'], 'file')} "
+              f"({t['used']} used, {t['skipped']} skipped); what happened to each file: {out}/report.html")
     return 0
 
 

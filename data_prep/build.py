@@ -25,6 +25,7 @@ from hhtune.progress import ProgressBar
 from .checks import check_environment
 from .config import DataConfig
 from .prepare import input_fingerprint, prepare_file
+from .quiet import quiet_dependencies
 from .transcripts import TRANSCRIPT_SUFFIXES
 from .units import Unit, unit_name
 
@@ -39,13 +40,19 @@ class BuildError(ValueError):
 
 
 def discover(footage: Path) -> tuple[list[str], list[Unit]]:
-    """Candidate footage files (relative paths) and the files skipped outright, with reasons."""
+    """Candidate footage files (relative paths) and the files skipped outright, with reasons.
+
+    Every file is one or the other, except the companions of footage: ``metadata.jsonl``/``.csv`` and files named
+    like a video with a sidecar suffix (``clip.srt``, ``clip.caption``, ``clip.png``). A loose sidecar-type file
+    (``logo.png``) is reported as skipped; :func:`prepare_all` takes back those named as a ``reference_image``.
+    """
     if not footage.is_dir():
         raise BuildError(f"footage folder not found: {footage}")
+    files = [p for p in sorted(footage.rglob("*"))
+             if p.is_file() and not p.name.startswith(".") and "__pycache__" not in p.parts]  # fmt: skip
+    videos = {p.with_suffix("") for p in files if p.suffix.lower() in VIDEO_EXTENSIONS}
     found, skipped = [], []
-    for p in sorted(footage.rglob("*")):
-        if not p.is_file() or p.name.startswith(".") or "__pycache__" in p.parts:
-            continue
+    for p in files:
         rel = str(p.relative_to(footage))
         if p.suffix.lower() in VIDEO_EXTENSIONS:
             found.append(rel)
@@ -53,7 +60,15 @@ def discover(footage: Path) -> tuple[list[str], list[Unit]]:
             skipped.append(Unit(rel, reason=f"audio-only file ({p.suffix}): HappyHorse learns picture and sound together"))
         elif p.suffix.lower() not in _SIDECARS:
             skipped.append(Unit(rel, reason=f"not a video file ({p.suffix or 'no extension'})"))
+        elif not (p.parent == footage and p.stem == "metadata") and not _companion(p, videos):
+            skipped.append(Unit(rel, reason=f"not a video file ({p.suffix}), and no video of the same name"))
     return found, skipped
+
+
+def _companion(path: Path, videos: set[Path]) -> bool:
+    """Whether ``path`` is named like one of ``videos`` (their paths without suffix) plus a sidecar suffix."""
+    name = path.name.lower()
+    return any(v.parent == path.parent and name.startswith(v.name.lower() + ".") for v in videos)
 
 
 def load_metadata(footage: Path) -> tuple[dict[str, dict], list[Unit]]:
@@ -120,6 +135,8 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
     atomic_write_text(stamp, json.dumps(settings))
     files, skipped = discover(footage)
     meta, refused = load_metadata(footage)
+    references = {str((footage / r["reference_image"]).resolve()) for r in meta.values() if r.get("reference_image")}
+    skipped = [u for u in skipped if str((footage / u.file).resolve()) not in references]  # used as reference images
     units: dict[str, Unit] = {}
     todo = []
     for rel in files:
@@ -144,10 +161,12 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
 
 
 def _worker_init() -> None:
-    """One thread per worker process: the parallelism is the pool's, not torch's (no oversubscription)."""
+    """One thread per worker process: the parallelism is the pool's, not torch's (no oversubscription). Dependency
+    notices are filtered here too: a spawned worker does not inherit the main process's filters."""
     import torch
 
     torch.set_num_threads(1)
+    quiet_dependencies()
 
 
 def _done_unit(path: Path, source: Path, meta: dict, cfg: DataConfig) -> Unit | None:

@@ -1,9 +1,11 @@
 """``report.json`` and a self-contained ``report.html``: every second of every file accounted for (used, or dropped
 and why), how much of the speech the clips keep, and per clip its frames, waveform, alignment and caption.
 
-The page is rendered from ``templates/report.html.j2`` with Jinja2 (autoescaped). Pictures are inlined as
-base64 PNG: thumbnails and waveforms are drawn with Pillow; charts with matplotlib when it is installed
-(``matplotlib>=3.8`` in pyproject), else with Pillow.
+The page is rendered from ``templates/report.html.j2`` with Jinja2, autoescaped: captions, transcripts and file
+names are text, never markup. Pictures are inlined as base64 PNG: thumbnails and waveforms are drawn with Pillow
+(the waveform on the filmstrip's time axis: same width, same start and end); charts with matplotlib when it is
+installed (``matplotlib>=3.8`` in pyproject), else with Pillow. Each clip's sound is inlined as a small mono MP3.
+Colours are fixed per category (:data:`CATEGORY_COLOURS`), the same in every report.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from hhtune.contract import AUDIO_SAMPLE_RATE
 from hhtune.io import atomic_write_text
 
-from .accounting import seconds_by_reason
+from .accounting import NOT_IN_CLIP, SILENCE, UNTRANSCRIBED, USED, seconds_by_reason
 from .segment import alignment_from_json
 from .units import Clip, Unit
 
@@ -94,19 +98,34 @@ def _b64png(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def thumbnail_strip(frames: np.ndarray, columns: int = 6) -> str:
-    """Base64 PNG: ``columns`` frames evenly across the clip, side by side, 96 px high."""
+def thumbnail_strip(frames: np.ndarray, columns: int = 6) -> tuple[str, int]:
+    """Base64 PNG of ``columns`` frames side by side, 96 px high, and its width. Tile ``i`` stands for the ``i``-th
+    ``columns``-th of the clip and shows the frame at its middle, so x is time as on :func:`waveform_picture`."""
     from PIL import Image
 
-    pick = frames[np.linspace(0, len(frames) - 1, columns).round().astype(int)]
+    pick = frames[np.minimum(len(frames) - 1, ((np.arange(columns) + 0.5) * len(frames) / columns).astype(int))]
     strip = Image.fromarray(np.concatenate(list(pick), axis=1))
     strip = strip.resize((max(1, round(strip.width * 96 / strip.height)), 96))
-    return _b64png(strip)
+    return _b64png(strip), strip.width
+
+
+def audio_mp3(audio: np.ndarray, rate: int, out_rate: int = 16000) -> str:
+    """Base64 MP3 of ``audio`` (``[channels, samples]`` or ``[samples]``) as mono at ``out_rate`` Hz: a few KB per
+    second, small enough to inline one per clip."""
+    import librosa
+    import soundfile
+
+    mono = audio.mean(axis=0) if audio.ndim == 2 else audio
+    mono = librosa.resample(np.asarray(mono, np.float32), orig_sr=rate, target_sr=out_rate)
+    buf = io.BytesIO()
+    soundfile.write(buf, np.clip(mono, -1.0, 1.0), out_rate, format="MP3", subtype="MPEG_LAYER_III")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask: list[float], width: int = 720) -> str:
     """Base64 PNG: the waveform, under it the aligned words (boxes) and phonemes (ticks), under those the speech
-    mask (dark = speech). Labels are in the page's word table (Pillow's default font has no CJK glyphs)."""
+    mask (speech in :data:`MASK_COLOUR`). Labels are in the page's word table (Pillow's default font has no CJK
+    glyphs). Pass the filmstrip's width so that both share one time axis."""
     from PIL import Image, ImageDraw
 
     h_wave, h_words, h_mask = 60, 22, 8
@@ -131,7 +150,7 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
     d.rectangle([0, mt, width, mt + h_mask], fill=(225, 225, 225))
     for i, v in enumerate(mask or []):
         if v > 0.5:
-            d.rectangle([x(i * duration / len(mask)), mt, x((i + 1) * duration / len(mask)), mt + h_mask], fill=(200, 60, 60))
+            d.rectangle([x(i * duration / len(mask)), mt, x((i + 1) * duration / len(mask)), mt + h_mask], fill=MASK_COLOUR)
     return _b64png(img)
 
 
@@ -140,14 +159,64 @@ def _clip_view(c: Clip, out: Path) -> dict:
     view = {k: getattr(c, k) for k in ("clip_id", "start_s", "end_s", "num_frames", "bucket", "width", "height", "caption",
                                   "transcript", "mask_source")}  # fmt: skip
     view.update(method=a.method, words=a.words, confidence=round(a.mean_confidence, 3) if a.words else None,
-                strip=None, wave=None)  # fmt: skip
+                strip=None, wave=None, sound=None, picture_width=None,
+                timing_text=plain_timing(a.method, a.mean_confidence if a.words else None),
+                timing_detail=_timing_detail(a.method, a.mean_confidence if a.words else None),
+                mask_text=plain_mask_source(c.mask_source))  # fmt: skip
     npz = out / ".work" / "clips" / f"{c.clip_id}.npz"
     if npz.is_file():
         with np.load(npz) as data:
-            view["strip"] = thumbnail_strip(data["frames"])
+            view["strip"], view["picture_width"] = thumbnail_strip(data["frames"])
             audio = data["audio"] if "audio" in data else None
-        view["wave"] = waveform_picture(audio, c.end_s - c.start_s, a, list(c.speech_mask))
+        view["wave"] = waveform_picture(audio, c.end_s - c.start_s, a, list(c.speech_mask), view["picture_width"])
+        if audio is not None and audio.size:
+            view["sound"] = audio_mp3(audio, AUDIO_SAMPLE_RATE)
     return view
+
+
+# One colour per category, the same in every report whatever categories it has. Red means nothing here: the speech
+# mask has its own colour (MASK_COLOUR), used nowhere in the legend.
+CATEGORY_COLOURS = {USED: "#2e8b3e", SILENCE: "#b4b4b4", UNTRANSCRIBED: "#e0a030", NOT_IN_CLIP: "#b8682c"}
+# Any other reason a stretch was dropped: a colour picked from its wording, so the same reason looks the same everywhere.
+OTHER_COLOURS = ("#7a5ca8", "#4a7ab0", "#a0607a", "#5f8f8f", "#8a7050", "#6b6bb5")
+MASK_COLOUR = (40, 50, 110)  # dark navy: speech in the clip's speech mask
+
+
+def category_colour(category: str) -> str:
+    """The colour of a timeline category (``used`` or the reason a stretch was dropped)."""
+    if category in CATEGORY_COLOURS:
+        return CATEGORY_COLOURS[category]
+    return OTHER_COLOURS[zlib.crc32(_reason_kind(category).encode()) % len(OTHER_COLOURS)]
+
+
+_TIMING = {"ctc": "words timed by a speech recogniser", "dtw": "words timed by matching the transcript to the sound",
+           "none": "no word timing"}  # fmt: skip
+
+
+def plain_timing(method: str | None, confidence: float | None) -> str:
+    """How a clip's words were timed, in plain words (the method and score go in :func:`_timing_detail`)."""
+    text = _TIMING.get(method or "none", f"words timed ({method})")
+    if confidence is None or method in (None, "none"):
+        return text
+    return f"{text}, {'good' if confidence >= 0.6 else 'fair' if confidence >= 0.3 else 'poor'} match"
+
+
+def _timing_detail(method: str | None, confidence: float | None) -> str:
+    score = "" if confidence is None else f", mean word confidence {confidence:.2f} (DTW path cost or CTC posterior)"
+    return f"alignment method: {method or 'none'}{score}"
+
+
+def plain_mask_source(source: str) -> str:
+    """Where a clip's speech mask (which audio frames are speech) came from, in plain words."""
+    if source.startswith("phonemes"):
+        text = "from the timed speech sounds"
+        return text + (", checked by a voice detector" if "silero" in source else "")
+    return {"silero": "from a voice detector", "energy": "from loudness"}.get(source, source)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _charts(summary: dict, clips: list[Clip]) -> tuple[list[tuple[str, str]], str]:
@@ -228,31 +297,36 @@ def write_report(units: list[Unit], out: Path) -> dict:
     return summary
 
 
-_PALETTE = ["#9e9e9e", "#e0a030", "#d04040", "#8050c0", "#4080c0", "#c06090", "#60a0a0", "#a08050"]
-
-
 def _fate_text(u: Unit) -> str:
-    return f"split into {len(u.clips)} clips" if u.fate == "split" else u.fate
+    if u.fate == "split":
+        return f"split into {plural(len(u.clips), 'clip')}"
+    return {"used": "used whole", "skipped": "skipped"}[u.fate]
 
 
 def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: Path) -> str:
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from jinja2 import Environment, FileSystemLoader
 
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape())
-    reasons = sorted({r["reason"] for f in summary["files"] for r in f["timeline"] if r["status"] != "used"})
-    colours = {"used": "#3a9a4a", **{why: _PALETTE[k % len(_PALETTE)] for k, why in enumerate(reasons)}}
+    # The template is .html.j2, which select_autoescape() would not escape: autoescaping is switched on by name.
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
+    categories = [USED, *sorted({r["reason"] for f in summary["files"] for r in f["timeline"] if r["status"] != "used"})]
     files = []
     for f, u in zip(summary["files"], units):
         cov = f["speech_coverage"]
+        confidence = f["alignment_confidence"]
         files.append({**f, "fate_text": _fate_text(u), "used_s": f["seconds"].get("used", 0.0),
                       "coverage_text": _pct(cov.get("transcribed_used_s", 0), cov.get("transcribed_s", 0)),
+                      "timing_text": plain_timing(f["alignment_method"], confidence) if f["alignment_method"] else "",
+                      "timing_detail": _timing_detail(f["alignment_method"], confidence),
+                      "mask_text": "; ".join(plain_mask_source(m) for m in f["mask_sources"]),
                       "clip_views": [_clip_view(c, out) for c in u.clips]})  # fmt: skip
     tables = [(name, summary[key]) for name, key in (("language", "by_language"), ("bucket", "by_bucket"),
                                                      ("speaker", "by_speaker"))]  # fmt: skip
     return env.get_template("report.html.j2").render(
         t=summary["totals"], seconds=summary["seconds"], files=files, tables=tables, alignment=summary["alignment"],
         mask_sources=summary["mask_sources"], charts=charts, charts_drawn_with=summary["charts_drawn_with"],
-        colours=colours, pct=_pct, width=lambda r, d: round(100 * (r["end"] - r["start"]) / d, 3) if d else 0)
+        legend=[(c, category_colour(c)) for c in categories], colour=category_colour, plural=plural,
+        mask_colour="#{:02x}{:02x}{:02x}".format(*MASK_COLOUR), pct=_pct,
+        width=lambda r, d: round(100 * (r["end"] - r["start"]) / d, 3) if d else 0)  # fmt: skip
 
 
 def _pct(part: float, whole: float) -> str:

@@ -81,7 +81,7 @@ def _fates(out: Path) -> dict[str, dict]:
     return {f["file"]: f for f in json.loads((out / "report.json").read_text())["files"]}
 
 
-@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
+@pytest.mark.slow  # > 20 s: real builds in worker processes
 def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     fates = _fates(broken_build)
     skipped = {
@@ -118,7 +118,7 @@ def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     assert totals["files"] == len(fates) == 19 and totals["skipped"] == len(skipped)
 
 
-@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
+@pytest.mark.slow  # > 20 s: real builds in worker processes
 def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     import datasets
 
@@ -155,7 +155,7 @@ def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     assert "matplotlib" in html
 
 
-@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
+@pytest.mark.slow  # > 20 s: real builds in worker processes
 def test_clip_audio_is_stereo_at_51200(broken_build):
     import datasets
 
@@ -168,7 +168,7 @@ def test_clip_audio_is_stereo_at_51200(broken_build):
         assert np.abs(clip["audio"]).max() > 0.01
 
 
-@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
+@pytest.mark.slow  # > 20 s: real builds in worker processes
 def test_resume_after_a_kill_redoes_only_the_unfinished(broken, tmp_path):
     """SIGKILL a real build after its second finished file, then run it again."""
     out = tmp_path / "ds"
@@ -220,7 +220,7 @@ def test_worker_failure_mid_build_then_resume(tmp_path, speech, monkeypatch):
     assert len(list((tmp_path / "ds" / ".work" / "units").glob("*.json"))) == 2
     monkeypatch.setattr(b, "prepare_file", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     units = prepare_all(d, tmp_path / "ds", cfg, progress=False)
-    assert calls == ["c0.mp4", "c1.mp4", "c2.mp4"] and all(u["fate"] == "used" for u in units)
+    assert calls == ["c0.mp4", "c1.mp4", "c2.mp4"] and all(u.fate == "used" for u in units)
     # an edited sidecar makes its file stale: only that file is done again
     (d / "c1.txt").write_text("hello")
     write_metadata(d, [{"file_name": "c1.mp4", "language": "en"}])
@@ -262,7 +262,7 @@ def test_changed_settings_refuse_the_stale_cache(tmp_path, monkeypatch):
     other = load_data_config(None, {**SMALL, "base_resolution": 128})
     with pytest.raises(BuildError, match="built from other footage or settings.*--rebuild"):
         prepare_all(d, tmp_path / "ds", other, progress=False)
-    assert prepare_all(d, tmp_path / "ds", other, rebuild=True, progress=False)[0]["clips"][0]["height"] == 128
+    assert prepare_all(d, tmp_path / "ds", other, rebuild=True, progress=False)[0].clips[0].height == 128
 
 
 def test_metadata_csv_and_bad_rows(tmp_path):
@@ -272,7 +272,7 @@ def test_metadata_csv_and_bad_rows(tmp_path):
     (d / "metadata.csv").write_text("file_name,language,caption\nsub/a.mp4,de,Ein Produkt.\n/etc/passwd,en,\n")
     meta, refused = load_metadata(d)
     assert meta == {"sub/a.mp4": {"file_name": "sub/a.mp4", "language": "de", "caption": "Ein Produkt."}}
-    assert [r["file"] for r in refused] == ["/etc/passwd"] and "outside the footage folder" in refused[0]["reason"]
+    assert [r.file for r in refused] == ["/etc/passwd"] and "outside the footage folder" in refused[0].reason
     (d / "metadata.jsonl").write_text('{"file_name": "sub/a.mp4"}\n{not json\n')
     with pytest.raises(BuildError, match=r"metadata.jsonl:2: not valid JSON"):
         load_metadata(d)
@@ -298,7 +298,7 @@ def test_data_config_errors_name_the_key(tmp_path):
     assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(p)]) == 2
 
 
-@pytest.mark.slow  # runs, or shares the module's, whole data_prep build
+@pytest.mark.slow  # > 20 s: real builds in worker processes
 def test_sample_footage_all_languages_then_encoded(tmp_path):
     """Stages 1-7 on the shipped footage (seven languages), then 8-9 on a part of it with the tiny encoders."""
     import datasets
@@ -309,13 +309,16 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
 
     cfg = load_data_config(ROOT / "recipes" / "quickstart_data.yaml")
     units = prepare_all(SAMPLE, tmp_path / "all", cfg, progress=False)
-    assert all(u["fate"] in ("used", "split") for u in units), [(u["file"], u["reason"]) for u in units]
-    assert {u["language"] for u in units} == {"en", "zh", "yue", "ja", "ko", "de", "fr"}
-    assert all(u["alignment_method"] == "dtw" and u["clips"] for u in units), [(u["file"], u["alignment_method"]) for u in units]
+    (script,) = [u for u in units if u.file == "make_sample_footage.py"]  # every file has a fate, this one too
+    assert script.fate == "skipped" and script.reason.startswith("not a video file (.py)")
+    units = [u for u in units if u is not script]
+    assert all(u.fate in ("used", "split") for u in units), [(u.file, u.reason) for u in units]
+    assert {u.language for u in units} == {"en", "zh", "yue", "ja", "ko", "de", "fr"}
+    assert all(u.alignment_method == "dtw" and u.clips for u in units), [(u.file, u.alignment_method) for u in units]
     for u in units:
-        for c in u["clips"]:
-            assert c["transcript"] and "Dialogue:\n<a presenter in a studio, " in c["caption"]
-    zh = [c["caption"] for u in units for c in u["clips"] if c["language"] == "zh"]
+        for c in u.clips:
+            assert c.transcript and "Dialogue:\n<a presenter in a studio, " in c.caption
+    zh = [c.caption for u in units for c in u.clips if c.language == "zh"]
     assert all(re.search(r'Mandarin>: "\S( \S)+"', c) for c in zh), zh  # CJK characters spaced, as the official prompts
 
     footage = tmp_path / "footage"
@@ -383,8 +386,8 @@ def test_acoustic_model_gives_ctc_alignment(tmp_path, speech, monkeypatch):
     model = build_tiny_recognizer(tmp_path / "am", seed=0)
     monkeypatch.setattr(b, "ProcessPoolExecutor", _InlinePool)
     units = prepare_all(d, tmp_path / "ds", load_data_config(None, {**SMALL, "acoustic_model": str(model)}), progress=False)
-    assert units[0]["alignment_method"] == "ctc", units[0]
-    assert not any("fell back" in n for n in units[0]["notes"]) and units[0]["clips"]
-    labels = [w["label"] for c in units[0]["clips"] for w in json.loads(c["alignment"])["words"]]
+    assert units[0].alignment_method == "ctc", units[0]
+    assert not any("fell back" in n for n in units[0].notes) and units[0].clips
+    labels = [w["label"] for c in units[0].clips for w in json.loads(c.alignment)["words"]]
     it = iter(SENTENCE.split())
     assert labels and all(label in it for label in labels)  # random weights: words in order, not all kept
