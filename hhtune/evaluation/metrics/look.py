@@ -20,8 +20,8 @@ def colour_histogram(clips: Sequence[AVClip]) -> np.ndarray:
     hists = []
     for clip in clips:
         idx = np.unique(np.linspace(0, len(clip.frames) - 1, _FRAMES_PER_CLIP).round().astype(int))
-        px = clip.frames[idx, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].reshape(-1, 3)
-        h = np.stack([np.bincount(px[:, c] * _BINS // 256, minlength=_BINS) for c in range(3)]).astype(np.float64)
+        px = clip.frames[idx, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].reshape(-1, 3).astype(np.int64) * _BINS // 256
+        h = np.stack([np.bincount(px[:, c], minlength=_BINS) for c in range(3)]).astype(np.float64)
         hists.append(h / h.sum(axis=1, keepdims=True))
     return np.mean(hists, axis=0)
 

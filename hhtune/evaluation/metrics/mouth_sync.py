@@ -18,6 +18,9 @@ from .result import MetricResult, unavailable
 NAME = "lip_sync"
 MAX_OFFSET = 10  # frames each way (0.4 s at 25 fps)
 _MIN_FRAMES = 8  # overlapping frames with a face an offset needs to be scored
+# Mouth opening (inner-lip gap over eye distance) varies this much on a still face: landmark jitter. A mouth
+# that moves less is scaled as if it moved this much, so jitter cannot correlate its way to a high confidence.
+MOUTH_NOISE = 0.02
 
 
 def speech_envelope(audio: np.ndarray, sample_rate: int, frames: int, fps: int = FPS) -> np.ndarray:
@@ -30,15 +33,16 @@ def speech_envelope(audio: np.ndarray, sample_rate: int, frames: int, fps: int =
     return out
 
 
-def _z(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-8)
+def _z(x: np.ndarray, floor: float = 1e-8) -> np.ndarray:
+    return (x - x.mean()) / max(float(x.std()), floor)
 
 
 def sync_offset(envelope: np.ndarray, mouth: np.ndarray, max_offset: int = MAX_OFFSET) -> tuple[int, float, float]:
     """``(offset, confidence, peak)`` between a speech envelope and mouth opening per frame (``NaN``: no face).
 
     Positive offset: the picture lags the sound (``mouth[t + offset]`` follows ``envelope[t]``). ``peak`` is
-    the highest normalised correlation; ``confidence`` is the peak minus the median over offsets.
+    the highest normalised correlation (a mouth moving less than :data:`MOUTH_NOISE` counts as that much);
+    ``confidence`` is the peak minus the median over offsets.
     Returns ``(0, 0.0, 0.0)`` when no offset has enough frames to compare.
     """
     n = min(len(envelope), len(mouth))
@@ -47,7 +51,7 @@ def sync_offset(envelope: np.ndarray, mouth: np.ndarray, max_offset: int = MAX_O
         a, b = (envelope[: n - k], mouth[k:n]) if k >= 0 else (envelope[-k:n], mouth[: n + k])
         keep = np.isfinite(b)
         if keep.sum() >= _MIN_FRAMES:
-            scores[k] = float(np.mean(_z(a[keep]) * _z(b[keep])))
+            scores[k] = float(np.mean(_z(a[keep]) * _z(b[keep], MOUTH_NOISE)))
     if not scores:
         return 0, 0.0, 0.0
     best = max(scores, key=scores.get)
