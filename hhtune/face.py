@@ -21,7 +21,7 @@ _MOUTH = slice(48, 68)  # outer and inner lip points of the 68-point layout
 _INNER_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper and lower inner lip, left to right
 _EYE_CORNERS = (36, 45)  # outer corners: the face's scale, which mouth movement leaves alone
 _FACE_PX = 110  # face width the window search scales to (the HOG detector finds faces from about 80 px)
-_FULL_PX = 800  # longest side a whole frame is scaled to when no window is known
+_FULL_PX = 640  # longest side a whole frame is scaled to when no window is known (faces from 1/8 of it)
 
 
 def available() -> str | None:

@@ -59,3 +59,15 @@ def test_dnsmos_scores_clean_speech_above_noisy_clipped_speech(tmp_path):
     good, bad = speech_quality([clean]), speech_quality([_damaged(clean)])
     assert good.unavailable is None and 1.0 <= bad.value < good.value - 0.3 <= 5.0
     assert good.details["silent_samples"] == 0 and set(good.details) >= {"sig_mos", "bak_mos", "p808_mos"}
+
+
+def test_references_are_embedded_once_across_calls(monkeypatch):
+    from hhtune.evaluation.metrics import voice
+
+    seen = []
+    monkeypatch.setattr(voice, "_embed", lambda clip: seen.append(clip.label) or np.ones(4) / 2)
+    clip = lambda label: AVClip(np.zeros((1, 8, 8, 3), np.uint8), np.ones(16000, np.float32), 16000, label)
+    refs = [clip("r1"), clip("r2")]
+    for checkpoint in ("a", "b"):
+        assert voice_similarity([clip(checkpoint)], refs).value == pytest.approx(1.0)
+    assert seen == ["r1", "r2", "a", "b"]

@@ -14,11 +14,13 @@ from functools import lru_cache
 import numpy as np
 
 from ..clips import AVClip
+from .memo import ArrayMemo
 from .result import MetricResult, unavailable
 
 NAME = "voice_similarity"
 _THRESHOLD_PERCENTILE = 10
 _MIN_SPEECH_S = 0.5  # Resemblyzer's shortest window is 1.6 s; it pads, but under half a second is no voice
+_EMBEDDINGS = ArrayMemo()  # by clip audio: the references are embedded once per evaluation
 
 
 def available() -> str | None:
@@ -39,6 +41,10 @@ def _encoder():
 
 def _embedding(clip: AVClip) -> np.ndarray | None:
     """The clip's speaker embedding (unit length), ``None`` when the clip holds too little speech."""
+    return _EMBEDDINGS.get(clip.audio, lambda: _embed(clip))
+
+
+def _embed(clip: AVClip) -> np.ndarray | None:
     from resemblyzer import preprocess_wav, sampling_rate
 
     if clip.audio.size == 0 or np.abs(clip.audio).max() < 1e-4:  # silence: nothing to normalise or embed
