@@ -44,6 +44,7 @@ def test_voice_similarity_counts_a_silent_sample_and_measures_the_rest(tmp_path)
     r = voice_similarity([silent, _speech(tmp_path, "en+m3", TEXTS[3])], refs)
     assert r.details["samples_without_speech"] == 1
     assert r.details["per_sample"][0] is None and r.value == pytest.approx(r.details["per_sample"][1])
+    assert r.details["share_above_threshold"] == 0.5  # of all samples: the silent one is not the presenter
 
 
 def _damaged(clip: AVClip) -> AVClip:
@@ -59,6 +60,12 @@ def test_dnsmos_scores_clean_speech_above_noisy_clipped_speech(tmp_path):
     good, bad = speech_quality([clean]), speech_quality([_damaged(clean)])
     assert good.unavailable is None and 1.0 <= bad.value < good.value - 0.3 <= 5.0
     assert good.details["silent_samples"] == 0 and set(good.details) >= {"sig_mos", "bak_mos", "p808_mos"}
+
+
+def test_a_silent_sample_is_the_worst_speech_not_a_gap():
+    silent = AVClip(np.zeros((1, 8, 8, 3), np.uint8), np.zeros(16000, np.float32), 16000)
+    r = speech_quality([silent])
+    assert r.value == 1.0 and r.details["silent_samples"] == 1 and r.unavailable is None
 
 
 def test_references_are_embedded_once_across_calls(monkeypatch):

@@ -12,6 +12,7 @@ from .result import MetricResult, unavailable
 
 NAME = "speech_quality"
 _RATE = 16000  # what DNSMOS reads
+SILENT_SCORE = 1.0  # what a silent sample scores: the bottom of the 1-5 scale
 _WINDOW = 144160  # DNSMOS scores 9.01 s windows, one per second of audio; a shorter clip is looped to one window
 
 
@@ -40,24 +41,26 @@ def _mono16k(clip: AVClip) -> np.ndarray:
 def speech_quality(samples: Sequence[AVClip]) -> MetricResult:
     """Mean DNSMOS overall score (1-5) of the samples; ``details`` has the signal, background and P.808 scores.
 
-    A silent clip is not scored (counted in ``silent_samples``): DNSMOS of silence says nothing about a voice.
+    A silent sample scores :data:`SILENT_SCORE`, the bottom of the scale (counted in ``silent_samples``): a
+    checkpoint that stops speaking is the worst speech, while DNSMOS itself gives silence a middling score.
     """
     why = available()
     if why:
         return unavailable(NAME, why)
+    if not samples:
+        raise ValueError("speech_quality needs samples")
     from speechmos import dnsmos
 
-    scores, silent = [], 0
+    scores, overall = [], []
     for clip in samples:
         audio = _mono16k(clip)
         if audio.size == 0 or np.abs(audio).max() < 1e-4:
-            silent += 1
+            overall.append(SILENT_SCORE)
             continue
         s = dnsmos.run(audio, _RATE)
-        scores.append({k: float(s[k]) for k in ("ovrl_mos", "sig_mos", "bak_mos", "p808_mos")})
-    details: dict = {"per_sample": [s["ovrl_mos"] for s in scores], "silent_samples": silent}
-    if not scores:
-        return MetricResult(NAME, None, details, unavailable="every sample is silent")
+        scores.append({k: float(s[k]) for k in ("sig_mos", "bak_mos", "p808_mos")})
+        overall.append(float(s["ovrl_mos"]))
+    details: dict = {"per_sample": overall, "silent_samples": len(samples) - len(scores)}
     for k in ("sig_mos", "bak_mos", "p808_mos"):
-        details[k] = float(np.mean([s[k] for s in scores]))
-    return MetricResult(NAME, float(np.mean([s["ovrl_mos"] for s in scores])), details)
+        details[k] = float(np.mean([s[k] for s in scores])) if scores else None
+    return MetricResult(NAME, float(np.mean(overall)), details)

@@ -62,8 +62,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def voice_similarity(samples: Sequence[AVClip], references: Sequence[AVClip]) -> MetricResult:
     """Mean cosine similarity of each sample's voice to the references' speaker, and the share above threshold.
 
-    ``details``: ``per_sample`` (``None`` for a clip without enough speech), ``threshold`` (measured on the
-    references, needs at least two), ``share_above_threshold``, ``samples_without_speech``.
+    ``details``: ``per_sample`` (``None`` for a clip without enough speech, left out of the mean),
+    ``threshold`` (measured on the references, needs at least two), ``share_above_threshold`` (of all
+    samples: one without speech is not above it), ``samples_without_speech``.
     """
     why = available()
     if why:
@@ -79,7 +80,7 @@ def voice_similarity(samples: Sequence[AVClip], references: Sequence[AVClip]) ->
         own = [_cosine(e, (speaker * len(refs) - e) / (len(refs) - 1)) for e in refs]
         threshold = float(np.percentile(own, _THRESHOLD_PERCENTILE))
         details["threshold"] = threshold
-        details["share_above_threshold"] = float(np.mean([s >= threshold for s in measured])) if measured else None
+        details["share_above_threshold"] = sum(s >= threshold for s in measured) / max(len(per), 1)
     if not measured:
         return MetricResult(NAME, None, details, unavailable="no sample holds enough speech to compare voices")
     return MetricResult(NAME, float(np.mean(measured)), details)
