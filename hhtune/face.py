@@ -28,7 +28,7 @@ def available() -> str | None:
     """``None`` when face landmarks can be computed here, else one sentence saying why not."""
     try:
         _models()
-    except ImportError as e:
+    except (ImportError, RuntimeError) as e:  # RuntimeError: dlib could not read the model file
         return f"face landmarks need dlib-bin and face_recognition_models ({e})"
     return None
 
