@@ -10,6 +10,7 @@ window around the previous face, enlarged to the size the detector needs, and on
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -35,7 +36,10 @@ def available() -> str | None:
 
 def _models():
     import dlib
-    import face_recognition_models
+
+    with warnings.catch_warnings():  # it finds its files with pkg_resources, which warns that it is deprecated
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        import face_recognition_models
 
     return _load(dlib, face_recognition_models.pose_predictor_model_location())
 

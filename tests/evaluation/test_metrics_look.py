@@ -50,7 +50,7 @@ def test_drift_is_zero_against_itself_and_positive_for_changed_clips():
         drift(base[:1], base)
 
 
-def test_face_similarity_ranks_the_same_face_above_no_match():
+def test_face_similarity_finds_the_same_person_and_counts_frames_without_a_face():
     img = face()
     refs = [AVClip(np.stack([img, open_mouth(img, 0.5)]), np.zeros(1600, np.float32), 16000)]
     same = face_similarity([AVClip(open_mouth(img, 1.0)[None], np.zeros(1600, np.float32), 16000)], refs)

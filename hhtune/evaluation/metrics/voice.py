@@ -8,6 +8,7 @@ threshold is the 10th percentile of those similarities, so 9 in 10 of the speake
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -26,7 +27,9 @@ _EMBEDDINGS = ArrayMemo()  # by clip audio: the references are embedded once per
 def available() -> str | None:
     """``None`` when the metric can run, else why not."""
     try:
-        import resemblyzer  # noqa: F401
+        with warnings.catch_warnings():  # its VAD, webrtcvad, warns that pkg_resources is deprecated
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            import resemblyzer  # noqa: F401
     except ImportError as e:
         return f"voice similarity needs the resemblyzer package ({e})"
     return None
