@@ -1,0 +1,135 @@
+"""Metric overhead of `python -m hhtune.evaluate`, as a ratio to the sampling it judges (CPU).
+
+Evaluating C checkpoints samples (C + 1) variants (the base as control) x P prompts x S seeds, plus the
+same again on the drift prompts. This benchmark times, on the CPU:
+
+* sampling: the 8-step distilled sampler with a `--preset` model (DiT only: the VAE decoders need the real
+  weights), for one clip, times the number of clips;
+* metrics: every metric of hhtune.evaluation.metrics (voice, DNSMOS, lip-sync, face, look) on each of the
+  C + 1 variants' P x S clips against the same R training clips, plus drift of C variants on P x S pairs.
+
+The clips have the sampled size and length: a face (scikit-image's astronaut when installed, else the worst
+case of frames without a face) and speech (espeak-ng when installed, else modulated noise). The issue's budget is metrics <= 20 % of sampling. The ratio
+depends on the model: the tiny preset samples in a fraction of a second, the 15B model takes about 2 s a clip
+on one H100 (1.6 s DiT + 0.4 s decode, the official report), so the absolute metric seconds per clip are
+printed too.
+
+    python benchmarks/eval_overhead.py [--checkpoints 5 --prompts 4 --seeds 2 --references 4 --preset tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hhtune.evaluation.clips import AVClip
+from hhtune.evaluation.metrics import (drift, face_similarity, lip_sync, look_distance, speech_quality,
+                                       voice_similarity)  # fmt: skip
+from hhtune.model import HappyHorseTransformer, ModelConfig
+from hhtune.sampling import latent_shapes, model_velocity_fn, sample_distilled
+
+RATE = 16000
+
+
+def _face(width: int, height: int) -> np.ndarray:
+    """A frame with a face filling its height (the astronaut), or noise without scikit-image."""
+    try:
+        from PIL import Image
+        from skimage.data import astronaut
+    except ImportError:
+        return np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    face = np.asarray(Image.fromarray(astronaut()).resize((height, height)))
+    frame = np.zeros((height, width, 3), np.uint8)
+    frame[:, (width - height) // 2 : (width + height) // 2] = face
+    return frame
+
+
+def _speech(samples: int, seed: int) -> np.ndarray:
+    """Speech from espeak-ng (looped to ``samples``), or loudness-modulated noise without it."""
+    rng = np.random.default_rng(seed)
+    if shutil.which("espeak-ng"):
+        with tempfile.TemporaryDirectory() as tmp:
+            wav = Path(tmp) / "s.wav"
+            words = " ".join(rng.choice(["hello", "brand", "new", "summer", "offer", "today", "only"], 12))
+            subprocess.run(["espeak-ng", "-v", "en+m3", "-w", str(wav), words], check=True, capture_output=True)
+            import librosa
+
+            audio, _ = librosa.load(wav, sr=RATE)
+        return np.resize(audio, samples).astype(np.float32)
+    env = np.repeat(rng.random(samples // 640 + 1), 640)[:samples]
+    return (0.3 * env * rng.standard_normal(samples)).astype(np.float32)
+
+
+def _clips(n: int, frames: int, width: int, height: int, seed: int) -> list[AVClip]:
+    rng = np.random.default_rng(seed)
+    base = _face(width, height)
+    out = []
+    for i in range(n):
+        video = np.stack([np.roll(base, int(rng.integers(-3, 4)), axis=0) for _ in range(frames)])
+        out.append(AVClip(video, _speech(frames * RATE // 25, seed * 1000 + i), RATE, f"clip{i}"))
+    return out
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", type=int, default=5)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--references", type=int, default=4)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seconds", type=float, default=2.0)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset(args.preset)
+    model = HappyHorseTransformer(cfg).eval()
+    vshape, ashape, (width, height) = latent_shapes(args.seconds, "16:9", 256)
+    fn = model_velocity_fn(model, torch.randn(1, 64, cfg.text_in_channels), 64)
+    sample = lambda: sample_distilled(fn, vshape, ashape, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    sample()  # warm-up
+    per_clip = min(_timed(sample) for _ in range(2))
+    n = args.prompts * args.seeds
+    variants = args.checkpoints + 1
+    sampling = per_clip * variants * n * 2  # brand prompts and drift prompts
+
+    frames = ashape[1]
+    refs = _clips(args.references, frames, width, height, 0)
+    lip_sync(refs[0]), speech_quality(refs[:1])  # load the models once, as a long evaluation does
+    parts = dict.fromkeys(["voice_similarity", "speech_quality", "lip_sync", "face_similarity", "look_distance"], 0.0)
+    drift_s, base = 0.0, None
+    for v in range(variants):  # each variant's own clips against the same references
+        clips = _clips(n, frames, width, height, v + 1)
+        parts["voice_similarity"] += _timed(voice_similarity, clips, refs)
+        parts["speech_quality"] += _timed(speech_quality, clips)
+        parts["lip_sync"] += _timed(lambda cs: [lip_sync(c) for c in cs], clips)
+        parts["face_similarity"] += _timed(face_similarity, clips, refs)
+        parts["look_distance"] += _timed(look_distance, clips, refs)
+        if base is None:
+            base = clips
+        else:
+            drift_s += _timed(drift, clips, base)
+    metrics = sum(parts.values()) + drift_s
+    print(f"{args.checkpoints} checkpoints + base x {args.prompts} prompts x {args.seeds} seeds, {args.references} "
+          f"references; {args.seconds:g} s clips ({frames} frames {width}x{height}); preset {args.preset}, CPU")  # fmt: skip
+    print(f"sampling: {per_clip:.2f} s a clip (DiT, 8 steps), {sampling:.1f} s for {variants * n * 2} clips")
+    for k, v in parts.items():
+        print(f"  {k:17} {v / (variants * n):6.2f} s a clip")
+    print(f"  {'drift':17} {drift_s / max(1, args.checkpoints * n):6.2f} s a pair")
+    print(f"metrics: {metrics:.1f} s in all, {metrics / (variants * n):.2f} s a sampled clip")
+    print(f"overhead ratio (metrics / sampling): {metrics / sampling:.2f}")
+
+
+if __name__ == "__main__":
+    main()

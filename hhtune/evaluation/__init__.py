@@ -1,0 +1,1 @@
+"""Judging an adapter as a brand team would (issue 20)."""
