@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ffmpeg espeak-ng
+APT_PACKAGES := ffmpeg espeak-ng chromium
 # A bare Debian/Ubuntu python3 has no venv/ensurepip: python3-venv brings them.
 VENV_PACKAGE := python3-venv
 
