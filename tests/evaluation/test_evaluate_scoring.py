@@ -37,3 +37,5 @@ def test_the_checkpoint_with_the_best_measured_metrics_is_chosen():
     assert label == "step-2" and why["scores"]["step-2"] == 1.0 and why["scores"]["step-1"] == 0.0
     blind = {k: {"voice_similarity": _r("voice_similarity", None, "no model")} for k in per}
     assert scoring.choose_checkpoint(blind)[0] == "step-3"  # nothing measured: the last checkpoint
+    tie = {k: {"voice_similarity": _r("voice_similarity", 0.8)} for k in per}
+    assert scoring.choose_checkpoint(tie)[0] == "step-3"  # a tie goes to the later checkpoint
