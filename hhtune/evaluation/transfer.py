@@ -93,8 +93,9 @@ def measure_transfer(sample: Callable[[str, str, float | None], list[Sample]], s
     and the adapter at ``strength`` (``None``: no adapter). ``quality(samples)`` gives the quality
     metrics of a strength's samples (default: none measured).
     """
-    reference = sample("base", "base", 1.0)
-    no_adapter = latent_gap(sample("distilled", "distilled", None), sample("base", "base", None))
+    reference = sample("base", "base", 1.0)  # the base model's samples first: a caller may free it afterwards
+    base_plain = sample("base", "base", None)
+    no_adapter = latent_gap(sample("distilled", "distilled", None), base_plain)
     gaps: dict[float, float] = {}
     measured: dict[float, dict[str, float | None]] = {}
     for s in strengths:
