@@ -8,26 +8,67 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
+from ..adapters import check_compatible
+from ..adapters.formats.read import read_adapter
 from ..encoders import EncoderPaths
 from ..io import atomic_write_text
+from ..model import load_checkpoint
 from ..recipe import Recipe, validate_recipe
+from ..sampling.generate import NEGATIVE_PROMPT, encode_prompts
+from ..speech.languages import LANGUAGES
+from ..training.data import TrainingDataset
+from ..training.outputs import encoder_paths
+from ..training.trainer import build_model
+from .clips import AVClip
+from .curves import plot_curves
 from .drift_prompts import drift_prompts
+from .metrics import DESCRIPTIONS, MetricResult
+from .metrics import drift as drift_metric
 from .plan import Checkpoint, EvalPlan, EvaluationError, choose_checkpoints, parse_strengths, read_prompts
-from .sampling import Sample, SampleSettings, sample_variant, with_adapter
+from .publish import publish
+from .references import training_references
+from .report import write_report
+from .sampling import Features, Sample, SampleSettings, sample_variant, with_adapter
 from .scoring import choose_checkpoint, quality_values, result_dict, score_samples, score_value
 from .transfer import measure_transfer
+
+
+@dataclass
+class _Session:
+    """What every sampling call of one evaluation shares."""
+
+    plan: EvalPlan
+    encoders: EncoderPaths
+    settings: SampleSettings
+    brand: list[Features]  # text features of the brand prompts
+    drift: list[Features]  # ... of the neutral drift prompts
+    negative: Features  # ... of the base sampler's negative prompt
+    references: list[AVClip]
+    no_references: str | None
+    out: Path
+    log: Callable[[str], None]
+
+    def run(self, model: torch.nn.Module, label: str) -> tuple[list[Sample], list[Sample]]:
+        """``label``'s brand samples (mp4s under ``eval/videos/label``) and drift samples, distilled sampler."""
+        p = self.plan
+        self.log(f"sampling {label}: {len(p.prompts)} prompts + {len(p.drift_prompts)} drift prompts x {len(p.seeds)} seeds")
+        kw = dict(encoders=self.encoders, settings=self.settings)
+        return (sample_variant(model, label, self.brand, p.seeds, out_dir=self.out / "videos" / label, **kw),
+                sample_variant(model, label, self.drift, p.seeds, **kw))  # fmt: skip
+
+    def score(self, samples: list[Sample]) -> dict[str, MetricResult]:
+        return score_samples([s.clip for s in samples], self.references, no_references=self.no_references)
 
 
 def make_plan(run_dir: Path, recipe: Recipe, *, checkpoints: str, prompts_file: Path | None, seeds: int,
               strengths: str, drift_languages: str) -> EvalPlan:  # fmt: skip
     """The :class:`EvalPlan` of a request; :class:`EvaluationError` for anything that cannot be served."""
-    from ..speech.languages import LANGUAGES
-
     chosen = choose_checkpoints(run_dir, checkpoints)
     if prompts_file is not None:
         prompts = read_prompts(prompts_file)
@@ -47,9 +88,6 @@ def make_plan(run_dir: Path, recipe: Recipe, *, checkpoints: str, prompts_file: 
 
 def _models(recipe: Recipe, device: torch.device, base_checkpoint: str | None):
     """``(distilled, base_or_None, why_no_base, check_base)``: the models sampled, sharing one where they are the same."""
-    from ..model import load_checkpoint
-    from ..training.trainer import build_model
-
     trained = build_model(recipe.model, device)
     distilled = load_checkpoint(recipe.model.eval_checkpoint, device=device) if recipe.model.eval_checkpoint else trained
     if base_checkpoint:
@@ -62,9 +100,6 @@ def _models(recipe: Recipe, device: torch.device, base_checkpoint: str | None):
 
 def _check_adapters(chosen: tuple[Checkpoint, ...], model: torch.nn.Module, check_base: bool) -> None:
     """Refuse, before any sampling, an adapter whose modules, shapes or base model do not fit ``model``."""
-    from ..adapters import check_compatible
-    from ..adapters.formats.read import read_adapter
-
     for c in chosen:
         check_compatible(read_adapter(c.path), model, str(c.path), check_base)
 
@@ -72,8 +107,6 @@ def _check_adapters(chosen: tuple[Checkpoint, ...], model: torch.nn.Module, chec
 def _encoders(recipe: Recipe, data, given: Path | None) -> EncoderPaths:
     if given is not None:
         return EncoderPaths(video_vae=given / "video_vae", audio_vae=given / "audio_vae", text_encoder=given / "text_encoder")
-    from ..training.outputs import encoder_paths
-
     return encoder_paths(recipe, data)
 
 
@@ -82,10 +115,6 @@ def evaluate_run(run_dir: Path, *, checkpoints: str = "all", prompts_file: Path 
                  encoders: Path | None = None, base_checkpoint: str | None = None, device: str | None = None,
                  log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Evaluate ``run_dir``; write ``eval/eval.json`` and ``eval/report.html``; return eval.json's content."""
-    from ..sampling.generate import NEGATIVE_PROMPT, encode_prompts
-    from ..training.data import TrainingDataset
-    from .references import training_references
-
     recipe = validate_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir / "recipe.yaml"))
     plan = make_plan(run_dir, recipe, checkpoints=checkpoints, prompts_file=prompts_file, seeds=seeds,
                      strengths=strengths, drift_languages=drift_languages)  # fmt: skip
@@ -96,61 +125,44 @@ def evaluate_run(run_dir: Path, *, checkpoints: str = "all", prompts_file: Path 
     _check_adapters(plan.checkpoints, distilled, check_base)
     texts = [*plan.prompts, *plan.drift_prompts, NEGATIVE_PROMPT]
     feats = encode_prompts(texts, enc.text_encoder, dev)
-    brand, drift, negative = feats[: len(plan.prompts)], feats[len(plan.prompts) : -1], feats[-1]
-    references, why_no_refs = training_references(data.ds, data.manifest)
     v = recipe.validation
-    settings = SampleSettings(seconds=v.seconds, aspect=v.aspect, base_resolution=v.base_resolution)
-    out = run_dir / "eval"
-
-    def run(model: torch.nn.Module, label: str) -> tuple[list[Sample], list[Sample]]:
-        log(f"sampling {label}: {len(plan.prompts)} prompts + {len(plan.drift_prompts)} drift prompts x {len(plan.seeds)} seeds")
-        kw = dict(encoders=enc, settings=settings)
-        return (sample_variant(model, label, brand, plan.seeds, out_dir=out / "videos" / label, **kw),
-                sample_variant(model, label, drift, plan.seeds, **kw))  # fmt: skip
-
-    samples = {"base": run(distilled.eval(), "base")}
+    session = _Session(plan, enc, SampleSettings(seconds=v.seconds, aspect=v.aspect, base_resolution=v.base_resolution),
+                       feats[: len(plan.prompts)], feats[len(plan.prompts) : -1], feats[-1],
+                       *training_references(data.ds, data.manifest), run_dir / "eval", log)  # fmt: skip
+    samples = {"base": session.run(distilled.eval(), "base")}
     for c in plan.checkpoints:
         with with_adapter(distilled, c.path, 1.0, check_base=False) as m:
-            samples[c.label] = run(m, c.label)
-    metrics = {k: score_samples([s.clip for s in brand_s], references, no_references=why_no_refs)
-               for k, (brand_s, _) in samples.items()}  # fmt: skip
-    from .metrics import drift as drift_metric
-
+            samples[c.label] = session.run(m, c.label)
+    metrics = {k: session.score(brand_s) for k, (brand_s, _) in samples.items()}
     drifts = {c.label: drift_metric([s.clip for s in samples[c.label][1]], [s.clip for s in samples["base"][1]])
               for c in plan.checkpoints}  # fmt: skip
     best_label, why = choose_checkpoint({c.label: metrics[c.label] for c in plan.checkpoints})
     best = next(c for c in plan.checkpoints if c.label == best_label)
-    transfer = _transfer(plan, best, distilled, base, why_no_base, brand, negative, enc, settings, references,
-                         why_no_refs, log)  # fmt: skip
-    result = _result(plan, out, samples, metrics, drifts, best, why, transfer)
-    _write(result, out, run_dir, log)
+    transfer = _transfer(session, best, distilled, base) if base is not None else {"unavailable": why_no_base}
+    result = _result(plan, session.out, samples, metrics, drifts, best, why, transfer)
+    _write(result, session.out, run_dir, log)
     return result
 
 
-def _transfer(plan, best, distilled, base, why_no_base, brand, negative, enc, settings, references, why_no_refs, log):
+def _transfer(session: _Session, best: Checkpoint, distilled: torch.nn.Module, base: torch.nn.Module) -> dict:
     """Item 7: the chosen checkpoint's gap to base + adapter at each strength on the distilled model."""
-    if base is None:
-        return {"unavailable": why_no_base}
-    log(f"transfer of {best.label} to the distilled model at strengths {list(plan.strengths)}")
+    plan = session.plan
+    session.log(f"transfer of {best.label} to the distilled model at strengths {list(plan.strengths)}")
     models = {"base": base, "distilled": distilled}
 
     def sample(model: str, sampler: str, strength: float | None) -> list[Sample]:
-        kw = dict(encoders=enc, settings=settings, sampler=sampler, negative=negative, decode=sampler == "distilled")
+        kw = dict(encoders=session.encoders, settings=session.settings, sampler=sampler, negative=session.negative,
+                  decode=sampler == "distilled")  # fmt: skip
         if strength is None:
-            return sample_variant(models[model].eval(), f"{model}", brand, plan.seeds, **kw)
+            return sample_variant(models[model].eval(), model, session.brand, plan.seeds, **kw)
         with with_adapter(models[model], best.path, strength, check_base=False) as m:
-            return sample_variant(m, f"{model}@{strength:g}", brand, plan.seeds, **kw)
+            return sample_variant(m, f"{model}@{strength:g}", session.brand, plan.seeds, **kw)
 
-    def quality(samples: list[Sample]) -> dict[str, float | None]:
-        return quality_values(score_samples([s.clip for s in samples], references, no_references=why_no_refs))
-
-    return measure_transfer(sample, plan.strengths, quality).as_json()
+    return measure_transfer(sample, plan.strengths, lambda samples: quality_values(session.score(samples))).as_json()
 
 
 def _result(plan: EvalPlan, out: Path, samples, metrics, drifts, best: Checkpoint, why: dict, transfer: dict) -> dict:
     """eval.json's content (paths relative to ``out``)."""
-    from .metrics import DESCRIPTIONS
-
     not_measured = {}
     for per in [*metrics.values(), drifts]:
         for r in per.values():
@@ -179,10 +191,6 @@ def _result(plan: EvalPlan, out: Path, samples, metrics, drifts, best: Checkpoin
 
 
 def _write(result: dict, out: Path, run_dir: Path, log) -> None:
-    from .curves import plot_curves
-    from .publish import publish
-    from .report import write_report
-
     steps = {c["label"]: c["step"] for c in result["checkpoints"]}
     names = {n for per in result["metrics"].values() for n in per}
     values = {n: {lab: _value(result["metrics"][lab].get(n)) for lab in steps} for n in names}
@@ -202,8 +210,6 @@ def _write(result: dict, out: Path, run_dir: Path, log) -> None:
 def _value(r: dict | None) -> float | None:
     if r is None or r.get("unavailable") is not None or r.get("value") is None:
         return None
-    from .metrics import MetricResult
-
     return score_value(MetricResult(**r))
 
 
