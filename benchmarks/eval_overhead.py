@@ -33,9 +33,10 @@ from hhtune.evaluation.clips import AVClip
 from hhtune.evaluation.metrics import (drift, face_similarity, lip_sync, look_distance, speech_quality,
                                        voice_similarity)  # fmt: skip
 from hhtune.model import HappyHorseTransformer, ModelConfig
+from hhtune.contract import FPS, SPEECH_SAMPLE_RATE
 from hhtune.sampling import latent_shapes, model_velocity_fn, sample_distilled
 
-RATE = 16000
+RATE = SPEECH_SAMPLE_RATE
 
 
 def _face(width: int, height: int) -> np.ndarray:
@@ -63,7 +64,8 @@ def _speech(samples: int, seed: int) -> np.ndarray:
 
             audio, _ = librosa.load(wav, sr=RATE)
         return np.resize(audio, samples).astype(np.float32)
-    env = np.repeat(rng.random(samples // 640 + 1), 640)[:samples]
+    hop = RATE // FPS  # one loudness value per video frame
+    env = np.repeat(rng.random(samples // hop + 1), hop)[:samples]
     return (0.3 * env * rng.standard_normal(samples)).astype(np.float32)
 
 
@@ -73,7 +75,7 @@ def _clips(n: int, frames: int, width: int, height: int, seed: int) -> list[AVCl
     out = []
     for i in range(n):
         video = np.stack([np.roll(base, int(rng.integers(-3, 4)), axis=0) for _ in range(frames)])
-        out.append(AVClip(video, _speech(frames * RATE // 25, seed * 1000 + i), RATE, f"clip{i}"))
+        out.append(AVClip(video, _speech(frames * RATE // FPS, seed * 1000 + i), RATE, f"clip{i}"))
     return out
 
 

@@ -31,6 +31,9 @@ ALLOWED = {
     ("benchmarks/_common.py", "SAMPLES_PER_LATENT"): "the side of the square matmul that measures the ceiling",
     ("data_prep/prepare.py", "SPEECH_SAMPLE_RATE"): "a source below 16 kHz is reported as band-limited",
     ("data_prep/sample_footage/make_sample_footage.py", "SPEECH_SAMPLE_RATE"): "one sample file's own audio rate",
+    ("data_prep/report.py", "SPEECH_SAMPLE_RATE"): "the rate of the report's small inlined MP3 previews",
+    ("hhtune/evaluation/metrics/dnsmos.py", "SPEECH_SAMPLE_RATE"): "the fixed input rate of the DNSMOS models",
+    ("hhtune/face.py", "TEXT_LENGTH"): "pixels: the side a whole frame is scaled to for the face search",
 }
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import FPS
-from ..media import SPEECH_RATE, probe, read_audio, read_frames
+from ..contract import FPS, SPEECH_SAMPLE_RATE
+from ..media import FrameReader, probe, read_audio
 
 
 @dataclass(frozen=True)
@@ -21,13 +21,17 @@ class AVClip:
     label: str = ""
 
 
-def read_av_clip(path: str | Path, sample_rate: int = SPEECH_RATE) -> AVClip:
+def read_av_clip(path: str | Path, sample_rate: int = SPEECH_SAMPLE_RATE) -> AVClip:
     """An mp4 (or any file PyAV reads) with sound: every frame at 25 fps and the audio as mono at ``sample_rate``.
 
     16 kHz by default, the rate the speech models read. Raises :class:`hhtune.media.MediaError` for a file
     without frames or sound.
     """
     info = probe(path)
-    frames = read_frames(path, 0.0, max(1, int(round(info.duration * FPS))), info)
+    reader = FrameReader(path, info)
+    try:
+        frames = reader.read(0.0, max(1, int(round(info.duration * FPS))))
+    finally:
+        reader.close()
     audio = np.clip(read_audio(path, sample_rate), -1.0, 1.0).astype(np.float32)
     return AVClip(frames=frames, audio=audio, sample_rate=sample_rate, label=Path(path).stem)

@@ -65,6 +65,7 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     metrics = val.get("metrics") or {}
     lines += [f"![validation still]({s})" for s in stills] or ["- no validation stills recorded"]
     lines += [f"- {k}: {v}" for k, v in sorted(metrics.items())] or ["- no validation metrics recorded"]
+    lines += _evaluation_lines(info.get("evaluation"))
     lines += [
         "",
         "## Consent and rights",
@@ -74,6 +75,20 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     path = folder / "README.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _evaluation_lines(evaluation: dict | None) -> list[str]:
+    """The "Evaluation" section: what ``python -m hhtune.evaluate`` recommends (none before it ran)."""
+    if not evaluation:
+        return []
+    strength = evaluation.get("recommended_strength")
+    return [
+        "",
+        "## Evaluation",
+        f"- recommended strength: {strength if strength is not None else 'not measured'} (distilled model, 8 steps)",
+        f"- recommended checkpoint: `{evaluation.get('recommended_checkpoint') or 'unknown'}`",
+        f"- report: `{evaluation.get('report') or 'eval/report.html'}`",
+    ]
 
 
 def _run_validation(run_dir: Path) -> dict:

@@ -48,6 +48,8 @@ def modelspec_header(w: LoraWeights, *, merged: bool = False, folded: bool = Fal
         header["modelspec.resolution"] = meta.resolution
     if meta.license:
         header["modelspec.license"] = meta.license
+    if meta.recommended_strength is not None:
+        header["modelspec.usage_hint"] = usage_hint(meta.recommended_strength)
     if meta.rank is not None:
         header["ss_network_dim"] = str(meta.rank)
     if folded and meta.rank is not None:
@@ -61,6 +63,11 @@ def modelspec_header(w: LoraWeights, *, merged: bool = False, folded: bool = Fal
     if meta.dataset_summary.get("clips") is not None:
         header["ss_num_train_items"] = str(meta.dataset_summary["clips"])
     return header
+
+
+def usage_hint(strength: float) -> str:
+    """The ``modelspec.usage_hint`` text for a recommended strength."""
+    return f"strength {strength:g} on the distilled model (8 steps), as measured by python -m hhtune.evaluate"
 
 
 def check_architecture(header: dict[str, str], source: str) -> None:

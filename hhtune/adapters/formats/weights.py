@@ -50,6 +50,8 @@ class AdapterMetadata(BaseModel):
     title: str | None = Field(None, description="modelspec.title shown by ComfyUI / Civitai tooling")
     resolution: str | None = Field(None, description='modelspec.resolution, e.g. "448x256"')
     license: str | None = None
+    recommended_strength: float | None = Field(None, description="strength on the distilled model found by "
+                                               "python -m hhtune.evaluate (absent in files written before it)")
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""Sampling the base and each adapter through the validation pipeline (:func:`hhtune.sampling.generate`).
+
+Every variant (the base without adapter, a checkpoint, an adapter at a strength) is sampled at
+the same seeds from the same text features, so two variants differ only by the adapter. The
+distilled sampler runs 8 steps, the base sampler 32 UniPC steps with CFG, as in validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..encoders import EncoderPaths
+from ..sampling.generate import OUTPUT_AUDIO_RATE, generate, write_mp4
+from .clips import AVClip
+
+Features = tuple[Tensor, int]
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How every clip is sampled (the run's ``validation`` section)."""
+
+    seconds: float = 2.0
+    aspect: str = "16:9"
+    base_resolution: int = 256
+    video_guidance: float = 5.0
+    audio_guidance: float = 5.0
+
+
+@dataclass
+class Sample:
+    """One sampled clip: which variant, prompt (index) and seed; its latents, decoded clip and mp4."""
+
+    variant: str
+    prompt: int
+    seed: int
+    video_latents: Tensor
+    audio_latents: Tensor
+    clip: AVClip | None = None
+    mp4: Path | None = None
+
+
+@contextmanager
+def with_adapter(model: torch.nn.Module, adapter: str | Path, strength: float,
+                 check_base: bool = True) -> Iterator[torch.nn.Module]:  # fmt: skip
+    """``model`` carrying ``adapter`` (a PEFT folder, adapter file or training checkpoint) at ``strength``.
+
+    The adapter is removed again on exit, leaving ``model`` as it was. ``check_base=False`` applies
+    an adapter to another base than the one it was trained on (a base-trained adapter on the distilled model).
+    """
+    from ..adapters import load
+
+    peft = load(adapter, model, strength=strength, check_base=check_base)
+    peft.eval()
+    try:
+        yield peft
+    finally:
+        peft.unload()
+
+
+def sample_variant(model: torch.nn.Module, variant: str, features: list[Features], seeds: tuple[int, ...], *,
+                   encoders: EncoderPaths, settings: SampleSettings, sampler: str = "distilled",
+                   negative: Features | None = None, out_dir: Path | None = None,
+                   decode: bool = True) -> list[Sample]:  # fmt: skip
+    """Sample every prompt (by its text features) at every seed with ``model``.
+
+    ``sampler="base"`` (32 UniPC steps with CFG) needs ``negative``, the features of
+    :data:`~hhtune.sampling.generate.NEGATIVE_PROMPT`. With ``out_dir`` each clip is written to
+    ``out_dir/p{prompt:02d}_s{seed}.mp4``; ``decode=False`` keeps latents only (no clip, no mp4).
+    """
+    device = next(model.parameters()).device
+    out: list[Sample] = []
+    for i, feats in enumerate(features):
+        for seed in seeds:
+            g = generate(model, "", encoders, seconds=settings.seconds, aspect=settings.aspect,
+                         base_resolution=settings.base_resolution, sampler=sampler, seed=seed, device=device,
+                         text_features=feats, negative_features=negative, decode=decode,
+                         video_guidance=settings.video_guidance, audio_guidance=settings.audio_guidance)  # fmt: skip
+            if not decode:
+                video, audio = g
+                out.append(Sample(variant, i, seed, video.cpu(), audio.cpu()))
+                continue
+            clip = AVClip(frames=g.frames, audio=g.audio.mean(axis=1).astype("float32"), sample_rate=OUTPUT_AUDIO_RATE,
+                          label=f"{variant} p{i:02d} s{seed}")  # fmt: skip
+            mp4 = None
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                mp4 = write_mp4(g.frames, g.audio, out_dir / f"p{i:02d}_s{seed}.mp4")
+            out.append(Sample(variant, i, seed, g.video_latents.cpu(), g.audio_latents.cpu(), clip, mp4))
+    return out

@@ -1,0 +1,55 @@
+"""End to end on the CPU: a tiny run with two checkpoints, evaluated, reported and published."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from _browser import open_in_browser
+from safetensors import safe_open
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+from _runs import _recipe, _run_cli  # noqa: E402
+
+from hhtune.encoders import build_tiny_encoders  # noqa: E402
+from hhtune.evaluate import main  # noqa: E402
+from hhtune.training.synthetic import write_synthetic_dataset  # noqa: E402
+
+CAPTION = "A host smiles. Dialogue: <a presenter, German>: \"Hallo.\""
+
+
+@pytest.mark.slow
+def test_evaluate_a_tiny_run(tmp_path, capsys):
+    dataset = write_synthetic_dataset(tmp_path / "ds", clips=2)
+    build_tiny_encoders(tmp_path / "enc")
+    recipe = _recipe(dataset, tmp_path / "run", train={"max_steps": 4}, checkpointing={"every_steps": 2, "keep_last": 3},
+                     validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
+                                 "encoders": str(tmp_path / "enc")})  # fmt: skip
+    trained = _run_cli(recipe, tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = tmp_path / "run"
+
+    assert main([str(run), "--checkpoints", "all", "--seeds", "1", "--strengths", "0.5,1.0", "--drift-languages", "en"]) == 0
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert [c["label"] for c in result["checkpoints"]] == ["step-00000002", "final"]  # step 4 is the final adapter
+    assert result["prompts"] == [CAPTION] and result["seeds"] == [1234] and result["strengths"] == [0.5, 1.0]
+    assert {s["variant"] for s in result["samples"]} == {"base", "step-00000002", "final"}
+    strength = result["recommended_strength"]
+    assert strength in (0.5, 1.0) and result["transfer"]["recommended_strength"] == strength
+    assert set(result["transfer"]["gaps"]) == {"0.5", "1.0"} and result["transfer"]["no_adapter_gap"] >= 0
+    assert set(result["drift"]) == {"step-00000002", "final"}
+    not_measured = {n["metric"] for n in result["not_measured"]}
+    assert "voice_similarity" in not_measured  # synthetic data: no footage to compare voices with, and it says so
+
+    card = (run / "adapter" / "README.md").read_text()
+    assert f"- recommended strength: {strength}" in card
+    with safe_open(run / "export" / "peft" / "adapter_model.safetensors", framework="pt") as f:
+        assert json.loads(f.metadata()["hhtune"])["recommended_strength"] == strength
+
+    seen = open_in_browser(run, "eval/report.html")
+    assert seen["recommended"] == result["recommendation"]["checkpoint"]
+    assert len(seen["videos"]) == 3 and all(v["ready"] >= 1 and v["error"] is None for v in seen["videos"])
+    assert seen["images"] and all(i["width"] > 0 for i in seen["images"])
+    assert all(link["ok"] for link in seen["links"]) and CAPTION in seen["text"]
