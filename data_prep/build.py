@@ -213,7 +213,7 @@ def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool
         encoders = resolve_encoders(cfg, out)
         encode_clips(units, out / ".work", encoders, cfg, progress=progress and main, reencode=reencode)
     if main:
-        write_dataset(units, out, cfg, encoders)
+        write_dataset(units, out, cfg, encoders, footage=footage)
         write_report(units, out)
     return out
 

@@ -62,7 +62,8 @@ def _rows(clips: list[Clip], latents: Path | None):
         yield row
 
 
-def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: EncoderPaths | None) -> Path:
+def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: EncoderPaths | None,
+                  footage: Path | None = None) -> Path:
     """Write ``dataset/`` (one row per clip), ``alignments/`` and ``manifest.json``, each atomically.
 
     Rows stream through ``Dataset.from_generator`` (a private cache under ``.work``), so latents of a
@@ -101,6 +102,8 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
     manifest = {"format_version": FORMAT_VERSION, "fingerprint": manifest_fingerprint(cfg, enc_fp), "encoders": enc,
                 "encoders_fingerprint": enc_fp, "settings": cfg.model_dump(mode="json"), "encoded": encoders is not None,
                 "clips": len(clips), "languages": sorted({c.language for c in clips}),
+                # where the clips were cut from: evaluation compares samples with the training footage
+                "footage": str(Path(footage).resolve()) if footage is not None else None,
                 # how each clip's words and speech mask were found (dtw/ctc alignment; phonemes, Silero VAD or energy)
                 "clip_sources": {c.clip_id: {"alignment": c.alignment_method, "speech_mask": c.mask_source}
                                  for c in clips}}  # fmt: skip

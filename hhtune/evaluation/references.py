@@ -16,7 +16,7 @@ def training_references(ds, manifest: dict, limit: int = MAX_REFERENCES) -> tupl
 
     Returns ``(clips, None)``, or ``([], why)`` when the footage is not on this machine.
     """
-    footage = (manifest.get("settings") or {}).get("footage")
+    footage = manifest.get("footage")
     if not footage or not Path(footage).is_dir():
         return [], f"the training footage folder ({footage or 'not recorded in the dataset manifest'}) is not on this machine"
     rows = ds.select_columns(["source_file", "start_s", "end_s"])

@@ -77,9 +77,10 @@ class _Text(HTMLParser):
 def test_unencoded_dataset_roundtrip_and_validation(tmp_path):
     units = [_unit("a", 2), _unit("b", 1, "ko"), _unit("c", 0)]
     cfg = load_data_config(None, {"base_resolution": 32})
-    write_dataset(units, tmp_path, cfg, None)
+    write_dataset(units, tmp_path, cfg, None, footage=tmp_path / "footage")
     d = load_dataset_dir(tmp_path)
     assert len(d.dataset) == 3 and not d.encoded and d.manifest["languages"] == ["en", "ko"]
+    assert d.manifest["footage"] == str((tmp_path / "footage").resolve())  # evaluation reads training clips there
     assert set(d.dataset.column_names) >= {"clip_id", "speech_mask", "alignment", "num_frames", "bucket"}
     assert (tmp_path / "alignments" / "a-001.TextGrid").is_file()
     with pytest.raises(DatasetError, match="has no latents"):
