@@ -71,10 +71,10 @@ def from_peft_model(model: torch.nn.Module, adapter_name: str | None = None) -> 
             raise AdapterError(f"the model has {len(active)} active adapters {active}: pass adapter_name, or merge them")
         adapter_name = active[0]
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-    return _from_peft_state(state, model.peft_config[adapter_name].to_dict(), f"adapter {adapter_name!r}")
+    return from_peft_state(state, model.peft_config[adapter_name].to_dict(), f"adapter {adapter_name!r}")
 
 
-def _from_peft_state(state: dict[str, torch.Tensor], cfg: dict, source: str) -> LoraWeights:
+def from_peft_state(state: dict[str, torch.Tensor], cfg: dict, source: str) -> LoraWeights:
     """PEFT-named tensors + ``adapter_config`` -> LoraWeights; ranks and alphas resolved as PEFT resolves them."""
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{source} is a {cfg['peft_type']} adapter; only LoRA adapters are supported")
@@ -141,7 +141,7 @@ def read_peft_folder(path: Path) -> LoraWeights:
         cfg = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise AdapterError(f"{config_file} is not valid JSON ({e})") from e
-    w = _from_peft_state(load_peft_weights(str(path), device="cpu"), cfg, str(path))  # PEFT's reader: .safetensors or .bin
+    w = from_peft_state(load_peft_weights(str(path), device="cpu"), cfg, str(path))  # PEFT's reader: .safetensors or .bin
     if weights[0].endswith(".safetensors"):
         w.metadata = read_metadata(path / weights[0], w.metadata)
     w.metadata.use_rslora = bool(cfg.get("use_rslora"))

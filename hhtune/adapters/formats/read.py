@@ -6,6 +6,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from .checkpoint import adapter_from_checkpoint, is_checkpoint
 from .modelspec import check_architecture, read_metadata
 from .peft import PEFT_KEY_PREFIX, read_peft_folder
 from .single import read_single
@@ -14,8 +15,10 @@ from .weights import AdapterError, LoraWeights
 
 def read_adapter(path: str | Path) -> LoraWeights:
     """Read any supported adapter: a PEFT folder (ours or PEFT's own), a ComfyUI, kohya / musubi-tuner
-    or Wan2GP file, or a RUN_DIR."""
+    or Wan2GP file, a RUN_DIR, or a training checkpoint (``RUN_DIR/checkpoints/step-NNNNNNNN``)."""
     path = Path(path)
+    if is_checkpoint(path):
+        return adapter_from_checkpoint(path)
     if path.is_dir() and (path / "adapter" / "adapter_config.json").is_file():
         path = path / "adapter"
     if path.is_dir():
