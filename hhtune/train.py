@@ -37,7 +37,8 @@ def _main(argv: list[str] | None) -> int:
         description="Fine-tune a LoRA adapter on HappyHorse from a YAML recipe (see recipes/).",
         epilog="Overrides use dotted keys, e.g. train.max_steps=200 lora.rank=32 logging.wandb_mode=disabled. "
         "Re-running the same command resumes from the run's newest checkpoint. Exit codes: 0 done, 1 the run "
-        "failed, 2 bad input, 3 a missing tool or package, 4 out of memory.",
+        "failed, 2 bad input, 3 a missing tool or package, 4 out of memory, 130 interrupted (SIGTERM checkpoints "
+        "first); under accelerate launch or torchrun the launcher exits 1 for any failure.",
     )
     parser.add_argument("recipe", help="path to a YAML recipe")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")

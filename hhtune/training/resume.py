@@ -21,8 +21,8 @@ WORLD_SIZE = "world_size"
 DATASET = "dataset.fingerprint"
 
 
-class ResumeMismatch(RuntimeError):
-    """The checkpoint was written by a run with different settings; the message lists them."""
+class ResumeMismatch(ValueError):
+    """The checkpoint was written by a run with different settings; the message lists them (bad input, exit 2)."""
 
 
 def run_fingerprint(recipe: Recipe, world_size: int, dataset_fingerprint: str | None) -> dict[str, Any]:

@@ -37,12 +37,12 @@ from .data import TrainingDataset
 from .determinism import configure_determinism
 from .distributed import (fsdp_requested, full_optimizer_state, full_trainable_state, load_full_optimizer_state,
                           shard_model)  # fmt: skip
-from .errors import TrainingError
+from .errors import RecipeConflict, RunInterrupted, TrainingError
 from .metrics import peak_memory_gb
 from .objective import LossOutput, flow_matching_loss, sigma_bucket
 from .outputs import (check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step,
                       training_clip_summaries)  # fmt: skip
-from .resume import ResumeMismatch, check_resume, run_fingerprint
+from .resume import check_resume, run_fingerprint
 from .state import Progress, Snapshot, latest_checkpoint, load_state, read_fingerprint, save_state
 
 Log = Callable[[str], object]
@@ -68,7 +68,7 @@ def train(recipe: Recipe, log: Log = print, callbacks: list[Callback] | tuple[Ca
                 trainer.save_checkpoint()
             if stopping:
                 trainer.accelerator.wait_for_everyone()
-                raise SystemExit(f"stopped by SIGTERM at step {step}; re-run the same command to resume")
+                raise RunInterrupted(f"stopped by SIGTERM at step {step}; re-run the same command to resume")
             if recipe.validation.every_steps and step % recipe.validation.every_steps == 0:
                 trainer.validate()
             trainer.hooks.on_step_end(step)
@@ -95,7 +95,7 @@ class LoraTrainer:
         try:
             self.fsdp = fsdp_requested()
         except ValueError as e:
-            raise TrainingError(str(e)) from None
+            raise RecipeConflict(str(e)) from None
         check_recipe(recipe, device_type="cuda" if torch.cuda.is_available() else "cpu", fsdp=self.fsdp)
         check_output_dependencies(recipe)
         configure_determinism(recipe.train.deterministic)  # before anything runs on the device
@@ -109,7 +109,7 @@ class LoraTrainer:
         try:  # on CUDA: prints the plan, refuses a run it says will not fit (model.ignore_memory_plan overrides)
             check_memory_plan(recipe, self.device, self.world if self.fsdp else 1, self._log if self.main else None)
         except PlanError as e:
-            raise TrainingError(str(e)) from None
+            raise RecipeConflict(str(e)) from None
         # The text encoder is loaded, used and freed here, before the transformer exists.
         self.prompts = encode_validation_prompts(recipe, self.data, self.device, needed=self.main or self.fsdp)
         self.clips = training_clip_summaries(recipe, self.data) if self.main else None  # for the memorisation metric
@@ -347,10 +347,7 @@ def _check_fingerprint(checkpoint: Path, current: dict, recipe: Recipe, log) -> 
         warnings.warn(f"{checkpoint} has no run fingerprint (written by an older hhtune): resuming without "
                       "checking that the settings match", stacklevel=5)  # fmt: skip
         return
-    try:
-        allowed = check_resume(stored, current, recipe.checkpointing.allow_changed, str(checkpoint))
-    except ResumeMismatch as e:
-        raise TrainingError(str(e)) from None
+    allowed = check_resume(stored, current, recipe.checkpointing.allow_changed, str(checkpoint))  # ResumeMismatch: exit 2
     for line in allowed:
         log(f"resuming with a deliberate change (checkpointing.allow_changed): {line}")
 
