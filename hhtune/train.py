@@ -4,7 +4,8 @@ Usage:
     accelerate launch hhtune/train.py RECIPE.yaml [section.key=value ...]
     python -m hhtune.train RECIPE.yaml [section.key=value ...]
 
-Re-running the same command resumes from the newest checkpoint in the run folder.
+Re-running the same command resumes from the newest checkpoint in the run folder; on a finished run
+it changes nothing (--force-validate / --force-export redo the final validation / the exports).
 Example: accelerate launch hhtune/train.py recipes/quickstart.yaml train.max_steps=50 lora.rank=8
 """
 
@@ -43,6 +44,10 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("recipe", help="path to a YAML recipe")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("--force-validate", action="store_true",
+                        help="on a finished run: validate the final adapter again (else a finished run is left as it is)")
+    parser.add_argument("--force-export", action="store_true",
+                        help="on a finished run: write the adapter, model card and export.formats again")
     args = parser.parse_intermixed_args(argv)
 
     from hhtune.recipe import load_recipe, recipe_table
@@ -53,7 +58,7 @@ def _main(argv: list[str] | None) -> int:
         for key, value in recipe_table(recipe):
             print(f"{key} = {value}")
         return 0
-    train(recipe)
+    train(recipe, force_validate=args.force_validate, force_export=args.force_export)
     return 0
 
 

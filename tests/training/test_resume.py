@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 from _runs import _recipe
 
 from hhtune.cli import exit_code
@@ -53,3 +56,34 @@ def test_following_the_refusal_of_a_rank_change_is_bad_input_not_a_size_mismatch
             train(validate_recipe(bigger), log=lambda *_: None)
         assert exit_code(refused.value) == 2
         assert "python -m hhtune.export " in str(refused.value)
+
+
+def _files(run) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_run_again_changes_no_file_unless_forced(tmp_path, capsys):
+    from hhtune.train import main
+
+    data = write_synthetic_dataset(tmp_path / "ds", clips=1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(data, tmp_path / "run", train={"max_steps": 3},
+                                             checkpointing={"every_steps": 2}, validation={"at_end": False})))  # fmt: skip
+    run = tmp_path / "run"
+    assert main([str(recipe)]) == 0
+    before = _files(run)
+    assert "export/peft/adapter_model.safetensors" in before and "run_info.json" in before
+    capsys.readouterr()
+    assert main([str(recipe)]) == 0
+    assert _files(run) == before  # no checkpoint, recipe.yaml, metrics row, adapter or export rewritten
+    out = capsys.readouterr().out
+    assert "is finished: 3 steps" in out and "nothing to do" in out and "loss" not in out, out
+    assert main([str(recipe), "--force-export"]) == 0
+    after = _files(run)
+    assert after["export/peft/adapter_model.safetensors"][1] > before["export/peft/adapter_model.safetensors"][1]
+    assert {k for k in after if k.startswith("checkpoints/")} == {k for k in before if k.startswith("checkpoints/")}
+    assert [k for k in before if k.startswith("checkpoints/") and after[k] != before[k]] == []
+    assert after["metrics.jsonl"][0] == before["metrics.jsonl"][0]  # no duplicate row
+    # one more step is not finished: it trains on from the last checkpoint
+    assert main([str(recipe), "train.max_steps=4"]) == 0
+    assert json.loads((run / "run_info.json").read_text())["steps"] == 4
