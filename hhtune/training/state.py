@@ -62,6 +62,21 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:08d}"
 
 
+def step_checkpoint(run_dir: Path, step: int) -> Path:
+    """The complete checkpoint of the run in ``run_dir`` at ``step`` (``RUN --step N`` of the export and sample
+    commands); ``FileNotFoundError`` naming the steps the run has when there is none."""
+    path = checkpoint_dir(Path(run_dir), step)
+    if (path / "state.json").is_file():
+        return path
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a training run folder (it has no checkpoints/), so --step {step} "
+                                "cannot be found in it")  # fmt: skip
+    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file())
+    raise FileNotFoundError(f"{run_dir} has no checkpoint at step {step}; it has steps {steps} "
+                            "(checkpointing.keep_last keeps only the newest ones)")  # fmt: skip
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint in ``run_dir``, if any."""
     root = run_dir / "checkpoints"
