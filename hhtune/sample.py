@@ -37,6 +37,8 @@ def _main(argv: list[str] | None) -> int:
                         help="with a preset name for --model: sample an untrained random model (tests, smoke runs)")
     parser.add_argument("--encoders", required=True, type=Path, help="folder with video_vae/, audio_vae/, text_encoder/")
     parser.add_argument("--adapter", action="append", default=[], help="adapter file or folder, optionally :STRENGTH, or per modality :video=1.0,audio=0.5")
+    parser.add_argument("--ignore-base-mismatch", action="store_true",
+                        help="apply an adapter recorded for another base with a warning (e.g. an FP8 copy of its base)")
     parser.add_argument("--step", type=int, help="with --adapter RUN_DIR: the run's checkpoint at this step")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--image", type=Path, help="reference first frame (image-to-video)")
@@ -85,7 +87,8 @@ def _main(argv: list[str] | None) -> int:
     from hhtune.adapters import load as load_adapter
 
     for path, strength, modalities in adapter_specs:
-        model = load_adapter(path, model, strength=strength, modalities=modalities)
+        model = load_adapter(path, model, strength=strength, modalities=modalities,
+                             check_base=not args.ignore_base_mismatch)  # fmt: skip
     model.eval()
     image = None
     if args.image:

@@ -28,8 +28,8 @@ from .base_identity import base_model_id
 from .experts import set_expert_strengths
 from .formats.fitting import fit, model_shapes
 from .formats.peft import to_peft
-from .formats.read import read_adapter
-from .formats.weights import AdapterError, LoraWeights
+from .formats.weights import AdapterError, AdapterMetadata, LoraWeights
+from .provenance import read_run_adapter
 from .settings import EXPERTS
 
 
@@ -71,22 +71,37 @@ def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_
 
     Checked in order: every module exists (a plain or sandwich-expert linear, or an
     embedder) and every ``A``/``B`` shape fits it (see :func:`~hhtune.adapters.formats.fitting.fit`),
-    the rank agrees with the file's metadata, and (``check_base``) the base model id
-    (:func:`~hhtune.adapters.base_identity.base_model_id`) recorded in the file equals the model's.
+    the rank agrees with the file's metadata, and the base model id
+    (:func:`~hhtune.adapters.base_identity.base_model_id`) recorded in the file (or its run's
+    ``run_info.json``) equals the model's: :func:`check_same_base`, a warning instead when not ``check_base``.
     """
     w = fit(w, model_shapes(model), source)
     meta = w.metadata
     for path, (a, _, _) in sorted(w.modules.items()):
         if meta.rank is not None and a.shape[0] != meta.rank:
             raise AdapterError(f"{source}: metadata says rank {meta.rank} but {path} has rank {a.shape[0]}")
-    if check_base and meta.base_fingerprint and meta.base_fingerprint != (mine := base_model_id(model)):
-        trained_on = f"{meta.base_name!r}, " if meta.base_name else ""
-        raise AdapterError(
-            f"{source} was trained on another base model ({trained_on}fingerprint {meta.base_fingerprint}; this model "
-            f"has {mine}): e.g. an adapter of the super-resolution or distilled model applied to the base one, or the "
-            "reverse. If this is the same base in another precision (an FP8 copy), pass check_base=False"
-        )
+    if meta.base_fingerprint:
+        check_same_base(meta, base_model_id(model), source, refuse=check_base)
     return w
+
+
+def check_same_base(meta: AdapterMetadata, base_id: str, source: str, *, refuse: bool = True) -> None:
+    """The one rule for an adapter recorded for another base than ``base_id`` (a :func:`base_model_id`).
+
+    Used by :func:`load` (``hhtune.sample``, evaluation) and by ``hhtune.export --base``: refused
+    with :class:`AdapterError` (exit 2), or with ``refuse=False`` a warning; both name the two
+    fingerprints. An adapter that records no base (another tool's file) passes.
+    """
+    if not meta.base_fingerprint or meta.base_fingerprint == base_id:
+        return
+    trained_on = f"{meta.base_name!r}, " if meta.base_name else ""
+    message = (f"{source} was trained on another base model ({trained_on}fingerprint {meta.base_fingerprint}; this base "
+               f"has {base_id}): e.g. an adapter of the super-resolution or distilled model applied to the base one, "
+               "the reverse, or another random init")  # fmt: skip
+    if refuse:
+        raise AdapterError(message + ". If this is the same base in another precision (an FP8 copy), pass "
+                           "check_base=False (hhtune.sample --ignore-base-mismatch) to apply it with a warning")  # fmt: skip
+    warnings.warn(message + "; applied anyway (check_base=False)", stacklevel=3)
 
 
 def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, modalities: dict[str, float] | None = None,
@@ -105,7 +120,7 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, mod
     bad = [m for m in modalities if m not in EXPERTS]
     if bad:
         raise ValueError(f"unknown modality {bad}; allowed {list(EXPERTS)}")
-    w = check_compatible(read_adapter(path), model, source, check_base)
+    w = check_compatible(read_run_adapter(path), model, source, check_base)
     active = list(model.active_adapters) if isinstance(model, PeftModel) else []
     existing = list(model.peft_config) if isinstance(model, PeftModel) else []
     name = adapter_name or "adapter_" + re.sub(r"\W", "_", Path(path).stem)  # outside PEFT's "lora_" key prefix

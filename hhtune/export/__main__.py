@@ -46,10 +46,13 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="adapter dtype (and merged_single's)")
     parser.add_argument("--drop", action="append", default=[], choices=["video", "audio", "text"],
                         help="leave this modality's expert and embedder parts out")  # fmt: skip
+    parser.add_argument("--ignore-base-mismatch", action="store_true",
+                        help="use --base even if SOURCE was trained on another base, with a warning (an FP8 copy of it)")
     args = parser.parse_args(argv)
     source = args.source if args.step is None else step_checkpoint(args.source, args.step)
     out = export_adapter(source, args.format, args.out, base=args.base, strength=args.strength,
-                         dtype=args.dtype, extra=[tuple(parse_spec(s)) for s in args.also], drop=args.drop)  # fmt: skip
+                         dtype=args.dtype, extra=[tuple(parse_spec(s)) for s in args.also], drop=args.drop,
+                         check_base=not args.ignore_base_mismatch)  # fmt: skip
     print(f"wrote {out}")
     return 0
 

@@ -74,3 +74,65 @@ def test_sample_takes_a_checkpoint_as_adapter(run, tmp_path, monkeypatch, how):
         sample_main(["--model", "tiny", "--random-weights", "--encoders", str(tmp_path / "enc"), "--prompt", "x",
                      "--out", str(tmp_path / "o"), "--device", "cpu", "--adapter", *chosen])  # fmt: skip
     assert Path(loaded[0][0]) == step2
+
+
+# --------------------------------------------------------------------------- one base check everywhere
+
+
+def _other_base():
+    from hhtune.model import HappyHorseTransformer, ModelConfig
+
+    torch.manual_seed(7)  # the run's base is the tiny preset from seed 0
+    return HappyHorseTransformer(ModelConfig.preset("tiny"))
+
+
+@pytest.mark.parametrize("where", ["run", "adapter", "checkpoint"])
+def test_a_run_adapter_on_another_base_is_refused_naming_both_fingerprints_however_it_is_named(run, where):
+    import json
+
+    from hhtune.adapters import AdapterError
+    from hhtune.adapters.base_identity import base_model_id
+
+    path = {"run": run, "adapter": run / "adapter", "checkpoint": run / "checkpoints" / "step-00000002"}[where]
+    recorded = json.loads((run / "run_info.json").read_text())["base_fingerprint"]
+    other = _other_base()
+    with pytest.raises(AdapterError, match=rf"fingerprint {recorded}; this base has {base_model_id(other)}"):
+        adapters.load(path, other)
+    with pytest.warns(UserWarning, match=rf"fingerprint {recorded}; this base has {base_model_id(other)}.*applied anyway"):
+        adapters.load(path, _other_base(), check_base=False)
+
+
+def test_export_into_another_base_is_refused_like_sampling(run, tmp_path, capsys):
+    from hhtune.model import save_checkpoint
+
+    save_checkpoint(_other_base(), tmp_path / "other")
+    argv = [str(run), "--format", "merged_single", "--base", str(tmp_path / "other"), "--out", str(tmp_path / "m")]
+    assert export_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "was trained on another base model" in err, err
+    assert not (tmp_path / "m").exists()
+
+
+def test_sample_with_random_weights_checks_the_base_too(run, tmp_path, capsys, monkeypatch):
+    """`--random-weights` builds the tiny preset from seed 0; an adapter of a seed-3 run is refused, or warned with the flag."""
+    from hhtune.encoders import build_tiny_encoders
+    from hhtune.sample import main as sample_main
+
+    data = write_synthetic_dataset(tmp_path / "ds", clips=1)
+    other = train(validate_recipe(_recipe(data, tmp_path / "run3", model={"init_seed": 3}, train={"max_steps": 1},
+                                          checkpointing={"every_steps": 1}, validation={"at_end": False})),
+                  log=lambda *_: None)  # fmt: skip
+    build_tiny_encoders(tmp_path / "enc")
+    argv = ["--model", "tiny", "--random-weights", "--encoders", str(tmp_path / "enc"), "--prompt", "x",
+            "--out", str(tmp_path / "o"), "--device", "cpu", "--adapter", str(other)]  # fmt: skip
+    assert sample_main(argv) == 2
+    assert "was trained on another base model" in capsys.readouterr().err
+    real = adapters.load
+
+    def load_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        raise SystemExit(0)  # stop before sampling: the base check is what is tested here
+
+    monkeypatch.setattr(adapters, "load", load_then_stop)
+    with pytest.warns(UserWarning, match="applied anyway"), pytest.raises(SystemExit):
+        sample_main(argv + ["--ignore-base-mismatch"])
