@@ -88,7 +88,7 @@ def _main(argv: list[str] | None) -> int:
 
     for path, strength, modalities in adapter_specs:
         model = load_adapter(path, model, strength=strength, modalities=modalities,
-                             check_base=not args.ignore_base_mismatch)  # fmt: skip
+                             check_base="warn" if args.ignore_base_mismatch else True)  # fmt: skip
     model.eval()
     image = None
     if args.image:

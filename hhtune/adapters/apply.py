@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
@@ -66,22 +66,26 @@ def parse_spec(text: str) -> AdapterSpec:
     return AdapterSpec(path, strength, modalities)
 
 
-def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_base: bool = True) -> LoraWeights:
+BaseCheck = bool | Literal["warn"]  # True: refuse another base; "warn": apply it with a warning; False: do not check
+
+
+def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_base: BaseCheck = True) -> LoraWeights:
     """``w`` fitted to ``model``, or :class:`AdapterError` naming the file, module and reason.
 
     Checked in order: every module exists (a plain or sandwich-expert linear, or an
     embedder) and every ``A``/``B`` shape fits it (see :func:`~hhtune.adapters.formats.fitting.fit`),
     the rank agrees with the file's metadata, and the base model id
     (:func:`~hhtune.adapters.base_identity.base_model_id`) recorded in the file (or its run's
-    ``run_info.json``) equals the model's: :func:`check_same_base`, a warning instead when not ``check_base``.
+    ``run_info.json``) equals the model's (:func:`check_same_base`; ``check_base="warn"`` warns instead, and
+    ``False``, for a deliberate transfer such as evaluation's base adapter on the distilled model, skips it).
     """
     w = fit(w, model_shapes(model), source)
     meta = w.metadata
     for path, (a, _, _) in sorted(w.modules.items()):
         if meta.rank is not None and a.shape[0] != meta.rank:
             raise AdapterError(f"{source}: metadata says rank {meta.rank} but {path} has rank {a.shape[0]}")
-    if meta.base_fingerprint:
-        check_same_base(meta, base_model_id(model), source, refuse=check_base)
+    if check_base and meta.base_fingerprint:
+        check_same_base(meta, base_model_id(model), source, refuse=check_base is True)
     return w
 
 
@@ -100,12 +104,12 @@ def check_same_base(meta: AdapterMetadata, base_id: str, source: str, *, refuse:
                "the reverse, or another random init")  # fmt: skip
     if refuse:
         raise AdapterError(message + ". If this is the same base in another precision (an FP8 copy), pass "
-                           "check_base=False (hhtune.sample --ignore-base-mismatch) to apply it with a warning")  # fmt: skip
-    warnings.warn(message + "; applied anyway (check_base=False)", stacklevel=3)
+                           "--ignore-base-mismatch (check_base='warn') to apply it with a warning")  # fmt: skip
+    warnings.warn(message + "; applied anyway (--ignore-base-mismatch)", stacklevel=3)
 
 
 def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, modalities: dict[str, float] | None = None,
-         adapter_name: str | None = None, trainable: bool = False, check_base: bool = True) -> PeftModel:  # fmt: skip
+         adapter_name: str | None = None, trainable: bool = False, check_base: BaseCheck = True) -> PeftModel:  # fmt: skip
     """Apply the adapter at ``path`` to ``model`` at ``strength`` and return the (PEFT-wrapped) model.
 
     Adapters already active on ``model`` stay active, so calling ``load`` again stacks: the

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.apply import check_same_base
+from ..adapters.apply import BaseCheck, check_same_base
 from ..adapters.base_identity import base_model_id
 from ..adapters.formats.fitting import checkpoint_shapes, fit, model_shapes
 from ..adapters.formats.modelspec import modelspec_header
@@ -73,7 +73,7 @@ def as_weights(source: AdapterSource, metadata: AdapterMetadata | dict | None = 
 def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: str | Path | None = None,
                    strength: float = 1.0, dtype: str = "bf16", metadata: AdapterMetadata | dict | None = None,
                    extra: list[tuple] | None = None, adapter_name: str | None = None,
-                   drop: list[str] | None = None, check_base: bool = True) -> Path:  # fmt: skip
+                   drop: list[str] | None = None, check_base: BaseCheck = True) -> Path:  # fmt: skip
     """Write ``source`` as ``fmt`` at ``out`` and return the path written.
 
     Args:
@@ -90,7 +90,7 @@ def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: st
         adapter_name: which adapter of a PEFT model with several.
         drop: modalities (``"audio"``, ``"video"``, ``"text"``) whose expert and embedder parts are left out.
         check_base: an adapter recorded for another base than ``base`` is refused
-            (:func:`~hhtune.adapters.apply.check_same_base`); ``False`` warns instead (an FP8 copy of its base).
+            (:func:`~hhtune.adapters.apply.check_same_base`); ``"warn"`` warns instead (an FP8 copy of its base).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
@@ -104,8 +104,8 @@ def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: st
     shapes = checkpoint_shapes(base) if base is not None else None
     if shapes is not None or not w.fitted:  # a foreign file's sandwich updates: fit to --base, else the 15B model
         w = fit(w, shapes or _preset_shapes("15b"), name, f"base {base}" if shapes else "the 15B model (pass --base)")
-    if base is not None:  # shapes first; then the rule of hhtune.sample: an adapter of another base is refused
-        check_same_base(w.metadata, base_model_id(base), name, refuse=check_base)
+    if base is not None and check_base:  # shapes first; then the rule of hhtune.sample for another base
+        check_same_base(w.metadata, base_model_id(base), name, refuse=check_base is True)
     if drop:
         w = drop_experts(w, drop)
     out = Path(out)

@@ -52,7 +52,7 @@ def _main(argv: list[str] | None) -> int:
     source = args.source if args.step is None else step_checkpoint(args.source, args.step)
     out = export_adapter(source, args.format, args.out, base=args.base, strength=args.strength,
                          dtype=args.dtype, extra=[tuple(parse_spec(s)) for s in args.also], drop=args.drop,
-                         check_base=not args.ignore_base_mismatch)  # fmt: skip
+                         check_base="warn" if args.ignore_base_mismatch else True)  # fmt: skip
     print(f"wrote {out}")
     return 0
 

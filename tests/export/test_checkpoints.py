@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,9 @@ def test_a_run_adapter_on_another_base_is_refused_naming_both_fingerprints_howev
     with pytest.raises(AdapterError, match=rf"fingerprint {recorded}; this base has {base_model_id(other)}"):
         adapters.load(path, other)
     with pytest.warns(UserWarning, match=rf"fingerprint {recorded}; this base has {base_model_id(other)}.*applied anyway"):
+        adapters.load(path, _other_base(), check_base="warn")
+    with warnings.catch_warnings():  # check_base=False: a deliberate transfer (evaluation's), neither refused nor warned
+        warnings.filterwarnings("error", message=".*another base")
         adapters.load(path, _other_base(), check_base=False)
 
 
