@@ -10,7 +10,7 @@ Every entry point (``hhtune/train.py``, ``python -m hhtune.sample``, ``hhtune.ex
 | 2 | bad input: nothing was run | a recipe typo, a missing file, an adapter for another model, bad arguments |
 | 3 | the machine lacks something | ffmpeg, espeak-ng or a Python package is missing; the message has the install command |
 | 4 | out of memory | the device could not hold the step; the message points at ``python -m hhtune.plan`` |
-| 130 | interrupted (Ctrl-C) | |
+| 130 | interrupted | Ctrl-C; SIGTERM to a training run (it checkpoints first) |
 
 The first line on stderr is always ``error: <what happened>``; further lines (a recipe's
 list of bad keys) are indented details. The classes that count as bad input are the
@@ -68,7 +68,7 @@ def exit_code(exc: BaseException) -> int:
 
 def error_text(exc: BaseException) -> str:
     """``error: <first line>`` followed by the message's further lines, indented."""
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) and not str(exc):  # Ctrl-C; a SIGTERM stop says where it stopped
         return "error: interrupted; re-run the same command to resume where it can"
     if exit_code(exc) == EXIT_OUT_OF_MEMORY:
         return f"error: {_OOM_HINT} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"

@@ -1,8 +1,11 @@
 """Generate a clip with HappyHorse (+ adapters) and write an mp4 with sound.
 
     python -m hhtune.sample --model CHECKPOINT_OR_PRESET --encoders ENCODERS_DIR \
-        [--adapter PATH[:STRENGTH|:video=F,audio=F] ...] --prompt "..." [--image ref.png] [--audio speech.wav] \
-        [--seconds 5] [--aspect 16:9] [--sampler distilled|base] [--seed 0] --out DIR
+        [--adapter PATH[:STRENGTH|:video=F,audio=F] ...] [--step N] --prompt "..." [--image ref.png] \
+        [--audio speech.wav] [--seconds 5] [--aspect 16:9] [--sampler distilled|base] [--seed 0] --out DIR
+
+An adapter is any file or folder hhtune.export reads: a training run folder (its final adapter, or with
+--step N its checkpoint at step N), a checkpoint folder RUN/checkpoints/step-N, a PEFT folder, or a file.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ def _main(argv: list[str] | None) -> int:
                         help="with a preset name for --model: sample an untrained random model (tests, smoke runs)")
     parser.add_argument("--encoders", required=True, type=Path, help="folder with video_vae/, audio_vae/, text_encoder/")
     parser.add_argument("--adapter", action="append", default=[], help="adapter file or folder, optionally :STRENGTH, or per modality :video=1.0,audio=0.5")
+    parser.add_argument("--ignore-base-mismatch", action="store_true",
+                        help="apply an adapter recorded for another base with a warning (e.g. an FP8 copy of its base)")
+    parser.add_argument("--step", type=int, help="with --adapter RUN_DIR: the run's checkpoint at this step")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--image", type=Path, help="reference first frame (image-to-video)")
     parser.add_argument("--audio", type=Path, help="given audio (audio-to-video): kept fixed")
@@ -49,6 +55,7 @@ def _main(argv: list[str] | None) -> int:
                         help="block linears/attention: bf16 (official numerics), fp32, auto (bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
+    adapter_specs = _adapter_specs(args.adapter, args.step)  # checked before anything loads
 
     import numpy as np
     import torch
@@ -78,11 +85,10 @@ def _main(argv: list[str] | None) -> int:
         model = load_checkpoint(args.model, device=args.device)
     model.set_compute_dtype(args.compute_dtype)
     from hhtune.adapters import load as load_adapter
-    from hhtune.adapters import parse_spec
 
-    for spec in args.adapter:
-        path, strength, modalities = parse_spec(spec)
-        model = load_adapter(path, model, strength=strength, modalities=modalities)
+    for path, strength, modalities in adapter_specs:
+        model = load_adapter(path, model, strength=strength, modalities=modalities,
+                             check_base="warn" if args.ignore_base_mismatch else True)  # fmt: skip
     model.eval()
     image = None
     if args.image:
@@ -102,6 +108,22 @@ def _main(argv: list[str] | None) -> int:
     write_previews(g, args.out / "sample")
     print(f"wrote {mp4}")
     return 0
+
+
+def _adapter_specs(specs: list[str], step: int | None) -> list:
+    """The ``--adapter`` specs parsed, run folders taken at ``--step``; a missing adapter or step is refused here."""
+    from hhtune.adapters import parse_spec
+    from hhtune.training.state import step_checkpoint
+
+    parsed = [parse_spec(s) for s in specs]
+    if step is not None and not parsed:
+        raise SampleError(f"--step {step} picks a checkpoint of a training run: pass the run folder as --adapter RUN_DIR")
+    if step is not None:
+        parsed = [a._replace(path=str(step_checkpoint(Path(a.path), step))) for a in parsed]
+    for a in parsed:
+        if not Path(a.path).exists():
+            raise FileNotFoundError(f"adapter not found: {a.path}")
+    return parsed
 
 
 def _cuda() -> bool:

@@ -4,7 +4,8 @@ Usage:
     accelerate launch hhtune/train.py RECIPE.yaml [section.key=value ...]
     python -m hhtune.train RECIPE.yaml [section.key=value ...]
 
-Re-running the same command resumes from the newest checkpoint in the run folder.
+Re-running the same command resumes from the newest checkpoint in the run folder; on a finished run
+it changes nothing (--force-validate / --force-export redo the final validation / the exports).
 Example: accelerate launch hhtune/train.py recipes/quickstart.yaml train.max_steps=50 lora.rank=8
 """
 
@@ -37,11 +38,16 @@ def _main(argv: list[str] | None) -> int:
         description="Fine-tune a LoRA adapter on HappyHorse from a YAML recipe (see recipes/).",
         epilog="Overrides use dotted keys, e.g. train.max_steps=200 lora.rank=32 logging.wandb_mode=disabled. "
         "Re-running the same command resumes from the run's newest checkpoint. Exit codes: 0 done, 1 the run "
-        "failed, 2 bad input, 3 a missing tool or package, 4 out of memory.",
+        "failed, 2 bad input, 3 a missing tool or package, 4 out of memory, 130 interrupted (SIGTERM checkpoints "
+        "first); under accelerate launch or torchrun the launcher exits 1 for any failure.",
     )
     parser.add_argument("recipe", help="path to a YAML recipe")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("--force-validate", action="store_true",
+                        help="on a finished run: validate the final adapter again (else a finished run is left as it is)")
+    parser.add_argument("--force-export", action="store_true",
+                        help="on a finished run: write the adapter, model card and export.formats again")
     args = parser.parse_intermixed_args(argv)
 
     from hhtune.recipe import load_recipe, recipe_table
@@ -52,7 +58,7 @@ def _main(argv: list[str] | None) -> int:
         for key, value in recipe_table(recipe):
             print(f"{key} = {value}")
         return 0
-    train(recipe)
+    train(recipe, force_validate=args.force_validate, force_export=args.force_export)
     return 0
 
 

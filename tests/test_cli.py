@@ -11,7 +11,8 @@ from hhtune import cli
 from hhtune.cli import MissingDependencyError, run_command
 from hhtune.export import AdapterError
 from hhtune.recipe import RecipeError
-from hhtune.training import TrainingError
+from hhtune.training import RecipeConflict, RunInterrupted, TrainingError
+from hhtune.training.resume import ResumeMismatch
 
 # The exit codes are the README's table, written out: a test that compared with the constants would pass if they moved.
 FAILED, BAD_INPUT, MISSING_DEPENDENCY, OUT_OF_MEMORY, INTERRUPTED = 1, 2, 3, 4, 130
@@ -35,6 +36,9 @@ def _raiser(exc: BaseException):
         (MissingDependencyError("espeak-ng is not installed: apt-get install espeak-ng"), MISSING_DEPENDENCY),
         (ModuleNotFoundError("No module named 'av'", name="av"), MISSING_DEPENDENCY),
         (KeyboardInterrupt(), INTERRUPTED),
+        (RunInterrupted("stopped by SIGTERM at step 4; re-run the same command to resume"), INTERRUPTED),
+        (ResumeMismatch("refusing to resume from runs/x/checkpoints/step-00000002: ..."), BAD_INPUT),
+        (RecipeConflict("model.blocks_to_swap does not combine with FSDP2"), BAD_INPUT),
     ],
 )
 def test_each_kind_of_failure_has_its_code_and_one_error_line(exc, code, capsys):
@@ -51,6 +55,11 @@ def test_the_readme_table_is_the_codes_of_hhtune_cli():
     assert documented == {0, FAILED, BAD_INPUT, MISSING_DEPENDENCY, OUT_OF_MEMORY, INTERRUPTED}
     assert (cli.EXIT_FAILED, cli.EXIT_BAD_INPUT, cli.EXIT_MISSING_DEPENDENCY, cli.EXIT_OUT_OF_MEMORY,
             cli.EXIT_INTERRUPTED) == (FAILED, BAD_INPUT, MISSING_DEPENDENCY, OUT_OF_MEMORY, INTERRUPTED)  # fmt: skip
+
+
+def test_a_sigterm_stop_says_where_it_stopped(capsys):
+    assert run_command(_raiser(RunInterrupted("stopped by SIGTERM at step 4; re-run the same command to resume"))) == 130
+    assert capsys.readouterr().err == "error: stopped by SIGTERM at step 4; re-run the same command to resume\n"
 
 
 def test_details_are_indented_under_the_error_line(capsys):
@@ -135,3 +144,27 @@ def test_every_command_refuses_bad_input_with_code_2_and_one_error_line(command,
     err = capsys.readouterr().err
     _one_error_line(err)
     assert named in err, err
+
+
+@pytest.mark.slow  # two launches of the training command, ~10 s each on a loaded 2-core machine
+def test_training_exit_codes_under_python_and_under_accelerate_launch_as_the_readme_says(tmp_path):
+    """`python -m hhtune.train` keeps the codes; `accelerate launch --quiet` reports any failure as 1, after the one line."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model: {preset: tiny}\ndata: {dataset: ds}\nlora: {rnak: 4}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    launches = {
+        BAD_INPUT: [sys.executable, "-m", "hhtune.train", str(recipe)],
+        FAILED: [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
+                 "accelerate_configs/cpu.yaml", "hhtune/train.py", str(recipe)],
+    }  # fmt: skip
+    for code, cmd in launches.items():
+        result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == code, (cmd, result.stderr[-2000:])
+        _one_error_line(result.stderr)
+        assert "lora.rnak: unknown key" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr

@@ -7,7 +7,8 @@ Laid out as PEFT's tuners (config / layer / model), each module importing only t
 * :mod:`.inject` - :func:`add_lora` (a trainable adapter for training) and parameter counts;
 * :mod:`.base_identity` - :func:`base_model_id`, which base weights an adapter belongs to;
 * :mod:`.formats` - adapter files (PEFT, Wan2GP, ComfyUI, kohya / musubi-tuner) through one in-memory form;
-* :mod:`.apply` - :func:`load`: an adapter file applied to a model at inference, at a strength.
+* :mod:`.provenance` - a run's adapter or checkpoint read with what its ``run_info.json`` records (base fingerprint);
+* :mod:`.apply` - :func:`load`: an adapter file applied to a model at inference, at a strength, on its own base.
 
 Nothing here imports :mod:`hhtune.export` (the export job, built on this package).
 """

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
@@ -28,8 +28,8 @@ from .base_identity import base_model_id
 from .experts import set_expert_strengths
 from .formats.fitting import fit, model_shapes
 from .formats.peft import to_peft
-from .formats.read import read_adapter
-from .formats.weights import AdapterError, LoraWeights
+from .formats.weights import AdapterError, AdapterMetadata, LoraWeights
+from .provenance import read_run_adapter
 from .settings import EXPERTS
 
 
@@ -66,31 +66,50 @@ def parse_spec(text: str) -> AdapterSpec:
     return AdapterSpec(path, strength, modalities)
 
 
-def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_base: bool = True) -> LoraWeights:
+BaseCheck = bool | Literal["warn"]  # True: refuse another base; "warn": apply it with a warning; False: do not check
+
+
+def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_base: BaseCheck = True) -> LoraWeights:
     """``w`` fitted to ``model``, or :class:`AdapterError` naming the file, module and reason.
 
     Checked in order: every module exists (a plain or sandwich-expert linear, or an
     embedder) and every ``A``/``B`` shape fits it (see :func:`~hhtune.adapters.formats.fitting.fit`),
-    the rank agrees with the file's metadata, and (``check_base``) the base model id
-    (:func:`~hhtune.adapters.base_identity.base_model_id`) recorded in the file equals the model's.
+    the rank agrees with the file's metadata, and the base model id
+    (:func:`~hhtune.adapters.base_identity.base_model_id`) recorded in the file (or its run's
+    ``run_info.json``) equals the model's (:func:`check_same_base`; ``check_base="warn"`` warns instead, and
+    ``False``, for a deliberate transfer such as evaluation's base adapter on the distilled model, skips it).
     """
     w = fit(w, model_shapes(model), source)
     meta = w.metadata
     for path, (a, _, _) in sorted(w.modules.items()):
         if meta.rank is not None and a.shape[0] != meta.rank:
             raise AdapterError(f"{source}: metadata says rank {meta.rank} but {path} has rank {a.shape[0]}")
-    if check_base and meta.base_fingerprint and meta.base_fingerprint != (mine := base_model_id(model)):
-        trained_on = f"{meta.base_name!r}, " if meta.base_name else ""
-        raise AdapterError(
-            f"{source} was trained on another base model ({trained_on}fingerprint {meta.base_fingerprint}; this model "
-            f"has {mine}): e.g. an adapter of the super-resolution or distilled model applied to the base one, or the "
-            "reverse. If this is the same base in another precision (an FP8 copy), pass check_base=False"
-        )
+    if check_base and meta.base_fingerprint:
+        check_same_base(meta, base_model_id(model), source, refuse=check_base is True)
     return w
 
 
+def check_same_base(meta: AdapterMetadata, base_id: str, source: str, *, refuse: bool = True) -> None:
+    """The one rule for an adapter recorded for another base than ``base_id`` (a :func:`base_model_id`).
+
+    Used by :func:`load` (``hhtune.sample``, evaluation) and by ``hhtune.export --base``: refused
+    with :class:`AdapterError` (exit 2), or with ``refuse=False`` a warning; both name the two
+    fingerprints. An adapter that records no base (another tool's file) passes.
+    """
+    if not meta.base_fingerprint or meta.base_fingerprint == base_id:
+        return
+    trained_on = f"{meta.base_name!r}, " if meta.base_name else ""
+    message = (f"{source} was trained on another base model ({trained_on}fingerprint {meta.base_fingerprint}; this base "
+               f"has {base_id}): e.g. an adapter of the super-resolution or distilled model applied to the base one, "
+               "the reverse, or another random init")  # fmt: skip
+    if refuse:
+        raise AdapterError(message + ". If this is the same base in another precision (an FP8 copy), pass "
+                           "--ignore-base-mismatch (check_base='warn') to apply it with a warning")  # fmt: skip
+    warnings.warn(message + "; applied anyway (--ignore-base-mismatch)", stacklevel=3)
+
+
 def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, modalities: dict[str, float] | None = None,
-         adapter_name: str | None = None, trainable: bool = False, check_base: bool = True) -> PeftModel:  # fmt: skip
+         adapter_name: str | None = None, trainable: bool = False, check_base: BaseCheck = True) -> PeftModel:  # fmt: skip
     """Apply the adapter at ``path`` to ``model`` at ``strength`` and return the (PEFT-wrapped) model.
 
     Adapters already active on ``model`` stay active, so calling ``load`` again stacks: the
@@ -105,7 +124,7 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, mod
     bad = [m for m in modalities if m not in EXPERTS]
     if bad:
         raise ValueError(f"unknown modality {bad}; allowed {list(EXPERTS)}")
-    w = check_compatible(read_adapter(path), model, source, check_base)
+    w = check_compatible(read_run_adapter(path), model, source, check_base)
     active = list(model.active_adapters) if isinstance(model, PeftModel) else []
     existing = list(model.peft_config) if isinstance(model, PeftModel) else []
     name = adapter_name or "adapter_" + re.sub(r"\W", "_", Path(path).stem)  # outside PEFT's "lora_" key prefix

@@ -27,12 +27,14 @@ from pathlib import Path
 
 import torch
 
+from ..adapters.apply import BaseCheck, check_same_base
 from ..adapters.base_identity import base_model_id
 from ..adapters.formats.fitting import checkpoint_shapes, fit, model_shapes
 from ..adapters.formats.modelspec import modelspec_header
 from ..adapters.formats.peft import from_peft_model, write_peft
 from ..adapters.formats.read import read_adapter
 from ..adapters.formats.single import write_single
+from ..adapters.provenance import read_run_adapter
 from ..adapters.formats.weights import AdapterError, AdapterMetadata, LoraWeights, drop_experts, scale_modalities
 from ..model import HappyHorseTransformer, ModelConfig
 from .merge import merge_into_checkpoint
@@ -43,16 +45,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _FILE_NAMES = {"comfyui": "adapter_comfyui.safetensors", "kohya": "adapter_kohya.safetensors",
                "wan2gp": "adapter_wan2gp.safetensors",
                "merged_single": "model_{dtype}.safetensors", "merged_fp8": "model_fp8.safetensors"}  # fmt: skip
-_RUN_INFO_FIELDS = {"base_fingerprint": "base_fingerprint", "steps": "training_steps", "recipe_hash": "recipe_hash",
-                    "trigger_words": "trigger_words", "languages": "languages", "dataset_summary": "dataset_summary",
-                    "base": "base_name"}  # fmt: skip
 
 AdapterSource = torch.nn.Module | str | Path | LoraWeights
 
 
 def as_weights(source: AdapterSource, metadata: AdapterMetadata | dict | None = None,
                adapter_name: str | None = None) -> LoraWeights:  # fmt: skip
-    """An adapter from a PEFT model, a path (any format, or a RUN_DIR with ``run_info.json``), metadata merged in.
+    """An adapter from a PEFT model, a path (any format; a run's adapter or checkpoint with its ``run_info.json``),
+    metadata merged in.
 
     Precedence, lowest first: the file's own header, ``run_info.json``, then ``metadata``
     (whose unknown keys fail by name).
@@ -63,14 +63,7 @@ def as_weights(source: AdapterSource, metadata: AdapterMetadata | dict | None = 
         w = fit(from_peft_model(source, adapter_name), model_shapes(source), "the model")
         w.metadata.base_fingerprint = base_model_id(source)
     else:
-        w = read_adapter(source)
-        info = Path(source) / "run_info.json"
-        if info.is_file():
-            run = json.loads(info.read_text())
-            update = {field: run[key] for key, field in _RUN_INFO_FIELDS.items() if run.get(key) is not None}
-            if "base_name" in update:
-                update["base_name"] = str(update["base_name"])
-            w.metadata = AdapterMetadata.model_validate({**w.metadata.model_dump(), **update})
+        w = read_run_adapter(source)  # a run's adapter or checkpoint: run_info.json in the metadata
     if metadata:
         extra = metadata.model_dump(exclude_unset=True) if isinstance(metadata, AdapterMetadata) else dict(metadata)
         w.metadata = AdapterMetadata.model_validate({**w.metadata.model_dump(), **extra})
@@ -80,7 +73,7 @@ def as_weights(source: AdapterSource, metadata: AdapterMetadata | dict | None = 
 def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: str | Path | None = None,
                    strength: float = 1.0, dtype: str = "bf16", metadata: AdapterMetadata | dict | None = None,
                    extra: list[tuple] | None = None, adapter_name: str | None = None,
-                   drop: list[str] | None = None) -> Path:  # fmt: skip
+                   drop: list[str] | None = None, check_base: BaseCheck = True) -> Path:  # fmt: skip
     """Write ``source`` as ``fmt`` at ``out`` and return the path written.
 
     Args:
@@ -96,6 +89,8 @@ def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: st
             same pass (merged formats only).
         adapter_name: which adapter of a PEFT model with several.
         drop: modalities (``"audio"``, ``"video"``, ``"text"``) whose expert and embedder parts are left out.
+        check_base: an adapter recorded for another base than ``base`` is refused
+            (:func:`~hhtune.adapters.apply.check_same_base`); ``"warn"`` warns instead (an FP8 copy of its base).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
@@ -109,6 +104,8 @@ def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: st
     shapes = checkpoint_shapes(base) if base is not None else None
     if shapes is not None or not w.fitted:  # a foreign file's sandwich updates: fit to --base, else the 15B model
         w = fit(w, shapes or _preset_shapes("15b"), name, f"base {base}" if shapes else "the 15B model (pass --base)")
+    if base is not None and check_base:  # shapes first; then the rule of hhtune.sample for another base
+        check_same_base(w.metadata, base_model_id(base), name, refuse=check_base is True)
     if drop:
         w = drop_experts(w, drop)
     out = Path(out)

@@ -4,15 +4,15 @@
 and the launch alone, before anything loads), then :func:`check_dataset` once the dataset's
 metadata is read, so a run that cannot work stops in seconds instead of after the text encoder
 and 30 GB of weights have loaded, or at its first validation. Each check keeps the error class
-it had when it ran later: ``ValueError`` (bad input, exit code 2) for settings that contradict
-the model, and :class:`~hhtune.training.errors.TrainingError` for the others.
+is :class:`~hhtune.training.errors.RecipeConflict` (or a ``ValueError``): bad input, exit code 2,
+as the same conflict is when ``python -m hhtune.plan`` finds it.
 """
 
 from __future__ import annotations
 
 from ..recipe import Recipe
 from .data import TrainingDataset
-from .errors import TrainingError
+from .errors import RecipeConflict
 from .outputs import encoder_paths, validation_enabled
 
 
@@ -22,18 +22,18 @@ def check_recipe(recipe: Recipe, *, device_type: str, fsdp: bool) -> None:
     _check_model(recipe)
     merged = [f for f in recipe.export.formats if f.startswith("merged")]
     if merged and recipe.model.checkpoint is None:
-        raise TrainingError(f"export.formats {merged} merge into a base checkpoint on disk, but model.checkpoint is "
+        raise RecipeConflict(f"export.formats {merged} merge into a base checkpoint on disk, but model.checkpoint is "
                             "null (a random preset); remove them from export.formats or set model.checkpoint")  # fmt: skip
 
 
 def _check_launch(recipe: Recipe, device_type: str, fsdp: bool) -> None:
     if recipe.optimizer.eight_bit and device_type != "cuda":
-        raise TrainingError("optimizer.eight_bit needs a CUDA device (bitsandbytes); set it to false on CPU")
+        raise RecipeConflict("optimizer.eight_bit needs a CUDA device (bitsandbytes); set it to false on CPU")
     if fsdp and recipe.model.eval_checkpoint is not None:
-        raise TrainingError("model.eval_checkpoint is not supported with FSDP2 yet: validate on the trained "
+        raise RecipeConflict("model.eval_checkpoint is not supported with FSDP2 yet: validate on the trained "
                             "model (model.eval_checkpoint=null) or train without FSDP")  # fmt: skip
     if fsdp and recipe.model.blocks_to_swap:
-        raise TrainingError("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
+        raise RecipeConflict("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
                             "across processes: set model.blocks_to_swap=0 (see python -m hhtune.plan --world-size N)")  # fmt: skip
 
 
@@ -64,7 +64,7 @@ def check_dataset(recipe: Recipe, data: TrainingDataset) -> None:
 def check_text_channels(data: TrainingDataset, model_channels: int) -> None:
     """Raise if the dataset's text features were encoded for a model of another text width."""
     if data.text_channels != model_channels:
-        raise TrainingError(
+        raise RecipeConflict(
             f"the dataset's text features have {data.text_channels} channels but the model takes {model_channels}: "
             "the dataset was encoded for another model (e.g. tiny encoders for the 15b preset)"
         )

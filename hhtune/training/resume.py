@@ -4,6 +4,9 @@ Every checkpoint stores the keys that decide what the run computes: the recipe (
 keys below), the process count and the dataset's fingerprint. Resuming with any of them
 changed would silently shift the data order or change the objective, so it is refused
 with the list of changes, unless the recipe names them in ``checkpointing.allow_changed``.
+Keys that give the adapter or its optimizer state other tensors (:data:`SHAPE_KEYS`) cannot
+be resumed at all: the checkpoint's tensors do not fit the new run, so ``allow_changed`` does
+not accept them and the refusal names the alternative, a new run.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from ..recipe import Recipe
 #: logs, samples, keeps or exports, or where it lives, but not the optimizer steps it takes.
 FREE_KEYS: tuple[str, ...] = ("train.max_steps", "train.output_dir", "data.num_workers", "logging", "validation",
                               "checkpointing", "export")  # fmt: skip
+#: Keys (or sections) whose change gives the adapter or its optimizer state other tensors (another rank, other
+#: adapted modules, DoRA magnitudes, another architecture, 8-bit optimizer state): never resumable.
+SHAPE_KEYS: tuple[str, ...] = ("model.preset", "lora.rank", "lora.targets", "lora.layers", "lora.experts",
+                               "lora.embedders", "lora.use_dora", "optimizer.eight_bit")  # fmt: skip
 WORLD_SIZE = "world_size"
 DATASET = "dataset.fingerprint"
 
 
-class ResumeMismatch(RuntimeError):
-    """The checkpoint was written by a run with different settings; the message lists them."""
+class ResumeMismatch(ValueError):
+    """The checkpoint was written by a run with different settings; the message lists them (bad input, exit 2)."""
 
 
 def run_fingerprint(recipe: Recipe, world_size: int, dataset_fingerprint: str | None) -> dict[str, Any]:
@@ -45,7 +52,7 @@ def check_resume(stored: dict[str, Any], current: dict[str, Any], allow_changed:
             f"checkpointing.allow_changed names {unknown}, which are not fingerprinted keys; "
             f"use dotted recipe keys (e.g. optimizer.lr), a section (e.g. loss), {WORLD_SIZE!r} or {DATASET!r}"
         )
-    changes, allowed = [], []
+    changes, allowed, reshaped = [], [], []
     for key in sorted({*stored, *current}):
         if _free(key):
             continue  # fingerprints written by another hhtune may hold keys that no longer count
@@ -53,7 +60,18 @@ def check_resume(stored: dict[str, Any], current: dict[str, Any], allow_changed:
         if old == new:
             continue
         line = f"{key}: {json.dumps(old)} -> {json.dumps(new)}"
-        (allowed if any(_covers(a, key) for a in allow_changed) else changes).append(line)
+        if any(_covers(shape, key) for shape in SHAPE_KEYS):
+            reshaped.append(line)
+        else:
+            (allowed if any(_covers(a, key) for a in allow_changed) else changes).append(line)
+    if reshaped:
+        raise ResumeMismatch(
+            f"refusing to resume from {checkpoint}: these settings give the adapter other tensors, so no checkpoint "
+            "of this run can continue with them (checkpointing.allow_changed cannot accept them):\n  "
+            + "\n  ".join(reshaped + changes) + "\n"
+            "Restore them to resume, or train the new settings as a new run in another train.output_dir; this run's "
+            f"checkpoints stay usable as adapters (python -m hhtune.export {checkpoint} --format FORMAT --out PATH)."
+        )
     if changes:
         raise ResumeMismatch(
             f"refusing to resume from {checkpoint}: it was written by a run with different settings, and resuming "

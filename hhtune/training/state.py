@@ -29,6 +29,7 @@ from ..io import atomic_dir, atomic_save_file
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 _STALE_TMP = re.compile(r"^\.step-\d{8}\..*\.tmp$")
 FINGERPRINT_FILE = "fingerprint.json"
+RUN_INFO_FILE = "run_info.json"  # written by the run's end (hhtune.training.outputs.finish_run)
 
 
 class CheckpointLoadError(RuntimeError):
@@ -61,6 +62,21 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:08d}"
 
 
+def step_checkpoint(run_dir: Path, step: int) -> Path:
+    """The complete checkpoint of the run in ``run_dir`` at ``step`` (``RUN --step N`` of the export and sample
+    commands); ``FileNotFoundError`` naming the steps the run has when there is none."""
+    path = checkpoint_dir(Path(run_dir), step)
+    if (path / "state.json").is_file():
+        return path
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a training run folder (it has no checkpoints/), so --step {step} "
+                                "cannot be found in it")  # fmt: skip
+    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file())
+    raise FileNotFoundError(f"{run_dir} has no checkpoint at step {step}; it has steps {steps} "
+                            "(checkpointing.keep_last keeps only the newest ones)")  # fmt: skip
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint in ``run_dir``, if any."""
     root = run_dir / "checkpoints"
@@ -68,6 +84,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         return None
     found = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.json").is_file())
     return found[-1] if found else None
+
+
+def finished_step(run_dir: Path, max_steps: int) -> int | None:
+    """The step a finished run ended at, or ``None`` if the run in ``run_dir`` has steps or its end left to do.
+
+    Finished: the newest checkpoint is at or past ``max_steps`` and ``run_info.json``, written
+    at the end with the adapter, records that same step.
+    """
+    latest, info = latest_checkpoint(run_dir), run_dir / RUN_INFO_FILE
+    if latest is None or not info.is_file():
+        return None
+    step = int(_STEP_DIR.match(latest.name).group(1))
+    try:
+        recorded = json.loads(info.read_text()).get("steps")
+    except (json.JSONDecodeError, AttributeError):
+        return None  # a damaged run_info.json: the end is redone
+    return step if step >= max_steps and recorded == step else None
 
 
 def save_state(run_dir: Path, snapshot: Snapshot, keep_last: int,

@@ -37,25 +37,31 @@ from .data import TrainingDataset
 from .determinism import configure_determinism
 from .distributed import (fsdp_requested, full_optimizer_state, full_trainable_state, load_full_optimizer_state,
                           shard_model)  # fmt: skip
-from .errors import TrainingError
+from .errors import RecipeConflict, RunInterrupted, TrainingError
 from .metrics import peak_memory_gb
 from .objective import LossOutput, flow_matching_loss, sigma_bucket
 from .outputs import (check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step,
                       training_clip_summaries)  # fmt: skip
-from .resume import ResumeMismatch, check_resume, run_fingerprint
-from .state import Progress, Snapshot, latest_checkpoint, load_state, read_fingerprint, save_state
+from .resume import check_resume, run_fingerprint
+from .state import Progress, Snapshot, finished_step, latest_checkpoint, load_state, read_fingerprint, save_state
 
 Log = Callable[[str], object]
 
 
-def train(recipe: Recipe, log: Log = print, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> Path:
+def train(recipe: Recipe, log: Log = print, callbacks: list[Callback] | tuple[Callback, ...] = (), *,
+          force_validate: bool = False, force_export: bool = False) -> Path:  # fmt: skip
     """Run (or resume) the recipe; return the run folder with the final adapter.
 
     ``callbacks`` are :class:`~hhtune.training.callbacks.Callback` objects called at step ends
     and while checkpoints are written. SIGTERM checkpoints at the next step boundary and exits.
+    A run that is already finished is left as it is (nothing loaded, no file written) unless
+    ``force_validate`` / ``force_export`` ask to redo its final validation / its adapter and exports.
     """
     trainer = LoraTrainer(recipe, log=log, callbacks=callbacks)
-    trainer.setup()
+    reopen = force_validate or force_export
+    trainer.setup(reopen_finished=reopen)
+    if trainer.finished:
+        return trainer.finish(validate=force_validate, export=force_export) if reopen else trainer.run_dir
     steps, every = recipe.train.max_steps, recipe.checkpointing.every_steps
     with _StopFlag() as stop, ProgressBar("train", steps, completed=trainer.progress.step, enabled=trainer.main) as bar:
         while trainer.progress.step < steps:
@@ -68,7 +74,7 @@ def train(recipe: Recipe, log: Log = print, callbacks: list[Callback] | tuple[Ca
                 trainer.save_checkpoint()
             if stopping:
                 trainer.accelerator.wait_for_everyone()
-                raise SystemExit(f"stopped by SIGTERM at step {step}; re-run the same command to resume")
+                raise RunInterrupted(f"stopped by SIGTERM at step {step}; re-run the same command to resume")
             if recipe.validation.every_steps and step % recipe.validation.every_steps == 0:
                 trainer.validate()
             trainer.hooks.on_step_end(step)
@@ -88,14 +94,20 @@ class LoraTrainer:
         self.run_dir = Path(recipe.train.output_dir)
         self._log = log
         self._validated_at = -1
+        self.finished = False  # the run was finished before this launch (see setup's reopen_finished)
 
-    def setup(self) -> None:
-        """Check the recipe before anything loads, then read the dataset, resume, build and wrap the model."""
+    def setup(self, *, reopen_finished: bool = False) -> None:
+        """Check the recipe before anything loads, then read the dataset, resume, build and wrap the model.
+
+        A finished run (:func:`~hhtune.training.state.finished_step`) stops after the resume check
+        with :attr:`finished` set and one line logged, before anything is written or loaded,
+        unless ``reopen_finished`` (for :meth:`finish` to redo validation or exports).
+        """
         recipe = self.recipe
         try:
             self.fsdp = fsdp_requested()
         except ValueError as e:
-            raise TrainingError(str(e)) from None
+            raise RecipeConflict(str(e)) from None
         check_recipe(recipe, device_type="cuda" if torch.cuda.is_available() else "cpu", fsdp=self.fsdp)
         check_output_dependencies(recipe)
         configure_determinism(recipe.train.deterministic)  # before anything runs on the device
@@ -105,11 +117,13 @@ class LoraTrainer:
         self.log: Log = self._log if self.main else _quiet
         self.data = TrainingDataset(recipe.data.dataset)
         check_dataset(recipe, self.data)
-        resume_from = self._start_run_folder()
+        resume_from = self._start_run_folder(reopen_finished)
+        if self.finished and not reopen_finished:
+            return
         try:  # on CUDA: prints the plan, refuses a run it says will not fit (model.ignore_memory_plan overrides)
             check_memory_plan(recipe, self.device, self.world if self.fsdp else 1, self._log if self.main else None)
         except PlanError as e:
-            raise TrainingError(str(e)) from None
+            raise RecipeConflict(str(e)) from None
         # The text encoder is loaded, used and freed here, before the transformer exists.
         self.prompts = encode_validation_prompts(recipe, self.data, self.device, needed=self.main or self.fsdp)
         self.clips = training_clip_summaries(recipe, self.data) if self.main else None  # for the memorisation metric
@@ -129,7 +143,7 @@ class LoraTrainer:
                                      rank=self.accelerator.process_index, device=self.device)  # fmt: skip
         self.wrapped.train()
 
-    def _start_run_folder(self) -> Path | None:
+    def _start_run_folder(self, reopen_finished: bool) -> Path | None:
         """The run's fingerprint, checked against the checkpoint to resume from (returned); recipe.yaml written."""
         recipe = self.recipe
         self.fingerprint = run_fingerprint(recipe, self.world, self.data.manifest.get("fingerprint"))
@@ -137,6 +151,9 @@ class LoraTrainer:
         resume_from = latest_checkpoint(self.run_dir) if recipe.checkpointing.resume else None
         if resume_from is not None:
             _check_fingerprint(resume_from, self.fingerprint, recipe, self.log)
+            self.finished = _report_finished(self.run_dir, recipe.train.max_steps, reopen_finished, self.log)
+        if self.finished and not reopen_finished:
+            return resume_from
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
@@ -251,20 +268,25 @@ class LoraTrainer:
         run_validation_step(self.recipe, self.accelerator, self.model, self.prompts, self.data, self.run_dir,
                             self.progress.step, self.metrics, self.log, sharded=self.fsdp, clips=self.clips)  # fmt: skip
 
-    def finish(self) -> Path:
-        """The last checkpoint and validation if not yet done, then the adapter, run_info.json and exports."""
+    def finish(self, *, validate: bool | None = None, export: bool = True) -> Path:
+        """The last checkpoint and validation if not yet done, then the adapter, run_info.json and exports.
+
+        A finished run re-opened by :meth:`setup` redoes only what ``validate`` / ``export`` ask.
+        """
         recipe, progress = self.recipe, self.progress
-        if progress.step % recipe.checkpointing.every_steps:
+        if progress.step % recipe.checkpointing.every_steps and not self.finished:
             self.save_checkpoint()
-        if recipe.validation.at_end and self._validated_at != progress.step:
+        if (recipe.validation.at_end if validate is None else validate) and self._validated_at != progress.step:
             self.validate()
         final = full_trainable_state(self.model) if self.fsdp else None  # every process takes part in the gather
         self.accelerator.wait_for_everyone()
         if self.swap is not None:  # the base fingerprint reads the frozen weights; they stay on the host
             self.swap.restore("cpu")
-        if self.main:
+        if self.main and export:
             finished = self.model if final is None else _unsharded_copy(recipe, self.model, final)
             finish_run(recipe, finished, self.data, self.run_dir, progress, self.metrics, self.log)
+        elif self.metrics is not None:
+            self.metrics.finish()
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.run_dir
@@ -347,12 +369,20 @@ def _check_fingerprint(checkpoint: Path, current: dict, recipe: Recipe, log) -> 
         warnings.warn(f"{checkpoint} has no run fingerprint (written by an older hhtune): resuming without "
                       "checking that the settings match", stacklevel=5)  # fmt: skip
         return
-    try:
-        allowed = check_resume(stored, current, recipe.checkpointing.allow_changed, str(checkpoint))
-    except ResumeMismatch as e:
-        raise TrainingError(str(e)) from None
+    allowed = check_resume(stored, current, recipe.checkpointing.allow_changed, str(checkpoint))  # ResumeMismatch: exit 2
     for line in allowed:
         log(f"resuming with a deliberate change (checkpointing.allow_changed): {line}")
+
+
+def _report_finished(run_dir: Path, max_steps: int, reopen: bool, log: Log) -> bool:
+    """Whether the run in ``run_dir`` was finished before; if so, one line says so and what would change that."""
+    step = finished_step(run_dir, max_steps)
+    if step is not None:
+        todo = "redoing what --force-validate / --force-export ask" if reopen else (
+            "nothing to do (raise train.max_steps to train on; --force-validate / --force-export redo those)")
+        log(f"{run_dir} is finished: {step} steps (train.max_steps = {max_steps}), adapter in {run_dir / 'adapter'}; "
+            + todo)  # fmt: skip
+    return step is not None
 
 
 def _unsharded_copy(recipe: Recipe, sharded: torch.nn.Module, adapter: dict[str, torch.Tensor]) -> torch.nn.Module:

@@ -201,7 +201,8 @@ def test_merged_checkpoint_equals_base_plus_adapter(tmp_path, base_dir):
 def test_merging_an_fp8_base_dequantises_it(tmp_path, base_dir):
     model = trained()
     fp8_base = export_adapter(model, "merged_fp8", tmp_path / "fp8.safetensors", base=base_dir, strength=0.0)
-    merged = export_adapter(model, "merged", tmp_path / "m", base=fp8_base)
+    with pytest.warns(UserWarning, match="trained on another base model"):  # FP8 rounding changes the fingerprint
+        merged = export_adapter(model, "merged", tmp_path / "m", base=fp8_base, check_base="warn")
     state = load_file(merged / "model.safetensors")
     assert not any(k.endswith("__fp8_scale") for k in state) and state["block.layers.2.mlp.down_proj.weight"].dtype == torch.bfloat16
     assert rel(out(load_checkpoint(merged).eval()), out(model)) < 8e-2  # the FP8 rounding of the base, as above

@@ -17,8 +17,9 @@ from pathlib import Path
 # import whichever hhtune is installed while the run it is compared with (hhtune/train.py) uses the checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from hhtune.cli import run_command  # noqa: E402
 from hhtune.recipe import load_recipe  # noqa: E402
-from hhtune.training import Callback, TrainingError, train  # noqa: E402
+from hhtune.training import Callback, train  # noqa: E402
 
 
 class Fault(Callback):
@@ -44,12 +45,12 @@ class Fault(Callback):
 
 def main() -> int:
     recipe_path, spec = sys.argv[1:3]
-    try:
+
+    def body(_argv: object) -> int:
         train(load_recipe(recipe_path), callbacks=[Fault(spec)])
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_command(body)  # the exit codes and error line of hhtune/train.py
 
 
 if __name__ == "__main__":

@@ -8,22 +8,23 @@ from _runs import _recipe
 
 from hhtune.model import HappyHorseTransformer
 from hhtune.recipe import validate_recipe
-from hhtune.training import LoraTrainer, TrainingDataset, TrainingError
+from hhtune.cli import exit_code
+from hhtune.training import LoraTrainer, RecipeConflict, TrainingDataset, TrainingError
 from hhtune.training.synthetic import write_synthetic_dataset
 
 FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
 CONFLICTS = {
-    "block swap with FSDP2": ({"model": {"blocks_to_swap": 2}}, FSDP2, TrainingError,
+    "block swap with FSDP2": ({"model": {"blocks_to_swap": 2}}, FSDP2, RecipeConflict,
                               "blocks_to_swap does not combine with FSDP2"),
-    "eval checkpoint with FSDP2": ({"model": {"eval_checkpoint": "distill"}}, FSDP2, TrainingError,
+    "eval checkpoint with FSDP2": ({"model": {"eval_checkpoint": "distill"}}, FSDP2, RecipeConflict,
                                    "eval_checkpoint is not supported with FSDP2"),
     "block swap with DoRA": ({"model": {"blocks_to_swap": 2}, "lora": {"use_dora": True}}, {}, ValueError,
                              "blocks_to_swap does not work with lora.use_dora"),
     "more swapped blocks than layers": ({"model": {"blocks_to_swap": 9}}, {}, ValueError,
                                         r"blocks_to_swap = 9: must be in 0..8"),
-    "merged export of a random preset": ({"export": {"formats": ["merged_single"]}}, {}, TrainingError,
+    "merged export of a random preset": ({"export": {"formats": ["merged_single"]}}, {}, RecipeConflict,
                                          r"export.formats \['merged_single'\] merge into a base checkpoint"),
-    "8-bit AdamW without CUDA": ({"optimizer": {"eight_bit": True}}, {}, TrainingError,
+    "8-bit AdamW without CUDA": ({"optimizer": {"eight_bit": True}}, {}, RecipeConflict,
                                  "eight_bit needs a CUDA device"),
 }  # fmt: skip
 
@@ -42,15 +43,16 @@ def test_recipe_conflicts_are_refused_before_anything_loads(name, tmp_path, monk
     monkeypatch.setattr(HappyHorseTransformer, "__init__", _must_not_load)
     monkeypatch.setattr(TrainingDataset, "__init__", _must_not_load)
     recipe = validate_recipe(_recipe(tmp_path / "dataset", tmp_path / "run", **sections))
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as e:
         LoraTrainer(recipe, log=lambda *_: None).setup()
+    assert exit_code(e.value) == 2  # bad input, as when python -m hhtune.plan finds the same conflict
     assert not (tmp_path / "run").exists()  # nothing written either
 
 
 def test_dataset_that_does_not_suit_the_recipe_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(HappyHorseTransformer, "__init__", _must_not_load)
     wide = write_synthetic_dataset(tmp_path / "wide", clips=1, text_channels=48)
-    with pytest.raises(TrainingError, match="text features have 48 channels but the model takes 32"):
+    with pytest.raises(RecipeConflict, match="text features have 48 channels but the model takes 32"):
         LoraTrainer(validate_recipe(_recipe(wide, tmp_path / "run")), log=lambda *_: None).setup()
     data = write_synthetic_dataset(tmp_path / "ds", clips=1)  # its manifest names no encoders
     caption = TrainingDataset(data).ds[0]["caption"]  # a prompt the text encoder is not needed for

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hhtune.recipe import validate_recipe
-from hhtune.training import CheckpointLoadError, TrainingError, train
+from hhtune.training import CheckpointLoadError, RecipeConflict, TrainingError, train
 from hhtune.training.resume import ResumeMismatch, check_resume, run_fingerprint
 from hhtune.training.state import Progress, Snapshot, latest_checkpoint, load_state, save_state
 from hhtune.training.synthetic import write_synthetic_dataset
@@ -101,11 +101,11 @@ def test_fingerprint_ignores_free_keys_and_names_changes():
                                 checkpointing={"every_steps": 7, "keep_last": 9}, export={"formats": ["peft"]},
                                 validation={"prompts": ["x"]}))  # fmt: skip
     assert run_fingerprint(a, 1, "f") == run_fingerprint(b, 1, "f")
-    c = validate_recipe(_recipe(Path("d"), Path("o"), train={"gradient_accumulation_steps": 2}, lora={"rank": 4}))
+    c = validate_recipe(_recipe(Path("d"), Path("o"), train={"gradient_accumulation_steps": 2}, lora={"alpha": 4.0}))
     with pytest.raises(ResumeMismatch) as e:
         check_resume(run_fingerprint(a, 1, "f"), run_fingerprint(c, 2, "g"), [], "ckpt")
     msg = str(e.value)
-    for line in ("train.gradient_accumulation_steps: 1 -> 2", "lora.rank: 2 -> 4", "world_size: 1 -> 2",
+    for line in ("train.gradient_accumulation_steps: 1 -> 2", "lora.alpha: null -> 4.0", "world_size: 1 -> 2",
                  'dataset.fingerprint: "f" -> "g"', "checkpointing.allow_changed"):  # fmt: skip
         assert line in msg, line
     allowed = check_resume(run_fingerprint(a, 1, "f"), run_fingerprint(c, 2, "g"),
@@ -121,7 +121,7 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path):
     train(validate_recipe(first), log=lambda *_: None)
     changed = _recipe(data, tmp_path / "run", train={"max_steps": 3, "gradient_accumulation_steps": 2},
                       optimizer={"lr": 5e-4})  # fmt: skip
-    with pytest.raises(TrainingError, match=r"refusing to resume from .*step-00000002.*\n.*optimizer.lr: 0.0001 -> 0.0005"
+    with pytest.raises(ResumeMismatch, match=r"refusing to resume from .*step-00000002.*\n.*optimizer.lr: 0.0001 -> 0.0005"
                                             r"\n.*train.gradient_accumulation_steps: 1 -> 2"):  # fmt: skip
         train(validate_recipe(changed), log=lambda *_: None)
     logs: list[str] = []
@@ -148,5 +148,5 @@ def test_missing_validation_or_export_dependency_stops_the_run_before_the_model_
         train(validate_recipe(with_validation), log=lambda *_: None)
     monkeypatch.delitem(sys.modules, "soundfile")
     merged = _recipe(data, tmp_path / "run2", export={"formats": ["peft", "merged_single"]})
-    with pytest.raises(TrainingError, match=r"export.formats \['merged_single'\] merge into a base checkpoint"):
+    with pytest.raises(RecipeConflict, match=r"export.formats \['merged_single'\] merge into a base checkpoint"):
         train(validate_recipe(merged), log=lambda *_: None)
