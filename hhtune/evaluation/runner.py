@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from ..adapters import check_compatible
-from ..adapters.formats.read import read_adapter
+from ..adapters.provenance import read_run_adapter
 from ..encoders import EncoderPaths
 from ..io import atomic_write_text
 from ..model import load_checkpoint
@@ -101,7 +101,7 @@ def _models(recipe: Recipe, device: torch.device, base_checkpoint: str | None):
 def _check_adapters(chosen: tuple[Checkpoint, ...], model: torch.nn.Module, check_base: bool) -> None:
     """Refuse, before any sampling, an adapter whose modules, shapes or base model do not fit ``model``."""
     for c in chosen:
-        check_compatible(read_adapter(c.path), model, str(c.path), check_base)
+        check_compatible(read_run_adapter(c.path), model, str(c.path), check_base)
 
 
 def _encoders(recipe: Recipe, data, given: Path | None) -> EncoderPaths:
