@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hhtune.contract import AUDIO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune import adapters
+from hhtune.contract import AUDIO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune.model import ModelConfig, save_checkpoint
 from hhtune.recipe import validate_recipe
 from hhtune.sampling.generate import model_velocity_fn

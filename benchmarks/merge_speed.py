@@ -85,9 +85,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from hhtune.export import export_adapter
     from hhtune.adapters.inject import add_lora
     from hhtune.adapters.settings import LoraSettings
+    from hhtune.export import export_adapter
     from hhtune.model import HappyHorseTransformer, ModelConfig, save_checkpoint
 
     full = ModelConfig.preset("15b").model_dump()

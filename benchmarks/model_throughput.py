@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, forward_flops, matmul_ceiling, parse_args  # noqa: E402
+from _common import best_time, forward_flops, matmul_ceiling, parse_args
 
-from hhtune.contract import LatentShape  # noqa: E402
-from hhtune.model import HappyHorseTransformer, ModelConfig  # noqa: E402
+from hhtune.contract import LatentShape
+from hhtune.model import HappyHorseTransformer, ModelConfig
 
 # (frames, height, width) of the sample per preset: latents [48, T, H/16, W/16], audio = frames, text 640 / 32
 SHAPES = {"tiny": (33, 256, 448), "mid": (33, 256, 448), "15b": (125, 256, 448)}

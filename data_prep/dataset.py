@@ -13,9 +13,25 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hhtune.contract import (AUDIO_LATENTS, BUCKETS, COLUMN_TYPES, FORMAT_VERSION, LANGUAGES, LATENT_COLUMNS, MANIFEST,
-                             META_COLUMNS, REFERENCE_LATENTS, ROWS, SPEAKER_COLUMN, TEXT_EMBEDS, TEXT_LENGTH,
-                             UNKNOWN_LANGUAGE, VIDEO_LATENTS, LatentShape, seconds_of)  # fmt: skip
+from hhtune.contract import (
+    AUDIO_LATENTS,
+    BUCKETS,
+    COLUMN_TYPES,
+    FORMAT_VERSION,
+    LANGUAGES,
+    LATENT_COLUMNS,
+    MANIFEST,
+    META_COLUMNS,
+    REFERENCE_LATENTS,
+    ROWS,
+    SPEAKER_COLUMN,
+    TEXT_EMBEDS,
+    TEXT_LENGTH,
+    UNKNOWN_LANGUAGE,
+    VIDEO_LATENTS,
+    LatentShape,
+    seconds_of,
+)
 from hhtune.dataset import DatasetDir, DatasetError, open_dataset_dir
 from hhtune.encoders import EncoderPaths, encoders_fingerprint
 from hhtune.io import atomic_dir, atomic_write_text

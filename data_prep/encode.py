@@ -25,7 +25,7 @@ from hhtune.encoders import (
     build_tiny_encoders,
     encoders_fingerprint,
     load_audio_vae,
-    load_text_encoder,  # fmt: skip
+    load_text_encoder,
     load_video_vae,
 )
 from hhtune.io import atomic_save_file, atomic_write_text

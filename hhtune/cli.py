@@ -92,7 +92,7 @@ def run_command(body: Callable[[list[str] | None], int | None], argv: list[str] 
         return int(body(argv) or 0)
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001 - every way out gets one code and one line
+    except BaseException as exc:  # every way out gets one code and one line
         code = exit_code(exc)
         if code == EXIT_FAILED and not _ours(exc):
             traceback.print_exc(file=sys.stderr)

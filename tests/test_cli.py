@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import re
 from pathlib import Path
+
+import pytest
 
 from hhtune import cli
 from hhtune.cli import MissingDependencyError, run_command

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from hhtune import contract
-from hhtune.contract import (BUCKETS, COMPUTE_DTYPES, LANGUAGES, META_COLUMNS, PRESETS, LatentShape, bucket_size,
-                             frames_for)  # fmt: skip
+from hhtune.contract import (
+    BUCKETS,
+    COMPUTE_DTYPES,
+    LANGUAGES,
+    META_COLUMNS,
+    PRESETS,
+    LatentShape,
+    bucket_size,
+    frames_for,
+)
 
 ROOT = Path(__file__).parents[1]
 SOURCES = sorted(p for d in ("hhtune", "data_prep", "benchmarks") for p in (ROOT / d).rglob("*.py")

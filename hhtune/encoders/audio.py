@@ -17,8 +17,16 @@ import torch
 from torch import Tensor
 
 from ..contract import AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, SAMPLES_PER_LATENT
-from ._common import (EncoderError, _check_rank, _device_of, _diffusers_folder, _dtype_of, default_dtype, _existing,
-                      _in_batches)  # fmt: skip
+from ._common import (
+    EncoderError,
+    _check_rank,
+    _device_of,
+    _diffusers_folder,
+    _dtype_of,
+    _existing,
+    _in_batches,
+    default_dtype,
+)
 
 #: Files of the official (stable-audio-tools) layout that the official ``SAAudioFeatureExtractor`` reads.
 OFFICIAL_CONFIG_FILE, OFFICIAL_WEIGHTS_FILE = "model_config.json", "model.safetensors"

@@ -17,8 +17,16 @@ import torch
 from torch import Tensor
 
 from ..contract import VIDEO_LATENT_CHANNELS, VIDEO_STRIDE
-from ._common import (EncoderError, _check_rank, _device_of, _diffusers_folder, _dtype_of, default_dtype, _existing,
-                      _in_batches)  # fmt: skip
+from ._common import (
+    EncoderError,
+    _check_rank,
+    _device_of,
+    _diffusers_folder,
+    _dtype_of,
+    _existing,
+    _in_batches,
+    default_dtype,
+)
 
 # Per-channel latent statistics of the Wan2.2 VAE, as listed in the official ``Wan2_2_VAE.__init__``
 # (``self.mean`` / ``self.std``); diffusers' Wan2.2 config carries the same numbers as latents_mean/std.

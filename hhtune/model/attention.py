@@ -82,7 +82,7 @@ UNMASKED = AttentionPlan("sdpa")
 def flash_attn_available() -> bool:
     """Whether the ``flash_attn`` package (FlashAttention 2) imports (a build for another torch does not)."""
     try:
-        import flash_attn  # noqa: F401
+        import flash_attn  # noqa: F401, PLC0415 -- optional dependency, probed for availability only
     except (ImportError, OSError):
         return False
     return True

@@ -36,7 +36,6 @@ from .packing import Modality, padded_audio_coords, padded_text_coords, patchify
 from .precision import resolve_compute_dtype
 from .rope import FourierRope, apply_rope, check_rope_coords
 
-
 # --------------------------------------------------------------------------- norms
 
 

@@ -56,7 +56,7 @@ def av_sync(audio: np.ndarray, sample_rate: int, frames: np.ndarray, fps: int = 
         return 0, 0.0
     env = np.sqrt((mono[: n * hop].reshape(n, hop) ** 2).mean(axis=1))
     mot = motion_energy(frames[:n])
-    z = lambda x: (x - x.mean()) / (x.std() + 1e-8)  # noqa: E731
+    z = lambda x: (x - x.mean()) / (x.std() + 1e-8)
     env, mot = z(env), z(mot)
     scores = {}
     for k in range(-max_offset, max_offset + 1):

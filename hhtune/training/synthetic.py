@@ -12,8 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import (AUDIO_LATENTS, FORMAT_VERSION, LATENT_COLUMNS, MANIFEST, META_COLUMNS, REFERENCE_LATENTS, ROWS,
-                        TEXT_EMBEDS, VIDEO_LATENTS, VIDEO_STRIDE, LatentShape, seconds_of)  # fmt: skip
+from ..contract import (
+    AUDIO_LATENTS,
+    FORMAT_VERSION,
+    LATENT_COLUMNS,
+    MANIFEST,
+    META_COLUMNS,
+    REFERENCE_LATENTS,
+    ROWS,
+    TEXT_EMBEDS,
+    VIDEO_LATENTS,
+    VIDEO_STRIDE,
+    LatentShape,
+    seconds_of,
+)
 
 
 def write_synthetic_dataset(

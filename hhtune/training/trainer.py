@@ -21,9 +21,9 @@ from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch.utils.data import DataLoader
 
+from ..adapters.compute import set_lora_compute_dtype
 from ..adapters.inject import add_lora, trainable_parameter_count
 from ..io import atomic_write_text
-from ..adapters.compute import set_lora_compute_dtype
 from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
 from ..model.compile import compile_layers
 from ..model.linears import enable_fp8_compute
@@ -44,8 +44,13 @@ from .distributed import (
 from .errors import TrainingError
 from .metrics import MetricsLogger, peak_memory_gb
 from .objective import flow_matching_loss, sigma_bucket
-from .outputs import (check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step,
-                      training_clip_summaries)  # fmt: skip
+from .outputs import (
+    check_output_dependencies,
+    encode_validation_prompts,
+    finish_run,
+    run_validation_step,
+    training_clip_summaries,
+)
 from .resume import ResumeMismatch, check_resume, run_fingerprint
 from .state import Progress, Snapshot, latest_checkpoint, load_state, read_fingerprint, save_state
 

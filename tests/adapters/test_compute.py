@@ -6,9 +6,9 @@ import torch
 from peft import get_peft_model_state_dict
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from hhtune.adapters.compute import set_lora_compute_dtype
 from hhtune.adapters.inject import add_lora
 from hhtune.adapters.settings import LoraSettings
-from hhtune.adapters.compute import set_lora_compute_dtype
 from hhtune.model import HappyHorseTransformer, ModelConfig
 
 

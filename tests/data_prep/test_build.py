@@ -246,7 +246,7 @@ class _InlinePool:
         f: Future = Future()
         try:
             f.set_result(fn(*a, **k))
-        except Exception as e:  # noqa: BLE001 - handed to the caller through the future, as a pool would
+        except Exception as e:  # handed to the caller through the future, as a pool would
             f.set_exception(e)
         return f
 

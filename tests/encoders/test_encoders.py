@@ -11,9 +11,17 @@ import torch
 from safetensors.torch import save_file
 
 from hhtune.contract import AUDIO_SAMPLE_RATE
-from hhtune.encoders import (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, EncoderError, EncoderPaths,
-                             build_tiny_encoders, encoders_fingerprint, load_audio_vae, load_text_encoder,
-                             load_video_vae)  # fmt: skip
+from hhtune.encoders import (
+    WAN22_LATENTS_MEAN,
+    WAN22_LATENTS_STD,
+    EncoderError,
+    EncoderPaths,
+    build_tiny_encoders,
+    encoders_fingerprint,
+    load_audio_vae,
+    load_text_encoder,
+    load_video_vae,
+)
 from hhtune.encoders.audio import oobleck_config_from_official
 from hhtune.encoders.video import wan22_config_from_state_dict
 

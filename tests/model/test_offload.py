@@ -13,8 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hhtune.adapters.inject import add_lora
 from hhtune.adapters.settings import LoraSettings
-from hhtune.model import HappyHorseTransformer, ModelConfig
-from hhtune.model import offload
+from hhtune.model import HappyHorseTransformer, ModelConfig, offload
 from hhtune.model.linears import SwappableLinear
 from hhtune.model.placement import apply_block_swap, host_resident_keys, place_model
 

@@ -11,8 +11,13 @@ import torch
 
 from hhtune.recipe import LossSection
 from hhtune.training.data import TrainingDataset
-from hhtune.training.objective import (flow_matching_loss, noise_generator, sample_generator, shift_sigma,
-                                      video_frame_weights)  # fmt: skip
+from hhtune.training.objective import (
+    flow_matching_loss,
+    noise_generator,
+    sample_generator,
+    shift_sigma,
+    video_frame_weights,
+)
 
 
 class Recorder(torch.nn.Module):
