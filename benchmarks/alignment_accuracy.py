@@ -23,10 +23,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import librosa
 import numpy as np
+import soundfile
 
 from hhtune.contract import SPEECH_SAMPLE_RATE
-from hhtune.speech.align import Alignment, PhonemeRecognizer, align, align_dtw
+from hhtune.speech.align import Alignment, Interval, PhonemeRecognizer, align, align_dtw
 from hhtune.speech.g2p import WordPhonemes, phonemize
 from hhtune.speech.vad import energy_activity, silero_activity, speech_near
 
@@ -45,9 +47,6 @@ TRUTH_VARIANT = "+f3"  # the truth is spoken by another voice variant than the a
 
 
 def _speak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
-    import librosa
-    import soundfile
-
     out = subprocess.run(["espeak-ng", "-v", voice + TRUTH_VARIANT, "-s", str(speed), "-p", str(pitch), "--stdout",
                           text], capture_output=True, check=True).stdout  # fmt: skip
     wave, rate = soundfile.read(io.BytesIO(out), dtype="float32")
@@ -94,8 +93,6 @@ def utterance(language: str, words: list[WordPhonemes], background: str, rng: np
 
 def proportional(audio: np.ndarray, words: list[WordPhonemes]) -> Alignment:
     """The old estimate: the detected speech shared out in proportion to phoneme counts."""
-    from hhtune.speech.align import Interval
-
     active = energy_activity(audio, RATE, 0.02)
     times = np.flatnonzero(active) * 0.02
     if not len(times):

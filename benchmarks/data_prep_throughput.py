@@ -30,7 +30,7 @@ SENTENCES = ["Good morning and welcome to our studio.", "Today we look at the ne
 def make_footage(folder: Path, name: str, size: str, seconds: float) -> Path:
     """An H.264 file of ``size`` with espeak-ng speech and a per-sentence SRT, about ``seconds`` long."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data_prep"))
-    from _dp_footage import long_speech_footage
+    from _dp_footage import long_speech_footage  # noqa: PLC0415 -- test helper, importable only after the sys.path insert above
 
     sentences, pauses, total = [], [], 0.0
     while total < seconds - 3:
@@ -59,9 +59,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from data_prep.build import prepare_all
-    from data_prep.config import DataConfig
-    from data_prep.prepare import prepare_file
+    from data_prep.build import prepare_all  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from data_prep.config import DataConfig  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from data_prep.prepare import prepare_file  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     cfg = DataConfig(base_resolution=args.base_resolution, workers=2, language="en")
     results = []

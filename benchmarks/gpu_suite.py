@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import gc
 import json
 import re
 import sys
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import forward_flops
@@ -211,8 +213,6 @@ def attention_paths(names: list[str]) -> list[str]:
 
 def part_attention(setup: Setup, clock: Clock) -> dict:
     """Profiler names of the attention ops and kernels in one eager step, with and without a caption."""
-    from torch.profiler import ProfilerActivity, profile
-
     recipe = recipe_for(setup)
     model, opt = build(recipe, setup.device)
     out: dict[str, dict] = {}
@@ -324,8 +324,6 @@ def _error(e: Exception) -> dict:
 
 
 def _free(device: str) -> None:
-    import gc
-
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()

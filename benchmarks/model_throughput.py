@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_time, forward_flops, matmul_ceiling, parse_args
 
 from hhtune.contract import LatentShape
-from hhtune.model import HappyHorseTransformer, ModelConfig
+from hhtune.model import HappyHorseTransformer, ModelConfig, pack_sample
 
 # (frames, height, width) of the sample per preset: latents [48, T, H/16, W/16], audio = frames, text 640 / 32
 SHAPES = {"tiny": (33, 256, 448), "mid": (33, 256, 448), "15b": (125, 256, 448)}
@@ -71,8 +71,6 @@ def measure(preset: str, device: str, repeats: int) -> dict[str, float]:
 
 def batching(device: str, repeats: int) -> dict[str, float]:
     """Four samples of one bucket with different text lengths: padded batch vs one by one vs packed block-diagonal."""
-    from hhtune.model import pack_sample
-
     cfg = ModelConfig.preset("mid")
     torch.manual_seed(0)
     with torch.device(device):

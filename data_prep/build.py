@@ -18,6 +18,9 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import torch
+from rich.progress import Progress
+
 from hhtune.io import atomic_write_text
 from hhtune.media import VIDEO_EXTENSIONS
 
@@ -144,8 +147,6 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
 
 def _worker_init() -> None:
     """One thread per worker process: the parallelism is the pool's, not torch's (no oversubscription)."""
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -167,13 +168,13 @@ def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool
     Under ``accelerate launch`` stages 1-7 run on the main process (in its worker pool), the
     encoding is split across processes, and the main process writes the dataset and report.
     """
-    from .dataset import write_dataset
-    from .report import write_report
+    from .dataset import write_dataset  # noqa: PLC0415 -- pool workers import this module; the dataset writer and report stay out of them
+    from .report import write_report  # noqa: PLC0415 -- pool workers import this module; the dataset writer and report stay out of them
 
     footage, out = Path(footage), Path(out)
     state = None
     if encode:
-        from accelerate import PartialState
+        from accelerate import PartialState  # noqa: PLC0415 -- only encoding runs under accelerate; pool workers import this module
 
         state = PartialState()
     main = state is None or state.is_main_process
@@ -185,7 +186,7 @@ def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool
         units = load_units(out)
     encoders = None
     if encode:
-        from .encode import encode_clips, resolve_encoders
+        from .encode import encode_clips, resolve_encoders  # noqa: PLC0415 -- only encoding needs the encoders; pool workers import this module
 
         if main:
             encoders = resolve_encoders(cfg, out)
@@ -217,8 +218,6 @@ class _bar:
 
     def __enter__(self) -> _bar:
         if self.enabled:
-            from rich.progress import Progress
-
             self._p = Progress()
             self._p.__enter__()
             self._t = self._p.add_task("stages 1-7", total=self.total)

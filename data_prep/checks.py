@@ -3,6 +3,8 @@ and whether a transcript can fit in the audio at all."""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import unicodedata
 
 from hhtune.cli import MissingDependencyError
@@ -91,9 +93,6 @@ class EnvironmentProblem(MissingDependencyError):
 
 def missing_requirements() -> tuple[list[str], list[str]]:
     """``(apt packages, pip packages)`` the build needs and this machine lacks."""
-    import importlib.util
-    import shutil
-
     apt = sorted({pkg for cmd, pkg in SYSTEM_TOOLS.items() if shutil.which(cmd) is None})
     pip = sorted({pkg for mod, pkg in PYTHON_MODULES.items() if importlib.util.find_spec(mod) is None})
     return apt, pip

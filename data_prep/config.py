@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hhtune.contract import BUCKETS, Bucket
+from hhtune.speech.languages import normalise_language
 
 
 class EncoderFolders(BaseModel):
@@ -59,8 +60,6 @@ class DataConfig(BaseModel):
         if not self.buckets:
             raise ValueError("buckets must name at least one of 16:9, 9:16, 4:3, 1:1")
         if self.language is not None:
-            from hhtune.speech.languages import normalise_language
-
             self.language = normalise_language(self.language)
         return self
 
@@ -84,6 +83,6 @@ def load_data_config(path: str | Path | None, overrides: dict | None = None) -> 
     try:
         return DataConfig.model_validate(data)
     except ValidationError as e:
-        from hhtune.recipe import format_errors  # imported here: hhtune.recipe pulls in peft (seconds per worker)
+        from hhtune.recipe import format_errors  # noqa: PLC0415 -- hhtune.recipe pulls in peft (seconds per worker)
 
         raise ValueError(format_errors(e, str(path or "data config"), root=DataConfig)) from None

@@ -13,6 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+from safetensors.torch import load_file
+
 from hhtune.contract import (
     AUDIO_LATENTS,
     BUCKETS,
@@ -47,7 +50,7 @@ LANGUAGE_CODES = (*LANGUAGES, UNKNOWN_LANGUAGE)
 
 def features(encoded: bool):
     """The Arrow schema of the rows: the contract's column types, latents only when ``encoded``."""
-    import datasets
+    import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only the Arrow schema needs it
 
     def arrow(kind: str):
         value = kind.removesuffix("[]" * kind.count("[]"))
@@ -66,8 +69,6 @@ def manifest_fingerprint(cfg: DataConfig, encoders_fp: str | None) -> str:
 
 
 def _rows(clips: list[Clip], latents: Path | None):
-    from safetensors.torch import load_file
-
     for c in clips:
         row = {k: getattr(c, k) for k in META_COLUMNS}
         row["speech_mask"] = list(c.speech_mask)
@@ -85,7 +86,7 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
     large dataset never sit in memory together. With ``encoders``, every clip must have latents whose
     key matches it: a stale or missing latent stops the write instead of entering the dataset.
     """
-    import datasets
+    import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only writing the Arrow table needs it
 
     out = Path(out)
     clips = [c for u in units for c in u.clips]
@@ -140,8 +141,6 @@ def load_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerp
 
 
 def _check_rows(path: Path, ds, encoded: bool) -> None:
-    import numpy as np
-
     meta = ds.select_columns([c for c in META_COLUMNS if c != "caption"])
     seen: dict[tuple, int] = {}
     ids = set()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from rich.progress import Progress
 from safetensors import safe_open
 
 from hhtune.contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
@@ -70,8 +72,6 @@ def clip_key(clip: Clip, inputs: str | None) -> str:
 def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataConfig, progress: bool = True,
                  reencode: bool = False) -> int:  # fmt: skip
     """Encode every clip whose latents are missing or stale; returns how many this process encoded."""
-    from accelerate import PartialState
-
     state = PartialState()
     folder = work / "latents"
     if state.is_main_process:
@@ -159,7 +159,6 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda n: None
-        from rich.progress import Progress
 
         self._p = Progress()
         self._p.__enter__()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from hhtune.contract import AUDIO_SAMPLE_RATE as AUDIO_RATE
 from hhtune.contract import FPS, audio_samples_for, bucket_size, frames_for, nearest_bucket
@@ -344,7 +345,6 @@ def _reference(folder: Path, meta: dict, width: int, height: int) -> np.ndarray 
     name = meta.get("reference_image")
     if not name:
         return None
-    from PIL import Image, UnidentifiedImageError
 
     path = safe_child(folder, name)
     try:

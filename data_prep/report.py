@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from PIL import Image, ImageDraw
 
 from hhtune.io import atomic_write_text
 
@@ -96,8 +98,6 @@ def _b64png(image) -> str:
 
 def thumbnail_strip(frames: np.ndarray, columns: int = 6) -> str:
     """Base64 PNG: ``columns`` frames evenly across the clip, side by side, 96 px high."""
-    from PIL import Image
-
     pick = frames[np.linspace(0, len(frames) - 1, columns).round().astype(int)]
     strip = Image.fromarray(np.concatenate(list(pick), axis=1))
     strip = strip.resize((max(1, round(strip.width * 96 / strip.height)), 96))
@@ -107,8 +107,6 @@ def thumbnail_strip(frames: np.ndarray, columns: int = 6) -> str:
 def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask: list[float], width: int = 720) -> str:
     """Base64 PNG: the waveform, under it the aligned words (boxes) and phonemes (ticks), under those the speech
     mask (dark = speech). Labels are in the page's word table (Pillow's default font has no CJK glyphs)."""
-    from PIL import Image, ImageDraw
-
     h_wave, h_words, h_mask = 60, 22, 8
     img = Image.new("RGB", (width, h_wave + h_words + h_mask + 4), "white")
     d = ImageDraw.Draw(img)
@@ -160,10 +158,10 @@ def _charts(summary: dict, clips: list[Clip]) -> tuple[list[tuple[str, str]], st
 
 
 def _charts_matplotlib(durations: list[float], coverage: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 -- optional: _charts_pil draws the charts without matplotlib; Agg is set before pyplot loads
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- optional: _charts_pil draws the charts without matplotlib; Agg is set before pyplot loads
 
     def png(fig) -> str:
         buf = io.BytesIO()
@@ -193,8 +191,6 @@ def _charts_matplotlib(durations: list[float], coverage: dict[str, dict[str, int
 
 def _charts_pil(durations: list[float], coverage: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
     """The same charts, plainer, when matplotlib is not installed."""
-    from PIL import Image, ImageDraw
-
     def bars(values: list[float], labels: list[str], title: str) -> str:
         w, h = max(320, 12 * len(values) + 40), 160
         img = Image.new("RGB", (w, h), "white")
@@ -236,8 +232,6 @@ def _fate_text(u: Unit) -> str:
 
 
 def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: Path) -> str:
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape())
     reasons = sorted({r["reason"] for f in summary["files"] for r in f["timeline"] if r["status"] != "used"})
     colours = {"used": "#3a9a4a", **{why: _PALETTE[k % len(_PALETTE)] for k, why in enumerate(reasons)}}

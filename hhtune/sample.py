@@ -11,13 +11,17 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+from rich.progress import Progress
+
+from hhtune.cli import run_command
+
 from .contract import BUCKETS, COMPUTE_DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli`."""
-    from hhtune.cli import run_command
-
     return run_command(_main, argv)
 
 
@@ -50,14 +54,12 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
 
-    import numpy as np
-    import torch
-    from rich.progress import Progress
+    import torch  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
-    from hhtune.encoders import EncoderPaths
-    from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint
-    from hhtune.sampling import generate, write_mp4, write_previews
-    from hhtune.sampling.generate import NEGATIVE_PROMPT, encode_prompts
+    from hhtune.encoders import EncoderPaths  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.sampling import generate, write_mp4, write_previews  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.sampling.generate import NEGATIVE_PROMPT, encode_prompts  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     preset = args.model in ModelConfig.preset_names() and not Path(args.model).exists()
     if preset and not args.random_weights:
@@ -77,8 +79,8 @@ def _main(argv: list[str] | None) -> int:
     else:
         model = load_checkpoint(args.model, device=args.device)
     model.set_compute_dtype(args.compute_dtype)
-    from hhtune.adapters import load as load_adapter
-    from hhtune.adapters import parse_spec
+    from hhtune.adapters import load as load_adapter  # noqa: PLC0415 -- entry point: peft loads after argparse so --help is instant
+    from hhtune.adapters import parse_spec  # noqa: PLC0415 -- entry point: peft loads after argparse so --help is instant
 
     for spec in args.adapter:
         path, strength, modalities = parse_spec(spec)
@@ -86,8 +88,6 @@ def _main(argv: list[str] | None) -> int:
     model.eval()
     image = None
     if args.image:
-        from PIL import Image
-
         image = np.asarray(Image.open(args.image).convert("RGB"))
     steps = 8 if args.sampler == "distilled" else 32
     with Progress() as bar:
@@ -105,7 +105,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _cuda() -> bool:
-    import torch
+    import torch  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     return torch.cuda.is_available()
 

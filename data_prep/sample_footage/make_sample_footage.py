@@ -15,6 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import soundfile
+
 HERE = Path(__file__).parent
 CLIPS = [
     # stem, language, espeak voice, text, size, fps, audio (rate, channels), transcript kind
@@ -39,9 +42,6 @@ def _seconds(t: float) -> str:
 
 def _face_frames(wav: Path, w: int, h: int, fps: int, dur: float, color: str):
     """A plain "face" on a coloured wall whose mouth opens with the speech energy of each frame ([F, h, w, 3] uint8)."""
-    import numpy as np
-    import soundfile
-
     audio, rate = soundfile.read(str(wav), dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
     n = int(round(dur * fps))

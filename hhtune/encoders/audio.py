@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..contract import AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, SAMPLES_PER_LATENT
@@ -106,7 +107,7 @@ def load_audio_vae(path: str | Path, device: str | torch.device = "cpu",
     kind, folder = _resolve_audio(path)
     final_tanh = False
     if kind == "diffusers":
-        from diffusers import AutoencoderOobleck
+        from diffusers import AutoencoderOobleck  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only loading the audio VAE needs it
 
         try:
             model = AutoencoderOobleck.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
@@ -141,8 +142,7 @@ def _resolve_audio(path: str | Path) -> tuple[str, Path]:
 
 def _load_official_oobleck(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, bool]:
     """A stable-audio-tools checkpoint as an ``AutoencoderOobleck`` and whether its decoder ends in tanh."""
-    from diffusers import AutoencoderOobleck
-    from safetensors.torch import load_file
+    from diffusers import AutoencoderOobleck  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only loading the audio VAE needs it
 
     config = oobleck_config_from_official(json.loads((folder / OFFICIAL_CONFIG_FILE).read_text()), folder)
     final_tanh = config.pop("final_tanh")

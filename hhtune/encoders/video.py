@@ -145,7 +145,7 @@ def _resolve_video(path: str | Path) -> tuple[str, Path]:
 
 
 def _load_diffusers_wan(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLWan  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only loading the video VAE needs it
 
     try:
         return AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
@@ -155,7 +155,7 @@ def _load_diffusers_wan(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
 
 def _load_official_wan(file: Path, dtype: torch.dtype) -> torch.nn.Module:
     """The official ``.pth`` state dict: architecture read off the tensor shapes, keys renamed to diffusers'."""
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLWan  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only loading the video VAE needs it
 
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)

@@ -18,18 +18,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..adapters import parse_spec
+from ..cli import run_command
+from . import FORMATS, export_adapter
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli` (2 for an adapter or base that cannot be used)."""
-    from ..cli import run_command
-
     return run_command(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:
-    from ..adapters import parse_spec
-    from . import FORMATS, export_adapter
-
     parser = argparse.ArgumentParser(prog="python -m hhtune.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("source", type=Path)

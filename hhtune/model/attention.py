@@ -197,7 +197,7 @@ def _compiled_flex():
 
 
 def _flash(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
-    from flash_attn import flash_attn_varlen_func
+    from flash_attn import flash_attn_varlen_func  # noqa: PLC0415 -- optional dependency flash_attn
 
     b, length, heads, dim = q.shape
 

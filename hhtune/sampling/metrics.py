@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 _DIALOGUE = re.compile(r'<[^,<>]+,\s*([^<>]+)>:\s*"+([^"]+)"+')
 
@@ -84,9 +86,6 @@ def clip_summary(latent, grid: tuple[int, int, int] = CLIP_SUMMARY_GRID):
     A run keeps every training clip at this size for the memorisation metric, instead of
     every clip's full latents (12 MB for 5 s at 540p).
     """
-    import torch
-    import torch.nn.functional as F
-
     latent = torch.as_tensor(latent, dtype=torch.float32)
     size = tuple(min(g, n) for g, n in zip(grid, latent.shape[1:]))
     return F.adaptive_avg_pool3d(latent[None], size)[0]
@@ -102,9 +101,6 @@ def nearest_clip_distance(sample, clips) -> float:
     memorisation warning, on a one-clip overfit it is the proof that training and
     sampling agree. ``inf`` when there are no clips.
     """
-    import torch
-    import torch.nn.functional as F
-
     sample = torch.as_tensor(sample, dtype=torch.float32)
     if sample.dim() != 4:
         raise ValueError(f"sample must be a video latent [C, T, H, W], got shape {tuple(sample.shape)}")

@@ -6,6 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
+from hhtune.media import resize_crop
+from hhtune.speech.align import PhonemeRecognizer
+from hhtune.speech.g2p import phonemize
 
 from ..encoders import EncoderPaths
 from .generate import OUTPUT_AUDIO_RATE, generate, write_mp4, write_previews
@@ -37,15 +42,11 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
     if write:
         out.mkdir(parents=True, exist_ok=True)
     if acoustic_model and write:
-        from hhtune.speech.align import PhonemeRecognizer
-
         recognizer = PhonemeRecognizer(acoustic_model)
     scores: dict[str, list[float]] = {}
     for i, prompt in enumerate(prompts):
         image = None
         if reference_images and i < len(reference_images):
-            from PIL import Image
-
             image = np.asarray(Image.open(reference_images[i]).convert("RGB"))
         g = generate(model, prompt, encoders, seconds=seconds, aspect=aspect, base_resolution=base_resolution,
                      seed=seed + i, reference_image=image, device=device, decode=write, vae_tiling=vae_tiling,
@@ -60,8 +61,6 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         if training_clips:
             scores.setdefault("nearest_clip_distance", []).append(nearest_clip_distance(g.video_latents[0], training_clips))
         if image is not None:
-            from hhtune.media import resize_crop
-
             ref = resize_crop(image[None], g.frames.shape[2], g.frames.shape[1])[0]
             scores.setdefault("reference_psnr", []).append(reference_fidelity(g.frames, ref))
         if recognizer is not None:
@@ -69,15 +68,13 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
                 code = _LANG_CODES.get(lang.lower())
                 if code is None:
                     continue
-                from scipy.signal import resample_poly
-
-                from hhtune.speech.g2p import phonemize
+                from scipy.signal import resample_poly  # noqa: PLC0415 -- heavy: scipy.signal loads in ~1 s, only phoneme scoring needs it
 
                 expected = [p for w in phonemize(line, code) for p in w.phonemes]
                 heard = recognizer.transcribe(resample_poly(g.audio.mean(axis=1), 160, 441).astype(np.float32))
                 scores.setdefault(f"per_{code}", []).append(phoneme_error_rate(heard, expected))
         if wandb_run is not None:
-            import wandb
+            import wandb  # noqa: PLC0415 -- heavy: wandb loads in ~1 s, only with a W&B run
 
             wandb_run.log({f"samples/prompt{i:02d}": wandb.Video(str(mp4), format="mp4", caption=prompt[:200])}, step=step)
     return {k: float(np.mean(v)) for k, v in scores.items()}

@@ -31,7 +31,9 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import librosa
 import numpy as np
+import soundfile
 
 from ..contract import SPEECH_SAMPLE_RATE
 from .g2p import WordPhonemes
@@ -123,23 +125,21 @@ class PhonemeRecognizer:
     """A wav2vec2-style phoneme CTC model from a local folder (``Wav2Vec2ForCTC`` + processor)."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
-        import json as _json
-
-        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC  # noqa: PLC0415 -- heavy: transformers loads in ~1 s, only the phoneme model needs it
 
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "vocab.json").is_file():
             raise ValueError(f"acoustic model not found at {path}: expected config.json and vocab.json (Wav2Vec2ForCTC)")
         self.model = Wav2Vec2ForCTC.from_pretrained(path).to(device).eval()
         self.features = Wav2Vec2FeatureExtractor.from_pretrained(path)
-        self.vocab: dict[str, int] = _json.loads((path / "vocab.json").read_text())
+        self.vocab: dict[str, int] = json.loads((path / "vocab.json").read_text())
         self.id_to_token = {i: t for t, i in self.vocab.items()}
         self.blank = self.model.config.pad_token_id
         self.device = device
 
     def emissions(self, audio_16k: np.ndarray) -> tuple[np.ndarray, float]:
         """Log-probabilities ``[frames, vocab]`` and the seconds per frame."""
-        import torch
+        import torch  # noqa: PLC0415 -- heavy: torch loads in seconds; data_prep's alignment without a model does not need it
 
         inputs = self.features(audio_16k, sampling_rate=SPEECH_SAMPLE_RATE, return_tensors="pt").input_values
         inputs = inputs.to(self.device)
@@ -210,9 +210,6 @@ def _align_ctc(audio_16k: np.ndarray, words: list[WordPhonemes], rec: PhonemeRec
 
 def _espeak(text: str, voice: str, word_gap: int = 0) -> np.ndarray:
     """espeak-ng speaking ``text`` with ``voice`` (``word_gap``: extra pause between words, 10 ms units): 16 kHz."""
-    import librosa
-    import soundfile
-
     cmd = ["espeak-ng", "-v", voice, *(["-g", str(word_gap)] if word_gap else []), "--stdout", text]
     try:
         res = subprocess.run(cmd, capture_output=True, check=True)
@@ -225,8 +222,6 @@ def _espeak(text: str, voice: str, word_gap: int = 0) -> np.ndarray:
 
 
 def _trim(wave: np.ndarray) -> np.ndarray:
-    import librosa
-
     if wave.size and np.abs(wave).max() > 0:
         wave, _ = librosa.effects.trim(wave, top_db=40, frame_length=400, hop_length=80)
     return wave
@@ -297,8 +292,6 @@ def _synth_run(group: list[WordPhonemes]) -> list[np.ndarray]:
 
 def _features(wave: np.ndarray) -> np.ndarray:
     """Per-signal normalised MFCCs ``[frames, 13]`` at :data:`HOP_S` (energy included, as c0)."""
-    import librosa
-
     hop = int(HOP_S * SPEECH_SAMPLE_RATE)
     m = librosa.feature.mfcc(y=wave, sr=SPEECH_SAMPLE_RATE, n_mfcc=_N_MFCC, n_fft=512, hop_length=hop, n_mels=40).T
     return (m - m.mean(axis=0)) / (m.std(axis=0) + 1e-6)
@@ -306,8 +299,7 @@ def _features(wave: np.ndarray) -> np.ndarray:
 
 def align_dtw(audio_16k: np.ndarray, words: list[WordPhonemes]) -> Alignment:
     """Model-free alignment: DTW between the real audio and an espeak-ng synthesis of the same words."""
-    import librosa
-    from scipy.spatial.distance import cdist
+    from scipy.spatial.distance import cdist  # noqa: PLC0415 -- heavy: scipy.spatial loads in ~1 s, only DTW alignment needs it
 
     if len(audio_16k) < int(0.1 * SPEECH_SAMPLE_RATE):
         return Alignment("none", notes=["audio too short to align"])
@@ -349,8 +341,8 @@ def align_dtw(audio_16k: np.ndarray, words: list[WordPhonemes]) -> Alignment:
 
 def build_tiny_recognizer(out_dir: str | Path, seed: int = 0) -> Path:
     """A random-weight tiny ``Wav2Vec2ForCTC`` with an IPA phoneme vocabulary, saved locally (tests, quick start)."""
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+    import torch  # noqa: PLC0415 -- heavy: torch loads in seconds; data_prep's alignment without a model does not need it
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC  # noqa: PLC0415 -- heavy: transformers loads in ~1 s, only the tiny recognizer needs it
 
     out = Path(out_dir)
     if (out / "config.json").is_file():

@@ -70,7 +70,7 @@ def normalise_numbers(text: str, language: str) -> str:
         if language in ("zh", "yue"):
             whole, _, frac = raw.partition(".")
             return _han_number(int(whole)) + ("点" + "".join(_HAN_DIGITS[int(c)] for c in frac) if frac else "")
-        from num2words import num2words
+        from num2words import num2words  # noqa: PLC0415 -- num2words loads in ~0.5 s, only numbers in non-CJK text need it
 
         value = float(raw) if "." in raw else int(raw)
         return " " + num2words(value, lang=_NUM2WORDS.get(language, "en")) + " "
@@ -81,7 +81,7 @@ def normalise_numbers(text: str, language: str) -> str:
 @functools.cache
 def _espeak(voice: str):
     try:
-        from phonemizer.backend import EspeakBackend
+        from phonemizer.backend import EspeakBackend  # noqa: PLC0415 -- per-language backend loaded on first use; its absence is reported there
     except ImportError as e:
         raise G2PError("phonemizer is missing: pip install phonemizer (and apt-get install espeak-ng)") from e
     try:
@@ -91,7 +91,7 @@ def _espeak(voice: str):
 
 
 def _espeak_words(words: list[str], voice: str) -> list[list[str]]:
-    from phonemizer.separator import Separator
+    from phonemizer.separator import Separator  # noqa: PLC0415 -- per-language backend loaded on first use
 
     if not words:
         return []
@@ -113,8 +113,8 @@ def _english(word: str) -> WordPhonemes:
 
 
 def _mandarin(text: str) -> list[WordPhonemes]:
-    import jieba
-    from pypinyin import Style, lazy_pinyin
+    import jieba  # noqa: PLC0415 -- per-language backend loaded on first use (jieba, pypinyin: ~0.5 s)
+    from pypinyin import Style, lazy_pinyin  # noqa: PLC0415 -- per-language backend loaded on first use (jieba, pypinyin: ~0.5 s)
 
     out = []
     for tok in _cjk_tokens(jieba.lcut(text)):
@@ -131,7 +131,7 @@ def _mandarin(text: str) -> list[WordPhonemes]:
 
 
 def _cantonese(text: str) -> list[WordPhonemes]:
-    import pycantonese
+    import pycantonese  # noqa: PLC0415 -- per-language backend loaded on first use
 
     out = []
     for tok in _cjk_tokens(pycantonese.segment(text)):
@@ -149,7 +149,7 @@ def _cantonese(text: str) -> list[WordPhonemes]:
 
 def _japanese(text: str) -> list[WordPhonemes]:
     try:
-        import pyopenjtalk
+        import pyopenjtalk  # noqa: PLC0415 -- per-language backend loaded on first use; its absence is reported there
     except ImportError as e:
         raise G2PError("Japanese needs pyopenjtalk with a bundled dictionary: pip install pyopenjtalk-plus") from e
     out = []

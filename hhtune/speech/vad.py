@@ -49,7 +49,7 @@ def _bridge(active: np.ndarray, gap: int) -> np.ndarray:
 @functools.cache
 def _silero():
     try:
-        from silero_vad import load_silero_vad
+        from silero_vad import load_silero_vad  # noqa: PLC0415 -- its absence is reported as VADUnavailable
     except ImportError as e:
         raise VADUnavailable("Silero VAD is missing: pip install silero-vad") from e
     return load_silero_vad(onnx=False)
@@ -57,8 +57,8 @@ def _silero():
 
 def silero_activity(audio_16k: np.ndarray, hop_s: float = 0.04, threshold: float = 0.5) -> np.ndarray:
     """Boolean speech per hop of 16 kHz mono audio, from Silero VAD's speech segments."""
-    import torch
-    from silero_vad import get_speech_timestamps
+    import torch  # noqa: PLC0415 -- heavy: torch loads in seconds; the energy VAD does not need it
+    from silero_vad import get_speech_timestamps  # noqa: PLC0415 -- loaded with the Silero model only
 
     n = int(len(audio_16k) / SPEECH_SAMPLE_RATE / hop_s)
     out = np.zeros(n, dtype=bool)

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import torch
 
+from ..adapters.base_identity import base_model_id
 from ..contract import TEXT_EMBEDS, VIDEO_LATENTS
+from ..encoders import EncoderPaths
+from ..export import export_adapter
+from ..export.model_card import write_model_card
 from ..io import atomic_write_text
 from ..recipe import Recipe
+from ..sampling.generate import encode_prompts
+from ..sampling.metrics import clip_summary
+from ..sampling.validation import run_validation
 from .data import TrainingDataset
 from .errors import TrainingError
 from .metrics import plot_loss_curve
+from .validation_model import validation_model
 
 PromptFeatures = list[tuple[torch.Tensor, int]]
 
@@ -83,8 +91,6 @@ def encode_validation_prompts(recipe: Recipe, data: TrainingDataset, device: tor
             out[i] = (feats, int(feats.shape[1]))
     todo = [i for i in range(len(recipe.validation.prompts)) if i not in out]
     if todo:
-        from ..sampling.generate import encode_prompts
-
         encoded = encode_prompts([recipe.validation.prompts[i] for i in todo], encoder_paths(recipe, data).text_encoder,
                                  device)  # fmt: skip
         out.update(zip(todo, encoded))
@@ -93,8 +99,6 @@ def encode_validation_prompts(recipe: Recipe, data: TrainingDataset, device: tor
 
 def encoder_paths(recipe: Recipe, data: TrainingDataset):
     """The encoders validation uses: ``validation.encoders``, else those the dataset was encoded with."""
-    from ..encoders import EncoderPaths
-
     if recipe.validation.encoders:
         folder = Path(recipe.validation.encoders)
         return EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae", text_encoder=folder / "text_encoder")
@@ -108,7 +112,6 @@ def training_clip_summaries(recipe: Recipe, data: TrainingDataset) -> list[torch
     """Every training clip's video latents pooled small (``clip_summary``), read once for the memorisation metric."""
     if not validation_enabled(recipe):
         return None
-    from ..sampling.metrics import clip_summary
 
     return [clip_summary(row[VIDEO_LATENTS]) for row in data.ds.select_columns([VIDEO_LATENTS])]
 
@@ -124,8 +127,6 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
     main = accelerator.is_main_process
     if not validation_enabled(recipe) or not (main or sharded):
         return
-    from ..sampling.validation import run_validation
-    from .validation_model import validation_model
 
     v = recipe.validation
     with validation_model(recipe, model, accelerator.device) as m:
@@ -146,8 +147,6 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
 
 def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path, progress, metrics, log) -> None:
     """Main process: final adapter (PEFT format), run_info.json, exports and the loss curve."""
-    from ..adapters.base_identity import base_model_id
-
     adapter_dir = run_dir / "adapter"
     peft_model.save_pretrained(str(adapter_dir))
     info = {
@@ -162,7 +161,6 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
         "base": recipe.model.checkpoint or recipe.model.preset,
     }
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
-    from ..export.model_card import write_model_card  # a real model card in place of PEFT's template README
 
     write_model_card(adapter_dir, {**info, "lora": recipe.lora.model_dump()})
     _export(recipe, peft_model, run_dir, info, log)
@@ -173,8 +171,6 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
 
 
 def _export(recipe: Recipe, peft_model, run_dir: Path, info: dict, log) -> None:
-    from ..export import export_adapter  # importable: checked at the start of the run
-
     meta = {
         "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"], "recipe_hash": info["recipe_hash"],
         "trigger_words": info["trigger_words"], "languages": info["languages"], "dataset_summary": info["dataset_summary"],

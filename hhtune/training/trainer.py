@@ -19,6 +19,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 
 from ..adapters.compute import set_lora_compute_dtype
@@ -90,7 +91,7 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSection, dev
         if device.type != "cuda":
             raise TrainingError("optimizer.eight_bit needs a CUDA device (bitsandbytes); set it to false on CPU")
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # noqa: PLC0415 -- optional dependency bitsandbytes
         except ImportError as e:
             raise TrainingError("optimizer.eight_bit needs bitsandbytes: pip install 'hhtune[bnb]'") from e
         return bnb.optim.AdamW8bit(params, **kwargs)
@@ -394,7 +395,6 @@ def _any_process(accelerator: Accelerator, flag: bool) -> bool:
 
 def _clip(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: float | None, fsdp: bool) -> float:
     if fsdp:  # sharded gradients: the global norm is reduced across processes, then every shard is scaled by it
-        from torch.distributed.tensor import DTensor
 
         grads = [p.grad for p in params if p.grad is not None]
         total = torch.nn.utils.get_total_norm(grads)
@@ -416,7 +416,7 @@ def _format_table(recipe: Recipe) -> str:
 
 class _Bar:
     def __init__(self, total: int, start: int) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: PLC0415 -- at the top it would shadow .state.Progress
 
         self._p = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
                            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
