@@ -71,7 +71,7 @@ def _music(n: int, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def utterance(language: str, words: list[WordPhonemes], background: str, rng: np.random.Generator):
+def utterance(words: list[WordPhonemes], background: str, rng: np.random.Generator):
     """``(audio, [(start, end)] per word, snr_db)``."""
     speed, pitch = int(rng.integers(140, 190)), int(rng.integers(30, 70))
     pieces, truth, t = [np.zeros(int(rng.uniform(0.3, 0.6) * RATE), np.float32)], [], 0.0
@@ -131,7 +131,7 @@ def main() -> None:
         words = phonemize(text, language)
         for background in ("noise", "music"):
             for _ in range(args.utterances):
-                audio, truth, _ = utterance(language, words, background, rng)
+                audio, truth, _ = utterance(words, background, rng)
                 results = {"dtw": align_dtw(audio, words), "proportional": proportional(audio, words)}
                 if rec is not None:
                     results["ctc"] = align(audio, words, rec)

@@ -77,7 +77,7 @@ FULL = Setup("15b", "cuda", 5.0, {"256p": 256, "540p": 544}, ((80.0, "256p"), (4
 DRY = Setup("tiny", "cpu", 0.2, {"256p": 32, "540p": 64}, ((1.0, "256p"), (0.75, "540p")), steps=1)
 
 
-class Skipped(Exception):
+class Skipped(Exception):  # noqa: N818 -- control flow: a part not run is a result, not an error
     """A part (or measurement) not run: not available here, or out of time."""
 
 

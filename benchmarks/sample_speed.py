@@ -37,7 +37,7 @@ def main() -> None:
         text = torch.randn(1, 64, cfg.text_in_channels, device=args.device)
         fn = model_velocity_fn(model, text, 64)
         cached = fn(torch.randn(vshape, device=args.device), torch.randn(ashape, device=args.device))
-        instant = lambda v, a, cached=cached: cached
+        instant = lambda _v, _a, cached=cached: cached
 
         def run(velocity, vshape=vshape, ashape=ashape):  # bound now: called within this iteration
             if args.device == "cuda":

@@ -22,12 +22,12 @@ def timeline(duration: float, clips: list[tuple[float, float]], words: list[Inte
     Labels, later ones winning: silence; speech (detected) without transcript; transcribed words not in a clip;
     dropped stretches with their own reason; used (inside a clip). The last range ends at ``duration``.
     """
-    n = max(1, int(round(duration / TICK)))
+    n = max(1, round(duration / TICK))
     labels = [SILENCE, untranscribed_reason, NOT_IN_CLIP]
     cells = np.zeros(n, dtype=np.int32)
 
     def paint(a: float, b: float, code: int) -> None:
-        cells[max(0, int(round(a / TICK))) : min(n, int(round(b / TICK)))] = code
+        cells[max(0, round(a / TICK)) : min(n, round(b / TICK))] = code
 
     for s in speech:
         paint(s.start, s.end, 1)
@@ -75,7 +75,7 @@ def coverage(spans: list[Interval], clips: list[tuple[float, float]]) -> tuple[f
     speech = np.zeros(n, dtype=bool)
     used = np.zeros(n, dtype=bool)
     for s in spans:
-        speech[int(round(s.start / TICK)) : int(round(s.end / TICK))] = True
+        speech[round(s.start / TICK) : round(s.end / TICK)] = True
     for a, b in clips:
-        used[max(0, int(round(a / TICK))) : int(round(b / TICK))] = True
+        used[max(0, round(a / TICK)) : round(b / TICK)] = True
     return round(float((speech & used).sum()) * TICK, 3), round(float(speech.sum()) * TICK, 3)

@@ -135,7 +135,7 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
                                  initializer=_worker_init) as pool, \
-                _bar(progress, len(todo)) as bar:  # fmt: skip
+                _Bar(progress, len(todo)) as bar:  # fmt: skip
             futures = {pool.submit(prepare_file, footage / rel, rel, meta.get(rel, {}), cfg, work): rel for rel in todo}
             for fut in as_completed(futures):
                 units[futures[fut]] = fut.result()
@@ -210,13 +210,13 @@ def load_units(out: Path) -> list[Unit]:
     return [Unit.from_json(u) for u in json.loads(index.read_text())]
 
 
-class _bar:
+class _Bar:
     """A rich progress bar that can be switched off."""
 
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled, self.total = enabled, total
 
-    def __enter__(self) -> _bar:
+    def __enter__(self) -> _Bar:
         if self.enabled:
             self._p = Progress()
             self._p.__enter__()

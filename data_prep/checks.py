@@ -87,7 +87,7 @@ PYTHON_MODULES = {"av": "av", "librosa": "librosa", "soundfile": "soundfile", "p
                   "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus", "num2words": "num2words"}  # fmt: skip
 
 
-class EnvironmentProblem(MissingDependencyError):
+class EnvironmentProblem(MissingDependencyError):  # noqa: N818 -- public name; the base class says error
     """A system tool or Python package the build needs is missing; the message has the install command."""
 
 

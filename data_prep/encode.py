@@ -66,7 +66,7 @@ def clip_key(clip: Clip, inputs: str | None) -> str:
     """What a clip's latents depend on besides the encoders: its pixels/audio (source range, bucket) and caption,
     and the ``inputs`` fingerprint of its unit."""
     parts = [clip.source_file, clip.start_s, clip.end_s, clip.width, clip.height, clip.num_frames, clip.caption]
-    return hashlib.sha1(json.dumps(parts + [inputs or ""], ensure_ascii=False).encode()).hexdigest()[:16]
+    return hashlib.sha1(json.dumps([*parts, inputs or ""], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataConfig, progress: bool = True,
@@ -86,7 +86,7 @@ def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataCo
     video, audio, text = (load_video_vae(paths.video_vae, device), load_audio_vae(paths.audio_vae, device),
                           load_text_encoder(paths.text_encoder, device))  # fmt: skip
     done = 0
-    with state.split_between_processes(batches) as mine, _progress(progress, sum(len(b) for b in mine)) as bar:
+    with state.split_between_processes(batches) as mine, _Progress(progress, sum(len(b) for b in mine)) as bar:
         for batch in mine:
             for (clip, key), tensors in zip(batch, _encode_batch([c for c, _ in batch], work, video, audio, text)):
                 atomic_save_file({k: v.contiguous() for k, v in tensors.items()}, folder / f"{clip.clip_id}.safetensors",
@@ -150,7 +150,7 @@ def _check_encoders(folder: Path, paths: EncoderPaths, reencode: bool) -> None:
     atomic_write_text(stamp, json.dumps(want))
 
 
-class _progress:
+class _Progress:
     """A rich progress bar for the encode, or nothing."""
 
     def __init__(self, enabled: bool, total: int) -> None:
@@ -158,7 +158,7 @@ class _progress:
 
     def __enter__(self):
         if not self.enabled:
-            return lambda n: None
+            return lambda _n: None
 
         self._p = Progress()
         self._p.__enter__()

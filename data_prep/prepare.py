@@ -212,7 +212,7 @@ def _cut(reader: FrameReader, stereo: np.ndarray, planned: PlannedClip, referenc
          npz: Path) -> None:  # fmt: skip
     """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``."""
     frames = reader.read(planned.start, planned.frames)
-    wave = _slice(stereo, int(round(planned.start * AUDIO_RATE)), audio_samples_for(planned.frames))
+    wave = _slice(stereo, round(planned.start * AUDIO_RATE), audio_samples_for(planned.frames))
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
         np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
 

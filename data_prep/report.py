@@ -64,7 +64,7 @@ def summarise(units: list[Unit]) -> dict:
                    "source_seconds": round(sum(u.probe.duration for u in units if u.probe is not None), 2),
                    "dropped_seconds": round(sum(v for k, v in seconds.items() if k != "used"), 2),
                    **{k: round(cover.get(k, 0.0), 2) for k in ("transcribed_used_s", "transcribed_s", "detected_used_s",
-                                                              "detected_s")}},  # fmt: skip
+                                                              "detected_s")}},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "mask_sources": dict(Counter(c.mask_source for c in clips)),
         "skip_reasons": dict(Counter(_reason_kind(u.reason) for u in units if u.fate == "skipped")),
@@ -74,7 +74,7 @@ def summarise(units: list[Unit]) -> dict:
             "mean_word_confidence": round(float(np.mean(confidence)), 3) if confidence else None,
         },
         "phonemes": {lang: {"distinct": len(c), "total": sum(c.values()), "counts": dict(c.most_common())}
-                     for lang, c in sorted(phones.items())},  # fmt: skip
+                     for lang, c in sorted(phones.items())},
     }
 
 
@@ -110,7 +110,7 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
     h_wave, h_words, h_mask = 60, 22, 8
     img = Image.new("RGB", (width, h_wave + h_words + h_mask + 4), "white")
     d = ImageDraw.Draw(img)
-    x = lambda t: int(round(t / max(duration, 1e-6) * (width - 1)))
+    x = lambda t: round(t / max(duration, 1e-6) * (width - 1))
     if audio is not None and audio.size:
         mono = audio.mean(axis=0) if audio.ndim == 2 else audio
         cols = np.array_split(mono, width)

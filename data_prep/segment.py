@@ -150,7 +150,7 @@ def segment(words: list[Interval], duration: float, min_s: float, max_s: float,
 def runs(active: list[bool] | None, hop_s: float, offset: float = 0.0) -> list[Interval]:
     """Runs of ``True`` in a per-hop activity array as intervals (label ``"speech"``)."""
     out, start = [], None
-    for k, v in enumerate(list(active or []) + [False]):
+    for k, v in enumerate([*(active or []), False]):
         if v and start is None:
             start = k
         elif not v and start is not None:

@@ -101,7 +101,7 @@ def _rotation(v: dict) -> int:
     rotation = 0
     for sd in v.get("side_data_list", []) or []:
         if "rotation" in sd:
-            rotation = int(round(-float(sd["rotation"]))) % 360
+            rotation = round(-float(sd["rotation"])) % 360
     if "rotate" in v.get("tags", {}):
         rotation = int(v["tags"]["rotate"]) % 360
     return rotation
@@ -168,7 +168,7 @@ class FrameReader:
 
     def read(self, start: float, num_frames: int) -> np.ndarray:
         """``num_frames`` RGB frames from ``start`` s, ``[F, H, W, 3]`` uint8, displayed orientation."""
-        last = max(0, int(round(self.info.duration * self.info.fps)) - 1)
+        last = max(0, round(self.info.duration * self.info.fps) - 1)
         idx = np.clip(np.round((start + np.arange(num_frames) / FPS) * self.info.fps).astype(np.int64), 0, last)
         out = []
         for i in idx:

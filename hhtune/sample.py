@@ -95,7 +95,7 @@ def _main(argv: list[str] | None) -> int:
         g = generate(model, args.prompt, encoders, seconds=args.seconds, aspect=args.aspect,
                      base_resolution=args.base_resolution, sampler=args.sampler, seed=args.seed, reference_image=image,
                      audio_path=str(args.audio) if args.audio else None, video_guidance=args.video_guidance,
-                     audio_guidance=args.audio_guidance, device=args.device, progress=lambda i: bar.advance(task),
+                     audio_guidance=args.audio_guidance, device=args.device, progress=lambda _i: bar.advance(task),
                      text_features=features[0], negative_features=features[1] if len(features) > 1 else None)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     mp4 = write_mp4(g.frames, g.audio, args.out / "sample.mp4")

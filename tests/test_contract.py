@@ -98,7 +98,7 @@ def test_only_contract_py_holds_the_contract():
     "FORMAT_VERSION = 1", 'row["video_latents"]', 'path / "manifest.json"', 'A = Literal["16:9", "9:16", "4:3", "1:1"]',
     'S = {"16:9": (16, 9), "9:16": (9, 16), "4:3": (4, 3), "1:1": (1, 1)}', 'p = ("15b", "mid", "tiny")',
     'choices=["auto", "bf16", "fp32"]', 'L = ("en", "zh", "yue", "ja", "ko", "de", "fr")',
-    f"need = {META_COLUMNS + ('speaker',)!r}",
+    f"need = {(*META_COLUMNS, 'speaker')!r}",
 ])  # fmt: skip
 def test_each_kind_of_copy_is_found(copy):
     assert copies_in(copy), copy

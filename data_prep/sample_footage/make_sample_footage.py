@@ -44,7 +44,7 @@ def _face_frames(wav: Path, w: int, h: int, fps: int, dur: float, color: str):
     """A plain "face" on a coloured wall whose mouth opens with the speech energy of each frame ([F, h, w, 3] uint8)."""
     audio, rate = soundfile.read(str(wav), dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
-    n = int(round(dur * fps))
+    n = round(dur * fps)
     hop = rate / fps
     rms = np.array([np.sqrt(np.mean(audio[int(i * hop) : int((i + 1) * hop)] ** 2) + 1e-12) for i in range(n)])
     opening = np.clip(rms / (np.percentile(rms, 95) + 1e-6), 0, 1)

@@ -132,7 +132,7 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, mod
             m = re.fullmatch(r"adapter\.(video|audio|text)_embedder", mod_name)
             module.set_scale(name, strength * (modalities.get(m.group(1), 1.0) if m else 1.0))
     set_expert_strengths(model, name, modalities)
-    model.base_model.set_adapter(active + [name])  # several active adapters: PEFT sums their outputs
+    model.base_model.set_adapter([*active, name])  # several active adapters: PEFT sums their outputs
     for n, p in model.named_parameters():  # set_adapter marks every active adapter trainable; restore
         new = f".{name}." in n and "lora_" in n
         p.requires_grad_(trainable if new else grads.get(n, False) and "lora_" in n)

@@ -98,7 +98,7 @@ class LiveBytes(TorchDispatchMode):
             del self._storages[key]
 
 
-def _host_offload(pin_memory: bool) -> torch.autograd.graph.saved_tensors_hooks:
+def _host_offload(pin_memory: bool) -> torch.autograd.graph.saved_tensors_hooks:  # noqa: ARG001 -- signature fixed by OffloadHooks
     """``save_on_cpu`` as the device sees it: a saved tensor leaves, and comes back when unpacked."""
 
     def pack(t: Tensor):

@@ -157,13 +157,13 @@ def to_output_rate(wave: np.ndarray) -> np.ndarray:
     """51200 Hz -> 44100 Hz (ratio 441/512), as the official post-processing does."""
     from scipy.signal import resample  # noqa: PLC0415 -- heavy: scipy.signal loads in ~1 s, only the output resampling needs it
 
-    return resample(wave, int(round(wave.shape[0] * OUTPUT_AUDIO_RATE / AUDIO_SAMPLE_RATE)), axis=0).astype(np.float32)
+    return resample(wave, round(wave.shape[0] * OUTPUT_AUDIO_RATE / AUDIO_SAMPLE_RATE), axis=0).astype(np.float32)
 
 
 def write_mp4(frames: np.ndarray, audio: np.ndarray, path: str | Path) -> Path:
     """H.264 yuv420p + AAC mp4 with faststart (plays in browsers), written atomically."""
     path = Path(path)
-    f, h, w, _ = frames.shape
+    _f, h, w, _ = frames.shape
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "a.wav"
         sf.write(wav, np.clip(audio, -1, 1), OUTPUT_AUDIO_RATE)

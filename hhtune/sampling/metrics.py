@@ -39,7 +39,7 @@ def phoneme_error_rate(recognised: list[str], reference: list[str]) -> float:
 
 def motion_energy(frames: np.ndarray) -> np.ndarray:
     """Per-frame motion in the lower-centre of the picture (where a speaking mouth is), ``[F]``."""
-    f, h, w, _ = frames.shape
+    _f, h, w, _ = frames.shape
     roi = frames[:, h // 2 : h * 5 // 6, w // 3 : w * 2 // 3].astype(np.float32).mean(axis=3)
     diff = np.abs(np.diff(roi, axis=0)).mean(axis=(1, 2))
     return np.concatenate([[diff[0] if len(diff) else 0.0], diff])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import math
 import subprocess
@@ -91,7 +92,7 @@ def viterbi_align(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> l
     states = np.full(2 * len(tokens) + 1, blank, dtype=np.int64)
     states[1::2] = tokens
     s = len(states)
-    need = len(tokens) + sum(1 for a, b in zip(tokens, tokens[1:]) if a == b)
+    need = len(tokens) + sum(1 for a, b in itertools.pairwise(tokens) if a == b)
     if frames < need:
         raise ValueError(f"{frames} frames cannot hold {len(tokens)} tokens (need at least {need})")
     can_skip = np.zeros(s, dtype=bool)

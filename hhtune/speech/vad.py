@@ -8,13 +8,14 @@ street noise under the voice. It runs on torch (the JIT model) and needs no torc
 from __future__ import annotations
 
 import functools
+import itertools
 
 import numpy as np
 
 from ..contract import SPEECH_SAMPLE_RATE
 
 
-class VADUnavailable(RuntimeError):
+class VADUnavailable(RuntimeError):  # noqa: N818 -- public name; speech_activity falls back on it
     """Silero VAD cannot be loaded; the message names what to install."""
 
 
@@ -24,7 +25,7 @@ def energy_activity(audio: np.ndarray, sample_rate: int, hop_s: float = 0.04) ->
     The threshold sits between the 10th-percentile (noise floor) and the 95th-percentile
     energy, at least 18 dB above the floor; short gaps (< 0.2 s) are bridged.
     """
-    hop = max(1, int(round(hop_s * sample_rate)))
+    hop = max(1, round(hop_s * sample_rate))
     n = len(audio) // hop
     if n == 0:
         return np.zeros(0, dtype=bool)
@@ -40,7 +41,7 @@ def energy_activity(audio: np.ndarray, sample_rate: int, hop_s: float = 0.04) ->
 def _bridge(active: np.ndarray, gap: int) -> np.ndarray:
     """Fill inactive runs of at most ``gap`` hops between active ones."""
     idx = np.flatnonzero(active)
-    for a, b in zip(idx[:-1], idx[1:]):
+    for a, b in itertools.pairwise(idx):
         if 1 < b - a <= gap:
             active[a:b] = True
     return active

@@ -156,7 +156,7 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
         "trigger_words": recipe.export.trigger_words,
         "languages": sorted({str(x) for x in data.ds["language"]}),
         "dataset_summary": {"clips": len(data), "dataset": str(data.path),
-                            "fingerprint": data.manifest.get("fingerprint")},  # fmt: skip
+                            "fingerprint": data.manifest.get("fingerprint")},
         "base_fingerprint": base_model_id(peft_model),
         "base": recipe.model.checkpoint or recipe.model.preset,
     }

@@ -21,7 +21,7 @@ WORLD_SIZE = "world_size"
 DATASET = "dataset.fingerprint"
 
 
-class ResumeMismatch(RuntimeError):
+class ResumeMismatch(RuntimeError):  # noqa: N818 -- public name, kept
     """The checkpoint was written by a run with different settings; the message lists them."""
 
 

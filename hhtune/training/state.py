@@ -128,7 +128,7 @@ def _rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "python": random.getstate(),  # (version, tuple of ints, None): plain containers
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},  # fmt: skip
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

@@ -440,7 +440,7 @@ class _NoBar:
     def __exit__(self, *a):
         return None
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, loss: float) -> None:  # noqa: ARG002 -- the interface of _Bar.update
         return None
 
 

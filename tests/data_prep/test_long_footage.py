@@ -3,6 +3,7 @@ falls inside a word, and every second of every file is accounted for."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from html.parser import HTMLParser
 
@@ -148,7 +149,7 @@ def test_every_second_is_accounted_for(built, lang):
     u = units[f"{lang}_talk.mp4"]
     ranges = u.timeline
     assert ranges[0]["start"] == 0 and ranges[-1]["end"] == pytest.approx(u.probe.duration, abs=1e-3)
-    for x, y in zip(ranges, ranges[1:]):
+    for x, y in itertools.pairwise(ranges):
         assert x["end"] == pytest.approx(y["start"], abs=1e-9)
     used = sum(r["end"] - r["start"] for r in ranges if r["status"] == "used")
     assert used == pytest.approx(sum(c.end_s - c.start_s for c in u.clips), abs=0.05)

@@ -239,10 +239,10 @@ def test_expert_adapters_merge_into_the_stacked_weight(tmp_path, base_dir):
     torch.testing.assert_close(state[k].float(), (base[k].float() + _peft_delta(model, k[:-7])).to(torch.bfloat16).float())
     assert torch.equal(state[k][:64], base[k][:64]) and not torch.equal(state[k][64:128], base[k][64:128])
     assert rel(out(load_checkpoint(merged).eval()), out(model)) < 1e-2  # bf16 rounding of W + delta
-    assert PeftMergeMatches(model)
+    assert peft_merge_matches(model)
 
 
-def PeftMergeMatches(model) -> bool:
+def peft_merge_matches(model) -> bool:
     """PEFT's own merge_and_unload goes through the expert layer's merge and gives the same model."""
     want = out(model)
     return rel(out(model.merge_and_unload()), want) < 1e-2

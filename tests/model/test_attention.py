@@ -55,7 +55,7 @@ def flex_backward_on_cpu(monkeypatch):
     """torch has no Flex backward on the CPU; its unfused eager path still differentiates, so let it run."""
     import torch.nn.attention.flex_attention as fa
 
-    monkeypatch.setattr(fa, "_validate_device", lambda *a: None)
+    monkeypatch.setattr(fa, "_validate_device", lambda *_a: None)
 
 
 @pytest.mark.parametrize("build", [sdpa_plan, flex_plan, "flash"])

@@ -78,7 +78,7 @@ def _train(peft_model, steps):
 @pytest.mark.slow
 def test_compiled_training_equals_eager_and_stops_compiling_after_warm_up():
     eager = _train(_lora_model(swap=True)[1], STEPS)
-    model, peft_model = _lora_model(swap=True)
+    _model, peft_model = _lora_model(swap=True)
     assert compile_layers(peft_model) == CONFIG.num_layers
     compiled = _train(peft_model, STEPS)  # static shapes first, then dynamic ones, and a step without text
     graphs = counters["stats"]["unique_graphs"]

@@ -95,7 +95,7 @@ def test_precomputed_prompt_features_replace_the_text_encoder(encoders, monkeypa
     kwargs = dict(seconds=0.5, base_resolution=32, seed=4, decode=False)
     expected = gen.generate(model, "a red ball", encoders, **kwargs)  # loads the text encoder itself
     (feats, n), = gen.encode_prompts(["a red ball"], encoders.text_encoder)
-    monkeypatch.setattr(gen, "load_text_encoder", lambda *a, **k: pytest.fail("the text encoder was loaded"))
+    monkeypatch.setattr(gen, "load_text_encoder", lambda *_a, **_k: pytest.fail("the text encoder was loaded"))
     got = gen.generate(model, "a red ball", encoders, text_features=(feats, n), **kwargs)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     plain = gen.generate(model, "a red ball", encoders, text_features=(feats, n), seconds=0.5, base_resolution=32, seed=4)

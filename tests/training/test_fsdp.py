@@ -32,7 +32,7 @@ def dataset(tmp_path_factory):
 
 def test_cpu_config_starts_one_process_and_cpu_multi_starts_two(dataset, tmp_path):
     recipe = _recipe(dataset, tmp_path / "one", train={"max_steps": 1})
-    one = _run_cli(recipe, tmp_path, launcher=_launch("cpu.yaml") + ["--num_processes", "2"])
+    one = _run_cli(recipe, tmp_path, launcher=[*_launch("cpu.yaml"), "--num_processes", "2"])
     assert one.returncode == 0, one.stderr[-3000:]
     assert "processes: 1 " in one.stdout  # the CPU launcher ignores --num_processes: hence cpu_multi.yaml
     recipe = _recipe(dataset, tmp_path / "two", train={"max_steps": 1})
