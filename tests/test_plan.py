@@ -82,9 +82,9 @@ def test_fsdp_shards_the_frozen_weights():
 
 
 def test_bad_input_fails_with_the_fix(capsys):
-    with pytest.raises(PlanError, match="model.blocks_to_swap = 7: must be in 0..6"):
+    with pytest.raises(PlanError, match=r"model.blocks_to_swap = 7: must be in 0..6"):
         plan_settings(_recipe(), MemorySettings(True, blocks_to_swap=7))
-    with pytest.raises(PlanError, match="needs model.preset"):
+    with pytest.raises(PlanError, match=r"needs model.preset"):
         plan_settings(validate_recipe({"model": {"checkpoint": "/x"}, "data": {"dataset": "d"}}), MemorySettings(True))
     with pytest.raises(PlanError, match="multiple of 32"):
         plan_settings(_recipe(), MemorySettings(True), resolution=48)

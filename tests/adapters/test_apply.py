@@ -93,23 +93,23 @@ def test_bad_files_are_named(tmp_path):
     save_file(state, tmp_path / "shape.safetensors")
     with pytest.raises(AdapterError, match=r"shape.safetensors: block.layers.2.attention.linear_qkv has A \[4, 65\] / B \[132, 4\], the model needs \[r, 64\]"):
         adapters.load(tmp_path / "shape.safetensors", base_model())
-    with pytest.raises(AdapterError, match="metadata says rank 16 but block.layers.2.* has rank 4"):
+    with pytest.raises(AdapterError, match=r"metadata says rank 16 but block.layers.2.* has rank 4"):
         adapters.load(_write_with_meta(good, tmp_path / "rank.safetensors", rank=16), base_model())
     peft = export_adapter(good, "peft", tmp_path / "peft")
     cfg = json.loads((peft / "adapter_config.json").read_text())
     (peft / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
-    with pytest.raises(AdapterError, match="adapter_config.json says rank 8 for block.layers.2.* has rank 4"):
+    with pytest.raises(AdapterError, match=r"adapter_config.json says rank 8 for block.layers.2.* has rank 4"):
         adapters.load(peft, base_model())
     (peft / "adapter_config.json").write_text(json.dumps({**cfg, "peft_type": "LOHA"}))
     with pytest.raises(AdapterError, match="is a LOHA adapter; only LoRA"):
         adapters.load(peft, base_model())
     base_dir = save_checkpoint(base_model(), tmp_path / "base", max_shard_size=40_000)
-    with pytest.raises(AdapterError, match="is not a LoRA adapter.*load_checkpoint"):
+    with pytest.raises(AdapterError, match=r"is not a LoRA adapter.*load_checkpoint"):
         adapters.load(min(base_dir.glob("model-*.safetensors")), base_model())
-    with pytest.raises(AdapterError, match="is not an adapter: no adapter_config.json.*it is a base checkpoint"):
+    with pytest.raises(AdapterError, match=r"is not an adapter: no adapter_config.json.*it is a base checkpoint"):
         adapters.load(base_dir, base_model())
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(AdapterError, match="junk.safetensors is not a safetensors file"):
+    with pytest.raises(AdapterError, match=r"junk.safetensors is not a safetensors file"):
         adapters.load(tmp_path / "junk.safetensors", base_model())
     save_file({"diffusion_model.block.layers.0.attention.linear_qkv.lora_A.weight": torch.zeros(2, 64),
                "diffusion_model.block.layers.0.attention.linear_qkv.lora_B.weight": torch.zeros(200, 2)},
@@ -121,11 +121,11 @@ def test_bad_files_are_named(tmp_path):
                "diffusion_model.block.layers.2.mlp.down_proj.lora_A.weight": torch.zeros(2, 168),
                "diffusion_model.block.layers.2.mlp.down_proj.lora_B.weight": torch.zeros(64, 2)},
               tmp_path / "deep.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match="deep.safetensors: module 'block.layers.9.mlp.down_proj' does not exist in the model"):
+    with pytest.raises(AdapterError, match=r"deep.safetensors: module 'block.layers.9.mlp.down_proj' does not exist in the model"):
         adapters.load(tmp_path / "deep.safetensors", base_model())
     save_file({"lora_unet_final_linear_video.lora_down.weight": torch.zeros(2, 64),
                "lora_unet_final_linear_video.lora_up.weight": torch.zeros(192, 2)}, tmp_path / "k.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match="k.safetensors: kohya key lora_unet_final_linear_video.lora_down.weight does not name a HappyHorse block or embedder"):
+    with pytest.raises(AdapterError, match=r"k.safetensors: kohya key lora_unet_final_linear_video.lora_down.weight does not name a HappyHorse block or embedder"):
         adapters.load(tmp_path / "k.safetensors", base_model())
     with pytest.raises(AdapterError, match="adapter not found"):
         adapters.load(tmp_path / "nothing.safetensors", base_model())

@@ -260,7 +260,7 @@ def test_changed_settings_refuse_the_stale_cache(tmp_path, monkeypatch):
     make_clip(d / "a.mp4", seconds=1.2)
     prepare_all(d, tmp_path / "ds", load_data_config(None, SMALL), progress=False)
     other = load_data_config(None, {**SMALL, "base_resolution": 128})
-    with pytest.raises(BuildError, match="built from other footage or settings.*--rebuild"):
+    with pytest.raises(BuildError, match=r"built from other footage or settings.*--rebuild"):
         prepare_all(d, tmp_path / "ds", other, progress=False)
     assert prepare_all(d, tmp_path / "ds", other, rebuild=True, progress=False)[0]["clips"][0]["height"] == 128
 
@@ -281,13 +281,13 @@ def test_metadata_csv_and_bad_rows(tmp_path):
 def test_data_config_errors_name_the_key(tmp_path):
     p = tmp_path / "d.yaml"
     p.write_text("base_resolutoin: 256\n")
-    with pytest.raises(ValueError, match="base_resolutoin: unknown key; allowed keys here: .*base_resolution"):
+    with pytest.raises(ValueError, match=r"base_resolutoin: unknown key; allowed keys here: .*base_resolution"):
         load_data_config(p)
     with pytest.raises(ValueError, match="base_resolution = 100: Input should be a multiple of 32"):
         load_data_config(None, {"base_resolution": 100})
     with pytest.raises(ValueError, match="unknown language 'xx'"):
         load_data_config(None, {"language": "xx"})
-    with pytest.raises(ValueError, match="max_seconds .* must be >= min_seconds"):
+    with pytest.raises(ValueError, match=r"max_seconds .* must be >= min_seconds"):
         load_data_config(None, {"min_seconds": 3, "max_seconds": 2})
     p.write_text("encoders: {video_vae: a, audio_vae: b, text_encodr: c}\n")
     with pytest.raises(ValueError, match="text_encodr"):
@@ -342,7 +342,7 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
     other = build_tiny_encoders(tmp_path / "other", seed=1)
     from data_prep.build import load_units
 
-    with pytest.raises(StaleLatentsError, match="latents from other encoders.*--reencode"):
+    with pytest.raises(StaleLatentsError, match=r"latents from other encoders.*--reencode"):
         encode_clips(load_units(out), out / ".work", other, cfg, progress=False)
     with pytest.raises(Exception, match="built with other settings or encoders"):
         load_dataset_dir(out, fingerprint="0" * 16)

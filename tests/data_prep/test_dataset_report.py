@@ -48,7 +48,7 @@ def test_unencoded_dataset_roundtrip_and_validation(tmp_path):
     write_dataset(bad, tmp_path / "bad", cfg, None)
     with pytest.raises(DatasetError, match="num_frames 10 is not 4k\\+1"):
         load_dataset_dir(tmp_path / "bad")
-    with pytest.raises(DatasetError, match="no manifest.json"):
+    with pytest.raises(DatasetError, match=r"no manifest.json"):
         load_dataset_dir(tmp_path / "nowhere")
     # the manifest's fingerprint follows the settings
     write_dataset(units, tmp_path / "other", load_data_config(None, {"base_resolution": 64}), None)

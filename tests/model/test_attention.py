@@ -178,12 +178,12 @@ def test_flash_backward_is_deterministic_when_torch_is(fake_flash_attn, monkeypa
 
 def test_kernel_choice_never_sends_a_mask_to_sdpa_on_cuda(fake_flash_attn, monkeypatch):
     bf16, fp32 = torch.bfloat16, torch.float32
-    with pytest.raises(ValueError, match="model.attention = sdpa .*math kernel"):
+    with pytest.raises(ValueError, match=r"model.attention = sdpa .*math kernel"):
         choose_kernel("sdpa", "cuda", bf16, training=True)
     assert choose_kernel("auto", "cuda", bf16, training=True) == "flash"
     assert choose_kernel("auto", "cuda", fp32, training=True) == "flex"  # flash-attn takes half precision only
     assert choose_kernel("auto", "cpu", fp32, training=True) == "sdpa"  # fused on the CPU, and the only backward there
-    with pytest.raises(ValueError, match="model.attention = flex cannot train on the CPU"):
+    with pytest.raises(ValueError, match=r"model.attention = flex cannot train on the CPU"):
         choose_kernel("flex", "cpu", fp32, training=True)
     monkeypatch.delitem(sys.modules, "flash_attn")
     monkeypatch.setattr(sys, "path", [])

@@ -87,7 +87,7 @@ def test_block_swap_is_exact_and_releases_weights_between_uses(checkpointing):
 
 def test_block_swap_fails_loudly_on_bad_settings():
     _, peft = _lora_model(False)
-    with pytest.raises(ValueError, match="model.blocks_to_swap = 9: must be in 0..8"):
+    with pytest.raises(ValueError, match=r"model.blocks_to_swap = 9: must be in 0..8"):
         apply_block_swap(peft, 9, "cpu")
     assert apply_block_swap(peft, 0, "cpu") is None
     dora = add_lora(HappyHorseTransformer(ModelConfig.preset("tiny")), LoraSettings(rank=2, use_dora=True))

@@ -148,9 +148,9 @@ def test_fp8_compute_is_refused_where_there_is_no_fp8_matmul(monkeypatch):
 
     monkeypatch.setattr(torch, "_scaled_mm", missing)
     try:
-        with pytest.raises(ValueError, match="model.fp8_compute: this torch build has no FP8 matmul"):
+        with pytest.raises(ValueError, match=r"model.fp8_compute: this torch build has no FP8 matmul"):
             enable_fp8_compute(_fp8_model(), "cpu")
     finally:
         precision._probe_scaled_mm.cache_clear()
-    with pytest.raises(ValueError, match="fp8_compute needs model.fp8_base"):
+    with pytest.raises(ValueError, match=r"fp8_compute needs model.fp8_base"):
         ModelSection(preset="tiny", fp8_compute=True)

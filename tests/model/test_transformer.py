@@ -122,9 +122,9 @@ def test_bad_lengths_and_shapes_are_named(tiny_model):
 
 
 def test_config_errors_name_the_problem():
-    with pytest.raises(ValueError, match="unknown model preset 'huge'.*allowed"):
+    with pytest.raises(ValueError, match=r"unknown model preset 'huge'.*allowed"):
         ModelConfig.preset("huge")
-    with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
+    with pytest.raises(ValueError, match=r"extra_forbidden|Extra inputs"):
         ModelConfig(num_layer=3)
     with pytest.raises(ValueError, match="mm_layers has layer indices \\[9\\]"):
         ModelConfig(num_layers=4, hidden_size=64, head_dim=16, num_query_groups=2, mm_layers=[9], gelu7_layers=[])

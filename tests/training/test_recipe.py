@@ -68,7 +68,7 @@ def test_bad_values_name_key_value_and_allowed_values():
         validate_recipe({**MINIMAL, "export": {"formats": ["onnx"]}})
     with pytest.raises(RecipeError, match=r"data.dataset: required but missing"):
         validate_recipe({"model": {"preset": "tiny"}, "data": {}})
-    with pytest.raises(RecipeError, match="set model.checkpoint .* or model.preset"):
+    with pytest.raises(RecipeError, match=r"set model.checkpoint .* or model.preset"):
         validate_recipe({"model": {}, "data": {"dataset": "ds"}})
 
 
@@ -82,9 +82,9 @@ def test_dotted_overrides_are_typed_and_checked(tmp_path):
     p = _write(tmp_path, "model: {preset: tiny}\ndata: {dataset: ds}\n")
     r = load_recipe(p, ["train.max_steps=7", "lora.rank=4", "lora.targets=[linear_qkv]", "logging.run_name=x"])
     assert (r.train.max_steps, r.lora.rank, r.lora.targets, r.logging.run_name) == (7, 4, ["linear_qkv"], "x")
-    with pytest.raises(RecipeError, match="train.max_step: unknown key; allowed keys here: .*max_steps"):
+    with pytest.raises(RecipeError, match=r"train.max_step: unknown key; allowed keys here: .*max_steps"):
         load_recipe(p, ["train.max_step=7"])
-    with pytest.raises(RecipeError, match="must look like section.key=value"):
+    with pytest.raises(RecipeError, match=r"must look like section.key=value"):
         load_recipe(p, ["train.max_steps"])
     with pytest.raises(RecipeError, match="the key must be dotted"):
         load_recipe(p, ["steps=3"])

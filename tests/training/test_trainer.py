@@ -142,7 +142,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(tmp_path):
     all_bad.save_to_disk(str(tmp_path / "ds3" / "dataset"))
     (tmp_path / "ds3" / "manifest.json").write_text((path / "manifest.json").read_text())
     recipe = validate_recipe(_recipe(tmp_path / "ds3", tmp_path / "run3", train={"max_steps": 8, "max_consecutive_nonfinite": 3}))
-    with pytest.raises(TrainingError, match="3 non-finite losses in a row at step 3.*re-running the command resumes"):
+    with pytest.raises(TrainingError, match=r"3 non-finite losses in a row at step 3.*re-running the command resumes"):
         train(recipe, log=lambda *_: None)
     assert (tmp_path / "run3" / "checkpoints" / "step-00000003").is_dir()
 
