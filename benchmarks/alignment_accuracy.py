@@ -101,7 +101,8 @@ def proportional(audio: np.ndarray, words: list[WordPhonemes]) -> Alignment:
     weights = np.array([max(1, len(w.phonemes)) for w in words], dtype=float)
     edges = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
     at = lambda s: float(times[min(len(times) - 1, int(np.searchsorted(share, s)))])
-    return Alignment("proportional", [Interval(at(a), at(b) + 0.02, w.word) for w, a, b in zip(words, edges[:-1], edges[1:])])
+    return Alignment("proportional",
+                     [Interval(at(a), at(b) + 0.02, w.word) for w, a, b in zip(words, edges[:-1], edges[1:])])
 
 
 def _frames(spans: list[tuple[float, float]], n: int) -> np.ndarray:
@@ -146,7 +147,8 @@ def main() -> None:
                 silero = silero_activity(audio, HOP)[:n]
                 phones = _frames([(p.start, p.end) for p in dtw.phonemes], n)
                 sources = {"phonemes (dtw)": phones, "silero": silero, "energy": energy_activity(audio, RATE, HOP)[:n],
-                           "phonemes & silero": phones & speech_near(np.pad(silero, (0, n - len(silero))), 2)}  # fmt: skip
+                           "phonemes & silero": phones & speech_near(np.pad(silero, (0, n - len(silero))),
+                                                                     2)}  # fmt: skip
                 for name, pred in sources.items():
                     pred = np.pad(pred, (0, n - len(pred)))
                     masks.setdefault((background, name), []).append(_f1(pred, true))
@@ -160,7 +162,8 @@ def main() -> None:
                "median_ms": round(float(np.median(x)), 1), "p90_ms": round(float(np.percentile(x, 90)), 1),
                "boundaries": len(x)}  # fmt: skip
         rows.append(row)
-        print(f"{language:8} {method:13} {row['mean_ms']:8.1f} {row['median_ms']:7.1f} {row['p90_ms']:7.1f} {len(x) // 2:6d}")
+        print(f"{language:8} {method:13} {row['mean_ms']:8.1f} {row['median_ms']:7.1f} {row['p90_ms']:7.1f} "
+              f"{len(x) // 2:6d}")
     print(f"\n{'background':10} {'mask source':16} {'F1':>5}")
     mask_rows = []
     for (background, name), f in sorted(masks.items()):

@@ -56,7 +56,8 @@ def measured(config: ModelConfig, lora: LoraSettings, shape: StepShape, checkpoi
         video = torch.randn(b, nv, config.video_in_channels)
         audio = torch.randn(b, shape.audio, config.audio_in_channels)
         text = torch.randn(b, shape.text, config.text_in_channels)
-        coords = torch.cat([video_coords((t, h, w)).expand(b, nv, 9), audio_coords(shape.audio).expand(b, shape.audio, 9),
+        coords = torch.cat([video_coords((t, h, w)).expand(b, nv, 9),
+                            audio_coords(shape.audio).expand(b, shape.audio, 9),
                             padded_text_coords(torch.full((b,), shape.text), shape.text)], dim=1)  # fmt: skip
         out_v, out_a = model.forward_tokens(video, audio, text, coords)
         loss = out_v.float().square().mean() + out_a.float().square().mean()

@@ -102,9 +102,11 @@ def main() -> None:
         del model, peft_model
         shards = sorted(base.glob("model*.safetensors"))
         largest, total = max(f.stat().st_size for f in shards), sum(f.stat().st_size for f in shards)
-        res = {kind: _measure(kind, base, adapter, tmp / kind, args.repeats) for kind in ("copy", "byte_copy", "merged", "merged_single")}
+        res = {kind: _measure(kind, base, adapter, tmp / kind, args.repeats)
+               for kind in ("copy", "byte_copy", "merged", "merged_single")}
         print(f"base: {args.layers} shared layers at 15B widths, {total / 2**30:.2f} GiB in {len(shards)} shards, "
-              f"largest {largest / 2**30:.2f} GiB; adapter rank 32 on {4 * args.layers} linears ({adapter.stat().st_size / 2**20:.0f} MiB)")  # fmt: skip
+              f"largest {largest / 2**30:.2f} GiB; adapter rank 32 on {4 * args.layers} linears "
+              f"({adapter.stat().st_size / 2**20:.0f} MiB)")  # fmt: skip
         print(f"copytree: {res['copy']['seconds']:.2f} s; byte copy + fsync: {res['byte_copy']['seconds']:.2f} s, "
               f"peak host memory {res['byte_copy']['peak'] / largest:.2f}x the largest shard")  # fmt: skip
         for kind in ("merged", "merged_single"):

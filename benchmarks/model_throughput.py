@@ -63,7 +63,8 @@ def measure(preset: str, device: str, repeats: int) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
     t_f = best_time(fwd, repeats, device)
     t_fb = best_time(fwd_bwd, repeats, device)
-    out = {"tokens": tokens, "fwd_s": t_f, "fwd_bwd_s": t_fb, "fwd_flops": flops / t_f, "fwd_bwd_flops": 3 * flops / t_fb}
+    out = {"tokens": tokens, "fwd_s": t_f, "fwd_bwd_s": t_fb, "fwd_flops": flops / t_f,
+           "fwd_bwd_flops": 3 * flops / t_fb}
     if device == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -86,7 +87,8 @@ def batching(device: str, repeats: int) -> dict[str, float]:
     sizes = [p[0].shape[0] for p in packs]
     with torch.no_grad():
         padded = best_time(lambda: model(video, audio, text, text_lengths=t_len), repeats, device)
-        single = best_time(lambda: [model(video[i : i + 1], audio[i : i + 1], text[i : i + 1, : lengths[i]]) for i in range(4)], repeats, device)
+        single = best_time(lambda: [model(video[i : i + 1], audio[i : i + 1],
+                                          text[i : i + 1, : lengths[i]]) for i in range(4)], repeats, device)
         packed = best_time(lambda: model.forward_packed(x, coords, mod, sample_lengths=sizes), repeats, device)
     return {"padded": padded, "one_by_one": single, "packed_block_diagonal": packed}
 

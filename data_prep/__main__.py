@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--encode", action="store_true", help="also compute latents (stage 8)")
         if name != "prepare":
             p.add_argument("--tiny-encoders", action="store_true", help="random tiny encoders (quick start, tests)")
-            p.add_argument("--reencode", action="store_true", help="drop latents made by other encoders and encode again")
+            p.add_argument("--reencode", action="store_true",
+                           help="drop latents made by other encoders and encode again")
     p = sub.add_parser("probe", help="stage 1 on single files")
     p.add_argument("files", nargs="+", type=Path)
     p = sub.add_parser("transcript", help="stage 2: parse a transcript sidecar")
@@ -141,7 +142,8 @@ def _main(argv: list[str] | None) -> int:
         from .dataset import load_dataset_dir  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
         d = load_dataset_dir(args.dataset)
-        print(f"{args.dataset}: {len(d.dataset)} clips, encoded={d.encoded}, fingerprint {d.manifest['fingerprint']}: ok")
+        print(f"{args.dataset}: {len(d.dataset)} clips, encoded={d.encoded}, fingerprint {d.manifest['fingerprint']}: "
+              "ok")
         return 0
     cfg = _config(args)
     if args.command == "prepare":

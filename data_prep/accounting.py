@@ -16,7 +16,8 @@ NOT_IN_CLIP = "transcribed speech not in any clip"
 
 
 def timeline(duration: float, clips: list[tuple[float, float]], words: list[Interval], speech: list[Interval],
-             dropped: list[tuple[float, float, str]], untranscribed_reason: str = UNTRANSCRIBED) -> list[dict]:  # fmt: skip
+             dropped: list[tuple[float, float, str]],
+             untranscribed_reason: str = UNTRANSCRIBED) -> list[dict]:  # fmt: skip
     """``[{start, end, status, reason}]`` covering ``[0, duration]`` exactly, in order.
 
     Labels, later ones winning: silence; speech (detected) without transcript; transcribed words not in a clip;
@@ -47,7 +48,8 @@ def timeline(duration: float, clips: list[tuple[float, float]], words: list[Inte
     for a, b in zip(starts, ends):
         label = labels[int(cells[a])]
         out.append({"start": round(a * TICK, 3), "end": round(min(b * TICK, duration), 3),
-                    "status": "used" if label == USED else "dropped", "reason": "" if label == USED else label})  # fmt: skip
+                    "status": "used" if label == USED else "dropped",
+                    "reason": "" if label == USED else label})  # fmt: skip
     out[-1]["end"] = round(duration, 3)
     return out
 

@@ -52,7 +52,8 @@ def discover(footage: Path) -> tuple[list[str], list[Unit]]:
         if p.suffix.lower() in VIDEO_EXTENSIONS:
             found.append(rel)
         elif p.suffix.lower() in _AUDIO:
-            skipped.append(Unit(rel, reason=f"audio-only file ({p.suffix}): HappyHorse learns picture and sound together"))
+            skipped.append(Unit(rel,
+                                reason=f"audio-only file ({p.suffix}): HappyHorse learns picture and sound together"))
         elif p.suffix.lower() not in _SIDECARS:
             skipped.append(Unit(rel, reason=f"not a video file ({p.suffix or 'no extension'})"))
     return found, skipped

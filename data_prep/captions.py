@@ -22,7 +22,8 @@ def is_cjk(ch: str) -> bool:
     if ch.isspace():
         return False
     name = unicodedata.name(ch, "")
-    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "IDEOGRAPHIC", "FULLWIDTH")) or "\u3000" <= ch <= "\u303f"
+    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL",
+                            "IDEOGRAPHIC", "FULLWIDTH")) or "\u3000" <= ch <= "\u303f"
 
 
 def space_cjk(text: str) -> str:
@@ -32,7 +33,9 @@ def space_cjk(text: str) -> str:
     """
     out: list[str] = []
     for ch in text.strip():
-        if (out and is_cjk(ch) and not _punct(ch) and not out[-1].isspace()) or (out and not ch.isspace() and not _punct(ch) and is_cjk(out[-1]) and not out[-1].isspace()):
+        if (out and is_cjk(ch) and not _punct(ch) and not out[-1].isspace()) or (out and not ch.isspace()
+                                                                                 and not _punct(ch) and is_cjk(out[-1])
+                                                                                 and not out[-1].isspace()):
             out.append(" ")
         out.append(ch)
     return re.sub(r"\s+", " ", "".join(out)).strip()

@@ -84,7 +84,8 @@ def too_long(phonemes: int, seconds: float, limit: float = MAX_PHONEMES_PER_SECO
 SYSTEM_TOOLS = {"ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "espeak-ng": "espeak-ng"}  # command -> apt package
 PYTHON_MODULES = {"av": "av", "librosa": "librosa", "soundfile": "soundfile", "phonemizer": "phonemizer",
                   "jinja2": "jinja2", "silero_vad": "silero-vad", "pypinyin": "pypinyin", "jieba": "jieba",
-                  "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus", "num2words": "num2words"}  # fmt: skip
+                  "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus",
+                  "num2words": "num2words"}  # fmt: skip
 
 
 class EnvironmentProblem(MissingDependencyError):  # noqa: N818 -- public name; the base class says error

@@ -29,7 +29,8 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    language: str | None = Field(None, description="default language when metadata names none (en, zh, yue, ja, ko, de, fr)")
+    language: str | None = Field(None,
+                                 description="default language when metadata names none (en, zh, yue, ja, ko, de, fr)")
     trigger: str | None = Field(None, description="trigger word inserted into every caption (metadata may override)")
     trigger_position: Literal["start", "end"] = Field(
         "start", description="where the trigger goes when the description has no {trigger} placeholder")
@@ -42,7 +43,8 @@ class DataConfig(BaseModel):
     encoders: str | EncoderFolders | None = Field(
         None, description="folder with video_vae/, audio_vae/, text_encoder/ (or a mapping of the three)")
     encode_batch_size: int = Field(4, ge=1, description="clips of one shape encoded together (stage 8)")
-    tiny_encoders: bool = Field(False, description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
+    tiny_encoders: bool = Field(False,
+                                description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
     acoustic_model: str | None = Field(None, description="wav2vec2 phoneme CTC model folder for forced alignment")
     asr_model: str | None = Field(None, description="Whisper model folder for clips without transcripts")
     untranscribed: Literal["asr", "speech_without_dialogue", "drop"] = Field(

@@ -116,7 +116,8 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
     enc = {k: str(v) for k, v in encoders.model_dump().items()} if encoders is not None else {}
     enc_fp = encoders_fingerprint(encoders) if encoders is not None else None
     manifest = {"format_version": FORMAT_VERSION, "fingerprint": manifest_fingerprint(cfg, enc_fp), "encoders": enc,
-                "encoders_fingerprint": enc_fp, "settings": cfg.model_dump(mode="json"), "encoded": encoders is not None,
+                "encoders_fingerprint": enc_fp, "settings": cfg.model_dump(mode="json"),
+                "encoded": encoders is not None,
                 "clips": len(clips), "languages": sorted({c.language for c in clips}),
                 # how each clip's words and speech mask were found (dtw/ctc alignment; phonemes, Silero VAD or energy)
                 "clip_sources": {c.clip_id: {"alignment": c.alignment_method, "speech_mask": c.mask_source}

@@ -47,7 +47,8 @@ def resolve_encoders(cfg: DataConfig, out: Path) -> EncoderPaths:
     if cfg.tiny_encoders:
         return build_tiny_encoders(Path(out) / "encoders")
     if not cfg.encoders:
-        raise ValueError("--encode needs encoders: set `encoders:` (a folder with video_vae/, audio_vae/, text_encoder/) "
+        raise ValueError("--encode needs encoders: set `encoders:` (a folder with video_vae/, audio_vae/, "
+                         "text_encoder/) "
                          "or `tiny_encoders: true` in the data config")  # fmt: skip
     if isinstance(cfg.encoders, EncoderFolders):
         paths = EncoderPaths(video_vae=Path(cfg.encoders.video_vae), audio_vae=Path(cfg.encoders.audio_vae),
@@ -89,7 +90,8 @@ def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataCo
     with state.split_between_processes(batches) as mine, _Progress(progress, sum(len(b) for b in mine)) as bar:
         for batch in mine:
             for (clip, key), tensors in zip(batch, _encode_batch([c for c, _ in batch], work, video, audio, text)):
-                atomic_save_file({k: v.contiguous() for k, v in tensors.items()}, folder / f"{clip.clip_id}.safetensors",
+                atomic_save_file({k: v.contiguous() for k, v in tensors.items()},
+                                 folder / f"{clip.clip_id}.safetensors",
                                  metadata={"key": key})  # fmt: skip
                 done += 1
                 bar(1)

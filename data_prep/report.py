@@ -42,7 +42,8 @@ def summarise(units: list[Unit]) -> dict:
     files = []
     for u in units:
         entry = {k: getattr(u, k) for k in ("file", "fate", "reason", "language", "transcript_source",
-                                            "alignment_method", "alignment_confidence", "bucket", "speech_seconds")}  # fmt: skip
+                                            "alignment_method", "alignment_confidence", "bucket",
+                                            "speech_seconds")}  # fmt: skip
         entry["notes"] = [n for n in u.notes if "Traceback" not in n]
         entry["clips"] = len(u.clips)
         entry["clip_ids"] = [c.clip_id for c in u.clips]
@@ -129,13 +130,15 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
     d.rectangle([0, mt, width, mt + h_mask], fill=(225, 225, 225))
     for i, v in enumerate(mask or []):
         if v > 0.5:
-            d.rectangle([x(i * duration / len(mask)), mt, x((i + 1) * duration / len(mask)), mt + h_mask], fill=(200, 60, 60))
+            d.rectangle([x(i * duration / len(mask)), mt, x((i + 1) * duration / len(mask)), mt + h_mask],
+                        fill=(200, 60, 60))
     return _b64png(img)
 
 
 def _clip_view(c: Clip, out: Path) -> dict:
     a = alignment_from_json(c.alignment)
-    view = {k: getattr(c, k) for k in ("clip_id", "start_s", "end_s", "num_frames", "bucket", "width", "height", "caption",
+    view = {k: getattr(c, k)
+            for k in ("clip_id", "start_s", "end_s", "num_frames", "bucket", "width", "height", "caption",
                                   "transcript", "mask_source")}  # fmt: skip
     view.update(method=a.method, words=a.words, confidence=round(a.mean_confidence, 3) if a.words else None,
                 strip=None, wave=None)  # fmt: skip
@@ -206,7 +209,8 @@ def _charts_pil(durations: list[float], coverage: dict[str, dict[str, int]]) -> 
 
     spread = max(durations) - min(durations) if durations else 0.0
     hist, edges = np.histogram(durations or [0], bins=20 if spread > 1e-3 else 1)
-    out = [("Clip durations", bars(hist.tolist(), [f"{edges[0]:.1f}s", "...", f"{edges[-1]:.1f}s"], "clips per duration"))]
+    out = [("Clip durations",
+            bars(hist.tolist(), [f"{edges[0]:.1f}s", "...", f"{edges[-1]:.1f}s"], "clips per duration"))]
     for lang, counts in coverage.items():
         out.append((f"Phoneme coverage: {lang} ({len(counts)} distinct)",
                     bars(list(counts.values())[:60], list(counts)[:60], lang)))  # fmt: skip

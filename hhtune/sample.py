@@ -36,8 +36,10 @@ def _main(argv: list[str] | None) -> int:
                         help="official-layout checkpoint folder (a preset name only with --random-weights)")
     parser.add_argument("--random-weights", action="store_true",
                         help="with a preset name for --model: sample an untrained random model (tests, smoke runs)")
-    parser.add_argument("--encoders", required=True, type=Path, help="folder with video_vae/, audio_vae/, text_encoder/")
-    parser.add_argument("--adapter", action="append", default=[], help="adapter file or folder, optionally :STRENGTH, or per modality :video=1.0,audio=0.5")
+    parser.add_argument("--encoders", required=True, type=Path,
+                        help="folder with video_vae/, audio_vae/, text_encoder/")
+    parser.add_argument("--adapter", action="append", default=[],
+                        help="adapter file or folder, optionally :STRENGTH, or per modality :video=1.0,audio=0.5")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--image", type=Path, help="reference first frame (image-to-video)")
     parser.add_argument("--audio", type=Path, help="given audio (audio-to-video): kept fixed")
@@ -96,7 +98,8 @@ def _main(argv: list[str] | None) -> int:
                      base_resolution=args.base_resolution, sampler=args.sampler, seed=args.seed, reference_image=image,
                      audio_path=str(args.audio) if args.audio else None, video_guidance=args.video_guidance,
                      audio_guidance=args.audio_guidance, device=args.device, progress=lambda _i: bar.advance(task),
-                     text_features=features[0], negative_features=features[1] if len(features) > 1 else None)  # fmt: skip
+                     text_features=features[0],
+                     negative_features=features[1] if len(features) > 1 else None)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     mp4 = write_mp4(g.frames, g.audio, args.out / "sample.mp4")
     write_previews(g, args.out / "sample")

@@ -55,7 +55,8 @@ def parse_spec(text: str) -> AdapterSpec:
             name, eq, value = item.partition("=")
             if eq:
                 if name.strip() not in EXPERTS:
-                    raise ValueError(f"adapter spec {text!r}: unknown modality {name.strip()!r}; allowed {list(EXPERTS)}")
+                    raise ValueError(f"adapter spec {text!r}: unknown modality {name.strip()!r}; allowed "
+                                     f"{list(EXPERTS)}")
                 modalities[name.strip()] = float(value)
             else:
                 strength = float(item)
@@ -115,7 +116,8 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, mod
     config, state = to_peft(w, torch.float32)
     fresh = not isinstance(model, PeftModel)
     try:
-        with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose
+        # PEFT warns about every custom-mapped layer type; ours is registered on purpose
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unsupported layer type .*ExpertLinear")
             if fresh:
                 model = get_peft_model(model, config, adapter_name=name)

@@ -37,7 +37,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--base", type=Path, help="base checkpoint for merged formats")
     parser.add_argument("--strength", type=float, default=1.0, help="merge strength of SOURCE")
     parser.add_argument("--also", action="append", default=[], help="another adapter to merge, PATH[:STRENGTH]")
-    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="adapter dtype (and merged_single's)")
+    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"],
+                        help="adapter dtype (and merged_single's)")
     parser.add_argument("--drop", action="append", default=[], choices=["video", "audio", "text"],
                         help="leave this modality's expert and embedder parts out")  # fmt: skip
     args = parser.parse_args(argv)

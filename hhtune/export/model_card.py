@@ -68,7 +68,8 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     lines += [
         "",
         "## Consent and rights",
-        f"- footage and voices: {info.get('consent') or 'NOT RECORDED: confirm that every person filmed or voiced consented, and that you hold the rights, before sharing'}",
+        "- footage and voices: "
+        f"{info.get('consent') or 'NOT RECORDED: confirm that every person filmed or voiced consented, and that you hold the rights, before sharing'}",
         "",
     ]
     path = folder / "README.md"

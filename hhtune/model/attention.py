@@ -205,6 +205,7 @@ def _flash(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
         return t.reshape(b * length, *t.shape[2:]).index_select(0, plan.index)
 
     out = flash_attn_varlen_func(packed(q), packed(k), packed(v), plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen,
-                                 plan.max_seqlen, deterministic=torch.are_deterministic_algorithms_enabled())  # fmt: skip
+                                 plan.max_seqlen,
+                                 deterministic=torch.are_deterministic_algorithms_enabled())  # fmt: skip
     full = out.new_zeros(b * length, heads, dim).index_copy(0, plan.index, out)
     return full.reshape(b, length, heads, dim)

@@ -332,7 +332,8 @@ def write_sharded(
     if config is not None:
         atomic_write_text(out / CONFIG_NAME, config.model_dump_json(indent=2))
     total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total, **(metadata or {})}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+    index = {"metadata": {"total_size": total, **(metadata or {})},
+             "weight_map": dict(sorted(split.tensor_to_filename.items()))}
     if split.is_sharded:
         atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=2))
         (out / SINGLE_NAME).unlink(missing_ok=True)

@@ -17,7 +17,8 @@ def check_rope_coords(coords: Tensor) -> None:
     sizes, refs = coords[..., 3:6], coords[..., 6:9]
     bad = ((sizes == 1) & (refs != 1)) | ~torch.isfinite(coords[..., :9]).all(-1, keepdim=True)
     if bool(bad.any()):
-        raise ValueError("invalid RoPE coordinates: a size of 1 needs a reference size of 1, and every value must be finite")
+        raise ValueError("invalid RoPE coordinates: a size of 1 needs a reference size of 1, and every value must be "
+                         "finite")
 
 
 class FourierRope(nn.Module):

@@ -93,7 +93,8 @@ class Plan:
             out["recommendation"] = {"settings": asdict(self.recommendation.settings),
                                      "overrides": self.recommendation.settings.overrides(),
                                      "train_peak_gb": round(self.recommendation.train_peak_gb, 2),
-                                     "validation_peak_gb": round(self.recommendation.validation_peak_gb, 2)}  # fmt: skip
+                                     "validation_peak_gb": round(self.recommendation.validation_peak_gb,
+                                                                 2)}  # fmt: skip
         return out
 
 
@@ -143,7 +144,8 @@ def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: 
 def _bucket_shape(frames: int, height: int, width: int, batch: int) -> StepShape:
     """A dataset bucket as latent tokens (the contract's latent shape; text at its padded maximum)."""
     shape = LatentShape.from_pixels(width, height, frames)
-    return StepShape(batch=batch, video=(shape.latent_frames, shape.latent_height, shape.latent_width), audio=shape.frames, text=TEXT_LENGTH)
+    return StepShape(batch=batch, video=(shape.latent_frames, shape.latent_height, shape.latent_width),
+                     audio=shape.frames, text=TEXT_LENGTH)
 
 
 def _weight_bytes(config: ModelConfig, block_dtype: str, fp8: bool) -> tuple[int, list[int]]:
@@ -190,7 +192,8 @@ def _vae_decode_workspace(shape: StepShape) -> int:
 
 
 def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int = 1, seconds: float | None = None,
-                  resolution: int | None = None, aspect: str | None = None, full_trace: bool = False) -> Plan:  # fmt: skip
+                  resolution: int | None = None,
+                  aspect: str | None = None, full_trace: bool = False) -> Plan:  # fmt: skip
     """The plan of ``recipe`` with ``settings`` in place of its memory settings."""
     config = recipe.preset_config()
     if config is None:
@@ -236,7 +239,8 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
     train_peak = (frozen + 2 * lora + optimizer + step.peak) / GB
     validation_peak = max(resident + sample.peak, resident + vaes + decode) / GB
     return Plan(settings=settings, world_size=world_size, train_shape=train_shape, validation_shape=val_shape,
-                train_source=train_source, components=components, train_peak_gb=train_peak, validation_peak_gb=validation_peak,
+                train_source=train_source, components=components, train_peak_gb=train_peak,
+                validation_peak_gb=validation_peak,
                 prompt_encoding_gb=text_encoder / GB)  # fmt: skip
 
 

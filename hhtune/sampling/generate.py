@@ -77,7 +77,8 @@ def encode_prompts(prompts: list[str], text_encoder_path: str | Path, device: st
 
 
 def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, seconds: float = 2.0, aspect: str = "16:9",
-             base_resolution: int = 256, sampler: str = "distilled", seed: int = 0, reference_image: np.ndarray | None = None,
+             base_resolution: int = 256, sampler: str = "distilled", seed: int = 0,
+             reference_image: np.ndarray | None = None,
              audio_path: str | None = None, video_guidance: float = 5.0, audio_guidance: float = 5.0,
              device: str | torch.device = "cpu", progress=None, text_features: tuple[Tensor, int] | None = None,
              negative_features: tuple[Tensor, int] | None = None, decode: bool = True, vae_tiling: bool = False,
@@ -113,7 +114,8 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
         fixed_audio = audio_vae.encode(wave[None, None].expand(1, 2, -1))
     gen = torch.Generator().manual_seed(seed)
     fn = model_velocity_fn(model, text, text.shape[1])
-    kwargs = dict(generator=gen, reference_first_frame=reference, fixed_audio=fixed_audio, device=device, callback=progress)
+    kwargs = dict(generator=gen, reference_first_frame=reference, fixed_audio=fixed_audio, device=device,
+                  callback=progress)
     if sampler == "distilled":
         video, audio = sample_distilled(fn, vshape, ashape, **kwargs)
     elif sampler == "base":
@@ -168,8 +170,10 @@ def write_mp4(frames: np.ndarray, audio: np.ndarray, path: str | Path) -> Path:
         wav = Path(tmp) / "a.wav"
         sf.write(wav, np.clip(audio, -1, 1), OUTPUT_AUDIO_RATE)
         with atomic_path(path) as out:
-            cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(FPS),
-                   "-i", "-", "-i", str(wav), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r",
+                   str(FPS),
+                   "-i", "-", "-i", str(wav), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf",
+                   "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                    "-c:a", "aac", "-shortest", "-movflags", "+faststart", "-f", "mp4", str(out)]  # fmt: skip
             subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
     return path

@@ -45,7 +45,8 @@ def motion_energy(frames: np.ndarray) -> np.ndarray:
     return np.concatenate([[diff[0] if len(diff) else 0.0], diff])
 
 
-def av_sync(audio: np.ndarray, sample_rate: int, frames: np.ndarray, fps: int = 25, max_offset: int = 10) -> tuple[int, float]:
+def av_sync(audio: np.ndarray, sample_rate: int, frames: np.ndarray,
+            fps: int = 25, max_offset: int = 10) -> tuple[int, float]:
     """Offset in frames (positive: picture lags sound) and confidence between speech energy and mouth motion.
 
     Normalised cross-correlation of the audio envelope at the frame rate with the motion

@@ -20,7 +20,8 @@ _LANG_CODES = {"english": "en", "mandarin": "zh", "chinese": "zh", "cantonese": 
                "korean": "ko", "german": "de", "french": "fr"}  # fmt: skip
 
 
-def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: EncoderPaths, out_dir: str | Path, step: int,
+def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: EncoderPaths, out_dir: str | Path,
+                   step: int,
                    seed: int, reference_images: list[str] | None = None, acoustic_model: str | None = None,
                    wandb_run=None, seconds: float = 2.0, aspect: str = "16:9", base_resolution: int = 256,
                    text_features: list[tuple[torch.Tensor, int]] | None = None, write: bool = True,
@@ -50,7 +51,8 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
             image = np.asarray(Image.open(reference_images[i]).convert("RGB"))
         g = generate(model, prompt, encoders, seconds=seconds, aspect=aspect, base_resolution=base_resolution,
                      seed=seed + i, reference_image=image, device=device, decode=write, vae_tiling=vae_tiling,
-                     offload_model=offload_model, text_features=text_features[i] if text_features else None)  # fmt: skip
+                     offload_model=offload_model,
+                     text_features=text_features[i] if text_features else None)  # fmt: skip
         if not write:
             continue
         mp4 = write_mp4(g.frames, g.audio, out / f"prompt{i:02d}.mp4")
@@ -59,7 +61,8 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         scores.setdefault("av_offset_frames", []).append(float(offset))
         scores.setdefault("av_sync_confidence", []).append(conf)
         if training_clips:
-            scores.setdefault("nearest_clip_distance", []).append(nearest_clip_distance(g.video_latents[0], training_clips))
+            scores.setdefault("nearest_clip_distance", []).append(nearest_clip_distance(g.video_latents[0],
+                                                                                        training_clips))
         if image is not None:
             ref = resize_crop(image[None], g.frames.shape[2], g.frames.shape[1])[0]
             scores.setdefault("reference_psnr", []).append(reference_fidelity(g.frames, ref))
@@ -76,5 +79,6 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         if wandb_run is not None:
             import wandb  # noqa: PLC0415 -- heavy: wandb loads in ~1 s, only with a W&B run
 
-            wandb_run.log({f"samples/prompt{i:02d}": wandb.Video(str(mp4), format="mp4", caption=prompt[:200])}, step=step)
+            wandb_run.log({f"samples/prompt{i:02d}": wandb.Video(str(mp4), format="mp4", caption=prompt[:200])},
+                          step=step)
     return {k: float(np.mean(v)) for k, v in scores.items()}

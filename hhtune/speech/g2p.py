@@ -126,7 +126,8 @@ def _mandarin(text: str) -> list[WordPhonemes]:
         phones = [p for pair in zip(ini, fin) for p in pair if p]
         syllables = lazy_pinyin(tok, style=Style.TONE3, neutral_tone_with_five=True)
         spoken = " ".join(syllables)
-        out.append(WordPhonemes(tok, phones, _espeak_words([spoken], _ESPEAK_VOICE["zh"])[0], spoken, _ESPEAK_VOICE["zh"]))
+        out.append(WordPhonemes(tok, phones, _espeak_words([spoken], _ESPEAK_VOICE["zh"])[0], spoken,
+                                _ESPEAK_VOICE["zh"]))
     return out
 
 
@@ -143,7 +144,8 @@ def _cantonese(text: str) -> list[WordPhonemes]:
             for syl in pycantonese.parse_jyutping(jp or ""):
                 phones += [p for p in (syl.onset, f"{syl.nucleus}{syl.coda}{syl.tone}") if p]
         if phones:
-            out.append(WordPhonemes(tok, phones, _espeak_words([tok], _ESPEAK_VOICE["yue"])[0], tok, _ESPEAK_VOICE["yue"]))
+            out.append(WordPhonemes(tok, phones, _espeak_words([tok], _ESPEAK_VOICE["yue"])[0], tok,
+                                    _ESPEAK_VOICE["yue"]))
     return out
 
 

@@ -8,5 +8,6 @@ from .objective import flow_matching_loss, shift_sigma
 from .state import CheckpointLoadError
 from .trainer import build_model, train
 
-__all__ = ["Batch", "Callback", "CheckpointLoadError", "DatasetError", "TrainingDataset", "TrainingError", "build_model",
+__all__ = ["Batch", "Callback", "CheckpointLoadError", "DatasetError", "TrainingDataset", "TrainingError",
+           "build_model",
            "flow_matching_loss", "shift_sigma", "train"]  # fmt: skip

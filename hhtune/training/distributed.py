@@ -44,7 +44,8 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     Call on every process, after the adapter is added and loaded and before the optimizer is built
     (sharding replaces the parameters). Parameters move to ``device``.
     """
-    names = {n.strip() for n in os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "TransformerLayer").split(",") if n.strip()}
+    names = {n.strip() for n in os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "TransformerLayer").split(",")
+             if n.strip()}
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() in _TRUE
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     units = [m for m in model.modules() if type(m).__name__ in names]

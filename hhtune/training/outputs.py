@@ -101,7 +101,8 @@ def encoder_paths(recipe: Recipe, data: TrainingDataset):
     """The encoders validation uses: ``validation.encoders``, else those the dataset was encoded with."""
     if recipe.validation.encoders:
         folder = Path(recipe.validation.encoders)
-        return EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae", text_encoder=folder / "text_encoder")
+        return EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae",
+                            text_encoder=folder / "text_encoder")
     enc = data.manifest.get("encoders") or {}
     if not enc:
         raise TrainingError("validation needs encoders: set validation.encoders (the dataset's manifest names none)")
@@ -172,10 +173,13 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
 
 def _export(recipe: Recipe, peft_model, run_dir: Path, info: dict, log) -> None:
     meta = {
-        "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"], "recipe_hash": info["recipe_hash"],
-        "trigger_words": info["trigger_words"], "languages": info["languages"], "dataset_summary": info["dataset_summary"],
+        "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"],
+        "recipe_hash": info["recipe_hash"],
+        "trigger_words": info["trigger_words"], "languages": info["languages"],
+        "dataset_summary": info["dataset_summary"],
     }  # fmt: skip
     for fmt in recipe.export.formats:
         base = recipe.model.checkpoint if fmt.startswith("merged") else None
-        out = export_adapter(peft_model, fmt, run_dir / "export" / fmt, base=base, dtype=recipe.export.dtype, metadata=meta)
+        out = export_adapter(peft_model, fmt, run_dir / "export" / fmt, base=base, dtype=recipe.export.dtype,
+                             metadata=meta)
         log(f"exported {fmt}: {out}")

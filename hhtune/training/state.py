@@ -80,7 +80,8 @@ def save_state(run_dir: Path, snapshot: Snapshot, keep_last: int,
     target = checkpoint_dir(run_dir, snapshot.progress.step)
     written = on_file or (lambda _p: None)
     with atomic_dir(target) as tmp:
-        atomic_save_file({k: v.detach().cpu().contiguous() for k, v in snapshot.adapter.items()}, tmp / "adapter.safetensors")
+        atomic_save_file({k: v.detach().cpu().contiguous() for k, v in snapshot.adapter.items()},
+                         tmp / "adapter.safetensors")
         written(tmp / "adapter.safetensors")
         for name, state in (("optimizer.pt", snapshot.optimizer), ("scheduler.pt", snapshot.scheduler),
                             ("rng.pt", _rng_state())):  # fmt: skip

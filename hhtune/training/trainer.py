@@ -84,7 +84,8 @@ def build_model(section: ModelSection, device: torch.device | str = "cpu") -> Ha
     return model
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSection, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(params: list[torch.nn.Parameter],
+                    cfg: OptimizerSection, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, or bitsandbytes' 8-bit AdamW when asked for and possible."""
     kwargs = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
     if cfg.eight_bit:
@@ -179,11 +180,13 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
     if data.text_channels != model.config.text_in_channels:
         raise TrainingError(
             f"the dataset's text features have {data.text_channels} channels but the model takes "
-            f"{model.config.text_in_channels}: the dataset was encoded for another model (e.g. tiny encoders for the 15b preset)"
+            f"{model.config.text_in_channels}: the dataset was encoded for another model (e.g. tiny encoders for the "
+            "15b preset)"
         )
     model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
     peft_model = add_lora(model, recipe.lora)
-    set_lora_compute_dtype(peft_model, resolve_compute_dtype(recipe.model.compute_dtype, device))  # fp32 weights, bf16 matmuls
+    # fp32 weights, bf16 matmuls
+    set_lora_compute_dtype(peft_model, resolve_compute_dtype(recipe.model.compute_dtype, device))
     snapshot = load_state(resume_from) if resume_from is not None else None
     if snapshot is not None:
         set_peft_model_state_dict(peft_model, snapshot.adapter)
@@ -223,7 +226,8 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
 
     remaining = recipe.train.max_steps - progress.step
     batches = MicroBatches(data, seed=recipe.train.seed, batch_size=recipe.data.batch_size, repeat=recipe.data.repeat,
-                           start=progress.step * accum * world + rank, world=world, count=max(0, remaining * accum))  # fmt: skip
+                           start=progress.step * accum * world + rank, world=world,
+                           count=max(0, remaining * accum))  # fmt: skip
     loader = iter(DataLoader(batches, batch_size=None, **loader_options(recipe.data, device)))
 
     def checkpoint() -> None:
@@ -419,7 +423,8 @@ class _Bar:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: PLC0415 -- at the top it would shadow .state.Progress
 
         self._p = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                           TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+                           TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+                           TimeRemainingColumn())  # fmt: skip
         self._task = self._p.add_task("train", total=total, completed=start, loss=float("nan"))
 
     def __enter__(self):

@@ -51,7 +51,8 @@ def broken(tmp_path_factory, speech) -> Path:
     speech_clip(d / "late.mp4", speech)
     (d / "late.srt").write_text("1\n00:01:00,000 --> 00:01:02,000\nway after the end\n")
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x64:r=24:d=4", "-i", str(speech), "-vf", "scale=97:61", "-c:v", "libx264",
-           "-pix_fmt", "yuv444p", "-c:a", "aac", "-ar", "8000", "-ac", "1", "-shortest", str(d / "odd_8khz.mkv"))  # fmt: skip
+           "-pix_fmt", "yuv444p", "-c:a", "aac", "-ar", "8000", "-ac", "1", "-shortest",
+           str(d / "odd_8khz.mkv"))  # fmt: skip
     make_clip(d / "surround.mp4", audio="sine=f=440", rate=48000, channels=6)
     make_clip(d / "upright.mp4", size="96x64", audio="sine=f=500")
     ffmpeg("-i", str(d / "upright.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(d / "rotated.mp4"))
@@ -60,7 +61,8 @@ def broken(tmp_path_factory, speech) -> Path:
     make_clip(d / "hevc.mkv", vcodec="libx265", extra=("-x265-params", "log-level=none"))
     write_metadata(d, [
         {"file_name": "good.mp4", "language": "en", "speaker": "host", "trigger": "hhbrand"},
-        {"file_name": "wrong_language.mp4", "language": "en"}, {"file_name": "silent_claims_speech.mp4", "language": "en"},
+        {"file_name": "wrong_language.mp4", "language": "en"},
+        {"file_name": "silent_claims_speech.mp4", "language": "en"},
         {"file_name": "odd_8khz.mkv", "language": "English"}, {"file_name": "late.mp4", "language": "en"},
         {"file_name": "too_long.mp4", "language": "en"},
         {"file_name": "../outside.mp4", "language": "en"}, {"file_name": "missing.mp4", "language": "en"},
@@ -135,13 +137,15 @@ def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     first = good[0]["caption"]
     # description from the caption sidecar, trigger at its {trigger} placeholder, then Dialogue and Background Sound
     assert first.startswith("A host in a hhbrand studio greets the audience. Host says in English, \"")
-    assert '\n\nDialogue:\n<host, English>: "' in first and first.endswith("Background Sound:\n<No prominent background sound>")
+    assert '\n\nDialogue:\n<host, English>: "' in first and first.endswith("Background Sound:\n<No prominent "
+                                                                           "background sound>")
     # one cue per clip, cut in the pause between them; a cue wholly inside a clip keeps its punctuation
     assert [g["transcript"] for g in good] == [f"{SENTENCE}.", f"{SENTENCE}!"]
     for g in good:
         m = g["speech_mask"]
         assert len(m) == g["num_frames"] and 0 < sum(m) <= len(m)
-        assert (broken_build / "alignments" / f"{g['clip_id']}.TextGrid").read_text().startswith('File type = "ooTextFile"')
+        assert (broken_build / "alignments" / f"{g['clip_id']}.TextGrid").read_text().startswith('File type = '
+                                                                                                 '"ooTextFile"')
         words = json.loads((broken_build / "alignments" / f"{g['clip_id']}.json").read_text())["words"]
         assert words and all(0 <= w["start"] < w["end"] <= g["num_frames"] / 25 + 1e-6 for w in words)
     surround = rows["surround.mp4"][0]
@@ -311,7 +315,8 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
     units = prepare_all(SAMPLE, tmp_path / "all", cfg, progress=False)
     assert all(u["fate"] in ("used", "split") for u in units), [(u["file"], u["reason"]) for u in units]
     assert {u["language"] for u in units} == {"en", "zh", "yue", "ja", "ko", "de", "fr"}
-    assert all(u["alignment_method"] == "dtw" and u["clips"] for u in units), [(u["file"], u["alignment_method"]) for u in units]
+    assert all(u["alignment_method"] == "dtw" and u["clips"] for u in units), [(u["file"], u["alignment_method"])
+                                                                               for u in units]
     for u in units:
         for c in u["clips"]:
             assert c["transcript"] and "Dialogue:\n<a presenter in a studio, " in c["caption"]
@@ -382,7 +387,8 @@ def test_acoustic_model_gives_ctc_alignment(tmp_path, speech, monkeypatch):
     write_metadata(d, [{"file_name": "a.mp4", "language": "en"}])
     model = build_tiny_recognizer(tmp_path / "am", seed=0)
     monkeypatch.setattr(b, "ProcessPoolExecutor", _InlinePool)
-    units = prepare_all(d, tmp_path / "ds", load_data_config(None, {**SMALL, "acoustic_model": str(model)}), progress=False)
+    units = prepare_all(d, tmp_path / "ds", load_data_config(None, {**SMALL, "acoustic_model": str(model)}),
+                        progress=False)
     assert units[0]["alignment_method"] == "ctc", units[0]
     assert not any("fell back" in n for n in units[0]["notes"]) and units[0]["clips"]
     labels = [w["label"] for c in units[0]["clips"] for w in json.loads(c["alignment"])["words"]]

@@ -51,6 +51,7 @@ def test_script_detection(text, langs):
 
 
 def test_mismatch_and_length_reasons():
-    assert script_mismatch("早上好", "en").startswith("the transcript's script (han) does not match the declared language 'en'")
+    assert script_mismatch("早上好", "en").startswith("the transcript's script (han) does not match the declared language "
+                                                   "'en'")
     assert script_mismatch("早上好", "yue") is None
     assert too_long(20, 2.0) is None and "longer than the clip: 200 phonemes in 2.00 s" in too_long(200, 2.0)

@@ -356,7 +356,8 @@ def _sat_folder_without_weights(tmp_path):
 BAD_PATHS = {
     "video_missing": (load_video_vae, lambda _tiny, tmp: tmp / "nope",
                       r"video VAE: .*nope does not exist; expected a diffusers AutoencoderKLWan"),
-    "video_empty_folder": (load_video_vae, lambda _tiny, tmp: tmp, r"video VAE not found at .*: expected .*Wan2.2_VAE.pth"),
+    "video_empty_folder": (load_video_vae, lambda _tiny, tmp: tmp,
+                           r"video VAE not found at .*: expected .*Wan2.2_VAE.pth"),
     "audio_missing": (load_audio_vae, lambda _tiny, tmp: tmp / "nope",
                       r"audio VAE: .*nope does not exist; expected .*model_config.json"),
     "audio_empty_folder": (load_audio_vae, lambda _tiny, tmp: tmp,

@@ -98,7 +98,8 @@ def test_ragged_batch_rows_equal_each_row_alone_with_its_padding_sliced_off(back
     a_len, t_len = torch.tensor([7, 4]), torch.tensor([0, 9])
     bv, ba = model(v, a, t, audio_lengths=a_len, text_lengths=t_len)
     for i in range(2):
-        sv, sa = model(v[i : i + 1], a[i : i + 1], t[i : i + 1], audio_lengths=a_len[i : i + 1], text_lengths=t_len[i : i + 1])
+        sv, sa = model(v[i : i + 1], a[i : i + 1], t[i : i + 1], audio_lengths=a_len[i : i + 1],
+                       text_lengths=t_len[i : i + 1])
         torch.testing.assert_close(bv[i : i + 1], sv, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ba[i : i + 1], sa, rtol=1e-5, atol=1e-5)
         assert torch.count_nonzero(sa[0, a_len[i] :]) == 0  # padded audio comes back as zeros
@@ -137,8 +138,10 @@ def test_no_mask_reaches_sdpa_at_batch_1_in_a_caption_dropped_training_step(monk
     g = torch.Generator().manual_seed(4)
     nv, la = 2 * 2 * 2, 5
     batch = Batch(video=torch.randn(1, 48, 2, 4, 4, generator=g), audio=torch.randn(1, 7, 64, generator=g),
-                  audio_lengths=torch.tensor([la]), text=torch.randn(1, 6, 32, generator=g), text_lengths=torch.tensor([4]),
-                  speech_mask=torch.zeros(1, 7), reference=None, has_reference=torch.tensor([False]), index=0)  # fmt: skip
+                  audio_lengths=torch.tensor([la]), text=torch.randn(1, 6, 32, generator=g),
+                  text_lengths=torch.tensor([4]),
+                  speech_mask=torch.zeros(1, 7), reference=None, has_reference=torch.tensor([False]),
+                  index=0)  # fmt: skip
     spy = _SdpaSpy(monkeypatch)
     out = flow_matching_loss(model, batch, LossSection(), seed=0, caption_dropout=1.0)
     out.loss.backward()

@@ -180,23 +180,28 @@ class _DeviceBytes(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("fp8", [False, True])
-def test_swapped_layers_load_into_host_memory_and_the_device_holds_what_the_plan_says(tmp_path, official_tiny_weights, fp8):
+def test_swapped_layers_load_into_host_memory_and_the_device_holds_what_the_plan_says(tmp_path, official_tiny_weights,
+                                                                                      fp8):
     swapped = 5
     (tmp_path / "ckpt").mkdir()
-    save_file(_fp8_state(official_tiny_weights) if fp8 else official_tiny_weights, tmp_path / "ckpt" / "model.safetensors")
+    save_file(_fp8_state(official_tiny_weights) if fp8 else official_tiny_weights,
+              tmp_path / "ckpt" / "model.safetensors")
     counter = _DeviceBytes()
     with counter:
         model = load_checkpoint(tmp_path / "ckpt", device="meta", fp8_storage=fp8, swap_blocks=swapped)
     on_host = {k: v for k, v in model.state_dict().items() if not v.is_meta}
     assert set(on_host) == host_resident_keys(model, swapped)
     assert len(on_host) == 4 * swapped and all(k.startswith(("block.layers.3.", "block.layers.7.", "block.layers.4.",
-                                                              "block.layers.5.", "block.layers.6.")) for k in on_host)  # fmt: skip
+                                                              "block.layers.5.", "block.layers.6."))
+                                               for k in on_host)  # fmt: skip
     assert all(v.dtype == (torch.float8_e4m3fn if fp8 else torch.bfloat16) for v in on_host.values())  # FP8 stays FP8
     device_bytes = sum(t.nbytes for t in [*model.parameters(), *model.buffers()] if t.is_meta)
     assert counter.total == device_bytes  # nothing went to the device but what stays there
     recipe = validate_recipe({"model": {"preset": "tiny", "fp8_base": fp8, "blocks_to_swap": swapped},
                               "data": {"dataset": "unused"}, "lora": {"rank": 4}})  # fmt: skip
-    planned = plan_settings(recipe, MemorySettings(True, fp8_base=fp8, blocks_to_swap=swapped)).components["frozen_weights"] * GB
+    planned = plan_settings(recipe,
+                            MemorySettings(True,
+                                           fp8_base=fp8, blocks_to_swap=swapped)).components["frozen_weights"] * GB
     # the plan counts the running and the prefetched swapped layer on top of what the load places
     pair = 2 * max(sum(v.nbytes for k, v in on_host.items() if k.startswith(f"block.layers.{i}.")) for i in range(3, 8))
     assert planned - pair <= device_bytes <= planned, (planned, pair, device_bytes)

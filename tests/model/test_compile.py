@@ -58,7 +58,8 @@ def test_every_layer_structure_traces_without_graph_breaks():
 
 
 # (T, H, W) bucket, audio tokens, text tokens; 0 text tokens = a dropped caption
-STEPS = [((2, 4, 4), 5, 6), ((2, 4, 4), 5, 3), ((2, 4, 6), 7, 0), ((3, 4, 4), 9, 5), ((2, 4, 4), 5, 9), ((2, 4, 6), 7, 2)]
+STEPS = [((2, 4, 4), 5, 6), ((2, 4, 4), 5, 3), ((2, 4, 6), 7, 0), ((3, 4, 4), 9, 5), ((2, 4, 4), 5, 9),
+         ((2, 4, 6), 7, 2)]
 
 
 def _train(peft_model, steps):

@@ -26,7 +26,8 @@ def _lora_model(checkpointing: bool, seed: int = 0, fp8: bool = False):
     for m in model.modules() if fp8 else ():
         if isinstance(m, SwappableLinear):  # FP8 storage with a per-row scale
             scale = m.weight.detach().float().abs().amax(dim=1, keepdim=True) / 448.0
-            m.weight = torch.nn.Parameter((m.weight.detach().float() / scale).to(torch.float8_e4m3fn), requires_grad=False)
+            m.weight = torch.nn.Parameter((m.weight.detach().float() / scale).to(torch.float8_e4m3fn),
+                                          requires_grad=False)
             m.fp8_scale = scale
     model.set_compute_dtype("fp32")
     model.enable_gradient_checkpointing(checkpointing)
@@ -169,12 +170,14 @@ def test_block_swap_copies_each_weight_at_most_twice_per_step_into_reused_buffer
     model, peft = _lora_model(checkpointing)
     if offload_too:  # the reentrant checkpoint path
         model.enable_activation_offload()
-    linears = [m for layer in model.block.layers[8 - SWAPPED :] for m in layer.modules() if isinstance(m, SwappableLinear)]
+    linears = [m for layer in model.block.layers[8 - SWAPPED :] for m in layer.modules()
+               if isinstance(m, SwappableLinear)]
     host_ptrs = {m.weight.untyped_storage().data_ptr() for m in linears}
     swap = apply_block_swap(peft, SWAPPED, "cpu")
     seen: list[set[int]] = []
     for layer in model.block.layers[8 - SWAPPED :]:
-        layer.register_forward_pre_hook(lambda *_: seen[-1].update(m.weight.untyped_storage().data_ptr() for m in linears
+        layer.register_forward_pre_hook(lambda *_: seen[-1].update(m.weight.untyped_storage().data_ptr()
+                                                                   for m in linears
                                                                   if m.weight.numel()))  # fmt: skip
     per_step = []
     for _ in range(3):
@@ -207,7 +210,8 @@ def test_model_modules_import_each_other_without_cycles():
     graph: dict[str, set[str]] = {}
     for path in folder.glob("*.py"):
         tree = ast.parse(path.read_text())
-        graph[path.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        graph[path.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+                            and n.module}
     assert "transformer" not in graph["offload"] and "offload" in graph["transformer"]
 
     def reaches(start: str, target: str, seen: set[str]) -> bool:

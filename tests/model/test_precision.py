@@ -99,7 +99,8 @@ def test_lora_on_an_fp8_base_is_fp32_and_trains():
         opt.step()
         opt.zero_grad()
     assert all(torch.isfinite(torch.tensor(losses))) and losses[1] != losses[0]
-    assert all(torch.equal(p.view(torch.uint8), base[n].view(torch.uint8)) for n, p in peft.named_parameters() if n in base)
+    assert all(torch.equal(p.view(torch.uint8), base[n].view(torch.uint8)) for n, p in peft.named_parameters()
+               if n in base)
 
 
 @pytest.mark.skipif(fp8_matmul_unavailable("cpu") is not None, reason="this torch has no FP8 matmul on the CPU")
@@ -140,7 +141,8 @@ def test_fp8_compute_is_refused_where_there_is_no_fp8_matmul(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
     assert fp8_matmul_unavailable("cuda") is None
     with pytest.raises(ValueError, match="needs FP8 weights"):
-        enable_fp8_compute(HappyHorseTransformer(ModelConfig.preset("tiny")), "cpu" if fp8_matmul_unavailable("cpu") is None else "cuda")
+        enable_fp8_compute(HappyHorseTransformer(ModelConfig.preset("tiny")),
+                           "cpu" if fp8_matmul_unavailable("cpu") is None else "cuda")
     precision._probe_scaled_mm.cache_clear()
 
     def missing(*_a, **_k):

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow  # every test launches several training processes
 
 
 def _launch(config: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / config),
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "accelerate_configs" / config),
             "--main_process_port", str(free_port())]  # fmt: skip
 
 

@@ -55,7 +55,9 @@ def test_typo_names_the_key_and_the_allowed_keys(tmp_path):
 
 
 def test_unknown_section_lists_sections(tmp_path):
-    with pytest.raises(RecipeError, match="trian: unknown key; allowed keys here: checkpointing, data, export, logging, lora, loss, model"):
+    with pytest.raises(RecipeError,
+                       match="trian: unknown key; allowed keys here: checkpointing, data, export, logging, lora, loss, "
+                             "model"):
         validate_recipe({**MINIMAL, "trian": {}})
 
 
@@ -101,7 +103,8 @@ def test_unreadable_recipes(tmp_path):
 
 def test_caption_dropout_defaults_by_variant():
     assert validate_recipe(MINIMAL).caption_dropout == 0.0
-    assert validate_recipe({"model": {"preset": "tiny", "variant": "base"}, "data": {"dataset": "ds"}}).caption_dropout == 0.1
+    assert validate_recipe({"model": {"preset": "tiny", "variant": "base"},
+                            "data": {"dataset": "ds"}}).caption_dropout == 0.1
     assert validate_recipe({**MINIMAL, "loss": {"caption_dropout": 0.3}}).caption_dropout == 0.3
 
 

@@ -98,9 +98,11 @@ def _from_peft_state(state: dict[str, torch.Tensor], cfg: dict, source: str) -> 
             raise AdapterError(f"{source}: {key} has no matching lora_B")
         r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), path), cfg["r"]))
         if r != a.shape[0]:
-            raise AdapterError(f"{source}: adapter_config.json says rank {r} for {path} but its lora_A has rank {a.shape[0]}")
+            raise AdapterError(f"{source}: adapter_config.json says rank {r} for {path} but its lora_A has rank "
+                               f"{a.shape[0]}")
         alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), path), cfg["lora_alpha"]))
-        out.modules[path] = (a.detach().cpu(), b.detach().cpu(), alpha * math.sqrt(r) if cfg.get("use_rslora") else alpha)
+        out.modules[path] = (a.detach().cpu(), b.detach().cpu(),
+                             alpha * math.sqrt(r) if cfg.get("use_rslora") else alpha)
         magnitude = state.get(f"{PEFT_KEY_PREFIX}{path}{_MAGNITUDE}")
         if magnitude is not None:
             out.magnitudes[path] = magnitude.detach().cpu()
@@ -124,7 +126,8 @@ def write_peft(w: LoraWeights, folder: Path, dtype: torch.dtype) -> Path:
     cfg.pop("_custom_modules", None)
     with atomic_dir(folder) as tmp:
         atomic_write_text(tmp / "adapter_config.json", json.dumps(cfg, indent=2, default=list))
-        atomic_save_file(state, tmp / "adapter_model.safetensors", {**modelspec_header(w), "hhtune_adapter_format": "peft"})
+        atomic_save_file(state, tmp / "adapter_model.safetensors",
+                         {**modelspec_header(w), "hhtune_adapter_format": "peft"})
     return folder
 
 
@@ -141,7 +144,8 @@ def read_peft_folder(path: Path) -> LoraWeights:
         cfg = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise AdapterError(f"{config_file} is not valid JSON ({e})") from e
-    w = _from_peft_state(load_peft_weights(str(path), device="cpu"), cfg, str(path))  # PEFT's reader: .safetensors or .bin
+    # PEFT's reader: .safetensors or .bin
+    w = _from_peft_state(load_peft_weights(str(path), device="cpu"), cfg, str(path))
     if weights[0].endswith(".safetensors"):
         w.metadata = read_metadata(path / weights[0], w.metadata)
     w.metadata.use_rslora = bool(cfg.get("use_rslora"))
