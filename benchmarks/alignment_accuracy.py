@@ -147,8 +147,8 @@ def main() -> None:
                 silero = silero_activity(audio, HOP)[:n]
                 phones = _frames([(p.start, p.end) for p in dtw.phonemes], n)
                 sources = {"phonemes (dtw)": phones, "silero": silero, "energy": energy_activity(audio, RATE, HOP)[:n],
-                           "phonemes & silero": phones & speech_near(np.pad(silero, (0, n - len(silero))),
-                                                                     2)}  # fmt: skip
+                           "phonemes & silero": phones & speech_near(np.pad(silero, (0, n - len(silero))), 2),
+                           }  # fmt: skip
                 for name, pred in sources.items():
                     pred = np.pad(pred, (0, n - len(pred)))
                     masks.setdefault((background, name), []).append(_f1(pred, true))

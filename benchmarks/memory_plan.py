@@ -102,7 +102,8 @@ def main() -> None:
         p_res, p_step = planned(config, lora, shape, ckpt)
         m_res, m_step = measured(config, lora, shape, ckpt)
         plan, meas = p_res + p_step, m_res + m_step
-        print(f"{ckpt!s:<15}{plan / MB:>10.1f}{meas / MB:>13.1f}{plan / meas:>8.3f}{p_step / MB:>11.1f}{m_step / MB:>12.1f}")
+        print(f"{ckpt!s:<15}{plan / MB:>10.1f}{meas / MB:>13.1f}{plan / meas:>8.3f}"
+              f"{p_step / MB:>11.1f}{m_step / MB:>12.1f}")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,8 @@ def main() -> None:
         line = (f"{preset:6} {r['tokens']:7d} {r['tokens'] / r['fwd_s']:10.0f} {r['fwd_flops'] / ceiling:9.3f} "
                 f"{r['fwd_bwd_flops'] / ceiling:9.3f} {r['fwd_bwd_s'] / r['fwd_s']:15.2f}")  # fmt: skip
         if args.device == "cuda":
-            line += f"  fwd {r['fwd_s']:.3f}s f+b {r['fwd_bwd_s']:.3f}s {r['fwd_flops'] / 1e12:.0f} TFLOP/s peak {r['peak_gib']:.1f} GiB"
+            line += (f"  fwd {r['fwd_s']:.3f}s f+b {r['fwd_bwd_s']:.3f}s {r['fwd_flops'] / 1e12:.0f} TFLOP/s "
+                     f"peak {r['peak_gib']:.1f} GiB")
         print(line)
     b = batching(args.device, args.repeats)
     print("\nbatching 4 samples (text 8/32/64/128 tokens), time relative to the padded batch:")

@@ -81,7 +81,8 @@ def main() -> None:
         for preset in presets:
             for ckpt in (False, True):
                 r = measure(preset, args.device, args.repeats, ckpt, Path(tmp))
-                line = f"{preset:6} {ckpt!s:>5} {r['step_s'] / r['floor_s']:13.2f} {r['data_s'] / (r['data_s'] + r['step_s']):11.3f}"
+                line = (f"{preset:6} {ckpt!s:>5} {r['step_s'] / r['floor_s']:13.2f} "
+                        f"{r['data_s'] / (r['data_s'] + r['step_s']):11.3f}")
                 if args.device == "cuda":
                     line += f"  {r['step_s']:.3f} s/step, peak {r['peak_gib']:.1f} GiB"
                 print(line)

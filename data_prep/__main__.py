@@ -142,8 +142,8 @@ def _main(argv: list[str] | None) -> int:
         from .dataset import load_dataset_dir  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
         d = load_dataset_dir(args.dataset)
-        print(f"{args.dataset}: {len(d.dataset)} clips, encoded={d.encoded}, fingerprint {d.manifest['fingerprint']}: "
-              "ok")
+        print(f"{args.dataset}: {len(d.dataset)} clips, encoded={d.encoded}, "
+              f"fingerprint {d.manifest['fingerprint']}: ok")
         return 0
     cfg = _config(args)
     if args.command == "prepare":

@@ -47,8 +47,8 @@ def resolve_encoders(cfg: DataConfig, out: Path) -> EncoderPaths:
     if cfg.tiny_encoders:
         return build_tiny_encoders(Path(out) / "encoders")
     if not cfg.encoders:
-        raise ValueError("--encode needs encoders: set `encoders:` (a folder with video_vae/, audio_vae/, "
-                         "text_encoder/) "
+        raise ValueError("--encode needs encoders: set `encoders:` (a folder with "
+                         "video_vae/, audio_vae/, text_encoder/) "
                          "or `tiny_encoders: true` in the data config")  # fmt: skip
     if isinstance(cfg.encoders, EncoderFolders):
         paths = EncoderPaths(video_vae=Path(cfg.encoders.video_vae), audio_vae=Path(cfg.encoders.audio_vae),

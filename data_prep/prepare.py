@@ -139,8 +139,8 @@ def _probe(path: Path, meta: dict, cfg: DataConfig, unit: Unit) -> tuple[Probe, 
     language = normalise_language(meta.get("language") or cfg.language or "unknown")
     audio = decode_audio(path)
     if info.audio_rate and info.audio_rate < 16000:
-        notes.append(f"low audio sample rate {info.audio_rate} Hz (upsampled to {AUDIO_RATE}; it will sound "
-                     "band-limited)")
+        notes.append(f"low audio sample rate {info.audio_rate} Hz (upsampled to {AUDIO_RATE}; "
+                     "it will sound band-limited)")
     if info.audio_channels > 2:
         notes.append(f"{info.audio_channels}-channel audio ({info.audio_layout or 'surround'}) down-mixed to stereo")
     elif info.audio_channels == 1:

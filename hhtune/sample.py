@@ -52,7 +52,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--compute-dtype", default="auto", choices=list(COMPUTE_DTYPES),
-                        help="block linears/attention: bf16 (official numerics), fp32, auto (bf16 on CUDA, fp32 on CPU)")
+                        help="block linears/attention: bf16 (official numerics), fp32, "
+                             "auto (bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
 

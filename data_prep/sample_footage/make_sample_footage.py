@@ -19,6 +19,8 @@ import numpy as np
 import soundfile
 
 HERE = Path(__file__).parent
+#: The wall colour behind the presenter of each clip, in the order of the clips.
+WALLS = ("blue", "red", "green", "purple", "ochre", "teal", "plum")
 CLIPS = [
     # stem, language, espeak voice, text, size, fps, audio (rate, channels), transcript kind
     ("en_presenter", "en", "en-us", "Welcome to our spring collection. It is light and bright.", "320x180", 30,
@@ -97,7 +99,7 @@ def main() -> None:
             (HERE / f"{stem}.{kind}").write_text(body, encoding="utf-8")
             meta.append({"file_name": f"{stem}.mp4", "language": lang, "speaker": "a presenter in a studio",
                          "caption": "A presenter speaks to the camera in front of a plain "
-                                    f"{('blue', 'red', 'green', 'purple', 'ochre', 'teal', 'plum')[len(meta)]} wall."})  # fmt: skip
+                                    f"{WALLS[len(meta)]} wall."})  # fmt: skip
     meta[0]["trigger"] = "hhsample"
     (HERE / "metadata.jsonl").write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in meta),
                                          encoding="utf-8")

@@ -55,8 +55,8 @@ def parse_spec(text: str) -> AdapterSpec:
             name, eq, value = item.partition("=")
             if eq:
                 if name.strip() not in EXPERTS:
-                    raise ValueError(f"adapter spec {text!r}: unknown modality {name.strip()!r}; allowed "
-                                     f"{list(EXPERTS)}")
+                    raise ValueError(f"adapter spec {text!r}: unknown modality {name.strip()!r}; "
+                                     f"allowed {list(EXPERTS)}")
                 modalities[name.strip()] = float(value)
             else:
                 strength = float(item)

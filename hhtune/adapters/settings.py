@@ -84,8 +84,8 @@ def adapted_layers(config: ModelConfig, settings: LoraSettings) -> list[int]:
             )
         layers = sorted(set(settings.layers))
     if settings.use_dora and any(i in config.mm_layers for i in layers):
-        raise ValueError(f"lora.use_dora cannot adapt the sandwich layers {config.mm_layers}: leave them out of "
-                         "lora.layers")
+        raise ValueError(f"lora.use_dora cannot adapt the sandwich layers {config.mm_layers}: "
+                         "leave them out of lora.layers")
     return layers
 
 

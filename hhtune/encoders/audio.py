@@ -171,8 +171,8 @@ def oobleck_config_from_official(full: dict, where: Path | str = "model_config.j
                       decoder_input_channels=dec["latent_dim"], audio_channels=vae["io_channels"],
                       sampling_rate=full["sample_rate"])  # fmt: skip
     except (KeyError, TypeError) as e:
-        raise EncoderError(f"audio VAE: {where} is not a stable-audio-tools config with model.pretransform "
-                           f"(missing {e})") from e  # fmt: skip
+        raise EncoderError(f"audio VAE: {where} is not a stable-audio-tools config with "
+                           f"model.pretransform (missing {e})") from e  # fmt: skip
     if vae.get("bottleneck", {}).get("type", "vae") != "vae" or not enc.get("use_snake") or not dec.get("use_snake"):
         raise EncoderError(f"audio VAE: {where}: only the Oobleck VAE with snake activations and a 'vae' bottleneck "
                            f"(Stable Audio Open) is supported")  # fmt: skip

@@ -18,7 +18,7 @@ Where each file loads (checked against each front-end's own loader code; see the
 
 ``drop=["audio"]`` (``--drop audio``) removes the audio expert parts (and the audio
 embedder's LoRA) before writing.
-"""
+"""  # noqa: E501 -- a Markdown table: one row per line
 
 from __future__ import annotations
 

@@ -84,8 +84,8 @@ def _validate(shapes: dict[str, tuple[tuple[int, ...], str]], adapters: list[tup
         for p, (a, b, _) in sorted(w.modules.items()):
             shape = shapes[p + ".weight"][0]
             if shape != (b.shape[0], a.shape[1]):
-                raise AdapterError(f"{p}: adapter delta {[b.shape[0], a.shape[1]]} does not fit base weight "
-                                   f"{list(shape)}")
+                raise AdapterError(f"{p}: adapter delta {[b.shape[0], a.shape[1]]} does not "
+                                   f"fit base weight {list(shape)}")
 
 
 def _out_dtype(src: str, shape: tuple[int, ...], policy: str) -> str:

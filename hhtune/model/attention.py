@@ -117,7 +117,8 @@ def choose_kernel(backend: str, device_type: str, dtype: torch.dtype, training: 
                              f"{device_type} with {dtype}; set model.attention = auto")  # fmt: skip
         if not flash_attn_available():
             raise MissingDependencyError("model.attention = flash needs FlashAttention: pip install flash-attn "
-                                         "--no-build-isolation (or set model.attention = auto to use FlexAttention)")  # fmt: skip
+                                         "--no-build-isolation (or set model.attention "
+                                         "= auto to use FlexAttention)")  # fmt: skip
     if backend == "flex" and not cuda and training:
         raise ValueError("model.attention = flex cannot train on the CPU (torch has no FlexAttention backward there); "
                          "set model.attention = auto")  # fmt: skip
@@ -125,7 +126,8 @@ def choose_kernel(backend: str, device_type: str, dtype: torch.dtype, training: 
 
 
 def plan_attention(groups: TokenGroups | None, backend: str, dtype: torch.dtype, training: bool) -> AttentionPlan:
-    """The plan of one forward: unmasked SDPA without ``groups``, else the chosen kernel's (see :func:`choose_kernel`)."""
+    """The plan of one forward: unmasked SDPA without ``groups``, else the chosen kernel's
+    (see :func:`choose_kernel`)."""
     if groups is None:
         return UNMASKED
     kernel = choose_kernel(backend, groups.ids.device.type, dtype, training)

@@ -70,6 +70,6 @@ def apply_block_swap(model: nn.Module, blocks: int, device: torch.device | str) 
     layers = list(base.block.layers)
     swapped = swapped_layers(len(layers), blocks)
     if any("lora_magnitude_vector" in n for n, _ in model.named_parameters()):
-        raise ValueError("model.blocks_to_swap does not work with lora.use_dora (DoRA reads the swapped base weight); "
-                         "set one off")
+        raise ValueError("model.blocks_to_swap does not work with lora.use_dora (DoRA reads the "
+                         "swapped base weight); set one off")
     return BlockSwap([layers[i] for i in swapped], device)

@@ -330,8 +330,8 @@ class HappyHorseTransformer(nn.Module):
         if bool((a_len < a_max).any()) or bool((t_len < t_max).any()):
             pos_a = torch.arange(a_max, device=dev)[None] < a_len[:, None]
             pos_t = torch.arange(t_max, device=dev)[None] < t_len[:, None]
-            groups = TokenGroups.padded_rows(torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), pos_a, pos_t],
-                                                       1))
+            present_v = torch.ones(b, nv, dtype=torch.bool, device=dev)
+            groups = TokenGroups.padded_rows(torch.cat([present_v, pos_a, pos_t], 1))
         out_v, out_a = self.forward_tokens(tokens, audio, text, coords, self._attention_plan(groups))
         out_a = out_a * (torch.arange(a_max, device=dev)[None, :, None] < a_len[:, None, None])
         return unpatchify(out_v, (t, hh, ww)), F.pad(out_a, (0, 0, 0, la - a_max))

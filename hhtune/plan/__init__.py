@@ -93,8 +93,8 @@ class Plan:
             out["recommendation"] = {"settings": asdict(self.recommendation.settings),
                                      "overrides": self.recommendation.settings.overrides(),
                                      "train_peak_gb": round(self.recommendation.train_peak_gb, 2),
-                                     "validation_peak_gb": round(self.recommendation.validation_peak_gb,
-                                                                 2)}  # fmt: skip
+                                     "validation_peak_gb": round(self.recommendation.validation_peak_gb, 2),
+                                     }  # fmt: skip
         return out
 
 
@@ -110,7 +110,8 @@ def _clip_shape(seconds: float, aspect: str, resolution: int, batch: int) -> Ste
     t, h, w = shape.latent_frames, shape.latent_height, shape.latent_width
     if h % 2 or w % 2:
         raise PlanError(f"resolution {resolution} gives a {h}x{w} latent; the 2x2 patch needs both even: "
-                        f"use a multiple of 32 (e.g. {resolution // 32 * 32} or {math.ceil(resolution / 32) * 32})")  # fmt: skip
+                        f"use a multiple of 32 (e.g. {resolution // 32 * 32} or "
+                        f"{math.ceil(resolution / 32) * 32})")  # fmt: skip
     return StepShape(batch=batch, video=(t, h, w), audio=shape.frames, text=TEXT_LENGTH)  # prompts are padded
 
 

@@ -131,7 +131,8 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
         video_vae = video_vae or load_video_vae(encoders.video_vae, device)
         if vae_tiling:
             video_vae.model.enable_tiling()
-        frames = ((video_vae.decode(video)[0].permute(1, 2, 3, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        frames = video_vae.decode(video)[0].permute(1, 2, 3, 0).cpu().numpy()
+        frames = ((frames + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
         del video_vae
         audio_vae = audio_vae or load_audio_vae(encoders.audio_vae, device)
         wave = audio_vae.decode(audio)[0].cpu().numpy().T  # [N, 2] at 51200

@@ -1,4 +1,4 @@
-"""The validation hook the training loop calls: fixed prompts, the distilled sampler, saved and logged clips, metrics."""
+"""The validation hook of the training loop: fixed prompts, the distilled sampler, saved and logged clips, metrics."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         scores.setdefault("av_offset_frames", []).append(float(offset))
         scores.setdefault("av_sync_confidence", []).append(conf)
         if training_clips:
-            scores.setdefault("nearest_clip_distance", []).append(nearest_clip_distance(g.video_latents[0],
-                                                                                        training_clips))
+            distance = nearest_clip_distance(g.video_latents[0], training_clips)
+            scores.setdefault("nearest_clip_distance", []).append(distance)
         if image is not None:
             ref = resize_crop(image[None], g.frames.shape[2], g.frames.shape[1])[0]
             scores.setdefault("reference_psnr", []).append(reference_fidelity(g.frames, ref))

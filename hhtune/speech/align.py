@@ -130,7 +130,8 @@ class PhonemeRecognizer:
 
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "vocab.json").is_file():
-            raise ValueError(f"acoustic model not found at {path}: expected config.json and vocab.json (Wav2Vec2ForCTC)")
+            raise ValueError(f"acoustic model not found at {path}: expected config.json "
+                             "and vocab.json (Wav2Vec2ForCTC)")
         self.model = Wav2Vec2ForCTC.from_pretrained(path).to(device).eval()
         self.features = Wav2Vec2FeatureExtractor.from_pretrained(path)
         self.vocab: dict[str, int] = json.loads((path / "vocab.json").read_text())

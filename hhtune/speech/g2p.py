@@ -9,7 +9,7 @@
 
 Numbers become words in the clip's language first; Latin-script words inside
 Chinese or Japanese text are read as English.
-"""
+"""  # noqa: E501 -- a Markdown table: one row per line
 
 from __future__ import annotations
 

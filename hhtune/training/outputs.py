@@ -69,7 +69,8 @@ def check_output_dependencies(recipe: Recipe) -> None:
     merged = [f for f in recipe.export.formats if f.startswith("merged")]
     if merged and recipe.model.checkpoint is None:
         raise TrainingError(f"export.formats {merged} merge into a base checkpoint on disk, but model.checkpoint is "
-                            "null (a random preset); remove them from export.formats or set model.checkpoint")  # fmt: skip
+                            "null (a random preset); remove them from "
+                            "export.formats or set model.checkpoint")  # fmt: skip
 
 
 def encode_validation_prompts(recipe: Recipe, data: TrainingDataset, device: torch.device,

@@ -196,10 +196,12 @@ def test_bad_files_name_file_key_and_reason_and_change_nothing(tmp_path, case):
     elif case == "wan_keys":  # a Wan2.1 LoRA in ComfyUI's generic layout: no header, only foreign module paths
         state = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 64),
                  "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(64, 4)}  # fmt: skip
-        match = r"bad.safetensors: none of its 1 modules exist in the model \(e.g. 'blocks.0.self_attn.q'\).*another architecture"
+        match = (r"bad.safetensors: none of its 1 modules exist in the model \(e.g. 'blocks.0.self_attn.q'\)"
+                 r".*another architecture")
     elif case == "shape":
         state[f"{k}.lora_A.weight"] = torch.zeros(4, 100)
-        match = r"bad.safetensors: block.layers.2.mlp.down_proj has A \[4, 100\] / B \[64, 4\], the model needs \[r, 168\]"
+        match = (r"bad.safetensors: block.layers.2.mlp.down_proj has A \[4, 100\] / B \[64, 4\], "
+                 r"the model needs \[r, 168\]")
     elif case == "unknown_module":
         state["block.layers.2.attention.linear_gate.lora_A.weight"] = torch.zeros(4, 64)
         state["block.layers.2.attention.linear_gate.lora_B.weight"] = torch.zeros(64, 4)

@@ -26,7 +26,8 @@ def _peft(seed: int = 0):
 
 def _batch():
     g = torch.Generator().manual_seed(7)
-    return torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    return (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+            torch.randn(1, 6, 32, generator=g))
 
 
 def _loss(peft) -> torch.Tensor:

@@ -31,7 +31,8 @@ TEXTS = {
     "de": ("de", ["Guten Morgen und willkommen im Studio.", "Heute sprechen wir über die neue Kollektion.",
                   "Jedes Stück wird von Hand gefertigt.", "Vielen Dank fürs Zuschauen.", "Bis nächste Woche.",
                   "Auf Wiedersehen."]),
-    "zh": ("cmn-latn-pinyin", ["早上好，欢迎来到我们的工作室。", "今天我们来谈谈新的春季系列。", "每一件作品都是手工制作的。",
+    "zh": ("cmn-latn-pinyin", ["早上好，欢迎来到我们的工作室。", "今天我们来谈谈新的春季系列。",
+                               "每一件作品都是手工制作的。",
                                "谢谢大家的观看。", "我们下周再见。", "再见。"]),
 }  # fmt: skip
 

@@ -167,7 +167,8 @@ def test_merged_checkpoint_equals_base_plus_adapter(tmp_path, base_dir):
     # model.safetensors.index.json's weight_map and opens each named shard for its keys (else model.safetensors):
     # the same index name, shard names (model-0000i-of-0000n) and key placement as the base.
     assert len(shards) > 1 and set(index["weight_map"].values()) == {f.name for f in shards}
-    assert index["weight_map"] == base_index["weight_map"] and shards[0].name == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert index["weight_map"] == base_index["weight_map"]
+    assert shards[0].name == f"model-00001-of-{len(shards):05d}.safetensors"
     for name in set(index["weight_map"].values()):  # every key is in the shard the index names
         with safe_open(merged / name, "pt") as f:
             assert {k for k, v in index["weight_map"].items() if v == name} == set(f.keys())
@@ -207,7 +208,8 @@ def test_merging_an_fp8_base_dequantises_it(tmp_path, base_dir):
     fp8_base = export_adapter(model, "merged_fp8", tmp_path / "fp8.safetensors", base=base_dir, strength=0.0)
     merged = export_adapter(model, "merged", tmp_path / "m", base=fp8_base)
     state = load_file(merged / "model.safetensors")
-    assert not any(k.endswith("__fp8_scale") for k in state) and state["block.layers.2.mlp.down_proj.weight"].dtype == torch.bfloat16
+    assert not any(k.endswith("__fp8_scale") for k in state)
+    assert state["block.layers.2.mlp.down_proj.weight"].dtype == torch.bfloat16
     assert rel(out(load_checkpoint(merged).eval()), out(model)) < 8e-2  # the FP8 rounding of the base, as above
 
 

@@ -43,8 +43,8 @@ def _peft_delta(model, path: str, adapter: str = "default") -> torch.Tensor:
 def _wan2gp_split(lora: dict[str, torch.Tensor], layer: int, linear: str):
     """What Wan2GP hands to mmgp for one module, per deepbeepmeep/Wan2GP models/magi_human/checkpoint_schema.py
     (preprocess_magi_lora_state_dict): in sandwich layers lora_B rows split into video/audio/text experts, linear_qkv
-    rows further into linear_q/k/v/g; lora_A and alpha are shared by the pieces. mmgp (offload.py, load_loras_into_model)
-    then scales each piece by alpha / lora_A.shape[0], or by 1.0 when alpha is missing."""
+    rows further into linear_q/k/v/g; lora_A and alpha are shared by the pieces. mmgp (offload.py,
+    load_loras_into_model) then scales each piece by alpha / lora_A.shape[0], or by 1.0 when alpha is missing."""
     stem = f"block.layers.{layer}.{linear}"
     a, b = lora[f"{stem}.lora_A.weight"].float(), lora[f"{stem}.lora_B.weight"].float()
     scale = float(lora[f"{stem}.alpha"]) / a.shape[0] if f"{stem}.alpha" in lora else 1.0
@@ -86,8 +86,8 @@ def test_wan2gp_export_has_the_bare_official_keys_and_the_same_deltas(tmp_path):
             else:
                 torch.testing.assert_close(torch.cat(list(pieces.values())), delta, rtol=1e-5, atol=1e-7)
     emb = _lora_layer(model, "adapter.audio_embedder")
-    torch.testing.assert_close(lora["adapter.audio_embedder.lora_B.weight"] @ lora["adapter.audio_embedder.lora_A.weight"],
-                               emb.get_delta_weight("default").float(), rtol=1e-5, atol=1e-7)  # fmt: skip
+    delta = lora["adapter.audio_embedder.lora_B.weight"] @ lora["adapter.audio_embedder.lora_A.weight"]
+    torch.testing.assert_close(delta, emb.get_delta_weight("default").float(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(out(adapters.load(tmp_path / "w.safetensors", base_model())), out(model), rtol=0,
                                atol=1e-5)
 

@@ -94,7 +94,8 @@ def test_ragged_batch_rows_equal_each_row_alone_with_its_padding_sliced_off(back
     model = _model()
     model.set_attention_backend(backend)
     g = torch.Generator().manual_seed(2)
-    v, a, t = torch.randn(2, 48, 2, 4, 4, generator=g), torch.randn(2, 7, 64, generator=g), torch.randn(2, 9, 32, generator=g)
+    v, a, t = (torch.randn(2, 48, 2, 4, 4, generator=g), torch.randn(2, 7, 64, generator=g),
+               torch.randn(2, 9, 32, generator=g))
     a_len, t_len = torch.tensor([7, 4]), torch.tensor([0, 9])
     bv, ba = model(v, a, t, audio_lengths=a_len, text_lengths=t_len)
     for i in range(2):
@@ -109,7 +110,8 @@ def test_sliced_text_gives_the_masked_gradients():
     """A dropped caption at batch 1 (text sliced to nothing) trains exactly like its masked row in a batch."""
     model = _model()
     g = torch.Generator().manual_seed(3)
-    v, a, t = torch.randn(2, 48, 2, 4, 4, generator=g), torch.randn(2, 5, 64, generator=g), torch.randn(2, 6, 32, generator=g)
+    v, a, t = (torch.randn(2, 48, 2, 4, 4, generator=g), torch.randn(2, 5, 64, generator=g),
+               torch.randn(2, 6, 32, generator=g))
     grads = []
     for rows, t_len in ((slice(0, 2), torch.tensor([0, 6])), (slice(0, 1), torch.tensor([0]))):
         model.zero_grad()

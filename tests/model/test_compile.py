@@ -67,7 +67,8 @@ def _train(peft_model, steps):
     out = []
     for i, ((t, h, w), la, lt) in enumerate(steps):
         g = torch.Generator().manual_seed(i)
-        video, audio, text = torch.randn(1, 48, t, h, w, generator=g), torch.randn(1, la, 64, generator=g), torch.randn(1, 12, 8, generator=g)
+        video, audio, text = (torch.randn(1, 48, t, h, w, generator=g), torch.randn(1, la, 64, generator=g),
+                              torch.randn(1, 12, 8, generator=g))
         peft_model.zero_grad()
         pv, pa = peft_model(video, audio, text, text_lengths=torch.tensor([lt]))
         loss = (pv - video).square().mean() + (pa - audio).square().mean()

@@ -41,7 +41,8 @@ def _lora_model(checkpointing: bool, seed: int = 0, fp8: bool = False):
 
 def _loss(peft) -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
-    video, audio, text = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    video, audio, text = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+                          torch.randn(1, 6, 32, generator=g))
     v, a = peft(video, audio, text)
     return (v * torch.randn(v.shape, generator=g)).sum() + (a * torch.randn(a.shape, generator=g)).sum()
 

@@ -84,7 +84,8 @@ def test_lora_on_an_fp8_base_is_fp32_and_trains():
     assert len(base) == 4 * 8
     opt = torch.optim.AdamW(lora.values(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
-    video, audio, text = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    video, audio, text = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+                          torch.randn(1, 6, 32, generator=g))
     losses = []
     for step in range(2):
         v, a = peft(video, audio, text)
@@ -110,7 +111,8 @@ def test_fp8_compute_matches_dequantised_bf16():
     ref = _fp8_model()
     ref.set_compute_dtype("bf16")
     g = torch.Generator().manual_seed(1)
-    inputs = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    inputs = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+              torch.randn(1, 6, 32, generator=g))
     n = enable_fp8_compute(model, "cpu")
     linears = [m for m in model.modules() if isinstance(m, SwappableLinear)]
     assert 0 < n == sum(m.fp8_compute for m in linears)

@@ -111,7 +111,8 @@ def test_precomputed_prompt_features_replace_the_text_encoder(encoders, monkeypa
 
 @pytest.mark.parametrize("sampler", ["distilled", "base"])
 def test_sample_command_frees_the_text_encoder_before_the_dit_exists(encoders, tmp_path, monkeypatch, sampler):
-    """`python -m hhtune.sample` never holds the text encoder beside the DiT: it is dead when the DiT is built and runs."""
+    """`python -m hhtune.sample` never holds the text encoder beside the DiT: it is dead when the DiT is built
+    and runs."""
     import gc
     import importlib
     import weakref

@@ -43,7 +43,8 @@ def test_cpu_config_starts_one_process_and_cpu_multi_starts_two(dataset, tmp_pat
 
 
 def test_fsdp2_two_processes_with_kill_and_resume_equal_one_process(dataset, tmp_path):
-    """FSDP2 over 2 gloo processes, killed at step 5 and resumed from checkpoint 4, equals 1 process with 2x accumulation.
+    """FSDP2 over 2 gloo processes, killed at step 5 and resumed from checkpoint 4, equals 1 process with 2x
+    accumulation.
 
     The run also validates (every process takes part in the sharded forward passes, the main one
     writes the clip) and exports, which needs the adapter gathered from the shards.

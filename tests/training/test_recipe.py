@@ -51,13 +51,14 @@ def test_typo_names_the_key_and_the_allowed_keys(tmp_path):
         load_recipe(p)
     msg = str(e.value)
     assert "lora.rnak: unknown key" in msg
-    assert "allowed keys here: alpha, dropout, embedders, experts, init, layers, rank, targets, use_dora, use_rslora" in msg
+    assert ("allowed keys here: alpha, dropout, embedders, experts, init, layers, rank, targets, use_dora, "
+            "use_rslora") in msg
 
 
 def test_unknown_section_lists_sections(tmp_path):
     with pytest.raises(RecipeError,
-                       match="trian: unknown key; allowed keys here: checkpointing, data, export, logging, lora, loss, "
-                             "model"):
+                       match="trian: unknown key; allowed keys here: checkpointing, data, "
+                             "export, logging, lora, loss, model"):
         validate_recipe({**MINIMAL, "trian": {}})
 
 

@@ -62,7 +62,8 @@ def test_base_weights_stay_frozen_and_bit_identical(dataset, tmp_path):
 
     fresh = build_model(recipe.model)
     reference = {k: v.clone() for k, v in fresh.state_dict().items()}
-    trained = PeftModel.from_pretrained(build_model(recipe.model), str(run / "adapter")).merge_and_unload(safe_merge=True)
+    trained = PeftModel.from_pretrained(build_model(recipe.model), str(run / "adapter"))
+    trained = trained.merge_and_unload(safe_merge=True)
     # merging changes the adapted weights; nothing else may differ from the fresh base
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, reference[k])]
     assert changed and all(k.split(".")[-2] in ("linear_qkv", "linear_proj", "up_gate_proj", "down_proj")
