@@ -72,8 +72,7 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     lines += [
         "",
         "## Consent and rights",
-        "- footage and voices: "
-        f"{info.get('consent') or _NO_CONSENT}",
+        f"- footage and voices: {info.get('consent') or _NO_CONSENT}",
         "",
     ]
     path = folder / "README.md"

@@ -117,8 +117,8 @@ def choose_kernel(backend: str, device_type: str, dtype: torch.dtype, training: 
                              f"{device_type} with {dtype}; set model.attention = auto")  # fmt: skip
         if not flash_attn_available():
             raise MissingDependencyError("model.attention = flash needs FlashAttention: pip install flash-attn "
-                                         "--no-build-isolation (or set model.attention "
-                                         "= auto to use FlexAttention)")  # fmt: skip
+                                         "--no-build-isolation "
+                                         "(or set model.attention = auto to use FlexAttention)")  # fmt: skip
     if backend == "flex" and not cuda and training:
         raise ValueError("model.attention = flex cannot train on the CPU (torch has no FlexAttention backward there); "
                          "set model.attention = auto")  # fmt: skip

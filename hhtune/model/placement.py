@@ -21,8 +21,8 @@ from .transformer import HappyHorseTransformer
 def swapped_layers(num_layers: int, blocks: int) -> range:
     """Indices of the layers block swap keeps on the host: the last ``blocks``."""
     if not 0 <= blocks <= num_layers:
-        raise ValueError(f"model.blocks_to_swap = {blocks}: must be in 0..{num_layers} (the model has {num_layers} "
-                         "layers)")
+        raise ValueError(f"model.blocks_to_swap = {blocks}: must be in 0..{num_layers} "
+                         f"(the model has {num_layers} layers)")
     return range(num_layers - blocks, num_layers)
 
 

@@ -363,8 +363,8 @@ class HappyHorseTransformer(nn.Module):
         groups = None
         if sample_lengths is not None:
             if sum(sample_lengths) != x.shape[0]:
-                raise ValueError(f"sample_lengths sum to {sum(sample_lengths)}, but the sequence has {x.shape[0]} "
-                                 "tokens")
+                raise ValueError(f"sample_lengths sum to {sum(sample_lengths)}, "
+                                 f"but the sequence has {x.shape[0]} tokens")
             ids = torch.repeat_interleave(torch.arange(len(sample_lengths), device=x.device),
                                           torch.tensor(sample_lengths, device=x.device))[order]
             groups = TokenGroups.packed(ids) if len(sample_lengths) > 1 else None

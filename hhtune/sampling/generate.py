@@ -171,10 +171,9 @@ def write_mp4(frames: np.ndarray, audio: np.ndarray, path: str | Path) -> Path:
         wav = Path(tmp) / "a.wav"
         sf.write(wav, np.clip(audio, -1, 1), OUTPUT_AUDIO_RATE)
         with atomic_path(path) as out:
-            cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r",
-                   str(FPS),
-                   "-i", "-", "-i", str(wav), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf",
-                   "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+                   "-r", str(FPS), "-i", "-", "-i", str(wav), "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                   "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                    "-c:a", "aac", "-shortest", "-movflags", "+faststart", "-f", "mp4", str(out)]  # fmt: skip
             subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
     return path

@@ -21,8 +21,7 @@ _LANG_CODES = {"english": "en", "mandarin": "zh", "chinese": "zh", "cantonese": 
 
 
 def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: EncoderPaths, out_dir: str | Path,
-                   step: int,
-                   seed: int, reference_images: list[str] | None = None, acoustic_model: str | None = None,
+                   step: int, seed: int, reference_images: list[str] | None = None, acoustic_model: str | None = None,
                    wandb_run=None, seconds: float = 2.0, aspect: str = "16:9", base_resolution: int = 256,
                    text_features: list[tuple[torch.Tensor, int]] | None = None, write: bool = True,
                    vae_tiling: bool = False, offload_model: bool = False,

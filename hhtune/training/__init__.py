@@ -9,5 +9,4 @@ from .state import CheckpointLoadError
 from .trainer import build_model, train
 
 __all__ = ["Batch", "Callback", "CheckpointLoadError", "DatasetError", "TrainingDataset", "TrainingError",
-           "build_model",
-           "flow_matching_loss", "shift_sigma", "train"]  # fmt: skip
+           "build_model", "flow_matching_loss", "shift_sigma", "train"]  # fmt: skip

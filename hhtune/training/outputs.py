@@ -175,8 +175,7 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
 def _export(recipe: Recipe, peft_model, run_dir: Path, info: dict, log) -> None:
     meta = {
         "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"],
-        "recipe_hash": info["recipe_hash"],
-        "trigger_words": info["trigger_words"], "languages": info["languages"],
+        "recipe_hash": info["recipe_hash"], "trigger_words": info["trigger_words"], "languages": info["languages"],
         "dataset_summary": info["dataset_summary"],
     }  # fmt: skip
     for fmt in recipe.export.formats:

@@ -192,8 +192,8 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
         set_peft_model_state_dict(peft_model, snapshot.adapter)
     if fsdp and recipe.model.blocks_to_swap:
         raise TrainingError("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
-                            "across processes: set model.blocks_to_swap=0 (see python "
-                            "-m hhtune.plan --world-size N)")  # fmt: skip
+                            "across processes: set model.blocks_to_swap=0 "
+                            "(see python -m hhtune.plan --world-size N)")  # fmt: skip
     swap = apply_block_swap(peft_model, recipe.model.blocks_to_swap, device)
     if recipe.model.compile:  # the finished model: LoRA and block swap in place
         compile_layers(peft_model)

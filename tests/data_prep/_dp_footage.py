@@ -74,6 +74,6 @@ def long_speech_footage(folder: Path, name: str, language: str, voice: str, sent
     stamp = lambda s: (f"{int(s // 3600):02d}:{int(s % 3600 // 60):02d}:{int(s % 60):02d},"
                        f"{round(s % 1 * 1000) % 1000:03d}")
     (folder / f"{name}.srt").write_text("".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n\n"
-                                                for i, ((a, b), text) in enumerate(zip(cues, sentences),
-                                                                                   1)))  # fmt: skip
+                                                for i, ((a, b), text)
+                                                in enumerate(zip(cues, sentences), 1)))  # fmt: skip
     return mp4, cues

@@ -137,15 +137,15 @@ def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     first = good[0]["caption"]
     # description from the caption sidecar, trigger at its {trigger} placeholder, then Dialogue and Background Sound
     assert first.startswith("A host in a hhbrand studio greets the audience. Host says in English, \"")
-    assert '\n\nDialogue:\n<host, English>: "' in first and first.endswith("Background Sound:\n<No prominent "
-                                                                           "background sound>")
+    assert '\n\nDialogue:\n<host, English>: "' in first
+    assert first.endswith("Background Sound:\n<No prominent background sound>")
     # one cue per clip, cut in the pause between them; a cue wholly inside a clip keeps its punctuation
     assert [g["transcript"] for g in good] == [f"{SENTENCE}.", f"{SENTENCE}!"]
     for g in good:
         m = g["speech_mask"]
         assert len(m) == g["num_frames"] and 0 < sum(m) <= len(m)
-        assert (broken_build / "alignments" / f"{g['clip_id']}.TextGrid").read_text().startswith('File type = '
-                                                                                                 '"ooTextFile"')
+        textgrid = (broken_build / "alignments" / f"{g['clip_id']}.TextGrid").read_text()
+        assert textgrid.startswith('File type = "ooTextFile"')
         words = json.loads((broken_build / "alignments" / f"{g['clip_id']}.json").read_text())["words"]
         assert words and all(0 <= w["start"] < w["end"] <= g["num_frames"] / 25 + 1e-6 for w in words)
     surround = rows["surround.mp4"][0]
