@@ -178,11 +178,9 @@ def train(recipe: Recipe, log=print, callbacks: list[Callback] | tuple[Callback,
     clips = training_clip_summaries(recipe, data) if main else None  # for the memorisation metric
     model = build_model(recipe.model, "cpu" if fsdp else device)
     if data.text_channels != model.config.text_in_channels:
-        raise TrainingError(
-            f"the dataset's text features have {data.text_channels} channels but the model takes "
-            f"{model.config.text_in_channels}: the dataset was encoded for another model (e.g. tiny "
-            "encoders for the 15b preset)"
-        )
+        raise TrainingError(f"the dataset's text features have {data.text_channels} channels but the model takes "
+                            f"{model.config.text_in_channels}: the dataset was encoded for another model "
+                            "(e.g. tiny encoders for the 15b preset)")
     model.enable_gradient_checkpointing(recipe.model.gradient_checkpointing)
     peft_model = add_lora(model, recipe.lora)
     # fp32 weights, bf16 matmuls
@@ -400,7 +398,6 @@ def _any_process(accelerator: Accelerator, flag: bool) -> bool:
 
 def _clip(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: float | None, fsdp: bool) -> float:
     if fsdp:  # sharded gradients: the global norm is reduced across processes, then every shard is scaled by it
-
         grads = [p.grad for p in params if p.grad is not None]
         total = torch.nn.utils.get_total_norm(grads)
         total = total.full_tensor() if isinstance(total, DTensor) else total
@@ -422,7 +419,6 @@ def _format_table(recipe: Recipe) -> str:
 class _Bar:
     def __init__(self, total: int, start: int) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: PLC0415 -- at the top it would shadow .state.Progress
-
         self._p = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
                            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
                            TimeRemainingColumn())  # fmt: skip
@@ -452,5 +448,3 @@ class _NoBar:
 
 def _progress_bar(main: bool, total: int, start: int):
     return _Bar(total, start) if main else _NoBar()
-
-
