@@ -23,10 +23,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import librosa
 import numpy as np
+import soundfile
 
 from hhtune.contract import SPEECH_SAMPLE_RATE
-from hhtune.speech.align import Alignment, PhonemeRecognizer, align, align_dtw
+from hhtune.speech.align import Alignment, Interval, PhonemeRecognizer, align, align_dtw
 from hhtune.speech.g2p import WordPhonemes, phonemize
 from hhtune.speech.vad import energy_activity, silero_activity, speech_near
 
@@ -45,9 +47,6 @@ TRUTH_VARIANT = "+f3"  # the truth is spoken by another voice variant than the a
 
 
 def _speak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
-    import librosa
-    import soundfile
-
     out = subprocess.run(["espeak-ng", "-v", voice + TRUTH_VARIANT, "-s", str(speed), "-p", str(pitch), "--stdout",
                           text], capture_output=True, check=True).stdout  # fmt: skip
     wave, rate = soundfile.read(io.BytesIO(out), dtype="float32")
@@ -72,7 +71,7 @@ def _music(n: int, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def utterance(language: str, words: list[WordPhonemes], background: str, rng: np.random.Generator):
+def utterance(words: list[WordPhonemes], background: str, rng: np.random.Generator):
     """``(audio, [(start, end)] per word, snr_db)``."""
     speed, pitch = int(rng.integers(140, 190)), int(rng.integers(30, 70))
     pieces, truth, t = [np.zeros(int(rng.uniform(0.3, 0.6) * RATE), np.float32)], [], 0.0
@@ -94,8 +93,6 @@ def utterance(language: str, words: list[WordPhonemes], background: str, rng: np
 
 def proportional(audio: np.ndarray, words: list[WordPhonemes]) -> Alignment:
     """The old estimate: the detected speech shared out in proportion to phoneme counts."""
-    from hhtune.speech.align import Interval
-
     active = energy_activity(audio, RATE, 0.02)
     times = np.flatnonzero(active) * 0.02
     if not len(times):
@@ -104,7 +101,8 @@ def proportional(audio: np.ndarray, words: list[WordPhonemes]) -> Alignment:
     weights = np.array([max(1, len(w.phonemes)) for w in words], dtype=float)
     edges = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
     at = lambda s: float(times[min(len(times) - 1, int(np.searchsorted(share, s)))])
-    return Alignment("proportional", [Interval(at(a), at(b) + 0.02, w.word) for w, a, b in zip(words, edges[:-1], edges[1:])])
+    return Alignment("proportional",
+                     [Interval(at(a), at(b) + 0.02, w.word) for w, a, b in zip(words, edges[:-1], edges[1:])])
 
 
 def _frames(spans: list[tuple[float, float]], n: int) -> np.ndarray:
@@ -134,7 +132,7 @@ def main() -> None:
         words = phonemize(text, language)
         for background in ("noise", "music"):
             for _ in range(args.utterances):
-                audio, truth, _ = utterance(language, words, background, rng)
+                audio, truth, _ = utterance(words, background, rng)
                 results = {"dtw": align_dtw(audio, words), "proportional": proportional(audio, words)}
                 if rec is not None:
                     results["ctc"] = align(audio, words, rec)
@@ -149,7 +147,8 @@ def main() -> None:
                 silero = silero_activity(audio, HOP)[:n]
                 phones = _frames([(p.start, p.end) for p in dtw.phonemes], n)
                 sources = {"phonemes (dtw)": phones, "silero": silero, "energy": energy_activity(audio, RATE, HOP)[:n],
-                           "phonemes & silero": phones & speech_near(np.pad(silero, (0, n - len(silero))), 2)}  # fmt: skip
+                           "phonemes & silero": phones & speech_near(np.pad(silero, (0, n - len(silero))), 2),
+                           }  # fmt: skip
                 for name, pred in sources.items():
                     pred = np.pad(pred, (0, n - len(pred)))
                     masks.setdefault((background, name), []).append(_f1(pred, true))
@@ -163,7 +162,8 @@ def main() -> None:
                "median_ms": round(float(np.median(x)), 1), "p90_ms": round(float(np.percentile(x, 90)), 1),
                "boundaries": len(x)}  # fmt: skip
         rows.append(row)
-        print(f"{language:8} {method:13} {row['mean_ms']:8.1f} {row['median_ms']:7.1f} {row['p90_ms']:7.1f} {len(x) // 2:6d}")
+        print(f"{language:8} {method:13} {row['mean_ms']:8.1f} {row['median_ms']:7.1f} {row['p90_ms']:7.1f} "
+              f"{len(x) // 2:6d}")
     print(f"\n{'background':10} {'mask source':16} {'F1':>5}")
     mask_rows = []
     for (background, name), f in sorted(masks.items()):

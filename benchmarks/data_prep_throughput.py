@@ -23,14 +23,16 @@ import time
 from pathlib import Path
 
 SENTENCES = ["Good morning and welcome to our studio.", "Today we look at the new spring collection.",
-             "Every piece is made by hand in a small workshop near the sea.", "It takes about three days to finish one.",
-             "The colours are bright and the fabrics are light.", "Thank you for watching, and see you next week."]  # fmt: skip
+             "Every piece is made by hand in a small workshop near the sea.",
+             "It takes about three days to finish one.",
+             "The colours are bright and the fabrics are light.",
+             "Thank you for watching, and see you next week."]  # fmt: skip
 
 
 def make_footage(folder: Path, name: str, size: str, seconds: float) -> Path:
     """An H.264 file of ``size`` with espeak-ng speech and a per-sentence SRT, about ``seconds`` long."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data_prep"))
-    from _dp_footage import long_speech_footage
+    from _dp_footage import long_speech_footage  # noqa: PLC0415 -- test helper, importable only after the sys.path insert above
 
     sentences, pauses, total = [], [], 0.0
     while total < seconds - 3:
@@ -48,7 +50,8 @@ def make_footage(folder: Path, name: str, size: str, seconds: float) -> Path:
 
 def ffmpeg_decode(path: Path) -> float:
     t = time.perf_counter()
-    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", "-i", str(path), "-f", "null", "-"], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", "-i", str(path), "-f", "null", "-"],
+                   check=True)
     return time.perf_counter() - t
 
 
@@ -59,9 +62,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from data_prep.build import prepare_all
-    from data_prep.config import DataConfig
-    from data_prep.prepare import prepare_file
+    from data_prep.build import prepare_all  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from data_prep.config import DataConfig  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from data_prep.prepare import prepare_file  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     cfg = DataConfig(base_resolution=args.base_resolution, workers=2, language="en")
     results = []
@@ -79,7 +82,8 @@ def main() -> None:
         prepare_file(warm, warm.name, {}, cfg, work)  # imports, numba, Silero and G2P dictionaries: once per worker
         startup = time.perf_counter() - t
         print(f"worker start-up (first file, 6 s at 320x180): {startup:.1f} s")
-        print(f"{'file':6} {'footage s':>9} {'ffmpeg -threads 1':>18} {'stages 1-7':>11} {'ratio':>6} {'clips':>6} {'speech kept':>12}")
+        print(f"{'file':6} {'footage s':>9} {'ffmpeg -threads 1':>18} {'stages 1-7':>11} {'ratio':>6} {'clips':>6} "
+              f"{'speech kept':>12}")
         for name, path in files.items():
             decode = min(ffmpeg_decode(path) for _ in range(2))
             t = time.perf_counter()
@@ -91,7 +95,8 @@ def main() -> None:
                    "stages_1_7_s": round(ours, 2), "ratio": round(ours / decode, 2), "clips": len(unit.clips),
                    "speech_kept": round(kept, 3)}  # fmt: skip
             results.append(row)
-            print(f"{name:6} {row['footage_s']:9.1f} {decode:18.2f} {ours:11.2f} {row['ratio']:6.2f} {row['clips']:6d} {kept:12.1%}")
+            print(f"{name:6} {row['footage_s']:9.1f} {decode:18.2f} {ours:11.2f} {row['ratio']:6.2f} {row['clips']:6d} "
+                  f"{kept:12.1%}")
         decodes = sum(r["ffmpeg_s"] for r in results)
         t = time.perf_counter()
         prepare_all(footage, root / "out", cfg, progress=False)

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import gc
 import json
 import re
 import sys
@@ -37,20 +38,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import forward_flops  # noqa: E402
+from _common import forward_flops
 
-from hhtune.adapters.inject import add_lora  # noqa: E402
-from hhtune.model.placement import apply_block_swap  # noqa: E402
-from hhtune.contract import TEXT_LENGTH  # noqa: E402
-from hhtune.plan import GB, plan_recipe  # noqa: E402
-from hhtune.recipe import ModelSection, Recipe, load_recipe  # noqa: E402
-from hhtune.sampling.generate import latent_shapes, model_velocity_fn  # noqa: E402
-from hhtune.sampling.samplers import sample_distilled  # noqa: E402
-from hhtune.training import build_model  # noqa: E402
-from hhtune.training.data import Batch  # noqa: E402
-from hhtune.training.objective import flow_matching_loss  # noqa: E402
+from hhtune.adapters.inject import add_lora
+from hhtune.contract import TEXT_LENGTH
+from hhtune.model.placement import apply_block_swap
+from hhtune.plan import GB, plan_recipe
+from hhtune.recipe import ModelSection, Recipe, load_recipe
+from hhtune.sampling.generate import latent_shapes, model_velocity_fn
+from hhtune.sampling.samplers import sample_distilled
+from hhtune.training import build_model
+from hhtune.training.data import Batch
+from hhtune.training.objective import flow_matching_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "brand_style_lora.yaml"
@@ -75,7 +77,7 @@ FULL = Setup("15b", "cuda", 5.0, {"256p": 256, "540p": 544}, ((80.0, "256p"), (4
 DRY = Setup("tiny", "cpu", 0.2, {"256p": 32, "540p": 64}, ((1.0, "256p"), (0.75, "540p")), steps=1)
 
 
-class Skipped(Exception):
+class Skipped(Exception):  # noqa: N818 -- control flow: a part not run is a result, not an error
     """A part (or measurement) not run: not available here, or out of time."""
 
 
@@ -177,7 +179,7 @@ def part_train(setup: Setup, clock: Clock) -> dict:
         try:
             clock.check(f"train {mode}")
             rows.update(_train_mode(recipe, setup, clock, mode, peak))
-        except Exception as e:  # noqa: BLE001 - reported, the other mode still runs
+        except Exception as e:  # reported, the other mode still runs
             rows.update({f"{label} {mode}": _error(e) for label in setup.resolutions})
         _free(setup.device)
     return {"device": name, "peak_bf16_tflops": peak, "runs": rows}
@@ -194,7 +196,7 @@ def _train_mode(recipe: Recipe, setup: Setup, clock: Clock, mode: str, peak: flo
             flops = train_flops(recipe, tokens_of(batch))
             rows[f"{label} {mode}"] = {"s_per_step": seconds, "tokens": tokens_of(batch), "model_tflop": flops / 1e12,
                                        "mfu": flops / seconds / (peak * 1e12) if peak else None}  # fmt: skip
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             rows[f"{label} {mode}"] = _error(e)
     return rows
 
@@ -211,8 +213,6 @@ def attention_paths(names: list[str]) -> list[str]:
 
 def part_attention(setup: Setup, clock: Clock) -> dict:
     """Profiler names of the attention ops and kernels in one eager step, with and without a caption."""
-    from torch.profiler import ProfilerActivity, profile
-
     recipe = recipe_for(setup)
     model, opt = build(recipe, setup.device)
     out: dict[str, dict] = {}
@@ -229,7 +229,7 @@ def part_attention(setup: Setup, clock: Clock) -> dict:
             names = sorted({e.key for e in prof.key_averages()
                             if re.search(r"attention|attn|fmha|flash|sdpa|flex|softmax", e.key, re.I)})  # fmt: skip
             out[f"{label} {case}"] = {"paths": attention_paths(names), "names": names}
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             out[f"{label} {case}"] = _error(e)
     del model, opt
     _free(setup.device)
@@ -244,7 +244,7 @@ def part_memory(setup: Setup, clock: Clock) -> dict:
         try:
             clock.check(f"memory {key}")
             out[key] = _tier(setup, gb, label)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             out[key] = _error(e)
     return out
 
@@ -324,8 +324,6 @@ def _error(e: Exception) -> dict:
 
 
 def _free(device: str) -> None:
-    import gc
-
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -341,7 +339,7 @@ def run(setup: Setup, budget_s: float) -> dict:
         t = time.monotonic()
         try:
             result["parts"][name] = part(setup, clock)
-        except Exception as e:  # noqa: BLE001 - one part's failure is its own result
+        except Exception as e:  # one part's failure is its own result
             result["parts"][name] = _error(e)
         result["parts"][name]["wall_s"] = round(time.monotonic() - t, 1)
     result["wall_s"] = round(time.monotonic() - clock.start, 1)

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hhtune.contract import AUDIO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune import adapters
+from hhtune.contract import AUDIO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune.model import ModelConfig, save_checkpoint
 from hhtune.recipe import validate_recipe
 from hhtune.sampling.generate import model_velocity_fn
@@ -90,7 +90,8 @@ def learning_check(work: Path, *, steps: int = 2000, clips: int = 1, seeds: int 
             audio_shape = (1, *np.asarray(row[AUDIO_LATENTS]).shape)
             for seed in range(seeds):
                 sample, _ = sample_distilled(model_velocity_fn(model, text, text.shape[1]), (1, *video.shape),
-                                             audio_shape, generator=torch.Generator().manual_seed(1000 + seed))  # fmt: skip
+                                             audio_shape,
+                                             generator=torch.Generator().manual_seed(1000 + seed))  # fmt: skip
                 distances.append(nearest_clip_distance(sample[0], videos))
         return statistics.median(distances)
 

@@ -56,7 +56,8 @@ def measured(config: ModelConfig, lora: LoraSettings, shape: StepShape, checkpoi
         video = torch.randn(b, nv, config.video_in_channels)
         audio = torch.randn(b, shape.audio, config.audio_in_channels)
         text = torch.randn(b, shape.text, config.text_in_channels)
-        coords = torch.cat([video_coords((t, h, w)).expand(b, nv, 9), audio_coords(shape.audio).expand(b, shape.audio, 9),
+        coords = torch.cat([video_coords((t, h, w)).expand(b, nv, 9),
+                            audio_coords(shape.audio).expand(b, shape.audio, 9),
                             padded_text_coords(torch.full((b,), shape.text), shape.text)], dim=1)  # fmt: skip
         out_v, out_a = model.forward_tokens(video, audio, text, coords)
         loss = out_v.float().square().mean() + out_a.float().square().mean()
@@ -101,7 +102,8 @@ def main() -> None:
         p_res, p_step = planned(config, lora, shape, ckpt)
         m_res, m_step = measured(config, lora, shape, ckpt)
         plan, meas = p_res + p_step, m_res + m_step
-        print(f"{ckpt!s:<15}{plan / MB:>10.1f}{meas / MB:>13.1f}{plan / meas:>8.3f}{p_step / MB:>11.1f}{m_step / MB:>12.1f}")
+        print(f"{ckpt!s:<15}{plan / MB:>10.1f}{meas / MB:>13.1f}{plan / meas:>8.3f}"
+              f"{p_step / MB:>11.1f}{m_step / MB:>12.1f}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _byte_copy(base: str, out: str) -> None:
 
 def _child(kind: str, base: str, adapter: str, out: str) -> None:
     if "copy" not in kind:
-        from hhtune.export import export_adapter  # imports torch: counted in "after imports"
+        from hhtune.export import export_adapter  # noqa: PLC0415 -- imports torch: counted in "after imports"
     start_rss = _rss()
     t = time.perf_counter()
     if kind == "copy":
@@ -83,12 +83,12 @@ def main() -> None:
     parser.add_argument("--shard-gb", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    import torch
+    import torch  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
-    from hhtune.export import export_adapter
-    from hhtune.adapters.inject import add_lora
-    from hhtune.adapters.settings import LoraSettings
-    from hhtune.model import HappyHorseTransformer, ModelConfig, save_checkpoint
+    from hhtune.adapters.inject import add_lora  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.adapters.settings import LoraSettings  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.export import export_adapter  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.model import HappyHorseTransformer, ModelConfig, save_checkpoint  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     full = ModelConfig.preset("15b").model_dump()
     cfg = ModelConfig(**{**full, "num_layers": args.layers, "mm_layers": [], "gelu7_layers": []})
@@ -102,9 +102,11 @@ def main() -> None:
         del model, peft_model
         shards = sorted(base.glob("model*.safetensors"))
         largest, total = max(f.stat().st_size for f in shards), sum(f.stat().st_size for f in shards)
-        res = {kind: _measure(kind, base, adapter, tmp / kind, args.repeats) for kind in ("copy", "byte_copy", "merged", "merged_single")}
+        res = {kind: _measure(kind, base, adapter, tmp / kind, args.repeats)
+               for kind in ("copy", "byte_copy", "merged", "merged_single")}
         print(f"base: {args.layers} shared layers at 15B widths, {total / 2**30:.2f} GiB in {len(shards)} shards, "
-              f"largest {largest / 2**30:.2f} GiB; adapter rank 32 on {4 * args.layers} linears ({adapter.stat().st_size / 2**20:.0f} MiB)")  # fmt: skip
+              f"largest {largest / 2**30:.2f} GiB; adapter rank 32 on {4 * args.layers} linears "
+              f"({adapter.stat().st_size / 2**20:.0f} MiB)")  # fmt: skip
         print(f"copytree: {res['copy']['seconds']:.2f} s; byte copy + fsync: {res['byte_copy']['seconds']:.2f} s, "
               f"peak host memory {res['byte_copy']['peak'] / largest:.2f}x the largest shard")  # fmt: skip
         for kind in ("merged", "merged_single"):

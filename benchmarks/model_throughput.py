@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, forward_flops, matmul_ceiling, parse_args  # noqa: E402
+from _common import best_time, forward_flops, matmul_ceiling, parse_args
 
-from hhtune.contract import LatentShape  # noqa: E402
-from hhtune.model import HappyHorseTransformer, ModelConfig  # noqa: E402
+from hhtune.contract import LatentShape
+from hhtune.model import HappyHorseTransformer, ModelConfig, pack_sample
 
 # (frames, height, width) of the sample per preset: latents [48, T, H/16, W/16], audio = frames, text 640 / 32
 SHAPES = {"tiny": (33, 256, 448), "mid": (33, 256, 448), "15b": (125, 256, 448)}
@@ -63,7 +63,8 @@ def measure(preset: str, device: str, repeats: int) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
     t_f = best_time(fwd, repeats, device)
     t_fb = best_time(fwd_bwd, repeats, device)
-    out = {"tokens": tokens, "fwd_s": t_f, "fwd_bwd_s": t_fb, "fwd_flops": flops / t_f, "fwd_bwd_flops": 3 * flops / t_fb}
+    out = {"tokens": tokens, "fwd_s": t_f, "fwd_bwd_s": t_fb, "fwd_flops": flops / t_f,
+           "fwd_bwd_flops": 3 * flops / t_fb}
     if device == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -71,8 +72,6 @@ def measure(preset: str, device: str, repeats: int) -> dict[str, float]:
 
 def batching(device: str, repeats: int) -> dict[str, float]:
     """Four samples of one bucket with different text lengths: padded batch vs one by one vs packed block-diagonal."""
-    from hhtune.model import pack_sample
-
     cfg = ModelConfig.preset("mid")
     torch.manual_seed(0)
     with torch.device(device):
@@ -88,7 +87,8 @@ def batching(device: str, repeats: int) -> dict[str, float]:
     sizes = [p[0].shape[0] for p in packs]
     with torch.no_grad():
         padded = best_time(lambda: model(video, audio, text, text_lengths=t_len), repeats, device)
-        single = best_time(lambda: [model(video[i : i + 1], audio[i : i + 1], text[i : i + 1, : lengths[i]]) for i in range(4)], repeats, device)
+        single = best_time(lambda: [model(video[i : i + 1], audio[i : i + 1],
+                                          text[i : i + 1, : lengths[i]]) for i in range(4)], repeats, device)
         packed = best_time(lambda: model.forward_packed(x, coords, mod, sample_lengths=sizes), repeats, device)
     return {"padded": padded, "one_by_one": single, "packed_block_diagonal": packed}
 
@@ -104,7 +104,8 @@ def main() -> None:
         line = (f"{preset:6} {r['tokens']:7d} {r['tokens'] / r['fwd_s']:10.0f} {r['fwd_flops'] / ceiling:9.3f} "
                 f"{r['fwd_bwd_flops'] / ceiling:9.3f} {r['fwd_bwd_s'] / r['fwd_s']:15.2f}")  # fmt: skip
         if args.device == "cuda":
-            line += f"  fwd {r['fwd_s']:.3f}s f+b {r['fwd_bwd_s']:.3f}s {r['fwd_flops'] / 1e12:.0f} TFLOP/s peak {r['peak_gib']:.1f} GiB"
+            line += (f"  fwd {r['fwd_s']:.3f}s f+b {r['fwd_bwd_s']:.3f}s {r['fwd_flops'] / 1e12:.0f} TFLOP/s "
+                     f"peak {r['peak_gib']:.1f} GiB")
         print(line)
     b = batching(args.device, args.repeats)
     print("\nbatching 4 samples (text 8/32/64/128 tokens), time relative to the padded batch:")

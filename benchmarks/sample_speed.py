@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parse_args  # noqa: E402
+from _common import parse_args
 
-from hhtune.model import HappyHorseTransformer, ModelConfig  # noqa: E402
-from hhtune.sampling import latent_shapes, model_velocity_fn, sample_distilled  # noqa: E402
+from hhtune.model import HappyHorseTransformer, ModelConfig
+from hhtune.sampling import latent_shapes, model_velocity_fn, sample_distilled
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
         text = torch.randn(1, 64, cfg.text_in_channels, device=args.device)
         fn = model_velocity_fn(model, text, 64)
         cached = fn(torch.randn(vshape, device=args.device), torch.randn(ashape, device=args.device))
-        instant = lambda v, a, cached=cached: cached  # noqa: E731
+        instant = lambda _v, _a, cached=cached: cached
 
         def run(velocity, vshape=vshape, ashape=ashape):  # bound now: called within this iteration
             if args.device == "cuda":

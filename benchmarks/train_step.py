@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, parse_args  # noqa: E402
+from _common import best_time, parse_args
 
-from hhtune.adapters.inject import add_lora  # noqa: E402
-from hhtune.adapters.settings import LoraSettings  # noqa: E402
-from hhtune.model import HappyHorseTransformer, ModelConfig  # noqa: E402
-from hhtune.recipe import LossSection  # noqa: E402
-from hhtune.training.data import TrainingDataset  # noqa: E402
-from hhtune.training.objective import flow_matching_loss  # noqa: E402
-from hhtune.training.synthetic import write_synthetic_dataset  # noqa: E402
+from hhtune.adapters.inject import add_lora
+from hhtune.adapters.settings import LoraSettings
+from hhtune.model import HappyHorseTransformer, ModelConfig
+from hhtune.recipe import LossSection
+from hhtune.training.data import TrainingDataset
+from hhtune.training.objective import flow_matching_loss
+from hhtune.training.synthetic import write_synthetic_dataset
 
 LATENT = {"tiny": (33, (16, 28)), "mid": (33, (16, 28)), "15b": (125, (16, 28))}  # frames, latent (H, W) at 256p 16:9
 
@@ -81,7 +81,8 @@ def main() -> None:
         for preset in presets:
             for ckpt in (False, True):
                 r = measure(preset, args.device, args.repeats, ckpt, Path(tmp))
-                line = f"{preset:6} {str(ckpt):>5} {r['step_s'] / r['floor_s']:13.2f} {r['data_s'] / (r['data_s'] + r['step_s']):11.3f}"
+                line = (f"{preset:6} {ckpt!s:>5} {r['step_s'] / r['floor_s']:13.2f} "
+                        f"{r['data_s'] / (r['data_s'] + r['step_s']):11.3f}")
                 if args.device == "cuda":
                     line += f"  {r['step_s']:.3f} s/step, peak {r['peak_gib']:.1f} GiB"
                 print(line)

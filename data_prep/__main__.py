@@ -21,9 +21,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from hhtune.cli import run_command
+from hhtune.media import MediaError, decode_audio, probe
+from hhtune.speech.g2p import phonemize
+from hhtune.speech.languages import normalise_language
+
 
 def _config(args):
-    from .config import load_data_config
+    from .config import load_data_config  # noqa: PLC0415 -- pydantic loads only for the `config` subcommand
 
     overrides = {"workers": getattr(args, "workers", None), "language": getattr(args, "language", None)}
     if getattr(args, "tiny_encoders", False):
@@ -50,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--encode", action="store_true", help="also compute latents (stage 8)")
         if name != "prepare":
             p.add_argument("--tiny-encoders", action="store_true", help="random tiny encoders (quick start, tests)")
-            p.add_argument("--reencode", action="store_true", help="drop latents made by other encoders and encode again")
+            p.add_argument("--reencode", action="store_true",
+                           help="drop latents made by other encoders and encode again")
     p = sub.add_parser("probe", help="stage 1 on single files")
     p.add_argument("files", nargs="+", type=Path)
     p = sub.add_parser("transcript", help="stage 2: parse a transcript sidecar")
@@ -74,12 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 def _align_one(args) -> int:
     """Stages 2-4 on one file through the build's own functions: the same audio decode, language check and
     alignment (cue padding, neighbour bounds, too-long check), so the words are those a build cuts clips from."""
-    from hhtune.media import decode_audio, probe
-    from hhtune.speech.languages import normalise_language
-
-    from .alignment import align_transcript, check_language
-    from .textgrid import write_textgrid
-    from .transcripts import find_sidecar, parse_transcript
+    from .alignment import align_transcript, check_language  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
+    from .textgrid import write_textgrid  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
+    from .transcripts import find_sidecar, parse_transcript  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
     side = args.transcript or find_sidecar(args.file)
     if side is None:
@@ -130,11 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    from .build import build, load_units, prepare_all
+    from .build import build, load_units, prepare_all  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
     if args.command == "probe":
-        from hhtune.media import MediaError, probe
-
         for f in args.files:
             try:
                 print(json.dumps({"file": str(f), **asdict(probe(f))}))
@@ -142,22 +143,19 @@ def _main(argv: list[str] | None) -> int:
                 print(json.dumps({"file": str(f), "error": str(e)}))
         return 0
     if args.command == "transcript":
-        from .transcripts import parse_transcript
+        from .transcripts import parse_transcript  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
         t = parse_transcript(args.file)
         print(json.dumps({"source": t.source, "segments": [asdict(s) for s in t.segments]}, ensure_ascii=False))
         return 0
     if args.command == "g2p":
-        from hhtune.speech.g2p import phonemize
-        from hhtune.speech.languages import normalise_language
-
         for w in phonemize(args.text, normalise_language(args.language)):
             print(f"{w.word}\t{' '.join(w.phonemes)}")
         return 0
     if args.command == "align":
         return _align_one(args)
     if args.command == "report":
-        from .report import write_report
+        from .report import write_report  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
         print(json.dumps(write_report(load_units(args.dataset), args.dataset)["totals"]))
         return 0

@@ -16,18 +16,19 @@ NOT_IN_CLIP = "transcribed speech not in any clip"
 
 
 def timeline(duration: float, clips: list[tuple[float, float]], words: list[Interval], speech: list[Interval],
-             dropped: list[tuple[float, float, str]], untranscribed_reason: str = UNTRANSCRIBED) -> list[dict]:  # fmt: skip
+             dropped: list[tuple[float, float, str]],
+             untranscribed_reason: str = UNTRANSCRIBED) -> list[dict]:  # fmt: skip
     """``[{start, end, status, reason}]`` covering ``[0, duration]`` exactly, in order.
 
     Labels, later ones winning: silence; speech (detected) without transcript; transcribed words not in a clip;
     dropped stretches with their own reason; used (inside a clip). The last range ends at ``duration``.
     """
-    n = max(1, int(round(duration / TICK)))
+    n = max(1, round(duration / TICK))
     labels = [SILENCE, untranscribed_reason, NOT_IN_CLIP]
     cells = np.zeros(n, dtype=np.int32)
 
     def paint(a: float, b: float, code: int) -> None:
-        cells[max(0, int(round(a / TICK))) : min(n, int(round(b / TICK)))] = code
+        cells[max(0, round(a / TICK)) : min(n, round(b / TICK))] = code
 
     for s in speech:
         paint(s.start, s.end, 1)
@@ -47,7 +48,8 @@ def timeline(duration: float, clips: list[tuple[float, float]], words: list[Inte
     for a, b in zip(starts, ends):
         label = labels[int(cells[a])]
         out.append({"start": round(a * TICK, 3), "end": round(min(b * TICK, duration), 3),
-                    "status": "used" if label == USED else "dropped", "reason": "" if label == USED else label})  # fmt: skip
+                    "status": "used" if label == USED else "dropped",
+                    "reason": "" if label == USED else label})  # fmt: skip
     out[-1]["end"] = round(duration, 3)
     return out
 
@@ -75,7 +77,7 @@ def coverage(spans: list[Interval], clips: list[tuple[float, float]]) -> tuple[f
     speech = np.zeros(n, dtype=bool)
     used = np.zeros(n, dtype=bool)
     for s in spans:
-        speech[int(round(s.start / TICK)) : int(round(s.end / TICK))] = True
+        speech[round(s.start / TICK) : round(s.end / TICK)] = True
     for a, b in clips:
-        used[max(0, int(round(a / TICK))) : int(round(b / TICK))] = True
+        used[max(0, round(a / TICK)) : round(b / TICK)] = True
     return round(float((speech & used).sum()) * TICK, 3), round(float(speech.sum()) * TICK, 3)

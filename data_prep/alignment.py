@@ -79,7 +79,8 @@ def file_cues(transcript: Transcript, duration: float, notes: list[str]) -> list
     if not inside:
         raise Skip(f"the transcript is longer than the clip: every cue starts after its end ({duration:.2f} s)")
     if len(inside) < len(timed):
-        notes.append(f"{len(timed) - len(inside)} transcript cue(s) start after the clip ends ({duration:.2f} s): dropped")
+        notes.append(f"{len(timed) - len(inside)} transcript cue(s) start after the clip ends "
+                     f"({duration:.2f} s): dropped")
     out = []
     for s in inside:
         end = s.end if s.end is not None and s.end > s.start else duration

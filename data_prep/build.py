@@ -18,6 +18,9 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import torch
+from rich.progress import Progress
+
 from hhtune.io import atomic_write_text
 from hhtune.media import VIDEO_EXTENSIONS
 from hhtune.progress import ProgressBar
@@ -57,7 +60,8 @@ def discover(footage: Path) -> tuple[list[str], list[Unit]]:
         if p.suffix.lower() in VIDEO_EXTENSIONS:
             found.append(rel)
         elif p.suffix.lower() in _AUDIO:
-            skipped.append(Unit(rel, reason=f"audio-only file ({p.suffix}): HappyHorse learns picture and sound together"))
+            skipped.append(Unit(rel,
+                                reason=f"audio-only file ({p.suffix}): HappyHorse learns picture and sound together"))
         elif p.suffix.lower() not in _SIDECARS:
             skipped.append(Unit(rel, reason=f"not a video file ({p.suffix or 'no extension'})"))
         elif not (p.parent == footage and p.stem == "metadata") and not _companion(p, videos):
@@ -187,13 +191,13 @@ def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool
     Under ``accelerate launch`` stages 1-7 run on the main process (in its worker pool), the
     encoding is split across processes, and the main process writes the dataset and report.
     """
-    from .dataset import write_dataset
-    from .report import write_report
+    from .dataset import write_dataset  # noqa: PLC0415 -- pool workers import this module; the dataset writer and report stay out of them
+    from .report import write_report  # noqa: PLC0415 -- pool workers import this module; the dataset writer and report stay out of them
 
     footage, out = Path(footage), Path(out)
     state = None
     if encode:
-        from accelerate import PartialState
+        from accelerate import PartialState  # noqa: PLC0415 -- only encoding runs under accelerate; pool workers import this module
 
         state = PartialState()
     main = state is None or state.is_main_process
@@ -205,7 +209,7 @@ def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool
         units = load_units(out)
     encoders = None
     if encode:
-        from .encode import encode_clips, resolve_encoders
+        from .encode import encode_clips, resolve_encoders  # noqa: PLC0415 -- only encoding needs the encoders; pool workers import this module
 
         if main:
             encoders = resolve_encoders(cfg, out)

@@ -22,7 +22,8 @@ def is_cjk(ch: str) -> bool:
     if ch.isspace():
         return False
     name = unicodedata.name(ch, "")
-    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "IDEOGRAPHIC", "FULLWIDTH")) or "\u3000" <= ch <= "\u303f"
+    scripts = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "IDEOGRAPHIC", "FULLWIDTH")
+    return name.startswith(scripts) or "\u3000" <= ch <= "\u303f"
 
 
 def space_cjk(text: str) -> str:
@@ -32,7 +33,8 @@ def space_cjk(text: str) -> str:
     """
     out: list[str] = []
     for ch in text.strip():
-        if out and is_cjk(ch) and not _punct(ch) and not out[-1].isspace() or out and not ch.isspace() and not _punct(ch) and is_cjk(out[-1]) and not out[-1].isspace():
+        if (out and is_cjk(ch) and not _punct(ch) and not out[-1].isspace()) or (
+                out and not ch.isspace() and not _punct(ch) and is_cjk(out[-1]) and not out[-1].isspace()):
             out.append(" ")
         out.append(ch)
     return re.sub(r"\s+", " ", "".join(out)).strip()
@@ -71,7 +73,8 @@ def insert_trigger(description: str, trigger: str | None, position: str = "start
 
 def build_caption(description: str, *, lines: list[str], speaker: str, language: str, trigger: str | None = None,
                   trigger_position: str = "start", background: str = NO_BACKGROUND) -> str:  # fmt: skip
-    """The prompt of one clip: description (trigger inserted), ``Dialogue:`` (when there is speech), ``Background Sound:``.
+    """The prompt of one clip: description (trigger inserted), ``Dialogue:`` (when there is speech),
+    ``Background Sound:``.
 
     Every spoken line appears twice, as the official design asks: woven into the description
     (``The speaker says, "..."``) and in the ``Dialogue`` paragraph.
@@ -82,7 +85,8 @@ def build_caption(description: str, *, lines: list[str], speaker: str, language:
     who = (speaker or "the speaker").strip()
     if spoken:
         said = " ".join(f'"{ln}"' for ln in spoken)
-        desc = f"{desc.rstrip()}{'' if desc.rstrip().endswith(('.', '!', '?')) else '.'} {who[:1].upper()}{who[1:]} says in {name}, {said}"
+        stop = "" if desc.rstrip().endswith((".", "!", "?")) else "."
+        desc = f"{desc.rstrip()}{stop} {who[:1].upper()}{who[1:]} says in {name}, {said}"
     parts = [desc]
     if spoken:
         parts.append("Dialogue:\n" + "\n".join(f'<{who}, {name}>: "{ln}"' for ln in spoken))

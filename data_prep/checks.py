@@ -3,6 +3,8 @@ and whether a transcript can fit in the audio at all."""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import unicodedata
 
 from hhtune.cli import MissingDependencyError
@@ -82,18 +84,16 @@ def too_long(phonemes: int, seconds: float, limit: float = MAX_PHONEMES_PER_SECO
 SYSTEM_TOOLS = {"ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "espeak-ng": "espeak-ng"}  # command -> apt package
 PYTHON_MODULES = {"av": "av", "librosa": "librosa", "soundfile": "soundfile", "phonemizer": "phonemizer",
                   "jinja2": "jinja2", "silero_vad": "silero-vad", "pypinyin": "pypinyin", "jieba": "jieba",
-                  "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus", "num2words": "num2words"}  # fmt: skip
+                  "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus",
+                  "num2words": "num2words"}  # fmt: skip
 
 
-class EnvironmentProblem(MissingDependencyError):
+class EnvironmentProblem(MissingDependencyError):  # noqa: N818 -- public name; the base class says error
     """A system tool or Python package the build needs is missing; the message has the install command."""
 
 
 def missing_requirements() -> tuple[list[str], list[str]]:
     """``(apt packages, pip packages)`` the build needs and this machine lacks."""
-    import importlib.util
-    import shutil
-
     apt = sorted({pkg for cmd, pkg in SYSTEM_TOOLS.items() if shutil.which(cmd) is None})
     pip = sorted({pkg for mod, pkg in PYTHON_MODULES.items() if importlib.util.find_spec(mod) is None})
     return apt, pip

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hhtune.contract import BUCKETS, Bucket
+from hhtune.speech.languages import normalise_language
 
 
 class EncoderFolders(BaseModel):
@@ -28,7 +29,8 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    language: str | None = Field(None, description="default language when metadata names none (en, zh, yue, ja, ko, de, fr)")
+    language: str | None = Field(None,
+                                 description="default language when metadata names none (en, zh, yue, ja, ko, de, fr)")
     trigger: str | None = Field(None, description="trigger word inserted into every caption (metadata may override)")
     trigger_position: Literal["start", "end"] = Field(
         "start", description="where the trigger goes when the description has no {trigger} placeholder")
@@ -41,7 +43,8 @@ class DataConfig(BaseModel):
     encoders: str | EncoderFolders | None = Field(
         None, description="folder with video_vae/, audio_vae/, text_encoder/ (or a mapping of the three)")
     encode_batch_size: int = Field(4, ge=1, description="clips of one shape encoded together (stage 8)")
-    tiny_encoders: bool = Field(False, description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
+    tiny_encoders: bool = Field(False,
+                                description="build random tiny encoders in DATASET_DIR/encoders (quick start, tests)")
     acoustic_model: str | None = Field(None, description="wav2vec2 phoneme CTC model folder for forced alignment")
     asr_model: str | None = Field(None, description="Whisper model folder for clips without transcripts")
     untranscribed: Literal["asr", "speech_without_dialogue", "drop"] = Field(
@@ -59,8 +62,6 @@ class DataConfig(BaseModel):
         if not self.buckets:
             raise ValueError("buckets must name at least one of 16:9, 9:16, 4:3, 1:1")
         if self.language is not None:
-            from hhtune.speech.languages import normalise_language
-
             self.language = normalise_language(self.language)
         return self
 
@@ -84,6 +85,6 @@ def load_data_config(path: str | Path | None, overrides: dict | None = None) -> 
     try:
         return DataConfig.model_validate(data)
     except ValidationError as e:
-        from hhtune.recipe import format_errors  # imported here: hhtune.recipe pulls in peft (seconds per worker)
+        from hhtune.recipe import format_errors  # noqa: PLC0415 -- hhtune.recipe pulls in peft (seconds per worker)
 
         raise ValueError(format_errors(e, str(path or "data config"), root=DataConfig)) from None

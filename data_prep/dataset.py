@@ -13,9 +13,28 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hhtune.contract import (AUDIO_LATENTS, BUCKETS, COLUMN_TYPES, FORMAT_VERSION, LANGUAGES, LATENT_COLUMNS, MANIFEST,
-                             META_COLUMNS, REFERENCE_LATENTS, ROWS, SPEAKER_COLUMN, TEXT_EMBEDS, TEXT_LENGTH,
-                             UNKNOWN_LANGUAGE, VIDEO_LATENTS, LatentShape, seconds_of)  # fmt: skip
+import numpy as np
+from safetensors.torch import load_file
+
+from hhtune.contract import (
+    AUDIO_LATENTS,
+    BUCKETS,
+    COLUMN_TYPES,
+    FORMAT_VERSION,
+    LANGUAGES,
+    LATENT_COLUMNS,
+    MANIFEST,
+    META_COLUMNS,
+    REFERENCE_LATENTS,
+    ROWS,
+    SPEAKER_COLUMN,
+    TEXT_EMBEDS,
+    TEXT_LENGTH,
+    UNKNOWN_LANGUAGE,
+    VIDEO_LATENTS,
+    LatentShape,
+    seconds_of,
+)
 from hhtune.dataset import DatasetDir, DatasetError, open_dataset_dir
 from hhtune.encoders import EncoderPaths, encoders_fingerprint
 from hhtune.io import atomic_dir, atomic_write_text
@@ -31,7 +50,7 @@ LANGUAGE_CODES = (*LANGUAGES, UNKNOWN_LANGUAGE)
 
 def features(encoded: bool):
     """The Arrow schema of the rows: the contract's column types, latents only when ``encoded``."""
-    import datasets
+    import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only the Arrow schema needs it
 
     def arrow(kind: str):
         value = kind.removesuffix("[]" * kind.count("[]"))
@@ -50,8 +69,6 @@ def manifest_fingerprint(cfg: DataConfig, encoders_fp: str | None) -> str:
 
 
 def _rows(clips: list[Clip], latents: Path | None):
-    from safetensors.torch import load_file
-
     for c in clips:
         row = {k: getattr(c, k) for k in META_COLUMNS}
         row["speech_mask"] = list(c.speech_mask)
@@ -70,7 +87,7 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
     large dataset never sit in memory together. With ``encoders``, every clip must have latents whose
     key matches it: a stale or missing latent stops the write instead of entering the dataset.
     """
-    import datasets
+    import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only writing the Arrow table needs it
 
     out = Path(out)
     clips = [c for u in units for c in u.clips]
@@ -100,7 +117,8 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
     enc = {k: str(v) for k, v in encoders.model_dump().items()} if encoders is not None else {}
     enc_fp = encoders_fingerprint(encoders) if encoders is not None else None
     manifest = {"format_version": FORMAT_VERSION, "fingerprint": manifest_fingerprint(cfg, enc_fp), "encoders": enc,
-                "encoders_fingerprint": enc_fp, "settings": cfg.model_dump(mode="json"), "encoded": encoders is not None,
+                "encoders_fingerprint": enc_fp, "settings": cfg.model_dump(mode="json"),
+                "encoded": encoders is not None,
                 "clips": len(clips), "languages": sorted({c.language for c in clips}),
                 # where the clips were cut from: evaluation compares samples with the training footage
                 "footage": str(Path(footage).resolve()) if footage is not None else None,
@@ -127,8 +145,6 @@ def load_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerp
 
 
 def _check_rows(path: Path, ds, encoded: bool) -> None:
-    import numpy as np
-
     meta = ds.select_columns([c for c in META_COLUMNS if c != "caption"])
     seen: dict[tuple, int] = {}
     ids = set()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from rich.progress import Progress
 from safetensors import safe_open
 
 from hhtune.contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
@@ -25,7 +27,7 @@ from hhtune.encoders import (
     build_tiny_encoders,
     encoders_fingerprint,
     load_audio_vae,
-    load_text_encoder,  # fmt: skip
+    load_text_encoder,
     load_video_vae,
 )
 from hhtune.io import atomic_save_file, atomic_write_text
@@ -46,7 +48,8 @@ def resolve_encoders(cfg: DataConfig, out: Path) -> EncoderPaths:
     if cfg.tiny_encoders:
         return build_tiny_encoders(Path(out) / "encoders")
     if not cfg.encoders:
-        raise ValueError("--encode needs encoders: set `encoders:` (a folder with video_vae/, audio_vae/, text_encoder/) "
+        raise ValueError("--encode needs encoders: set `encoders:` (a folder with "
+                         "video_vae/, audio_vae/, text_encoder/) "
                          "or `tiny_encoders: true` in the data config")  # fmt: skip
     if isinstance(cfg.encoders, EncoderFolders):
         paths = EncoderPaths(video_vae=Path(cfg.encoders.video_vae), audio_vae=Path(cfg.encoders.audio_vae),
@@ -65,14 +68,12 @@ def clip_key(clip: Clip, inputs: str | None) -> str:
     """What a clip's latents depend on besides the encoders: its pixels/audio (source range, bucket) and caption,
     and the ``inputs`` fingerprint of its unit."""
     parts = [clip.source_file, clip.start_s, clip.end_s, clip.width, clip.height, clip.num_frames, clip.caption]
-    return hashlib.sha1(json.dumps(parts + [inputs or ""], ensure_ascii=False).encode()).hexdigest()[:16]
+    return hashlib.sha1(json.dumps([*parts, inputs or ""], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataConfig, progress: bool = True,
                  reencode: bool = False) -> int:  # fmt: skip
     """Encode every clip whose latents are missing or stale; returns how many this process encoded."""
-    from accelerate import PartialState
-
     state = PartialState()
     folder = work / "latents"
     if state.is_main_process:
@@ -91,7 +92,8 @@ def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataCo
             ProgressBar("stage 8: encode", sum(len(b) for b in mine), enabled=progress) as bar:  # fmt: skip
         for batch in mine:
             for (clip, key), tensors in zip(batch, _encode_batch([c for c, _ in batch], work, video, audio, text)):
-                atomic_save_file({k: v.contiguous() for k, v in tensors.items()}, folder / f"{clip.clip_id}.safetensors",
+                atomic_save_file({k: v.contiguous() for k, v in tensors.items()},
+                                 folder / f"{clip.clip_id}.safetensors",
                                  metadata={"key": key})  # fmt: skip
                 done += 1
                 bar.advance()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from hhtune.contract import AUDIO_SAMPLE_RATE as AUDIO_RATE
 from hhtune.contract import FPS, audio_samples_for, bucket_size, frames_for, nearest_bucket
@@ -138,7 +139,8 @@ def _probe(path: Path, meta: dict, cfg: DataConfig, unit: Unit) -> tuple[Probe, 
     language = normalise_language(meta.get("language") or cfg.language or "unknown")
     audio = decode_audio(path)
     if info.audio_rate and info.audio_rate < 16000:
-        notes.append(f"low audio sample rate {info.audio_rate} Hz (upsampled to {AUDIO_RATE}; it will sound band-limited)")
+        notes.append(f"low audio sample rate {info.audio_rate} Hz (upsampled to {AUDIO_RATE}; "
+                     "it will sound band-limited)")
     if info.audio_channels > 2:
         notes.append(f"{info.audio_channels}-channel audio ({info.audio_layout or 'surround'}) down-mixed to stereo")
     elif info.audio_channels == 1:
@@ -211,7 +213,7 @@ def _cut(reader: FrameReader, stereo: np.ndarray, planned: PlannedClip, referenc
          npz: Path) -> None:  # fmt: skip
     """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``."""
     frames = reader.read(planned.start, planned.frames)
-    wave = _slice(stereo, int(round(planned.start * AUDIO_RATE)), audio_samples_for(planned.frames))
+    wave = _slice(stereo, round(planned.start * AUDIO_RATE), audio_samples_for(planned.frames))
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
         np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
 
@@ -344,7 +346,6 @@ def _reference(folder: Path, meta: dict, width: int, height: int) -> np.ndarray 
     name = meta.get("reference_image")
     if not name:
         return None
-    from PIL import Image, UnidentifiedImageError
 
     path = safe_child(folder, name)
     try:

@@ -18,6 +18,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from PIL import Image, ImageDraw
 
 from hhtune.contract import AUDIO_SAMPLE_RATE
 from hhtune.io import atomic_write_text
@@ -44,7 +46,8 @@ def summarise(units: list[Unit]) -> dict:
     files = []
     for u in units:
         entry = {k: getattr(u, k) for k in ("file", "fate", "reason", "language", "transcript_source",
-                                            "alignment_method", "alignment_confidence", "bucket", "speech_seconds")}  # fmt: skip
+                                            "alignment_method", "alignment_confidence", "bucket",
+                                            "speech_seconds")}  # fmt: skip
         entry["notes"] = [n for n in u.notes if "Traceback" not in n]
         entry["clips"] = len(u.clips)
         entry["clip_ids"] = [c.clip_id for c in u.clips]
@@ -66,7 +69,7 @@ def summarise(units: list[Unit]) -> dict:
                    "source_seconds": round(sum(u.probe.duration for u in units if u.probe is not None), 2),
                    "dropped_seconds": round(sum(v for k, v in seconds.items() if k != "used"), 2),
                    **{k: round(cover.get(k, 0.0), 2) for k in ("transcribed_used_s", "transcribed_s", "detected_used_s",
-                                                              "detected_s")}},  # fmt: skip
+                                                              "detected_s")}},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "mask_sources": dict(Counter(c.mask_source for c in clips)),
         "skip_reasons": dict(Counter(_reason_kind(u.reason) for u in units if u.fate == "skipped")),
@@ -76,7 +79,7 @@ def summarise(units: list[Unit]) -> dict:
             "mean_word_confidence": round(float(np.mean(confidence)), 3) if confidence else None,
         },
         "phonemes": {lang: {"distinct": len(c), "total": sum(c.values()), "counts": dict(c.most_common())}
-                     for lang, c in sorted(phones.items())},  # fmt: skip
+                     for lang, c in sorted(phones.items())},
     }
 
 
@@ -131,7 +134,7 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
     h_wave, h_words, h_mask = 60, 22, 8
     img = Image.new("RGB", (width, h_wave + h_words + h_mask + 4), "white")
     d = ImageDraw.Draw(img)
-    x = lambda t: int(round(t / max(duration, 1e-6) * (width - 1)))
+    x = lambda t: round(t / max(duration, 1e-6) * (width - 1))
     if audio is not None and audio.size:
         mono = audio.mean(axis=0) if audio.ndim == 2 else audio
         cols = np.array_split(mono, width)
@@ -156,7 +159,8 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
 
 def _clip_view(c: Clip, out: Path) -> dict:
     a = alignment_from_json(c.alignment)
-    view = {k: getattr(c, k) for k in ("clip_id", "start_s", "end_s", "num_frames", "bucket", "width", "height", "caption",
+    view = {k: getattr(c, k)
+            for k in ("clip_id", "start_s", "end_s", "num_frames", "bucket", "width", "height", "caption",
                                   "transcript", "mask_source")}  # fmt: skip
     view.update(method=a.method, words=a.words, confidence=round(a.mean_confidence, 3) if a.words else None,
                 strip=None, wave=None, sound=None, picture_width=None,
@@ -229,10 +233,10 @@ def _charts(summary: dict, clips: list[Clip]) -> tuple[list[tuple[str, str]], st
 
 
 def _charts_matplotlib(durations: list[float], coverage: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 -- optional: _charts_pil draws the charts without matplotlib; Agg is set before pyplot loads
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- optional: _charts_pil draws the charts without matplotlib; Agg is set before pyplot loads
 
     def png(fig) -> str:
         buf = io.BytesIO()
@@ -262,8 +266,6 @@ def _charts_matplotlib(durations: list[float], coverage: dict[str, dict[str, int
 
 def _charts_pil(durations: list[float], coverage: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
     """The same charts, plainer, when matplotlib is not installed."""
-    from PIL import Image, ImageDraw
-
     def bars(values: list[float], labels: list[str], title: str) -> str:
         w, h = max(320, 12 * len(values) + 40), 160
         img = Image.new("RGB", (w, h), "white")
@@ -279,7 +281,8 @@ def _charts_pil(durations: list[float], coverage: dict[str, dict[str, int]]) -> 
 
     spread = max(durations) - min(durations) if durations else 0.0
     hist, edges = np.histogram(durations or [0], bins=20 if spread > 1e-3 else 1)
-    out = [("Clip durations", bars(hist.tolist(), [f"{edges[0]:.1f}s", "...", f"{edges[-1]:.1f}s"], "clips per duration"))]
+    out = [("Clip durations",
+            bars(hist.tolist(), [f"{edges[0]:.1f}s", "...", f"{edges[-1]:.1f}s"], "clips per duration"))]
     for lang, counts in coverage.items():
         out.append((f"Phoneme coverage: {lang} ({len(counts)} distinct)",
                     bars(list(counts.values())[:60], list(counts)[:60], lang)))  # fmt: skip

@@ -98,7 +98,8 @@ def plan(words: list[Interval], duration: float, min_s: float, max_s: float, pad
                                                                          pad_s)) is not None), None)  # fmt: skip
             if best is None:
                 w = words[k]
-                room = (words[k + 1].start if k + 1 < len(words) else duration) - max(floor, words[k - 1].end if k else 0)
+                room = ((words[k + 1].start if k + 1 < len(words) else duration)
+                        - max(floor, words[k - 1].end if k else 0))
                 why = ("too short: the pauses around it cannot make min_seconds" if room < min_s
                        else "bad segment: no pause to round it to 4k+1 frames without cutting a neighbouring word")
                 out.dropped.append(Dropped(w.start, min(w.end, duration), why))
@@ -150,7 +151,7 @@ def segment(words: list[Interval], duration: float, min_s: float, max_s: float,
 def runs(active: list[bool] | None, hop_s: float, offset: float = 0.0) -> list[Interval]:
     """Runs of ``True`` in a per-hop activity array as intervals (label ``"speech"``)."""
     out, start = [], None
-    for k, v in enumerate(list(active or []) + [False]):
+    for k, v in enumerate([*(active or []), False]):
         if v and start is None:
             start = k
         elif not v and start is not None:

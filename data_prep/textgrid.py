@@ -20,11 +20,13 @@ def _tier(name: str, items: list[Interval], duration: float) -> list[str]:
             t = end
     if t < duration - 1e-9 or not filled:
         filled.append((t, duration, ""))
-    lines = ['        class = "IntervalTier"', f'        name = "{name}"', "        xmin = 0", f"        xmax = {duration}",
+    lines = ['        class = "IntervalTier"', f'        name = "{name}"', "        xmin = 0",
+             f"        xmax = {duration}",
              f"        intervals: size = {len(filled)}"]  # fmt: skip
     for k, (a, b, label) in enumerate(filled, 1):
         text = label.replace('"', '""')
-        lines += [f"        intervals [{k}]:", f"            xmin = {a}", f"            xmax = {b}", f'            text = "{text}"']
+        lines += [f"        intervals [{k}]:", f"            xmin = {a}", f"            xmax = {b}",
+                  f'            text = "{text}"']
     return lines
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hhtune.contract import SPEECH_SAMPLE_RATE
+from hhtune.speech.languages import NAMES
 
 TRANSCRIPT_SUFFIXES = (".srt", ".vtt", ".txt")  # sidecars next to a footage file, in the order they are looked for
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")
@@ -100,9 +101,7 @@ def find_sidecar(path: Path) -> Path | None:
 
 def transcribe(audio_16k: np.ndarray, language: str, asr_model_path: str | Path) -> Transcript:
     """Speech to text with a local Whisper model through transformers (only when a path is configured)."""
-    from transformers import pipeline
-
-    from hhtune.speech.languages import NAMES
+    from transformers import pipeline  # noqa: PLC0415 -- heavy: transformers loads in ~1 s, only ASR needs it
 
     asr = pipeline("automatic-speech-recognition", model=str(asr_model_path), return_timestamps=True)
     lang = None if language == "unknown" else NAMES[language].lower().replace("mandarin", "chinese")

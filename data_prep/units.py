@@ -16,7 +16,7 @@ from hhtune.media import Probe
 Fate = Literal["used", "split", "skipped"]
 
 
-class Skip(ValueError):
+class Skip(ValueError):  # noqa: N818 -- control flow: a skipped file is a report entry, not an error
     """The file is skipped; the message is its reason in the report."""
 
 

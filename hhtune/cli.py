@@ -18,7 +18,7 @@ list of bad keys) are indented details. The classes that count as bad input are 
 ``DatasetError`` ..., or a plain ``ValueError`` raised by its own checks) and file-system
 errors; a ``ValueError`` from inside a library is a failure with its traceback, not
 something the user typed.
-"""
+"""  # noqa: E501 -- a Markdown table: one row per line
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ EXIT_INTERRUPTED = 130
 
 _OUR_PACKAGES = ("hhtune", "data_prep")
 _OOM_HINT = ("the step did not fit in device memory: run `python -m hhtune.plan RECIPE.yaml --gpu-memory GB` for "
-             "settings that fit (gradient checkpointing, model.blocks_to_swap, model.activation_offload, FP8 base)")  # fmt: skip
+             "settings that fit (gradient checkpointing, model.blocks_to_swap, "
+             "model.activation_offload, FP8 base)")  # fmt: skip
 
 
 class MissingDependencyError(RuntimeError):
@@ -74,7 +75,8 @@ def error_text(exc: BaseException) -> str:
         return f"error: {_OOM_HINT} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     message = str(exc) or type(exc).__name__
     if isinstance(exc, ModuleNotFoundError) and exc.name:
-        message = f"the Python package {exc.name!r} is not installed: pip install -e . in the project's environment ({message})"
+        message = (f"the Python package {exc.name!r} is not installed: pip install -e . in the project's environment "
+                   f"({message})")
     if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in message:
         message = f"{message}: {exc.filename}"
     first, *rest = message.strip().splitlines() or [type(exc).__name__]
@@ -92,7 +94,7 @@ def run_command(body: Callable[[list[str] | None], int | None], argv: list[str] 
         return int(body(argv) or 0)
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001 - every way out gets one code and one line
+    except BaseException as exc:  # every way out gets one code and one line
         code = exit_code(exc)
         if code == EXIT_FAILED and not _ours(exc):
             traceback.print_exc(file=sys.stderr)

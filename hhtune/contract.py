@@ -154,4 +154,5 @@ __all__ = ["AUDIO_LATENTS", "AUDIO_LATENTS_PER_SECOND", "AUDIO_LATENT_CHANNELS",
            "META_COLUMNS", "PRESETS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN",
            "SPEECH_SAMPLE_RATE", "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VIDEO_LATENTS",
            "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket", "ComputeDtype", "Language", "LatentShape", "Preset",
-           "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "nearest_bucket", "seconds_of"]  # fmt: skip
+           "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "nearest_bucket",
+           "seconds_of"]  # fmt: skip

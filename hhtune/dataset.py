@@ -41,7 +41,7 @@ def open_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerp
     ``require_encoded`` refuses a dataset without latents; ``fingerprint`` refuses one built with
     other settings or encoders (the manifest's ``fingerprint`` differs).
     """
-    import datasets
+    import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only opening the Arrow table needs it
 
     path = Path(path)
     manifest_path = path / MANIFEST

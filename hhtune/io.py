@@ -35,7 +35,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file`` through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)

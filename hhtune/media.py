@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import librosa
 import numpy as np
 
 from .contract import AUDIO_SAMPLE_RATE, FPS, SPEECH_SAMPLE_RATE
@@ -99,7 +101,7 @@ def _rotation(v: dict) -> int:
     rotation = 0
     for sd in v.get("side_data_list", []) or []:
         if "rotation" in sd:
-            rotation = int(round(-float(sd["rotation"]))) % 360
+            rotation = round(-float(sd["rotation"])) % 360
     if "rotate" in v.get("tags", {}):
         rotation = int(v["tags"]["rotate"]) % 360
     return rotation
@@ -130,8 +132,6 @@ class FrameReader:
         self._open()
 
     def _open(self) -> None:
-        import av
-
         try:
             self._container = av.open(self.path)
             stream = self._container.streams.video[0]
@@ -145,8 +145,6 @@ class FrameReader:
         self._container.close()
 
     def _advance_to(self, index: int) -> None:
-        import av
-
         if index < self._pos:
             self.close()
             self._open()
@@ -170,7 +168,7 @@ class FrameReader:
 
     def read(self, start: float, num_frames: int) -> np.ndarray:
         """``num_frames`` RGB frames from ``start`` s, ``[F, H, W, 3]`` uint8, displayed orientation."""
-        last = max(0, int(round(self.info.duration * self.info.fps)) - 1)
+        last = max(0, round(self.info.duration * self.info.fps) - 1)
         idx = np.clip(np.round((start + np.arange(num_frames) / FPS) * self.info.fps).astype(np.int64), 0, last)
         out = []
         for i in idx:
@@ -200,8 +198,8 @@ def _crop(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 
 def resize_crop(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     """Scale ``[F, H, W, 3]`` uint8 frames to cover ``width x height`` (antialiased), then centre-crop."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # noqa: PLC0415 -- heavy: torch loads in seconds; the rest of this module is numpy and PyAV
+    import torch.nn.functional as F  # noqa: PLC0415 -- heavy: torch loads in seconds; the rest of this module is numpy and PyAV
 
     _, h, w, _ = frames.shape
     nw, nh = _cover(w, h, (width, height))
@@ -215,8 +213,6 @@ def resize_crop(frames: np.ndarray, width: int, height: int) -> np.ndarray:
 def _extract(path: str | Path, channels: int) -> tuple[np.ndarray, int]:
     """The first audio track as ``[channels, N]`` float32 at its own rate, decoded once by PyAV; swresample
     does the down-mix (5.1 -> stereo with FFmpeg's standard matrix, centre and surrounds included)."""
-    import av
-
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
@@ -238,7 +234,6 @@ def _extract(path: str | Path, channels: int) -> tuple[np.ndarray, int]:
 def _resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target:
         return x.astype(np.float32, copy=False)
-    import librosa
 
     return librosa.resample(x, orig_sr=rate, target_sr=target, res_type="soxr_hq", axis=-1).astype(np.float32)
 

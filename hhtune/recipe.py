@@ -26,7 +26,8 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     """Which transformer is trained and how it is held in memory."""
 
-    checkpoint: str | None = Field(None, description="official-layout checkpoint folder; null = random init of `preset`")
+    checkpoint: str | None = Field(None,
+                                   description="official-layout checkpoint folder; null = random init of `preset`")
     preset: Preset | None = Field(None, description="architecture when no checkpoint (or to check it)")
     variant: Literal["distill", "base"] = Field("distill", description="the checkpoint being trained")
     eval_checkpoint: str | None = Field(None, description="distilled checkpoint the adapter is validated on")
@@ -36,10 +37,12 @@ class ModelSection(_Section):
                                                  "(torch._scaled_mm; CUDA sm89+ or a CPU build with the op)")
     gradient_checkpointing: bool = True
     compute_dtype: ComputeDtype = Field(
-        "auto", description="block linears/attention: bf16 (official numerics), fp32, or auto (bf16 on CUDA, fp32 on CPU)"
+        "auto",
+        description="block linears/attention: bf16 (official numerics), fp32, or auto (bf16 on CUDA, fp32 on CPU)"
     )
     attention: Literal["auto", "sdpa", "flex", "flash"] = Field(
-        "auto", description="kernel of masked attention (ragged batches): auto (flash, else flex on CUDA; sdpa on CPU), "
+        "auto",
+        description="kernel of masked attention (ragged batches): auto (flash, else flex on CUDA; sdpa on CPU), "
         "sdpa (CPU only), flex, flash (flash-attn, CUDA)")
     compile: bool = Field(False, description="torch.compile each transformer layer (regional compilation)")
     blocks_to_swap: int = Field(0, ge=0, description="layers whose frozen weights live in host memory (block swap)")
@@ -108,7 +111,8 @@ class TrainSection(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
-    deterministic: bool = Field(False, description="deterministic kernels (torch.use_deterministic_algorithms): bit-exact "
+    deterministic: bool = Field(False,
+                                description="deterministic kernels (torch.use_deterministic_algorithms): bit-exact "
                                 "resume on CUDA, somewhat slower")
     max_consecutive_nonfinite: int = Field(5, ge=1, description="stop after this many NaN/inf losses in a row")
     output_dir: str = Field("runs/hhtune", description="RUN_DIR: checkpoints, samples, adapter, logs")

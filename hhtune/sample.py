@@ -14,13 +14,17 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+from rich.progress import Progress
+
+from hhtune.cli import run_command
+
 from .contract import BUCKETS, COMPUTE_DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli`."""
-    from hhtune.cli import run_command
-
     return run_command(_main, argv)
 
 
@@ -52,19 +56,18 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--compute-dtype", default="auto", choices=list(COMPUTE_DTYPES),
-                        help="block linears/attention: bf16 (official numerics), fp32, auto (bf16 on CUDA, fp32 on CPU)")
+                        help="block linears/attention: bf16 (official numerics), fp32, "
+                             "auto (bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     adapter_specs = _adapter_specs(args.adapter, args.step)  # checked before anything loads
 
-    import numpy as np
-    import torch
-    from rich.progress import Progress
+    import torch  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
-    from hhtune.encoders import EncoderPaths
-    from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint
-    from hhtune.sampling import generate, write_mp4, write_previews
-    from hhtune.sampling.generate import NEGATIVE_PROMPT, encode_prompts
+    from hhtune.encoders import EncoderPaths  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.sampling import generate, write_mp4, write_previews  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.sampling.generate import NEGATIVE_PROMPT, encode_prompts  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     preset = args.model in ModelConfig.preset_names() and not Path(args.model).exists()
     if preset and not args.random_weights:
@@ -92,8 +95,6 @@ def _main(argv: list[str] | None) -> int:
     model.eval()
     image = None
     if args.image:
-        from PIL import Image
-
         image = np.asarray(Image.open(args.image).convert("RGB"))
     steps = 8 if args.sampler == "distilled" else 32
     with Progress() as bar:
@@ -101,8 +102,9 @@ def _main(argv: list[str] | None) -> int:
         g = generate(model, args.prompt, encoders, seconds=args.seconds, aspect=args.aspect,
                      base_resolution=args.base_resolution, sampler=args.sampler, seed=args.seed, reference_image=image,
                      audio_path=str(args.audio) if args.audio else None, video_guidance=args.video_guidance,
-                     audio_guidance=args.audio_guidance, device=args.device, progress=lambda i: bar.advance(task),
-                     text_features=features[0], negative_features=features[1] if len(features) > 1 else None)  # fmt: skip
+                     audio_guidance=args.audio_guidance, device=args.device, progress=lambda _i: bar.advance(task),
+                     text_features=features[0],
+                     negative_features=features[1] if len(features) > 1 else None)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     mp4 = write_mp4(g.frames, g.audio, args.out / "sample.mp4")
     write_previews(g, args.out / "sample")
@@ -127,7 +129,7 @@ def _adapter_specs(specs: list[str], step: int | None) -> list:
 
 
 def _cuda() -> bool:
-    import torch
+    import torch  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     return torch.cuda.is_available()
 

@@ -11,6 +11,7 @@ Example: accelerate launch hhtune/train.py recipes/quickstart.yaml train.max_ste
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -25,14 +26,12 @@ if __name__ == "__main__" and not __package__:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, validate the recipe, and train; exit codes as in :mod:`hhtune.cli`."""
-    from hhtune.cli import run_command
+    from hhtune.cli import run_command  # noqa: PLC0415 -- after the script-mode sys.path fix-up above
 
     return run_command(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="hhtune/train.py",
         description="Fine-tune a LoRA adapter on HappyHorse from a YAML recipe (see recipes/).",
@@ -50,8 +49,8 @@ def _main(argv: list[str] | None) -> int:
                         help="on a finished run: write the adapter, model card and export.formats again")
     args = parser.parse_intermixed_args(argv)
 
-    from hhtune.recipe import load_recipe, recipe_table
-    from hhtune.training import train
+    from hhtune.recipe import load_recipe, recipe_table  # noqa: PLC0415 -- entry point: torch and peft load after argparse so --help is instant
+    from hhtune.training import train  # noqa: PLC0415 -- entry point: torch and peft load after argparse so --help is instant
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.print_recipe:

@@ -18,7 +18,8 @@ def base_model(seed: int = 0) -> HappyHorseTransformer:
 def inputs():
     """One fixed (video, audio, text) input of the tiny model."""
     g = torch.Generator().manual_seed(1)
-    return torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 3, 32, generator=g)
+    return (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+            torch.randn(1, 3, 32, generator=g))
 
 
 def trained(seed: int = 0, rank: int = 4, base_seed: int = 0, **kw):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import re
 from pathlib import Path
+
+import pytest
 
 from hhtune import cli
 from hhtune.cli import MissingDependencyError, run_command
@@ -90,15 +90,15 @@ def test_a_library_bug_keeps_its_traceback(capsys):
 def test_a_plain_value_error_from_our_own_checks_is_bad_input(capsys):
     from hhtune.sampling.generate import latent_shapes
 
-    assert run_command(lambda argv: latent_shapes(1.0, "21:9")) == BAD_INPUT
+    assert run_command(lambda _argv: latent_shapes(1.0, "21:9")) == BAD_INPUT
     assert capsys.readouterr().err.startswith("error: unknown aspect '21:9'")
 
 
 def test_success_and_argparse_exits_pass_through():
     from hhtune.plan.__main__ import main as plan_main
 
-    assert run_command(lambda argv: None) == 0
-    assert run_command(lambda argv: 0) == 0
+    assert run_command(lambda _argv: None) == 0
+    assert run_command(lambda _argv: 0) == 0
     with pytest.raises(SystemExit) as e:
         run_command(_raiser(SystemExit(7)))
     assert e.value.code == 7  # passed through unchanged

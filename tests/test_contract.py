@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from hhtune import contract
-from hhtune.contract import (BUCKETS, COMPUTE_DTYPES, LANGUAGES, META_COLUMNS, PRESETS, LatentShape, bucket_size,
-                             frames_for)  # fmt: skip
+from hhtune.contract import (
+    BUCKETS,
+    COMPUTE_DTYPES,
+    LANGUAGES,
+    META_COLUMNS,
+    PRESETS,
+    LatentShape,
+    bucket_size,
+    frames_for,
+)
 
 ROOT = Path(__file__).parents[1]
 SOURCES = sorted(p for d in ("hhtune", "data_prep", "benchmarks") for p in (ROOT / d).rglob("*.py")
@@ -93,7 +101,7 @@ def test_only_contract_py_holds_the_contract():
     "FORMAT_VERSION = 1", 'row["video_latents"]', 'path / "manifest.json"', 'A = Literal["16:9", "9:16", "4:3", "1:1"]',
     'S = {"16:9": (16, 9), "9:16": (9, 16), "4:3": (4, 3), "1:1": (1, 1)}', 'p = ("15b", "mid", "tiny")',
     'choices=["auto", "bf16", "fp32"]', 'L = ("en", "zh", "yue", "ja", "ko", "de", "fr")',
-    f"need = {META_COLUMNS + ('speaker',)!r}",
+    f"need = {(*META_COLUMNS, 'speaker')!r}",
 ])  # fmt: skip
 def test_each_kind_of_copy_is_found(copy):
     assert copies_in(copy), copy

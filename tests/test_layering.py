@@ -22,7 +22,8 @@ def test_no_hhtune_module_imports_data_prep():
               "    importlib.import_module(m)\n"
               "bad = sorted(m for m in sys.modules if m == 'data_prep' or m.startswith('data_prep.'))\n"
               "print(len(sys.modules)); assert not bad, bad\n")  # fmt: skip
-    res = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    res = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(modules) > 20  # every module really was imported
 

@@ -52,7 +52,8 @@ def test_block_swap_and_fp8_lower_the_frozen_weights():
     swap = plan_settings(r, MemorySettings(True, blocks_to_swap=3))
     fp8 = plan_settings(r, MemorySettings(True, fp8_base=True))
     with torch.device("meta"):
-        layers = [sum(p.nbytes for p in layer.parameters()) for layer in HappyHorseTransformer(ModelConfig.preset("mid")).block.layers]
+        layers = [sum(p.nbytes for p in layer.parameters())
+                  for layer in HappyHorseTransformer(ModelConfig.preset("mid")).block.layers]
     # layers 3-5 live on the host; the device holds the running one and its prefetched neighbour
     expected = base.components["frozen_weights"] - (sum(layers[3:]) - layers[4] - layers[5]) / GB
     assert swap.components["frozen_weights"] == pytest.approx(expected, rel=1e-9)
@@ -82,9 +83,9 @@ def test_fsdp_shards_the_frozen_weights():
 
 
 def test_bad_input_fails_with_the_fix(capsys):
-    with pytest.raises(PlanError, match="model.blocks_to_swap = 7: must be in 0..6"):
+    with pytest.raises(PlanError, match=r"model.blocks_to_swap = 7: must be in 0..6"):
         plan_settings(_recipe(), MemorySettings(True, blocks_to_swap=7))
-    with pytest.raises(PlanError, match="needs model.preset"):
+    with pytest.raises(PlanError, match=r"needs model.preset"):
         plan_settings(validate_recipe({"model": {"checkpoint": "/x"}, "data": {"dataset": "d"}}), MemorySettings(True))
     with pytest.raises(PlanError, match="multiple of 32"):
         plan_settings(_recipe(), MemorySettings(True), resolution=48)
@@ -111,7 +112,8 @@ def test_training_check_refuses_what_does_not_fit_unless_told():
     assert check_memory_plan(r, cpu, log=logged.append) is None and "not computed" in logged[0]
     plan = check_memory_plan(r, cpu, log=logged.append, gpu_memory_gb=16)
     assert plan.fits and "training step peak" in logged[-1]
-    with pytest.raises(PlanError, match=r"needs .* GB with headroom but the device has 0.1 GB.*ignore_memory_plan=true"):
+    with pytest.raises(PlanError,
+                       match=r"needs .* GB with headroom but the device has 0.1 GB.*ignore_memory_plan=true"):
         check_memory_plan(r, cpu, log=None, gpu_memory_gb=0.1)
     lenient = r.model_copy(update={"model": r.model.model_copy(update={"ignore_memory_plan": True})})
     assert check_memory_plan(lenient, cpu, log=logged.append, gpu_memory_gb=0.1).fits is False
@@ -125,7 +127,8 @@ def test_training_shape_comes_from_the_dataset_then_the_flags_then_validation(tm
     # 9 frames: 3 latent frames; buckets 4x4 and 4x6 latents (64x64 and 96x64 pixels)
     data = write_synthetic_dataset(tmp_path / "ds", clips=3, frames=9, latent_hw=(4, 4), buckets=2)
     r = validate_recipe({"model": {"preset": "mid", "gradient_checkpointing": False}, "lora": {"rank": 8},
-                         "data": {"dataset": str(data)}, "validation": {"seconds": 1.0, "base_resolution": 128}})  # fmt: skip
+                         "data": {"dataset": str(data)},
+                         "validation": {"seconds": 1.0, "base_resolution": 128}})  # fmt: skip
     plan = plan_settings(r, MemorySettings(True))
     assert plan.train_shape == StepShape(1, (3, 4, 6), 9, 640)
     assert plan.train_source.startswith(f"dataset {data}: largest of 2 bucket(s), 96x64 9 frames")

@@ -52,7 +52,8 @@ def test_readme_quickstart_runs_end_to_end(tmp_path):
     (tmp_path / "recipes" / "quickstart.yaml").write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     commands = _quickstart_commands()
-    assert [c[1:4] for c in commands] == [["-m", "data_prep", "build"], ["launch", "--config_file", "accelerate_configs/cpu.yaml"]]
+    assert [c[1:4] for c in commands] == [["-m", "data_prep", "build"],
+                                          ["launch", "--config_file", "accelerate_configs/cpu.yaml"]]
     for cmd in commands:
         res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
         assert res.returncode == 0, f"{cmd}\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
@@ -64,8 +65,10 @@ def test_readme_quickstart_runs_end_to_end(tmp_path):
     assert (run / "loss_curve.png").is_file()
     assert list((run / "wandb").glob("offline-run-*"))
     records = [r for ln in (run / "metrics.jsonl").read_text().splitlines() if "loss" in (r := json.loads(ln))]
-    assert len(records) == 40 and any("val/av_sync_confidence" in ln for ln in (run / "metrics.jsonl").read_text().splitlines())
-    val = [r for ln in (run / "metrics.jsonl").read_text().splitlines() if "val/nearest_clip_distance" in (r := json.loads(ln))]
+    assert len(records) == 40 and any("val/av_sync_confidence" in ln
+                                      for ln in (run / "metrics.jsonl").read_text().splitlines())
+    val = [r for ln in (run / "metrics.jsonl").read_text().splitlines()
+           if "val/nearest_clip_distance" in (r := json.loads(ln))]
     assert val and 0 < val[-1]["val/nearest_clip_distance"] < 10  # every validation says how close it is to the clips
     first, last = sum(r["loss"] for r in records[:10]) / 10, sum(r["loss"] for r in records[-10:]) / 10
     assert last < first  # it learns something even in 40 steps

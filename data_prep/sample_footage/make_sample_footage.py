@@ -15,15 +15,23 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import soundfile
+
 HERE = Path(__file__).parent
+#: The wall colour behind the presenter of each clip, in the order of the clips.
+WALLS = ("blue", "red", "green", "purple", "ochre", "teal", "plum")
 CLIPS = [
     # stem, language, espeak voice, text, size, fps, audio (rate, channels), transcript kind
-    ("en_presenter", "en", "en-us", "Welcome to our spring collection. It is light and bright.", "320x180", 30, (48000, 2), "srt"),
-    ("zh_presenter", "zh", "cmn-latn-pinyin", "huan1 ying2 lai2 dao4 wo3 men5 de5 chun1 ji4 xi4 lie4", "180x320", 25, (44100, 1), "txt"),
+    ("en_presenter", "en", "en-us", "Welcome to our spring collection. It is light and bright.", "320x180", 30,
+     (48000, 2), "srt"),
+    ("zh_presenter", "zh", "cmn-latn-pinyin", "huan1 ying2 lai2 dao4 wo3 men5 de5 chun1 ji4 xi4 lie4", "180x320", 25,
+     (44100, 1), "txt"),
     ("yue_presenter", "yue", "yue", "歡迎嚟到我哋嘅春季系列", "240x180", 24, (22050, 1), "vtt"),
     ("ja_presenter", "ja", "ja", "春のコレクションへようこそ", "200x200", 25, (48000, 2), "txt"),
     ("ko_presenter", "ko", "ko", "봄 컬렉션에 오신 것을 환영합니다", "320x180", 25, (16000, 1), "srt"),
-    ("de_presenter", "de", "de", "Willkommen zu unserer Frühjahrskollektion. Sie ist leicht.", "320x180", 25, (48000, 2), "vtt"),
+    ("de_presenter", "de", "de", "Willkommen zu unserer Frühjahrskollektion. Sie ist leicht.", "320x180", 25,
+     (48000, 2), "vtt"),
     ("fr_presenter", "fr", "fr-fr", "Bienvenue dans notre collection de printemps.", "320x180", 25, (44100, 2), "srt"),
 ]
 # What the transcript says (Mandarin is spoken from pinyin so espeak's cmn-latn-pinyin voice works).
@@ -39,12 +47,9 @@ def _seconds(t: float) -> str:
 
 def _face_frames(wav: Path, w: int, h: int, fps: int, dur: float, color: str):
     """A plain "face" on a coloured wall whose mouth opens with the speech energy of each frame ([F, h, w, 3] uint8)."""
-    import numpy as np
-    import soundfile
-
     audio, rate = soundfile.read(str(wav), dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
-    n = int(round(dur * fps))
+    n = round(dur * fps)
     hop = rate / fps
     rms = np.array([np.sqrt(np.mean(audio[int(i * hop) : int((i + 1) * hop)] ** 2) + 1e-12) for i in range(n)])
     opening = np.clip(rms / (np.percentile(rms, 95) + 1e-6), 0, 1)
@@ -69,14 +74,17 @@ def main() -> None:
             speech = Path(tmp) / f"{stem}_speech.wav"
             subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(speech), text], check=True)
             # 0.6 s of room tone before and after the sentence
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=22050:cl=mono:d=0.6", "-i", str(speech),
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=22050:cl=mono:d=0.6", "-i",
+                            str(speech),
                             "-f", "lavfi", "-i", "anullsrc=r=22050:cl=mono:d=0.6", "-filter_complex",
                             "[0][1][2]concat=n=3:v=0:a=1[a]", "-map", "[a]", str(wav)], check=True)  # fmt: skip
-            dur = float(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(wav)],
+            dur = float(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                                        str(wav)],
                                        capture_output=True, text=True, check=True).stdout)  # fmt: skip
             w, h = (int(x) for x in size.split("x"))
             frames = _face_frames(wav, w, h, fps, dur, color)
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size, "-r", str(fps),
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size, "-r",
+                            str(fps),
                             "-i", "-", "-i", str(wav), "-c:v", "libx264", "-preset", "veryslow", "-crf", "32",
                             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "32k", "-ar", str(rate), "-ac", str(ch),
                             "-shortest", "-movflags", "+faststart", str(HERE / f"{stem}.mp4")],
@@ -90,9 +98,11 @@ def main() -> None:
                 body = said + "\n"
             (HERE / f"{stem}.{kind}").write_text(body, encoding="utf-8")
             meta.append({"file_name": f"{stem}.mp4", "language": lang, "speaker": "a presenter in a studio",
-                         "caption": f"A presenter speaks to the camera in front of a plain {('blue', 'red', 'green', 'purple', 'ochre', 'teal', 'plum')[len(meta)]} wall."})  # fmt: skip
+                         "caption": "A presenter speaks to the camera in front of a plain "
+                                    f"{WALLS[len(meta)]} wall."})  # fmt: skip
     meta[0]["trigger"] = "hhsample"
-    (HERE / "metadata.jsonl").write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in meta), encoding="utf-8")
+    (HERE / "metadata.jsonl").write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in meta),
+                                         encoding="utf-8")
 
 
 if __name__ == "__main__":

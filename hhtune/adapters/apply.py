@@ -55,7 +55,8 @@ def parse_spec(text: str) -> AdapterSpec:
             name, eq, value = item.partition("=")
             if eq:
                 if name.strip() not in EXPERTS:
-                    raise ValueError(f"adapter spec {text!r}: unknown modality {name.strip()!r}; allowed {list(EXPERTS)}")
+                    raise ValueError(f"adapter spec {text!r}: unknown modality {name.strip()!r}; "
+                                     f"allowed {list(EXPERTS)}")
                 modalities[name.strip()] = float(value)
             else:
                 strength = float(item)
@@ -134,7 +135,8 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, mod
     config, state = to_peft(w, torch.float32)
     fresh = not isinstance(model, PeftModel)
     try:
-        with warnings.catch_warnings():  # PEFT warns about every custom-mapped layer type; ours is registered on purpose
+        # PEFT warns about every custom-mapped layer type; ours is registered on purpose
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unsupported layer type .*ExpertLinear")
             if fresh:
                 model = get_peft_model(model, config, adapter_name=name)
@@ -151,7 +153,7 @@ def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, mod
             m = re.fullmatch(r"adapter\.(video|audio|text)_embedder", mod_name)
             module.set_scale(name, strength * (modalities.get(m.group(1), 1.0) if m else 1.0))
     set_expert_strengths(model, name, modalities)
-    model.base_model.set_adapter(active + [name])  # several active adapters: PEFT sums their outputs
+    model.base_model.set_adapter([*active, name])  # several active adapters: PEFT sums their outputs
     for n, p in model.named_parameters():  # set_adapter marks every active adapter trainable; restore
         new = f".{name}." in n and "lora_" in n
         p.requires_grad_(trainable if new else grads.get(n, False) and "lora_" in n)

@@ -54,7 +54,7 @@ class LoraExpertLinear(ExpertLinear, LoraLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
 
-    def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: LoraConfig, **kwargs: Any) -> None:
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: LoraConfig, **kwargs: Any) -> None:  # noqa: ARG002 -- PEFT passes extra options
         """Create adapter ``adapter_name``: shared ``A``, one ``B`` per expert named by ``config``'s registration."""
         if config.use_dora:
             raise ValueError("DoRA is not supported on the sandwich expert layers; set lora.use_dora: false")
@@ -117,7 +117,7 @@ class LoraExpertLinear(ExpertLinear, LoraLayer):
             delta[i * self.out_features : (i + 1) * self.out_features] = (b.weight.float() @ a) * s
         return delta
 
-    def forward(self, x: torch.Tensor, segments: Segments, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: Segments, *args: Any, **kwargs: Any) -> torch.Tensor:  # noqa: ARG002 -- PEFT calls with its own extras
         result = self.base_layer(x, segments)
         if self.disable_adapters:
             if self.merged:

@@ -38,7 +38,8 @@ class LoraSettings(BaseModel):
     )
     experts: list[Modality] = Field(default_factory=lambda: list(EXPERTS),
                                     description="which experts of the sandwich layers train")  # fmt: skip
-    embedders: list[Modality] = Field(default_factory=list, description="input projections adapter.<m>_embedder to adapt")
+    embedders: list[Modality] = Field(default_factory=list,
+                                      description="input projections adapter.<m>_embedder to adapt")
     use_rslora: bool = Field(False, description="scale by alpha/sqrt(r) instead of alpha/r")
     use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
     init: Literal["default", "gaussian"] = Field("default", description="B=0 with kaiming (default) or gaussian A")
@@ -83,7 +84,8 @@ def adapted_layers(config: ModelConfig, settings: LoraSettings) -> list[int]:
             )
         layers = sorted(set(settings.layers))
     if settings.use_dora and any(i in config.mm_layers for i in layers):
-        raise ValueError(f"lora.use_dora cannot adapt the sandwich layers {config.mm_layers}: leave them out of lora.layers")
+        raise ValueError(f"lora.use_dora cannot adapt the sandwich layers {config.mm_layers}: "
+                         "leave them out of lora.layers")
     return layers
 
 

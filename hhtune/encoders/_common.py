@@ -73,7 +73,8 @@ def _check_class(config: Path, want: str, what: str) -> None:
 
 
 def _diffusers_folder(p: Path, cls: str, what: str, root: bool = True) -> Path | None:
-    """``p`` (unless ``root`` is false) or ``p/vae`` when it is a diffusers folder of ``cls`` (checked), else ``None``."""
+    """``p`` (unless ``root`` is false) or ``p/vae`` when it is a diffusers folder of ``cls`` (checked), else
+    ``None``."""
     for folder in ((p, p / "vae") if root else (p / "vae",)):
         if (folder / "config.json").is_file():
             _check_class(folder / "config.json", cls, what)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from ..contract import AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, VIDEO_LATENT_CHANNELS
 from ._common import EncoderPaths
@@ -41,7 +42,7 @@ def build_tiny_encoders(out_dir: str | Path, seed: int = 0, text_hidden_size: in
 
 def _save_tiny_video_vae(path: Path, seed: int) -> None:
     """A Wan2.2-style ``AutoencoderKLWan`` (residual blocks, patch 2, z_dim 48, 4x16x16) four channels wide."""
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLWan  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only building the tiny VAE needs it
 
     torch.manual_seed(seed)
     model = AutoencoderKLWan(
@@ -60,7 +61,7 @@ def _save_tiny_audio_vae(path: Path, seed: int) -> None:
     diffusers ties the encoder width to ``encoder_hidden_size`` (= 2 x 64, mean and scale), so
     the encoder keeps 128 channels at every level and only the decoder narrows.
     """
-    from diffusers import AutoencoderOobleck
+    from diffusers import AutoencoderOobleck  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only building the tiny VAE needs it
 
     torch.manual_seed(seed)
     model = AutoencoderOobleck(
@@ -73,8 +74,7 @@ def _save_tiny_audio_vae(path: Path, seed: int) -> None:
 
 def _save_tiny_text_encoder(path: Path, seed: int, hidden_size: int) -> None:
     """A one-layer ``T5GemmaEncoderModel`` and an offline-trained byte-level BPE tokenizer that adds ``<bos>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast, T5GemmaConfig, T5GemmaEncoderModel, T5GemmaModuleConfig
+    from transformers import PreTrainedTokenizerFast, T5GemmaConfig, T5GemmaEncoderModel, T5GemmaModuleConfig  # noqa: PLC0415 -- heavy: transformers loads in ~1 s, only building the tiny text encoder needs it
 
     if hidden_size < 4 or hidden_size % 2:
         raise ValueError(f"text_hidden_size must be an even number >= 4, got {hidden_size}")

@@ -14,11 +14,20 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..contract import AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, SAMPLES_PER_LATENT
-from ._common import (EncoderError, _check_rank, _device_of, _diffusers_folder, _dtype_of, default_dtype, _existing,
-                      _in_batches)  # fmt: skip
+from ._common import (
+    EncoderError,
+    _check_rank,
+    _device_of,
+    _diffusers_folder,
+    _dtype_of,
+    _existing,
+    _in_batches,
+    default_dtype,
+)
 
 #: Files of the official (stable-audio-tools) layout that the official ``SAAudioFeatureExtractor`` reads.
 OFFICIAL_CONFIG_FILE, OFFICIAL_WEIGHTS_FILE = "model_config.json", "model.safetensors"
@@ -98,7 +107,7 @@ def load_audio_vae(path: str | Path, device: str | torch.device = "cpu",
     kind, folder = _resolve_audio(path)
     final_tanh = False
     if kind == "diffusers":
-        from diffusers import AutoencoderOobleck
+        from diffusers import AutoencoderOobleck  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only loading the audio VAE needs it
 
         try:
             model = AutoencoderOobleck.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
@@ -133,8 +142,7 @@ def _resolve_audio(path: str | Path) -> tuple[str, Path]:
 
 def _load_official_oobleck(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, bool]:
     """A stable-audio-tools checkpoint as an ``AutoencoderOobleck`` and whether its decoder ends in tanh."""
-    from diffusers import AutoencoderOobleck
-    from safetensors.torch import load_file
+    from diffusers import AutoencoderOobleck  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only loading the audio VAE needs it
 
     config = oobleck_config_from_official(json.loads((folder / OFFICIAL_CONFIG_FILE).read_text()), folder)
     final_tanh = config.pop("final_tanh")
@@ -163,8 +171,8 @@ def oobleck_config_from_official(full: dict, where: Path | str = "model_config.j
                       decoder_input_channels=dec["latent_dim"], audio_channels=vae["io_channels"],
                       sampling_rate=full["sample_rate"])  # fmt: skip
     except (KeyError, TypeError) as e:
-        raise EncoderError(f"audio VAE: {where} is not a stable-audio-tools config with model.pretransform "
-                           f"(missing {e})") from e  # fmt: skip
+        raise EncoderError(f"audio VAE: {where} is not a stable-audio-tools config with "
+                           f"model.pretransform (missing {e})") from e  # fmt: skip
     if vae.get("bottleneck", {}).get("type", "vae") != "vae" or not enc.get("use_snake") or not dec.get("use_snake"):
         raise EncoderError(f"audio VAE: {where}: only the Oobleck VAE with snake activations and a 'vae' bottleneck "
                            f"(Stable Audio Open) is supported")  # fmt: skip

@@ -73,7 +73,7 @@ def load_text_encoder(path: str | Path, device: str | torch.device = "cpu", dtyp
 
     ``dtype`` None: bf16 on CUDA, fp32 elsewhere (the features are fp16-rounded either way).
     """
-    from transformers import AutoTokenizer, T5GemmaEncoderModel
+    from transformers import AutoTokenizer, T5GemmaEncoderModel  # noqa: PLC0415 -- heavy: transformers loads in ~1 s, only loading the text encoder needs it
 
     dtype = dtype or default_dtype(device)
     if max_length < 1:

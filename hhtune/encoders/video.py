@@ -17,8 +17,16 @@ import torch
 from torch import Tensor
 
 from ..contract import VIDEO_LATENT_CHANNELS, VIDEO_STRIDE
-from ._common import (EncoderError, _check_rank, _device_of, _diffusers_folder, _dtype_of, default_dtype, _existing,
-                      _in_batches)  # fmt: skip
+from ._common import (
+    EncoderError,
+    _check_rank,
+    _device_of,
+    _diffusers_folder,
+    _dtype_of,
+    _existing,
+    _in_batches,
+    default_dtype,
+)
 
 # Per-channel latent statistics of the Wan2.2 VAE, as listed in the official ``Wan2_2_VAE.__init__``
 # (``self.mean`` / ``self.std``); diffusers' Wan2.2 config carries the same numbers as latents_mean/std.
@@ -137,7 +145,7 @@ def _resolve_video(path: str | Path) -> tuple[str, Path]:
 
 
 def _load_diffusers_wan(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLWan  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only loading the video VAE needs it
 
     try:
         return AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
@@ -147,7 +155,7 @@ def _load_diffusers_wan(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
 
 def _load_official_wan(file: Path, dtype: torch.dtype) -> torch.nn.Module:
     """The official ``.pth`` state dict: architecture read off the tensor shapes, keys renamed to diffusers'."""
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLWan  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only loading the video VAE needs it
 
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)

@@ -18,7 +18,7 @@ Where each file loads (checked against each front-end's own loader code; see the
 
 ``drop=["audio"]`` (``--drop audio``) removes the audio expert parts (and the audio
 embedder's LoRA) before writing.
-"""
+"""  # noqa: E501 -- a Markdown table: one row per line
 
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: st
         more = fit(as_weights(s), shapes, str(s), f"base {base}")  # type: ignore[arg-type]
         adapters.append((scale_modalities(more, mods[0]) if mods and mods[0] else more, st))
     header = {**modelspec_header(w, merged=True), "hhtune_adapter_format": fmt,
-              "hhtune_merged_adapters": json.dumps([{"strength": s, **a.described().model_dump()} for a, s in adapters])}  # fmt: skip
+              "hhtune_merged_adapters": json.dumps([{"strength": s, **a.described().model_dump()}
+                                                    for a, s in adapters])}  # fmt: skip
     policy = {"merged": "official", "merged_single": dtype, "merged_fp8": "fp8"}[fmt]
     return merge_into_checkpoint(base, adapters, path, single_file=fmt != "merged", policy=policy, metadata=header)
 

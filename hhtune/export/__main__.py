@@ -21,11 +21,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..adapters import parse_spec
+from ..cli import run_command
+from . import FORMATS, export_adapter
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli` (2 for an adapter or base that cannot be used)."""
-    from ..cli import run_command
-
     return run_command(_main, argv)
 
 
@@ -43,7 +45,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--base", type=Path, help="base checkpoint for merged formats")
     parser.add_argument("--strength", type=float, default=1.0, help="merge strength of SOURCE")
     parser.add_argument("--also", action="append", default=[], help="another adapter to merge, PATH[:STRENGTH]")
-    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="adapter dtype (and merged_single's)")
+    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"],
+                        help="adapter dtype (and merged_single's)")
     parser.add_argument("--drop", action="append", default=[], choices=["video", "audio", "text"],
                         help="leave this modality's expert and embedder parts out")  # fmt: skip
     parser.add_argument("--ignore-base-mismatch", action="store_true",

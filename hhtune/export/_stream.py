@@ -118,7 +118,10 @@ def write_streaming(path: str | os.PathLike, layout: list[Entry],
                 key, source = next(items, (None, None))
                 if key != e.key:
                     raise RuntimeError(f"streaming writer expected {e.key!r} next, got {key!r}")
-                written = _copy_range(fd, source) if isinstance(source, RawCopy) else sum(_write_all(fd, b) for b in source)
+                if isinstance(source, RawCopy):
+                    written = _copy_range(fd, source)
+                else:
+                    written = sum(_write_all(fd, b) for b in source)
                 if written != e.nbytes:
                     raise RuntimeError(f"{e.key}: wrote {written} bytes, the header promises {e.nbytes}")
             os.fsync(fd)

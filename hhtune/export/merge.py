@@ -64,7 +64,8 @@ def merge_into_checkpoint(base: str | Path, adapters: list[tuple[LoraWeights, fl
             weight_map.update({e.key: name for e in layout})
             total += sum(e.nbytes for e in layout)
         if len(files) > 1:
-            index = {"metadata": {"total_size": total, **(metadata or {})}, "weight_map": dict(sorted(weight_map.items()))}
+            index = {"metadata": {"total_size": total, **(metadata or {})},
+                     "weight_map": dict(sorted(weight_map.items()))}
             atomic_write_text(tmp / INDEX_NAME, json.dumps(index, indent=2))
         if cfg.is_file():
             atomic_write_text(tmp / CONFIG_NAME, cfg.read_text())
@@ -75,14 +76,16 @@ def _validate(shapes: dict[str, tuple[tuple[int, ...], str]], adapters: list[tup
     """Every adapted module must be a 2-D weight of the base with the adapter's ``[out, in]``; no DoRA."""
     for w, _ in adapters:
         if w.magnitudes:
-            raise AdapterError("DoRA adapters cannot be merged linearly at a strength; apply them with hhtune.adapters.load")
+            raise AdapterError("DoRA adapters cannot be merged linearly at a strength; apply them with "
+                               "hhtune.adapters.load")
         missing = sorted(p for p in w.modules if p + ".weight" not in shapes)
         if missing:
             raise AdapterError(f"the adapter adapts modules the base checkpoint does not have: {missing[:3]}")
         for p, (a, b, _) in sorted(w.modules.items()):
             shape = shapes[p + ".weight"][0]
             if shape != (b.shape[0], a.shape[1]):
-                raise AdapterError(f"{p}: adapter delta {[b.shape[0], a.shape[1]]} does not fit base weight {list(shape)}")
+                raise AdapterError(f"{p}: adapter delta {[b.shape[0], a.shape[1]]} does not "
+                                   f"fit base weight {list(shape)}")
 
 
 def _out_dtype(src: str, shape: tuple[int, ...], policy: str) -> str:
@@ -153,7 +156,8 @@ def _add_deltas(path: str, t: torch.Tensor, deltas: list[tuple[LoraWeights, floa
     One fp32 buffer of ``_ROWS`` rows is reused for every block, so the temporaries stay
     small and are not re-allocated (and page-faulted) per block.
     """
-    factors = [(strength * alpha / a.shape[0], a.float(), b) for w, strength in deltas for a, b, alpha in [w.modules[path]]]
+    factors = [(strength * alpha / a.shape[0], a.float(), b) for w, strength in deltas
+               for a, b, alpha in [w.modules[path]]]
     buf = torch.empty(min(_ROWS, t.shape[0]), t.shape[1], dtype=torch.float32)
     for i in range(0, t.shape[0], _ROWS):
         rows = t[i : i + _ROWS]

@@ -8,6 +8,10 @@ from pathlib import Path
 from ..adapters.formats.weights import AdapterMetadata
 from ..io import atomic_write_text
 
+#: The card's consent line when the run recorded none.
+_NO_CONSENT = ("NOT RECORDED: confirm that every person filmed or voiced consented, and that you hold the rights, "
+               "before sharing")
+
 
 def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | None = None) -> Path:
     """Write ``folder/README.md``: a model card in place of PEFT's empty template.
@@ -69,7 +73,7 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     lines += [
         "",
         "## Consent and rights",
-        f"- footage and voices: {info.get('consent') or 'NOT RECORDED: confirm that every person filmed or voiced consented, and that you hold the rights, before sharing'}",
+        f"- footage and voices: {info.get('consent') or _NO_CONSENT}",
         "",
     ]
     path = folder / "README.md"

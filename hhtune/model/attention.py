@@ -82,7 +82,7 @@ UNMASKED = AttentionPlan("sdpa")
 def flash_attn_available() -> bool:
     """Whether the ``flash_attn`` package (FlashAttention 2) imports (a build for another torch does not)."""
     try:
-        import flash_attn  # noqa: F401
+        import flash_attn  # noqa: F401, PLC0415 -- optional dependency, probed for availability only
     except (ImportError, OSError):
         return False
     return True
@@ -117,7 +117,8 @@ def choose_kernel(backend: str, device_type: str, dtype: torch.dtype, training: 
                              f"{device_type} with {dtype}; set model.attention = auto")  # fmt: skip
         if not flash_attn_available():
             raise MissingDependencyError("model.attention = flash needs FlashAttention: pip install flash-attn "
-                                         "--no-build-isolation (or set model.attention = auto to use FlexAttention)")  # fmt: skip
+                                         "--no-build-isolation "
+                                         "(or set model.attention = auto to use FlexAttention)")  # fmt: skip
     if backend == "flex" and not cuda and training:
         raise ValueError("model.attention = flex cannot train on the CPU (torch has no FlexAttention backward there); "
                          "set model.attention = auto")  # fmt: skip
@@ -125,7 +126,8 @@ def choose_kernel(backend: str, device_type: str, dtype: torch.dtype, training: 
 
 
 def plan_attention(groups: TokenGroups | None, backend: str, dtype: torch.dtype, training: bool) -> AttentionPlan:
-    """The plan of one forward: unmasked SDPA without ``groups``, else the chosen kernel's (see :func:`choose_kernel`)."""
+    """The plan of one forward: unmasked SDPA without ``groups``, else the chosen kernel's
+    (see :func:`choose_kernel`)."""
     if groups is None:
         return UNMASKED
     kernel = choose_kernel(backend, groups.ids.device.type, dtype, training)
@@ -145,7 +147,7 @@ def flex_plan(groups: TokenGroups) -> AttentionPlan:
     """A FlexAttention block mask (built once, shared by every layer); padding queries see nothing (output 0)."""
     ids = groups.ids
 
-    def same_sample(b, h, q, k):
+    def same_sample(b, h, q, k):  # noqa: ARG001 -- mask_mod signature fixed by create_block_mask
         return (ids[b, k] >= 0) & (ids[b, q] == ids[b, k])
 
     b, length = ids.shape
@@ -197,7 +199,7 @@ def _compiled_flex():
 
 
 def _flash(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
-    from flash_attn import flash_attn_varlen_func
+    from flash_attn import flash_attn_varlen_func  # noqa: PLC0415 -- optional dependency flash_attn
 
     b, length, heads, dim = q.shape
 
@@ -205,6 +207,7 @@ def _flash(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
         return t.reshape(b * length, *t.shape[2:]).index_select(0, plan.index)
 
     out = flash_attn_varlen_func(packed(q), packed(k), packed(v), plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen,
-                                 plan.max_seqlen, deterministic=torch.are_deterministic_algorithms_enabled())  # fmt: skip
+                                 plan.max_seqlen,
+                                 deterministic=torch.are_deterministic_algorithms_enabled())  # fmt: skip
     full = out.new_zeros(b * length, heads, dim).index_copy(0, plan.index, out)
     return full.reshape(b, length, heads, dim)

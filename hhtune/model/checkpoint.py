@@ -181,7 +181,8 @@ def _likely_cause(shapes: dict, model: nn.Module) -> str:
     cfg: ModelConfig = model.config  # type: ignore[assignment]
     for name in ModelConfig.preset_names():
         if ModelConfig.preset(name) == found:
-            return f"the checkpoint is the {name!r} preset, but the model was built for another config; pass config=None or ModelConfig.preset({name!r})"
+            return (f"the checkpoint is the {name!r} preset, but the model was built for another config; "
+                    f"pass config=None or ModelConfig.preset({name!r})")
     if found.num_layers != cfg.num_layers or found.hidden_size != cfg.hidden_size:
         return (
             f"the checkpoint has {found.num_layers} layers of width {found.hidden_size}, the model "
@@ -308,7 +309,8 @@ def _official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, module in model.named_modules():
         scale = getattr(module, "fp8_scale", None)
         if scale is not None:
-            state[f"{name}.weight{FP8_SCALE_SUFFIX}"] = scale.float().reshape(-1) if scale.numel() > 1 else scale.float().reshape(())
+            shape = (-1,) if scale.numel() > 1 else ()
+            state[f"{name}.weight{FP8_SCALE_SUFFIX}"] = scale.float().reshape(shape)
     return state
 
 
@@ -332,7 +334,8 @@ def write_sharded(
     if config is not None:
         atomic_write_text(out / CONFIG_NAME, config.model_dump_json(indent=2))
     total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total, **(metadata or {})}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+    index = {"metadata": {"total_size": total, **(metadata or {})},
+             "weight_map": dict(sorted(split.tensor_to_filename.items()))}
     if split.is_sharded:
         atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=2))
         (out / SINGLE_NAME).unlink(missing_ok=True)

@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .precision import ComputeDtype, dequantized, fp8_linear, fp8_matmul_fits, fp8_matmul_unavailable, resolve_compute_dtype
+from .precision import (
+    ComputeDtype,
+    dequantized,
+    fp8_linear,
+    fp8_matmul_fits,
+    fp8_matmul_unavailable,
+    resolve_compute_dtype,
+)
 
 
 class Segments(NamedTuple):

@@ -126,7 +126,8 @@ class BlockSwap:
             self._index[layer] = i
             self._hooks.append(layer.register_forward_pre_hook(self._before))
             self._hooks.append(layer.register_forward_hook(self._after))
-        self._slot_bytes = max((sum(-(-self._host[m].nbytes // _ALIGN) * _ALIGN for m in ls) for ls in self._linears), default=0)
+        self._slot_bytes = max((sum(-(-self._host[m].nbytes // _ALIGN) * _ALIGN for m in ls) for ls in self._linears),
+                               default=0)
         self._slots: list[Tensor | None] = [None] * (1 + prefetch)
         self._free = list(range(len(self._slots)))
         self._resident: dict[int, _Resident] = {}

@@ -40,7 +40,8 @@ def patchify(video: Tensor) -> Tensor:
 
 
 def unpatchify(tokens: Tensor, latent_shape: tuple[int, int, int]) -> Tensor:
-    """Inverse layout of the model's video output: ``[B, N, 4*C]`` with channels ``(pH, pW, C)`` -> ``[B, C, T, H, W]``."""
+    """Inverse layout of the model's video output: ``[B, N, 4*C]`` with channels ``(pH, pW, C)`` ->
+    ``[B, C, T, H, W]``."""
     t, h, w = latent_shape
     b, _, ch = tokens.shape
     c = ch // 4
@@ -49,7 +50,8 @@ def unpatchify(tokens: Tensor, latent_shape: tuple[int, int, int]) -> Tensor:
 
 
 def grid_coords(shape: tuple[int, int, int], ref_shape: tuple[int, int, int], t_offset: float = 0.0) -> Tensor:
-    """Coordinates ``[T*H*W, 9]`` of a (T, H, W) grid with its size and reference size, as the official ``get_coords``."""
+    """Coordinates ``[T*H*W, 9]`` of a (T, H, W) grid with its size and reference size, as the official
+    ``get_coords``."""
     t, h, w = shape
     grid = torch.meshgrid(
         torch.arange(t, dtype=torch.float32) + t_offset,

@@ -21,7 +21,8 @@ from .transformer import HappyHorseTransformer
 def swapped_layers(num_layers: int, blocks: int) -> range:
     """Indices of the layers block swap keeps on the host: the last ``blocks``."""
     if not 0 <= blocks <= num_layers:
-        raise ValueError(f"model.blocks_to_swap = {blocks}: must be in 0..{num_layers} (the model has {num_layers} layers)")
+        raise ValueError(f"model.blocks_to_swap = {blocks}: must be in 0..{num_layers} "
+                         f"(the model has {num_layers} layers)")
     return range(num_layers - blocks, num_layers)
 
 
@@ -69,5 +70,6 @@ def apply_block_swap(model: nn.Module, blocks: int, device: torch.device | str) 
     layers = list(base.block.layers)
     swapped = swapped_layers(len(layers), blocks)
     if any("lora_magnitude_vector" in n for n, _ in model.named_parameters()):
-        raise ValueError("model.blocks_to_swap does not work with lora.use_dora (DoRA reads the swapped base weight); set one off")
+        raise ValueError("model.blocks_to_swap does not work with lora.use_dora (DoRA reads the "
+                         "swapped base weight); set one off")
     return BlockSwap([layers[i] for i in swapped], device)

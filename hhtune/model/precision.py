@@ -62,7 +62,8 @@ def fp8_matmul_unavailable(device: torch.device | str) -> str | None:
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         if (major, minor) < (8, 9):
-            return f"FP8 matmuls need a GPU of compute capability 8.9 or newer (Ada, Hopper); this one is {major}.{minor}"
+            return ("FP8 matmuls need a GPU of compute capability 8.9 or newer (Ada, Hopper); "
+                    f"this one is {major}.{minor}")
         return None
     return _probe_scaled_mm(device.type)
 

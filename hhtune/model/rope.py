@@ -17,7 +17,8 @@ def check_rope_coords(coords: Tensor) -> None:
     sizes, refs = coords[..., 3:6], coords[..., 6:9]
     bad = ((sizes == 1) & (refs != 1)) | ~torch.isfinite(coords[..., :9]).all(-1, keepdim=True)
     if bool(bad.any()):
-        raise ValueError("invalid RoPE coordinates: a size of 1 needs a reference size of 1, and every value must be finite")
+        raise ValueError("invalid RoPE coordinates: a size of 1 needs a reference size of 1, "
+                         "and every value must be finite")
 
 
 class FourierRope(nn.Module):
@@ -33,7 +34,8 @@ class FourierRope(nn.Module):
         self.register_buffer("bands", 1.0 / temperature ** (torch.arange(n, dtype=torch.float32) / n))
 
     def forward(self, coords: Tensor) -> tuple[Tensor, Tensor]:
-        """``coords [..., 9]`` (valid: see :func:`check_rope_coords`) -> ``(cos, sin)``, each ``[..., 3 * head_dim // 8]``."""
+        """``coords [..., 9]`` (valid: see :func:`check_rope_coords`) -> ``(cos, sin)``, each
+        ``[..., 3 * head_dim // 8]``."""
         xyz, sizes, refs = coords[..., 0:3], coords[..., 3:6], coords[..., 6:9]
         scales = (refs - 1) / (sizes - 1)
         scales = torch.where((refs == 1) & (sizes == 1), torch.ones_like(scales), scales)

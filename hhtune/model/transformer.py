@@ -36,7 +36,6 @@ from .packing import Modality, padded_audio_coords, padded_text_coords, patchify
 from .precision import resolve_compute_dtype
 from .rope import FourierRope, apply_rope, check_rope_coords
 
-
 # --------------------------------------------------------------------------- norms
 
 
@@ -211,8 +210,10 @@ class HappyHorseTransformer(nn.Module):
         self.block = Block(config)
         self.final_norm_video = MultiModalityRMSNorm(config.hidden_size)
         self.final_norm_audio = MultiModalityRMSNorm(config.hidden_size)
-        self.final_linear_video = nn.Linear(config.hidden_size, config.video_in_channels, bias=False, dtype=torch.float32)
-        self.final_linear_audio = nn.Linear(config.hidden_size, config.audio_in_channels, bias=False, dtype=torch.float32)
+        self.final_linear_video = nn.Linear(config.hidden_size, config.video_in_channels, bias=False,
+                                            dtype=torch.float32)
+        self.final_linear_audio = nn.Linear(config.hidden_size, config.audio_in_channels, bias=False,
+                                            dtype=torch.float32)
         self.gradient_checkpointing = False
         self.activation_offload: OffloadHooks | None = None
         # Block swap releases a layer's weights in a forward hook, so the checkpointed
@@ -329,7 +330,8 @@ class HappyHorseTransformer(nn.Module):
         if bool((a_len < a_max).any()) or bool((t_len < t_max).any()):
             pos_a = torch.arange(a_max, device=dev)[None] < a_len[:, None]
             pos_t = torch.arange(t_max, device=dev)[None] < t_len[:, None]
-            groups = TokenGroups.padded_rows(torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), pos_a, pos_t], 1))
+            present_v = torch.ones(b, nv, dtype=torch.bool, device=dev)
+            groups = TokenGroups.padded_rows(torch.cat([present_v, pos_a, pos_t], 1))
         out_v, out_a = self.forward_tokens(tokens, audio, text, coords, self._attention_plan(groups))
         out_a = out_a * (torch.arange(a_max, device=dev)[None, :, None] < a_len[:, None, None])
         return unpatchify(out_v, (t, hh, ww)), F.pad(out_a, (0, 0, 0, la - a_max))
@@ -342,7 +344,8 @@ class HappyHorseTransformer(nn.Module):
 
     # -- official packed API ---------------------------------------------------
 
-    def forward_packed(self, x: Tensor, coords: Tensor, modality: Tensor, sample_lengths: list[int] | None = None) -> Tensor:
+    def forward_packed(self, x: Tensor, coords: Tensor, modality: Tensor,
+                       sample_lengths: list[int] | None = None) -> Tensor:
         """The official single-sequence call: ``x [L, max_channels]``, ``coords [L, 9]``, ``modality [L]``.
 
         Returns the official packed output ``[L, max(video_in, audio_in)]`` (video rows hold
@@ -360,13 +363,17 @@ class HappyHorseTransformer(nn.Module):
         groups = None
         if sample_lengths is not None:
             if sum(sample_lengths) != x.shape[0]:
-                raise ValueError(f"sample_lengths sum to {sum(sample_lengths)}, but the sequence has {x.shape[0]} tokens")
+                raise ValueError(f"sample_lengths sum to {sum(sample_lengths)}, "
+                                 f"but the sequence has {x.shape[0]} tokens")
             ids = torch.repeat_interleave(torch.arange(len(sample_lengths), device=x.device),
                                           torch.tensor(sample_lengths, device=x.device))[order]
             groups = TokenGroups.packed(ids) if len(sample_lengths) > 1 else None
-        out_v, out_a = self.forward_tokens(video[None, :, : cfg.video_in_channels], audio[None, :, : cfg.audio_in_channels],
-                                           text[None, :, : cfg.text_in_channels], cs[None], self._attention_plan(groups))
-        out = torch.zeros(x.shape[0], max(cfg.video_in_channels, cfg.audio_in_channels), dtype=torch.float32, device=x.device)
+        out_v, out_a = self.forward_tokens(video[None, :, : cfg.video_in_channels],
+                                           audio[None, :, : cfg.audio_in_channels],
+                                           text[None, :, : cfg.text_in_channels], cs[None],
+                                           self._attention_plan(groups))
+        out = torch.zeros(x.shape[0], max(cfg.video_in_channels, cfg.audio_in_channels), dtype=torch.float32,
+                          device=x.device)
         out[order[:nv], : cfg.video_in_channels] = out_v[0]
         out[order[nv : nv + na], : cfg.audio_in_channels] = out_a[0]
         return out

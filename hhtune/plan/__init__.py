@@ -93,7 +93,8 @@ class Plan:
             out["recommendation"] = {"settings": asdict(self.recommendation.settings),
                                      "overrides": self.recommendation.settings.overrides(),
                                      "train_peak_gb": round(self.recommendation.train_peak_gb, 2),
-                                     "validation_peak_gb": round(self.recommendation.validation_peak_gb, 2)}  # fmt: skip
+                                     "validation_peak_gb": round(self.recommendation.validation_peak_gb, 2),
+                                     }  # fmt: skip
         return out
 
 
@@ -109,7 +110,8 @@ def _clip_shape(seconds: float, aspect: str, resolution: int, batch: int) -> Ste
     t, h, w = shape.latent_frames, shape.latent_height, shape.latent_width
     if h % 2 or w % 2:
         raise PlanError(f"resolution {resolution} gives a {h}x{w} latent; the 2x2 patch needs both even: "
-                        f"use a multiple of 32 (e.g. {resolution // 32 * 32} or {math.ceil(resolution / 32) * 32})")  # fmt: skip
+                        f"use a multiple of 32 (e.g. {resolution // 32 * 32} or "
+                        f"{math.ceil(resolution / 32) * 32})")  # fmt: skip
     return StepShape(batch=batch, video=(t, h, w), audio=shape.frames, text=TEXT_LENGTH)  # prompts are padded
 
 
@@ -143,7 +145,8 @@ def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: 
 def _bucket_shape(frames: int, height: int, width: int, batch: int) -> StepShape:
     """A dataset bucket as latent tokens (the contract's latent shape; text at its padded maximum)."""
     shape = LatentShape.from_pixels(width, height, frames)
-    return StepShape(batch=batch, video=(shape.latent_frames, shape.latent_height, shape.latent_width), audio=shape.frames, text=TEXT_LENGTH)
+    return StepShape(batch=batch, video=(shape.latent_frames, shape.latent_height, shape.latent_width),
+                     audio=shape.frames, text=TEXT_LENGTH)
 
 
 def _weight_bytes(config: ModelConfig, block_dtype: str, fp8: bool) -> tuple[int, list[int]]:
@@ -190,7 +193,8 @@ def _vae_decode_workspace(shape: StepShape) -> int:
 
 
 def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int = 1, seconds: float | None = None,
-                  resolution: int | None = None, aspect: str | None = None, full_trace: bool = False) -> Plan:  # fmt: skip
+                  resolution: int | None = None,
+                  aspect: str | None = None, full_trace: bool = False) -> Plan:  # fmt: skip
     """The plan of ``recipe`` with ``settings`` in place of its memory settings."""
     config = recipe.preset_config()
     if config is None:
@@ -236,7 +240,8 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
     train_peak = (frozen + 2 * lora + optimizer + step.peak) / GB
     validation_peak = max(resident + sample.peak, resident + vaes + decode) / GB
     return Plan(settings=settings, world_size=world_size, train_shape=train_shape, validation_shape=val_shape,
-                train_source=train_source, components=components, train_peak_gb=train_peak, validation_peak_gb=validation_peak,
+                train_source=train_source, components=components, train_peak_gb=train_peak,
+                validation_peak_gb=validation_peak,
                 prompt_encoding_gb=text_encoder / GB)  # fmt: skip
 
 

@@ -20,10 +20,14 @@ def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hhtune.plan", description=__doc__)
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for training")
-    parser.add_argument("--gpu-memory", type=float, help="device memory in GB: say whether it fits and recommend settings")
+    parser.add_argument("--gpu-memory", type=float,
+                        help="device memory in GB: say whether it fits and recommend settings")
     parser.add_argument("--world-size", type=int, default=1, help="FSDP2 processes (frozen weights are sharded)")
-    parser.add_argument("--seconds", type=float, help="training clip length (default: the dataset's largest bucket, else validation.seconds)")
-    parser.add_argument("--resolution", type=int, help="training base resolution (default: the dataset's largest bucket, else validation.base_resolution)")
+    parser.add_argument("--seconds", type=float,
+                        help="training clip length (default: the dataset's largest bucket, else validation.seconds)")
+    parser.add_argument("--resolution", type=int,
+                        help="training base resolution (default: the dataset's largest bucket, else "
+                             "validation.base_resolution)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)

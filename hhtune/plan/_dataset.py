@@ -31,7 +31,7 @@ def dataset_shapes(dataset_dir: str | Path) -> DatasetShapes | None:
     arrow = path / "dataset"
     if not arrow.is_dir():
         return None
-    import datasets
+    import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only a dataset that exists needs it
 
     try:
         ds = datasets.load_from_disk(str(arrow))

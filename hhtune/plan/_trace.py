@@ -98,7 +98,7 @@ class LiveBytes(TorchDispatchMode):
             del self._storages[key]
 
 
-def _host_offload(pin_memory: bool) -> torch.autograd.graph.saved_tensors_hooks:
+def _host_offload(pin_memory: bool) -> torch.autograd.graph.saved_tensors_hooks:  # noqa: ARG001 -- signature fixed by OffloadHooks
     """``save_on_cpu`` as the device sees it: a saved tensor leaves, and comes back when unpacked."""
 
     def pack(t: Tensor):
@@ -114,7 +114,8 @@ def _host_offload(pin_memory: bool) -> torch.autograd.graph.saved_tensors_hooks:
 def _to_fp8(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, SwappableLinear):  # the block linears
-            m.weight = nn.Parameter(torch.empty(m.weight.shape, dtype=torch.float8_e4m3fn, device="meta"), requires_grad=False)
+            m.weight = nn.Parameter(torch.empty(m.weight.shape, dtype=torch.float8_e4m3fn, device="meta"),
+                                    requires_grad=False)
             m.fp8_scale = torch.ones((), device="meta")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -10,8 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
+from PIL import Image
 from torch import Tensor
+
+from hhtune.media import read_audio, resize_crop
 
 from ..contract import AUDIO_SAMPLE_RATE, BUCKETS, FPS, LatentShape, audio_samples_for, bucket_size, frames_for
 from ..encoders import EncoderPaths, load_audio_vae, load_text_encoder, load_video_vae
@@ -60,8 +65,6 @@ def encode_prompts(prompts: list[str], text_encoder_path: str | Path, device: st
     The encoder (bf16 on CUDA by default) is freed before returning, so callers can hold the
     features for a whole run without the encoder.
     """
-    import gc
-
     enc = load_text_encoder(text_encoder_path, device, dtype)
     try:
         feats, lengths = enc.encode(list(prompts))
@@ -74,7 +77,8 @@ def encode_prompts(prompts: list[str], text_encoder_path: str | Path, device: st
 
 
 def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, seconds: float = 2.0, aspect: str = "16:9",
-             base_resolution: int = 256, sampler: str = "distilled", seed: int = 0, reference_image: np.ndarray | None = None,
+             base_resolution: int = 256, sampler: str = "distilled", seed: int = 0,
+             reference_image: np.ndarray | None = None,
              audio_path: str | None = None, video_guidance: float = 5.0, audio_guidance: float = 5.0,
              device: str | torch.device = "cpu", progress=None, text_features: tuple[Tensor, int] | None = None,
              negative_features: tuple[Tensor, int] | None = None, decode: bool = True, vae_tiling: bool = False,
@@ -97,16 +101,12 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
     video_vae = audio_vae = None
     reference = None
     if reference_image is not None:
-        from hhtune.media import resize_crop
-
         video_vae = load_video_vae(encoders.video_vae, device)
         pixels = resize_crop(reference_image[None], width, height)[0]
         ref = torch.from_numpy(pixels).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
         reference = video_vae.encode(ref.to(device))
     fixed_audio = None
     if audio_path is not None:
-        from hhtune.media import read_audio
-
         audio_vae = load_audio_vae(encoders.audio_vae, device)
         samples = audio_samples_for(ashape[1])
         wave = torch.from_numpy(read_audio(audio_path, AUDIO_SAMPLE_RATE))[:samples]
@@ -114,7 +114,8 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
         fixed_audio = audio_vae.encode(wave[None, None].expand(1, 2, -1))
     gen = torch.Generator().manual_seed(seed)
     fn = model_velocity_fn(model, text, text.shape[1])
-    kwargs = dict(generator=gen, reference_first_frame=reference, fixed_audio=fixed_audio, device=device, callback=progress)
+    kwargs = dict(generator=gen, reference_first_frame=reference, fixed_audio=fixed_audio, device=device,
+                  callback=progress)
     if sampler == "distilled":
         video, audio = sample_distilled(fn, vshape, ashape, **kwargs)
     elif sampler == "base":
@@ -130,7 +131,8 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
         video_vae = video_vae or load_video_vae(encoders.video_vae, device)
         if vae_tiling:
             video_vae.model.enable_tiling()
-        frames = ((video_vae.decode(video)[0].permute(1, 2, 3, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        frames = video_vae.decode(video)[0].permute(1, 2, 3, 0).cpu().numpy()
+        frames = ((frames + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
         del video_vae
         audio_vae = audio_vae or load_audio_vae(encoders.audio_vae, device)
         wave = audio_vae.decode(audio)[0].cpu().numpy().T  # [N, 2] at 51200
@@ -156,23 +158,22 @@ def _offloaded(model: torch.nn.Module, offload: bool) -> Iterator[None]:
 
 def to_output_rate(wave: np.ndarray) -> np.ndarray:
     """51200 Hz -> 44100 Hz (ratio 441/512), as the official post-processing does."""
-    from scipy.signal import resample
+    from scipy.signal import resample  # noqa: PLC0415 -- heavy: scipy.signal loads in ~1 s, only the output resampling needs it
 
-    return resample(wave, int(round(wave.shape[0] * OUTPUT_AUDIO_RATE / AUDIO_SAMPLE_RATE)), axis=0).astype(np.float32)
+    return resample(wave, round(wave.shape[0] * OUTPUT_AUDIO_RATE / AUDIO_SAMPLE_RATE), axis=0).astype(np.float32)
 
 
 def write_mp4(frames: np.ndarray, audio: np.ndarray, path: str | Path) -> Path:
     """H.264 yuv420p + AAC mp4 with faststart (plays in browsers), written atomically."""
-    import soundfile as sf
-
     path = Path(path)
-    f, h, w, _ = frames.shape
+    _f, h, w, _ = frames.shape
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "a.wav"
         sf.write(wav, np.clip(audio, -1, 1), OUTPUT_AUDIO_RATE)
         with atomic_path(path) as out:
-            cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(FPS),
-                   "-i", "-", "-i", str(wav), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+                   "-r", str(FPS), "-i", "-", "-i", str(wav), "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                   "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                    "-c:a", "aac", "-shortest", "-movflags", "+faststart", "-f", "mp4", str(out)]  # fmt: skip
             subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
     return path
@@ -180,11 +181,10 @@ def write_mp4(frames: np.ndarray, audio: np.ndarray, path: str | Path) -> Path:
 
 def write_previews(generated: Generated, stem: str | Path) -> tuple[Path, Path]:
     """A contact sheet (6 frames) and a waveform PNG next to the mp4."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 -- Agg is set before pyplot loads; only previews need matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- Agg is set before pyplot loads; only previews need matplotlib
 
     stem = Path(stem)
     pick = generated.frames[np.linspace(0, len(generated.frames) - 1, 6).round().astype(int)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 _DIALOGUE = re.compile(r'<[^,<>]+,\s*([^<>]+)>:\s*"+([^"]+)"+')
 
@@ -37,13 +39,14 @@ def phoneme_error_rate(recognised: list[str], reference: list[str]) -> float:
 
 def motion_energy(frames: np.ndarray) -> np.ndarray:
     """Per-frame motion in the lower-centre of the picture (where a speaking mouth is), ``[F]``."""
-    f, h, w, _ = frames.shape
+    _f, h, w, _ = frames.shape
     roi = frames[:, h // 2 : h * 5 // 6, w // 3 : w * 2 // 3].astype(np.float32).mean(axis=3)
     diff = np.abs(np.diff(roi, axis=0)).mean(axis=(1, 2))
     return np.concatenate([[diff[0] if len(diff) else 0.0], diff])
 
 
-def av_sync(audio: np.ndarray, sample_rate: int, frames: np.ndarray, fps: int = 25, max_offset: int = 10) -> tuple[int, float]:
+def av_sync(audio: np.ndarray, sample_rate: int, frames: np.ndarray,
+            fps: int = 25, max_offset: int = 10) -> tuple[int, float]:
     """Offset in frames (positive: picture lags sound) and confidence between speech energy and mouth motion.
 
     Normalised cross-correlation of the audio envelope at the frame rate with the motion
@@ -56,7 +59,7 @@ def av_sync(audio: np.ndarray, sample_rate: int, frames: np.ndarray, fps: int = 
         return 0, 0.0
     env = np.sqrt((mono[: n * hop].reshape(n, hop) ** 2).mean(axis=1))
     mot = motion_energy(frames[:n])
-    z = lambda x: (x - x.mean()) / (x.std() + 1e-8)  # noqa: E731
+    z = lambda x: (x - x.mean()) / (x.std() + 1e-8)
     env, mot = z(env), z(mot)
     scores = {}
     for k in range(-max_offset, max_offset + 1):
@@ -84,9 +87,6 @@ def clip_summary(latent, grid: tuple[int, int, int] = CLIP_SUMMARY_GRID):
     A run keeps every training clip at this size for the memorisation metric, instead of
     every clip's full latents (12 MB for 5 s at 540p).
     """
-    import torch
-    import torch.nn.functional as F
-
     latent = torch.as_tensor(latent, dtype=torch.float32)
     size = tuple(min(g, n) for g, n in zip(grid, latent.shape[1:]))
     return F.adaptive_avg_pool3d(latent[None], size)[0]
@@ -102,9 +102,6 @@ def nearest_clip_distance(sample, clips) -> float:
     memorisation warning, on a one-clip overfit it is the proof that training and
     sampling agree. ``inf`` when there are no clips.
     """
-    import torch
-    import torch.nn.functional as F
-
     sample = torch.as_tensor(sample, dtype=torch.float32)
     if sample.dim() != 4:
         raise ValueError(f"sample must be a video latent [C, T, H, W], got shape {tuple(sample.shape)}")

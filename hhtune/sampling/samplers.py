@@ -90,7 +90,7 @@ def sample_base(
     callback: Callable[[int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Flow-UniPC sampling of the base model with classifier-free guidance per modality."""
-    from diffusers import UniPCMultistepScheduler
+    from diffusers import UniPCMultistepScheduler  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only the base-model sampler needs it
 
     def scheduler():
         s = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,

@@ -1,4 +1,4 @@
-"""The validation hook the training loop calls: fixed prompts, the distilled sampler, saved and logged clips, metrics."""
+"""The validation hook of the training loop: fixed prompts, the distilled sampler, saved and logged clips, metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
+from hhtune.media import resize_crop
+from hhtune.speech.align import PhonemeRecognizer
+from hhtune.speech.g2p import phonemize
 
 from ..encoders import EncoderPaths
 from .generate import OUTPUT_AUDIO_RATE, generate, write_mp4, write_previews
@@ -15,8 +20,8 @@ _LANG_CODES = {"english": "en", "mandarin": "zh", "chinese": "zh", "cantonese": 
                "korean": "ko", "german": "de", "french": "fr"}  # fmt: skip
 
 
-def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: EncoderPaths, out_dir: str | Path, step: int,
-                   seed: int, reference_images: list[str] | None = None, acoustic_model: str | None = None,
+def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: EncoderPaths, out_dir: str | Path,
+                   step: int, seed: int, reference_images: list[str] | None = None, acoustic_model: str | None = None,
                    wandb_run=None, seconds: float = 2.0, aspect: str = "16:9", base_resolution: int = 256,
                    text_features: list[tuple[torch.Tensor, int]] | None = None, write: bool = True,
                    vae_tiling: bool = False, offload_model: bool = False,
@@ -37,19 +42,16 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
     if write:
         out.mkdir(parents=True, exist_ok=True)
     if acoustic_model and write:
-        from hhtune.speech.align import PhonemeRecognizer
-
         recognizer = PhonemeRecognizer(acoustic_model)
     scores: dict[str, list[float]] = {}
     for i, prompt in enumerate(prompts):
         image = None
         if reference_images and i < len(reference_images):
-            from PIL import Image
-
             image = np.asarray(Image.open(reference_images[i]).convert("RGB"))
         g = generate(model, prompt, encoders, seconds=seconds, aspect=aspect, base_resolution=base_resolution,
                      seed=seed + i, reference_image=image, device=device, decode=write, vae_tiling=vae_tiling,
-                     offload_model=offload_model, text_features=text_features[i] if text_features else None)  # fmt: skip
+                     offload_model=offload_model,
+                     text_features=text_features[i] if text_features else None)  # fmt: skip
         if not write:
             continue
         mp4 = write_mp4(g.frames, g.audio, out / f"prompt{i:02d}.mp4")
@@ -58,10 +60,9 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         scores.setdefault("av_offset_frames", []).append(float(offset))
         scores.setdefault("av_sync_confidence", []).append(conf)
         if training_clips:
-            scores.setdefault("nearest_clip_distance", []).append(nearest_clip_distance(g.video_latents[0], training_clips))
+            distance = nearest_clip_distance(g.video_latents[0], training_clips)
+            scores.setdefault("nearest_clip_distance", []).append(distance)
         if image is not None:
-            from hhtune.media import resize_crop
-
             ref = resize_crop(image[None], g.frames.shape[2], g.frames.shape[1])[0]
             scores.setdefault("reference_psnr", []).append(reference_fidelity(g.frames, ref))
         if recognizer is not None:
@@ -69,15 +70,14 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
                 code = _LANG_CODES.get(lang.lower())
                 if code is None:
                     continue
-                from scipy.signal import resample_poly
-
-                from hhtune.speech.g2p import phonemize
+                from scipy.signal import resample_poly  # noqa: PLC0415 -- heavy: scipy.signal loads in ~1 s, only phoneme scoring needs it
 
                 expected = [p for w in phonemize(line, code) for p in w.phonemes]
                 heard = recognizer.transcribe(resample_poly(g.audio.mean(axis=1), 160, 441).astype(np.float32))
                 scores.setdefault(f"per_{code}", []).append(phoneme_error_rate(heard, expected))
         if wandb_run is not None:
-            import wandb
+            import wandb  # noqa: PLC0415 -- heavy: wandb loads in ~1 s, only with a W&B run
 
-            wandb_run.log({f"samples/prompt{i:02d}": wandb.Video(str(mp4), format="mp4", caption=prompt[:200])}, step=step)
+            wandb_run.log({f"samples/prompt{i:02d}": wandb.Video(str(mp4), format="mp4", caption=prompt[:200])},
+                          step=step)
     return {k: float(np.mean(v)) for k, v in scores.items()}

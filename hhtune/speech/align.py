@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import math
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import librosa
 import numpy as np
+import soundfile
 
 from ..contract import SPEECH_SAMPLE_RATE
 from .g2p import WordPhonemes
@@ -89,7 +92,7 @@ def viterbi_align(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> l
     states = np.full(2 * len(tokens) + 1, blank, dtype=np.int64)
     states[1::2] = tokens
     s = len(states)
-    need = len(tokens) + sum(1 for a, b in zip(tokens, tokens[1:]) if a == b)
+    need = len(tokens) + sum(1 for a, b in itertools.pairwise(tokens) if a == b)
     if frames < need:
         raise ValueError(f"{frames} frames cannot hold {len(tokens)} tokens (need at least {need})")
     can_skip = np.zeros(s, dtype=bool)
@@ -123,23 +126,22 @@ class PhonemeRecognizer:
     """A wav2vec2-style phoneme CTC model from a local folder (``Wav2Vec2ForCTC`` + processor)."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
-        import json as _json
-
-        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC  # noqa: PLC0415 -- heavy: transformers loads in ~1 s, only the phoneme model needs it
 
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "vocab.json").is_file():
-            raise ValueError(f"acoustic model not found at {path}: expected config.json and vocab.json (Wav2Vec2ForCTC)")
+            raise ValueError(f"acoustic model not found at {path}: expected config.json "
+                             "and vocab.json (Wav2Vec2ForCTC)")
         self.model = Wav2Vec2ForCTC.from_pretrained(path).to(device).eval()
         self.features = Wav2Vec2FeatureExtractor.from_pretrained(path)
-        self.vocab: dict[str, int] = _json.loads((path / "vocab.json").read_text())
+        self.vocab: dict[str, int] = json.loads((path / "vocab.json").read_text())
         self.id_to_token = {i: t for t, i in self.vocab.items()}
         self.blank = self.model.config.pad_token_id
         self.device = device
 
     def emissions(self, audio_16k: np.ndarray) -> tuple[np.ndarray, float]:
         """Log-probabilities ``[frames, vocab]`` and the seconds per frame."""
-        import torch
+        import torch  # noqa: PLC0415 -- heavy: torch loads in seconds; data_prep's alignment without a model does not need it
 
         inputs = self.features(audio_16k, sampling_rate=SPEECH_SAMPLE_RATE, return_tensors="pt").input_values
         inputs = inputs.to(self.device)
@@ -210,9 +212,6 @@ def _align_ctc(audio_16k: np.ndarray, words: list[WordPhonemes], rec: PhonemeRec
 
 def _espeak(text: str, voice: str, word_gap: int = 0) -> np.ndarray:
     """espeak-ng speaking ``text`` with ``voice`` (``word_gap``: extra pause between words, 10 ms units): 16 kHz."""
-    import librosa
-    import soundfile
-
     cmd = ["espeak-ng", "-v", voice, *(["-g", str(word_gap)] if word_gap else []), "--stdout", text]
     try:
         res = subprocess.run(cmd, capture_output=True, check=True)
@@ -225,8 +224,6 @@ def _espeak(text: str, voice: str, word_gap: int = 0) -> np.ndarray:
 
 
 def _trim(wave: np.ndarray) -> np.ndarray:
-    import librosa
-
     if wave.size and np.abs(wave).max() > 0:
         wave, _ = librosa.effects.trim(wave, top_db=40, frame_length=400, hop_length=80)
     return wave
@@ -297,8 +294,6 @@ def _synth_run(group: list[WordPhonemes]) -> list[np.ndarray]:
 
 def _features(wave: np.ndarray) -> np.ndarray:
     """Per-signal normalised MFCCs ``[frames, 13]`` at :data:`HOP_S` (energy included, as c0)."""
-    import librosa
-
     hop = int(HOP_S * SPEECH_SAMPLE_RATE)
     m = librosa.feature.mfcc(y=wave, sr=SPEECH_SAMPLE_RATE, n_mfcc=_N_MFCC, n_fft=512, hop_length=hop, n_mels=40).T
     return (m - m.mean(axis=0)) / (m.std(axis=0) + 1e-6)
@@ -306,8 +301,7 @@ def _features(wave: np.ndarray) -> np.ndarray:
 
 def align_dtw(audio_16k: np.ndarray, words: list[WordPhonemes]) -> Alignment:
     """Model-free alignment: DTW between the real audio and an espeak-ng synthesis of the same words."""
-    import librosa
-    from scipy.spatial.distance import cdist
+    from scipy.spatial.distance import cdist  # noqa: PLC0415 -- heavy: scipy.spatial loads in ~1 s, only DTW alignment needs it
 
     if len(audio_16k) < int(0.1 * SPEECH_SAMPLE_RATE):
         return Alignment("none", notes=["audio too short to align"])
@@ -349,8 +343,8 @@ def align_dtw(audio_16k: np.ndarray, words: list[WordPhonemes]) -> Alignment:
 
 def build_tiny_recognizer(out_dir: str | Path, seed: int = 0) -> Path:
     """A random-weight tiny ``Wav2Vec2ForCTC`` with an IPA phoneme vocabulary, saved locally (tests, quick start)."""
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+    import torch  # noqa: PLC0415 -- heavy: torch loads in seconds; data_prep's alignment without a model does not need it
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC  # noqa: PLC0415 -- heavy: transformers loads in ~1 s, only the tiny recognizer needs it
 
     out = Path(out_dir)
     if (out / "config.json").is_file():

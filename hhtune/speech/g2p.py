@@ -9,7 +9,7 @@
 
 Numbers become words in the clip's language first; Latin-script words inside
 Chinese or Japanese text are read as English.
-"""
+"""  # noqa: E501 -- a Markdown table: one row per line
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def normalise_numbers(text: str, language: str) -> str:
         if language in ("zh", "yue"):
             whole, _, frac = raw.partition(".")
             return _han_number(int(whole)) + ("点" + "".join(_HAN_DIGITS[int(c)] for c in frac) if frac else "")
-        from num2words import num2words
+        from num2words import num2words  # noqa: PLC0415 -- num2words loads in ~0.5 s, only numbers in non-CJK text need it
 
         value = float(raw) if "." in raw else int(raw)
         return " " + num2words(value, lang=_NUM2WORDS.get(language, "en")) + " "
@@ -81,7 +81,7 @@ def normalise_numbers(text: str, language: str) -> str:
 @functools.cache
 def _espeak(voice: str):
     try:
-        from phonemizer.backend import EspeakBackend
+        from phonemizer.backend import EspeakBackend  # noqa: PLC0415 -- per-language backend loaded on first use; its absence is reported there
     except ImportError as e:
         raise G2PError("phonemizer is missing: pip install phonemizer (and apt-get install espeak-ng)") from e
     try:
@@ -91,7 +91,7 @@ def _espeak(voice: str):
 
 
 def _espeak_words(words: list[str], voice: str) -> list[list[str]]:
-    from phonemizer.separator import Separator
+    from phonemizer.separator import Separator  # noqa: PLC0415 -- per-language backend loaded on first use
 
     if not words:
         return []
@@ -113,8 +113,8 @@ def _english(word: str) -> WordPhonemes:
 
 
 def _mandarin(text: str) -> list[WordPhonemes]:
-    import jieba
-    from pypinyin import Style, lazy_pinyin
+    import jieba  # noqa: PLC0415 -- per-language backend loaded on first use (jieba, pypinyin: ~0.5 s)
+    from pypinyin import Style, lazy_pinyin  # noqa: PLC0415 -- per-language backend loaded on first use (jieba, pypinyin: ~0.5 s)
 
     out = []
     for tok in _cjk_tokens(jieba.lcut(text)):
@@ -126,12 +126,13 @@ def _mandarin(text: str) -> list[WordPhonemes]:
         phones = [p for pair in zip(ini, fin) for p in pair if p]
         syllables = lazy_pinyin(tok, style=Style.TONE3, neutral_tone_with_five=True)
         spoken = " ".join(syllables)
-        out.append(WordPhonemes(tok, phones, _espeak_words([spoken], _ESPEAK_VOICE["zh"])[0], spoken, _ESPEAK_VOICE["zh"]))
+        out.append(WordPhonemes(tok, phones, _espeak_words([spoken], _ESPEAK_VOICE["zh"])[0], spoken,
+                                _ESPEAK_VOICE["zh"]))
     return out
 
 
 def _cantonese(text: str) -> list[WordPhonemes]:
-    import pycantonese
+    import pycantonese  # noqa: PLC0415 -- per-language backend loaded on first use
 
     out = []
     for tok in _cjk_tokens(pycantonese.segment(text)):
@@ -143,13 +144,14 @@ def _cantonese(text: str) -> list[WordPhonemes]:
             for syl in pycantonese.parse_jyutping(jp or ""):
                 phones += [p for p in (syl.onset, f"{syl.nucleus}{syl.coda}{syl.tone}") if p]
         if phones:
-            out.append(WordPhonemes(tok, phones, _espeak_words([tok], _ESPEAK_VOICE["yue"])[0], tok, _ESPEAK_VOICE["yue"]))
+            out.append(WordPhonemes(tok, phones, _espeak_words([tok], _ESPEAK_VOICE["yue"])[0], tok,
+                                    _ESPEAK_VOICE["yue"]))
     return out
 
 
 def _japanese(text: str) -> list[WordPhonemes]:
     try:
-        import pyopenjtalk
+        import pyopenjtalk  # noqa: PLC0415 -- per-language backend loaded on first use; its absence is reported there
     except ImportError as e:
         raise G2PError("Japanese needs pyopenjtalk with a bundled dictionary: pip install pyopenjtalk-plus") from e
     out = []

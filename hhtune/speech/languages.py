@@ -14,7 +14,8 @@ _ALIASES = {
 
 
 def normalise_language(code: str | None) -> str:
-    """``"en-US"``, ``"English"``, ``"cmn"``, ``"zh-CN"``, ``"Cantonese"`` ... -> one of :data:`LANGUAGES` or ``"unknown"``."""
+    """``"en-US"``, ``"English"``, ``"cmn"``, ``"zh-CN"``, ``"Cantonese"`` ... -> one of :data:`LANGUAGES` or
+    ``"unknown"``."""
     raw = (code or "").strip().lower().replace("_", "-")
     if raw in _ALIASES:
         return _ALIASES[raw]

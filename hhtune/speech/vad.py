@@ -8,13 +8,14 @@ street noise under the voice. It runs on torch (the JIT model) and needs no torc
 from __future__ import annotations
 
 import functools
+import itertools
 
 import numpy as np
 
 from ..contract import SPEECH_SAMPLE_RATE
 
 
-class VADUnavailable(RuntimeError):
+class VADUnavailable(RuntimeError):  # noqa: N818 -- public name; speech_activity falls back on it
     """Silero VAD cannot be loaded; the message names what to install."""
 
 
@@ -24,7 +25,7 @@ def energy_activity(audio: np.ndarray, sample_rate: int, hop_s: float = 0.04) ->
     The threshold sits between the 10th-percentile (noise floor) and the 95th-percentile
     energy, at least 18 dB above the floor; short gaps (< 0.2 s) are bridged.
     """
-    hop = max(1, int(round(hop_s * sample_rate)))
+    hop = max(1, round(hop_s * sample_rate))
     n = len(audio) // hop
     if n == 0:
         return np.zeros(0, dtype=bool)
@@ -40,7 +41,7 @@ def energy_activity(audio: np.ndarray, sample_rate: int, hop_s: float = 0.04) ->
 def _bridge(active: np.ndarray, gap: int) -> np.ndarray:
     """Fill inactive runs of at most ``gap`` hops between active ones."""
     idx = np.flatnonzero(active)
-    for a, b in zip(idx[:-1], idx[1:]):
+    for a, b in itertools.pairwise(idx):
         if 1 < b - a <= gap:
             active[a:b] = True
     return active
@@ -49,7 +50,7 @@ def _bridge(active: np.ndarray, gap: int) -> np.ndarray:
 @functools.cache
 def _silero():
     try:
-        from silero_vad import load_silero_vad
+        from silero_vad import load_silero_vad  # noqa: PLC0415 -- its absence is reported as VADUnavailable
     except ImportError as e:
         raise VADUnavailable("Silero VAD is missing: pip install silero-vad") from e
     return load_silero_vad(onnx=False)
@@ -57,8 +58,8 @@ def _silero():
 
 def silero_activity(audio_16k: np.ndarray, hop_s: float = 0.04, threshold: float = 0.5) -> np.ndarray:
     """Boolean speech per hop of 16 kHz mono audio, from Silero VAD's speech segments."""
-    import torch
-    from silero_vad import get_speech_timestamps
+    import torch  # noqa: PLC0415 -- heavy: torch loads in seconds; the energy VAD does not need it
+    from silero_vad import get_speech_timestamps  # noqa: PLC0415 -- loaded with the Silero model only
 
     n = int(len(audio_16k) / SPEECH_SAMPLE_RATE / hop_s)
     out = np.zeros(n, dtype=bool)

@@ -68,7 +68,8 @@ class TrainingDataset:
         self._has_reference = REFERENCE_LATENTS in ds.column_names
         self.ds = ds
         # the array columns as numpy (zero-copy from Arrow where possible), not nested Python lists
-        self._arrays = ds.with_format("numpy", columns=[*_ARRAY_COLUMNS, *((REFERENCE_LATENTS,) if self._has_reference else ())])
+        self._arrays = ds.with_format("numpy",
+                                      columns=[*_ARRAY_COLUMNS, *((REFERENCE_LATENTS,) if self._has_reference else ())])
         keys = zip(ds["num_frames"], ds["height"], ds["width"])
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, key in enumerate(keys):

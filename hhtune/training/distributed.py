@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 _TRUE = ("1", "true", "yes")
 
@@ -41,10 +44,8 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     Call on every process, after the adapter is added and loaded and before the optimizer is built
     (sharding replaces the parameters). Parameters move to ``device``.
     """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    names = {n.strip() for n in os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "TransformerLayer").split(",") if n.strip()}
+    names = {n.strip() for n in os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "TransformerLayer").split(",")
+             if n.strip()}
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() in _TRUE
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     units = [m for m in model.modules() if type(m).__name__ in names]
@@ -64,8 +65,6 @@ def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     never the frozen base, which ``get_model_state_dict(full_state_dict=True)`` would also
     gather: 30 GB per checkpoint for the 15B model.
     """
-    from torch.distributed.tensor import DTensor
-
     out = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -76,13 +75,13 @@ def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer state keyed by parameter name, unsharded, on the CPU (a collective under FSDP)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # noqa: PLC0415 -- torch.distributed.checkpoint loads in ~1 s, only optimizer state under FSDP needs it
 
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Inverse of :func:`full_optimizer_state`: each process keeps its shard of ``state``."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # noqa: PLC0415 -- torch.distributed.checkpoint loads in ~1 s, only optimizer state under FSDP needs it
 
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))

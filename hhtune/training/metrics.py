@@ -22,7 +22,7 @@ class MetricsLogger:
         self._truncate_after(resume_step)
         self.wandb_run = None
         if mode != "disabled":
-            import wandb
+            import wandb  # noqa: PLC0415 -- heavy: wandb loads in ~1 s, only when W&B logging is on
 
             self.wandb_run = wandb.init(
                 project=project, name=run_name, config=config, dir=str(run_dir), mode=mode,
@@ -61,10 +61,10 @@ class MetricsLogger:
 
 def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> None:
     """Loss (total, video, audio) against step, saved as a PNG."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 -- Agg is set before pyplot loads; only the loss curve needs matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- Agg is set before pyplot loads; only the loss curve needs matplotlib
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for key in ("loss", "loss_video", "loss_audio"):

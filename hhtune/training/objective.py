@@ -132,5 +132,5 @@ def flow_matching_loss(
 
 def sigma_bucket(sigma: float, buckets: int = 4) -> str:
     """Name of the sigma bucket a sample falls in, e.g. ``sigma_0.50-0.75``."""
-    i = min(int(math.floor(sigma * buckets)), buckets - 1)
+    i = min(math.floor(sigma * buckets), buckets - 1)
     return f"sigma_{i / buckets:.2f}-{(i + 1) / buckets:.2f}"

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import torch
 
+from ..adapters.base_identity import base_model_id
 from ..contract import TEXT_EMBEDS, VIDEO_LATENTS
+from ..encoders import EncoderPaths
+from ..export import export_adapter
+from ..export.model_card import write_model_card
 from ..io import atomic_write_text
 from ..recipe import Recipe
+from ..sampling.generate import encode_prompts
+from ..sampling.metrics import clip_summary
+from ..sampling.validation import run_validation
 from .data import TrainingDataset
 from .errors import TrainingError
 from .metrics import plot_loss_curve
+from .validation_model import validation_model
 
 PromptFeatures = list[tuple[torch.Tensor, int]]
 
@@ -79,8 +87,6 @@ def encode_validation_prompts(recipe: Recipe, data: TrainingDataset, device: tor
             out[i] = (feats, int(feats.shape[1]))
     todo = [i for i in range(len(recipe.validation.prompts)) if i not in out]
     if todo:
-        from ..sampling.generate import encode_prompts
-
         encoded = encode_prompts([recipe.validation.prompts[i] for i in todo], encoder_paths(recipe, data).text_encoder,
                                  device)  # fmt: skip
         out.update(zip(todo, encoded))
@@ -89,11 +95,10 @@ def encode_validation_prompts(recipe: Recipe, data: TrainingDataset, device: tor
 
 def encoder_paths(recipe: Recipe, data: TrainingDataset):
     """The encoders validation uses: ``validation.encoders``, else those the dataset was encoded with."""
-    from ..encoders import EncoderPaths
-
     if recipe.validation.encoders:
         folder = Path(recipe.validation.encoders)
-        return EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae", text_encoder=folder / "text_encoder")
+        return EncoderPaths(video_vae=folder / "video_vae", audio_vae=folder / "audio_vae",
+                            text_encoder=folder / "text_encoder")
     enc = data.manifest.get("encoders") or {}
     if not enc:
         raise TrainingError("validation needs encoders: set validation.encoders (the dataset's manifest names none)")
@@ -104,7 +109,6 @@ def training_clip_summaries(recipe: Recipe, data: TrainingDataset) -> list[torch
     """Every training clip's video latents pooled small (``clip_summary``), read once for the memorisation metric."""
     if not validation_enabled(recipe):
         return None
-    from ..sampling.metrics import clip_summary
 
     return [clip_summary(row[VIDEO_LATENTS]) for row in data.ds.select_columns([VIDEO_LATENTS])]
 
@@ -120,8 +124,6 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
     main = accelerator.is_main_process
     if not validation_enabled(recipe) or not (main or sharded):
         return
-    from ..sampling.validation import run_validation
-    from .validation_model import validation_model
 
     v = recipe.validation
     with validation_model(recipe, model, accelerator.device) as m:
@@ -142,8 +144,6 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
 
 def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path, progress, metrics, log) -> None:
     """Main process: final adapter (PEFT format), run_info.json, exports and the loss curve."""
-    from ..adapters.base_identity import base_model_id
-
     adapter_dir = run_dir / "adapter"
     peft_model.save_pretrained(str(adapter_dir))
     info = {
@@ -153,12 +153,11 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
         "trigger_words": recipe.export.trigger_words,
         "languages": sorted({str(x) for x in data.ds["language"]}),
         "dataset_summary": {"clips": len(data), "dataset": str(data.path),
-                            "fingerprint": data.manifest.get("fingerprint")},  # fmt: skip
+                            "fingerprint": data.manifest.get("fingerprint")},
         "base_fingerprint": base_model_id(peft_model),
         "base": recipe.model.checkpoint or recipe.model.preset,
     }
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
-    from ..export.model_card import write_model_card  # a real model card in place of PEFT's template README
 
     write_model_card(adapter_dir, {**info, "lora": recipe.lora.model_dump()})
     _export(recipe, peft_model, run_dir, info, log)
@@ -169,13 +168,13 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
 
 
 def _export(recipe: Recipe, peft_model, run_dir: Path, info: dict, log) -> None:
-    from ..export import export_adapter  # importable: checked at the start of the run
-
     meta = {
-        "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"], "recipe_hash": info["recipe_hash"],
-        "trigger_words": info["trigger_words"], "languages": info["languages"], "dataset_summary": info["dataset_summary"],
+        "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"],
+        "recipe_hash": info["recipe_hash"], "trigger_words": info["trigger_words"], "languages": info["languages"],
+        "dataset_summary": info["dataset_summary"],
     }  # fmt: skip
     for fmt in recipe.export.formats:
         base = recipe.model.checkpoint if fmt.startswith("merged") else None
-        out = export_adapter(peft_model, fmt, run_dir / "export" / fmt, base=base, dtype=recipe.export.dtype, metadata=meta)
+        out = export_adapter(peft_model, fmt, run_dir / "export" / fmt, base=base, dtype=recipe.export.dtype,
+                             metadata=meta)
         log(f"exported {fmt}: {out}")

@@ -41,7 +41,8 @@ def run_fingerprint(recipe: Recipe, world_size: int, dataset_fingerprint: str | 
     return out
 
 
-def check_resume(stored: dict[str, Any], current: dict[str, Any], allow_changed: list[str], checkpoint: str) -> list[str]:
+def check_resume(stored: dict[str, Any], current: dict[str, Any],
+                 allow_changed: list[str], checkpoint: str) -> list[str]:
     """Raise :class:`ResumeMismatch` if ``stored`` and ``current`` differ outside ``allow_changed``.
 
     Returns the allowed changes (``"key: old -> new"``) so the caller can log them.

@@ -113,7 +113,8 @@ def save_state(run_dir: Path, snapshot: Snapshot, keep_last: int,
     target = checkpoint_dir(run_dir, snapshot.progress.step)
     written = on_file or (lambda _p: None)
     with atomic_dir(target) as tmp:
-        atomic_save_file({k: v.detach().cpu().contiguous() for k, v in snapshot.adapter.items()}, tmp / "adapter.safetensors")
+        atomic_save_file({k: v.detach().cpu().contiguous() for k, v in snapshot.adapter.items()},
+                         tmp / "adapter.safetensors")
         written(tmp / "adapter.safetensors")
         for name, state in (("optimizer.pt", snapshot.optimizer), ("scheduler.pt", snapshot.scheduler),
                             ("rng.pt", _rng_state())):  # fmt: skip
@@ -161,7 +162,7 @@ def _rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "python": random.getstate(),  # (version, tuple of ints, None): plain containers
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},  # fmt: skip
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

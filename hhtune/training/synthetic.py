@@ -11,9 +11,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ..contract import (AUDIO_LATENTS, FORMAT_VERSION, LATENT_COLUMNS, MANIFEST, META_COLUMNS, REFERENCE_LATENTS, ROWS,
-                        TEXT_EMBEDS, VIDEO_LATENTS, VIDEO_STRIDE, LatentShape, seconds_of)  # fmt: skip
+from ..contract import (
+    AUDIO_LATENTS,
+    FORMAT_VERSION,
+    LATENT_COLUMNS,
+    MANIFEST,
+    META_COLUMNS,
+    REFERENCE_LATENTS,
+    ROWS,
+    TEXT_EMBEDS,
+    VIDEO_LATENTS,
+    VIDEO_STRIDE,
+    LatentShape,
+    seconds_of,
+)
+from ..model import HappyHorseTransformer
 
 
 def write_synthetic_dataset(
@@ -29,7 +43,7 @@ def write_synthetic_dataset(
     with_reference: bool = False,
 ) -> Path:
     """Write ``clips`` random clips (``buckets`` different latent sizes) and return the dataset folder."""
-    import datasets
+    import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only writing the Arrow table needs it
 
     rng = np.random.default_rng(seed)
     path = Path(path)
@@ -72,10 +86,6 @@ def denoising_base(config, seed: int = 0):
     wrong for any clean content. What an adapter learns on top is then what it learned
     from the clips. Used by the learning check (``benchmarks/learning.py``) and its test.
     """
-    import torch
-
-    from ..model import HappyHorseTransformer
-
     if config.hidden_size < max(config.video_in_channels, config.audio_in_channels):
         raise ValueError(f"a denoising base needs hidden_size >= {config.video_in_channels} (the video token width), "
                          f"got {config.hidden_size}")  # fmt: skip

@@ -413,8 +413,6 @@ def _any_process(accelerator: Accelerator, flag: bool) -> bool:
 
 def _clip(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: float | None, fsdp: bool) -> float:
     if fsdp:  # sharded gradients: the global norm is reduced across processes, then every shard is scaled by it
-        from torch.distributed.tensor import DTensor
-
         grads = [p.grad for p in params if p.grad is not None]
         total = torch.nn.utils.get_total_norm(grads)
         total = total.full_tensor() if isinstance(total, DTensor) else total

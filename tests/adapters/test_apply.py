@@ -85,47 +85,57 @@ def _write_with_meta(src, dst, **changes):
 def test_bad_files_are_named(tmp_path):
     good = export_adapter(trained(), "comfyui", tmp_path / "a.safetensors")
     sr = _write_with_meta(good, tmp_path / "sr.safetensors", base_name="MagiHuman-SR-1080p")
-    with pytest.raises(AdapterError, match=r"sr.safetensors was trained on another base model \('MagiHuman-SR-1080p', .*super-resolution"):
+    with pytest.raises(AdapterError,
+                       match=r"sr.safetensors was trained on another base model \('MagiHuman-SR-1080p', "
+                             r".*super-resolution"):
         adapters.load(sr, base_model(seed=1))
     assert adapters.load(sr, base_model(seed=1), check_base=False)  # the escape hatch for an FP8 copy of the same base
     state = load_file(good)
     state["diffusion_model.block.layers.2.attention.linear_qkv.lora_A.weight"] = torch.zeros(4, 65)
     save_file(state, tmp_path / "shape.safetensors")
-    with pytest.raises(AdapterError, match=r"shape.safetensors: block.layers.2.attention.linear_qkv has A \[4, 65\] / B \[132, 4\], the model needs \[r, 64\]"):
+    with pytest.raises(AdapterError,
+                       match=r"shape.safetensors: block.layers.2.attention.linear_qkv has A \[4, 65\] / B \[132, 4\], "
+                             r"the model needs \[r, 64\]"):
         adapters.load(tmp_path / "shape.safetensors", base_model())
-    with pytest.raises(AdapterError, match="metadata says rank 16 but block.layers.2.* has rank 4"):
+    with pytest.raises(AdapterError, match=r"metadata says rank 16 but block.layers.2.* has rank 4"):
         adapters.load(_write_with_meta(good, tmp_path / "rank.safetensors", rank=16), base_model())
     peft = export_adapter(good, "peft", tmp_path / "peft")
     cfg = json.loads((peft / "adapter_config.json").read_text())
     (peft / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
-    with pytest.raises(AdapterError, match="adapter_config.json says rank 8 for block.layers.2.* has rank 4"):
+    with pytest.raises(AdapterError, match=r"adapter_config.json says rank 8 for block.layers.2.* has rank 4"):
         adapters.load(peft, base_model())
     (peft / "adapter_config.json").write_text(json.dumps({**cfg, "peft_type": "LOHA"}))
     with pytest.raises(AdapterError, match="is a LOHA adapter; only LoRA"):
         adapters.load(peft, base_model())
     base_dir = save_checkpoint(base_model(), tmp_path / "base", max_shard_size=40_000)
-    with pytest.raises(AdapterError, match="is not a LoRA adapter.*load_checkpoint"):
+    with pytest.raises(AdapterError, match=r"is not a LoRA adapter.*load_checkpoint"):
         adapters.load(min(base_dir.glob("model-*.safetensors")), base_model())
-    with pytest.raises(AdapterError, match="is not an adapter: no adapter_config.json.*it is a base checkpoint"):
+    with pytest.raises(AdapterError, match=r"is not an adapter: no adapter_config.json.*it is a base checkpoint"):
         adapters.load(base_dir, base_model())
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(AdapterError, match="junk.safetensors is not a safetensors file"):
+    with pytest.raises(AdapterError, match=r"junk.safetensors is not a safetensors file"):
         adapters.load(tmp_path / "junk.safetensors", base_model())
     save_file({"diffusion_model.block.layers.0.attention.linear_qkv.lora_A.weight": torch.zeros(2, 64),
                "diffusion_model.block.layers.0.attention.linear_qkv.lora_B.weight": torch.zeros(200, 2)},
               tmp_path / "mm.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match=r"block.layers.0.attention.linear_qkv has B \[200, 2\], the weight in the model has 396 rows \(3 experts of 132\)"):
+    with pytest.raises(AdapterError,
+                       match=r"block.layers.0.attention.linear_qkv has B \[200, 2\], the weight in the model has 396 "
+                             r"rows \(3 experts of 132\)"):
         adapters.load(tmp_path / "mm.safetensors", base_model())
     save_file({"diffusion_model.block.layers.9.mlp.down_proj.lora_A.weight": torch.zeros(2, 64),
                "diffusion_model.block.layers.9.mlp.down_proj.lora_B.weight": torch.zeros(64, 2),
                "diffusion_model.block.layers.2.mlp.down_proj.lora_A.weight": torch.zeros(2, 168),
                "diffusion_model.block.layers.2.mlp.down_proj.lora_B.weight": torch.zeros(64, 2)},
               tmp_path / "deep.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match="deep.safetensors: module 'block.layers.9.mlp.down_proj' does not exist in the model"):
+    with pytest.raises(AdapterError,
+                       match=r"deep.safetensors: module 'block.layers.9.mlp.down_proj' does not exist in the model"):
         adapters.load(tmp_path / "deep.safetensors", base_model())
     save_file({"lora_unet_final_linear_video.lora_down.weight": torch.zeros(2, 64),
-               "lora_unet_final_linear_video.lora_up.weight": torch.zeros(192, 2)}, tmp_path / "k.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match="k.safetensors: kohya key lora_unet_final_linear_video.lora_down.weight does not name a HappyHorse block or embedder"):
+               "lora_unet_final_linear_video.lora_up.weight": torch.zeros(192, 2)},
+              tmp_path / "k.safetensors")  # fmt: skip
+    with pytest.raises(AdapterError,
+                       match=r"k.safetensors: kohya key lora_unet_final_linear_video.lora_down.weight does not name a "
+                             r"HappyHorse block or embedder"):
         adapters.load(tmp_path / "k.safetensors", base_model())
     with pytest.raises(AdapterError, match="adapter not found"):
         adapters.load(tmp_path / "nothing.safetensors", base_model())
@@ -174,7 +184,8 @@ def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
 
 
-@pytest.mark.parametrize("case", ["architecture", "wan_keys", "shape", "unknown_module", "unknown_key", "duplicate", "nan"])
+@pytest.mark.parametrize("case",
+                         ["architecture", "wan_keys", "shape", "unknown_module", "unknown_key", "duplicate", "nan"])
 def test_bad_files_name_file_key_and_reason_and_change_nothing(tmp_path, case):
     good = load_file(export_adapter(trained(), "wan2gp", tmp_path / "good.safetensors", dtype="fp32"))
     k = "block.layers.2.mlp.down_proj"
@@ -185,10 +196,12 @@ def test_bad_files_name_file_key_and_reason_and_change_nothing(tmp_path, case):
     elif case == "wan_keys":  # a Wan2.1 LoRA in ComfyUI's generic layout: no header, only foreign module paths
         state = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 64),
                  "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(64, 4)}  # fmt: skip
-        match = r"bad.safetensors: none of its 1 modules exist in the model \(e.g. 'blocks.0.self_attn.q'\).*another architecture"
+        match = (r"bad.safetensors: none of its 1 modules exist in the model \(e.g. 'blocks.0.self_attn.q'\)"
+                 r".*another architecture")
     elif case == "shape":
         state[f"{k}.lora_A.weight"] = torch.zeros(4, 100)
-        match = r"bad.safetensors: block.layers.2.mlp.down_proj has A \[4, 100\] / B \[64, 4\], the model needs \[r, 168\]"
+        match = (r"bad.safetensors: block.layers.2.mlp.down_proj has A \[4, 100\] / B \[64, 4\], "
+                 r"the model needs \[r, 168\]")
     elif case == "unknown_module":
         state["block.layers.2.attention.linear_gate.lora_A.weight"] = torch.zeros(4, 64)
         state["block.layers.2.attention.linear_gate.lora_B.weight"] = torch.zeros(64, 4)
@@ -213,7 +226,8 @@ def test_bad_files_name_file_key_and_reason_and_change_nothing(tmp_path, case):
         assert types_after == types and before.keys() == after.keys()
         assert all(torch.equal(before[n], after[n]) for n in before)  # nothing half-applied
     with pytest.raises(AdapterError, match=match.replace("the model", "base .*")):
-        export_adapter(tmp_path / "bad.safetensors", "merged", tmp_path / "m", base=save_checkpoint(base_model(), tmp_path / "b"))
+        export_adapter(tmp_path / "bad.safetensors", "merged", tmp_path / "m",
+                       base=save_checkpoint(base_model(), tmp_path / "b"))
 
 
 def test_a_failure_while_injecting_removes_the_half_made_adapter(tmp_path, monkeypatch):

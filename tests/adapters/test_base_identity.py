@@ -21,7 +21,8 @@ def test_base_model_id_is_the_same_in_memory_and_on_disk(tmp_path):
     assert base_model_id(base_model(seed=1)) != fp  # same shapes, other weights (an SR or distilled model)
     fp8 = export_adapter(trained(), "merged_fp8", tmp_path / "fp8.safetensors", base=saved, strength=0.0)
     assert base_model_id(fp8) != fp  # FP8 rounding changes the values
-    assert base_model_id(load_checkpoint(fp8, fp8_storage=True)) == base_model_id(fp8) == base_model_id(load_checkpoint(fp8))
+    stored_fp8 = base_model_id(load_checkpoint(fp8, fp8_storage=True))
+    assert stored_fp8 == base_model_id(fp8) == base_model_id(load_checkpoint(fp8))
 
 
 def test_base_model_id_reads_only_sampled_rows(tmp_path, monkeypatch):

@@ -6,9 +6,9 @@ import torch
 from peft import get_peft_model_state_dict
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from hhtune.adapters.compute import set_lora_compute_dtype
 from hhtune.adapters.inject import add_lora
 from hhtune.adapters.settings import LoraSettings
-from hhtune.adapters.compute import set_lora_compute_dtype
 from hhtune.model import HappyHorseTransformer, ModelConfig
 
 
@@ -26,7 +26,8 @@ def _peft(seed: int = 0):
 
 def _batch():
     g = torch.Generator().manual_seed(7)
-    return torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    return (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+            torch.randn(1, 6, 32, generator=g))
 
 
 def _loss(peft) -> torch.Tensor:
@@ -70,7 +71,8 @@ def test_bf16_lora_deltas_and_grads_are_within_bf16_tolerance_of_fp32():
     ref_grads = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in lora.values())
     errs = {n: _rel(p.grad, ref_grads[n]) for n, p in lora.items() if float(ref_grads[n].norm()) > 0}
-    assert len(errs) > 10 and max(errs.values()) < 5e-2 and sum(errs.values()) > 0, max(errs.items(), key=lambda kv: kv[1])
+    worst = max(errs.items(), key=lambda kv: kv[1])
+    assert len(errs) > 10 and max(errs.values()) < 5e-2 and sum(errs.values()) > 0, worst
     assert set(get_peft_model_state_dict(peft)) == keys  # saving is unchanged
     handle.remove()
     with torch.no_grad():

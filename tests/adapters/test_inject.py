@@ -41,7 +41,8 @@ def test_training_moves_only_the_adapter(tiny_model):
     peft_model = add_lora(tiny_model, LoraSettings(rank=4, init="gaussian"))
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     g = torch.Generator().manual_seed(0)
-    v, a, t = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 3, 32, generator=g)
+    v, a, t = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+               torch.randn(1, 3, 32, generator=g))
     for _ in range(2):
         ov, oa = peft_model(v, a, t)
         loss = ov.square().mean() + oa.square().mean()

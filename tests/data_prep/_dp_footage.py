@@ -71,7 +71,9 @@ def long_speech_footage(folder: Path, name: str, language: str, voice: str, sent
     ffmpeg("-f", "lavfi", "-i", f"testsrc2=s={size}:r={fps}:d={duration:.3f}", "-i", str(wav), "-c:v", "libx264",
            "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(mp4))  # fmt: skip
     wav.unlink()
-    stamp = lambda s: f"{int(s // 3600):02d}:{int(s % 3600 // 60):02d}:{int(s % 60):02d},{int(round(s % 1 * 1000)) % 1000:03d}"
+    stamp = lambda s: (f"{int(s // 3600):02d}:{int(s % 3600 // 60):02d}:{int(s % 60):02d},"
+                       f"{round(s % 1 * 1000) % 1000:03d}")
     (folder / f"{name}.srt").write_text("".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n\n"
-                                                for i, ((a, b), text) in enumerate(zip(cues, sentences), 1)))  # fmt: skip
+                                                for i, ((a, b), text)
+                                                in enumerate(zip(cues, sentences), 1)))  # fmt: skip
     return mp4, cues

@@ -31,7 +31,7 @@ def test_forced_alignment_differs_from_greedy_decoding():
     # greedy would read "a b a", but we force the transcript "a a": a blank must separate them
     lp = _emissions([1, 1, 2, 1, 1])
     spans = viterbi_align(lp, [1, 1])
-    (k0, a0, b0, _), (k1, a1, b1, _) = spans
+    (_k0, a0, b0, _), (_k1, a1, b1, _) = spans
     assert b0 <= a1 - 1 and a0 == 0 and b1 == 5  # a gap frame (blank) between the two a's
 
 

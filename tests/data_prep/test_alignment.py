@@ -15,7 +15,8 @@ from data_prep.segment import window
 from data_prep.units import Unit
 from hhtune.speech.align import Alignment
 
-SENTENCES = ["Good morning and welcome to the show.", "Today we talk about the new collection.", "Thank you and goodbye."]
+SENTENCES = ["Good morning and welcome to the show.", "Today we talk about the new collection.",
+             "Thank you and goodbye."]
 
 
 @pytest.fixture(scope="module")

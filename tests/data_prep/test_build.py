@@ -51,7 +51,8 @@ def broken(tmp_path_factory, speech) -> Path:
     speech_clip(d / "late.mp4", speech)
     (d / "late.srt").write_text("1\n00:01:00,000 --> 00:01:02,000\nway after the end\n")
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x64:r=24:d=4", "-i", str(speech), "-vf", "scale=97:61", "-c:v", "libx264",
-           "-pix_fmt", "yuv444p", "-c:a", "aac", "-ar", "8000", "-ac", "1", "-shortest", str(d / "odd_8khz.mkv"))  # fmt: skip
+           "-pix_fmt", "yuv444p", "-c:a", "aac", "-ar", "8000", "-ac", "1", "-shortest",
+           str(d / "odd_8khz.mkv"))  # fmt: skip
     make_clip(d / "surround.mp4", audio="sine=f=440", rate=48000, channels=6)
     make_clip(d / "upright.mp4", size="96x64", audio="sine=f=500")
     ffmpeg("-i", str(d / "upright.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(d / "rotated.mp4"))
@@ -60,7 +61,8 @@ def broken(tmp_path_factory, speech) -> Path:
     make_clip(d / "hevc.mkv", vcodec="libx265", extra=("-x265-params", "log-level=none"))
     write_metadata(d, [
         {"file_name": "good.mp4", "language": "en", "speaker": "host", "trigger": "hhbrand"},
-        {"file_name": "wrong_language.mp4", "language": "en"}, {"file_name": "silent_claims_speech.mp4", "language": "en"},
+        {"file_name": "wrong_language.mp4", "language": "en"},
+        {"file_name": "silent_claims_speech.mp4", "language": "en"},
         {"file_name": "odd_8khz.mkv", "language": "English"}, {"file_name": "late.mp4", "language": "en"},
         {"file_name": "too_long.mp4", "language": "en"},
         {"file_name": "../outside.mp4", "language": "en"}, {"file_name": "missing.mp4", "language": "en"},
@@ -135,13 +137,15 @@ def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     first = good[0]["caption"]
     # description from the caption sidecar, trigger at its {trigger} placeholder, then Dialogue and Background Sound
     assert first.startswith("A host in a hhbrand studio greets the audience. Host says in English, \"")
-    assert '\n\nDialogue:\n<host, English>: "' in first and first.endswith("Background Sound:\n<No prominent background sound>")
+    assert '\n\nDialogue:\n<host, English>: "' in first
+    assert first.endswith("Background Sound:\n<No prominent background sound>")
     # one cue per clip, cut in the pause between them; a cue wholly inside a clip keeps its punctuation
     assert [g["transcript"] for g in good] == [f"{SENTENCE}.", f"{SENTENCE}!"]
     for g in good:
         m = g["speech_mask"]
         assert len(m) == g["num_frames"] and 0 < sum(m) <= len(m)
-        assert (broken_build / "alignments" / f"{g['clip_id']}.TextGrid").read_text().startswith('File type = "ooTextFile"')
+        textgrid = (broken_build / "alignments" / f"{g['clip_id']}.TextGrid").read_text()
+        assert textgrid.startswith('File type = "ooTextFile"')
         words = json.loads((broken_build / "alignments" / f"{g['clip_id']}.json").read_text())["words"]
         assert words and all(0 <= w["start"] < w["end"] <= g["num_frames"] / 25 + 1e-6 for w in words)
     surround = rows["surround.mp4"][0]
@@ -246,7 +250,7 @@ class _InlinePool:
         f: Future = Future()
         try:
             f.set_result(fn(*a, **k))
-        except Exception as e:  # noqa: BLE001 - handed to the caller through the future, as a pool would
+        except Exception as e:  # handed to the caller through the future, as a pool would
             f.set_exception(e)
         return f
 
@@ -260,7 +264,7 @@ def test_changed_settings_refuse_the_stale_cache(tmp_path, monkeypatch):
     make_clip(d / "a.mp4", seconds=1.2)
     prepare_all(d, tmp_path / "ds", load_data_config(None, SMALL), progress=False)
     other = load_data_config(None, {**SMALL, "base_resolution": 128})
-    with pytest.raises(BuildError, match="built from other footage or settings.*--rebuild"):
+    with pytest.raises(BuildError, match=r"built from other footage or settings.*--rebuild"):
         prepare_all(d, tmp_path / "ds", other, progress=False)
     assert prepare_all(d, tmp_path / "ds", other, rebuild=True, progress=False)[0].clips[0].height == 128
 
@@ -281,13 +285,13 @@ def test_metadata_csv_and_bad_rows(tmp_path):
 def test_data_config_errors_name_the_key(tmp_path):
     p = tmp_path / "d.yaml"
     p.write_text("base_resolutoin: 256\n")
-    with pytest.raises(ValueError, match="base_resolutoin: unknown key; allowed keys here: .*base_resolution"):
+    with pytest.raises(ValueError, match=r"base_resolutoin: unknown key; allowed keys here: .*base_resolution"):
         load_data_config(p)
     with pytest.raises(ValueError, match="base_resolution = 100: Input should be a multiple of 32"):
         load_data_config(None, {"base_resolution": 100})
     with pytest.raises(ValueError, match="unknown language 'xx'"):
         load_data_config(None, {"language": "xx"})
-    with pytest.raises(ValueError, match="max_seconds .* must be >= min_seconds"):
+    with pytest.raises(ValueError, match=r"max_seconds .* must be >= min_seconds"):
         load_data_config(None, {"min_seconds": 3, "max_seconds": 2})
     p.write_text("encoders: {video_vae: a, audio_vae: b, text_encodr: c}\n")
     with pytest.raises(ValueError, match="text_encodr"):
@@ -345,7 +349,7 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
     other = build_tiny_encoders(tmp_path / "other", seed=1)
     from data_prep.build import load_units
 
-    with pytest.raises(StaleLatentsError, match="latents from other encoders.*--reencode"):
+    with pytest.raises(StaleLatentsError, match=r"latents from other encoders.*--reencode"):
         encode_clips(load_units(out), out / ".work", other, cfg, progress=False)
     with pytest.raises(Exception, match="built with other settings or encoders"):
         load_dataset_dir(out, fingerprint="0" * 16)

@@ -43,7 +43,8 @@ def test_trigger_goes_where_configured(desc, position, want):
 
 @pytest.mark.parametrize("text,langs", [
     ("Guten Morgen", {"en", "de", "fr"}), ("欢迎来到我们的春季系列", {"zh", "yue", "ja"}), ("春のコレクション", {"ja"}),
-    ("봄 컬렉션에 오신 것을", {"ko"}), ("欢迎 iPhone 用户", {"zh", "yue", "ja"}), ("Привет мир", set()), ("123 !", None),
+    ("봄 컬렉션에 오신 것을", {"ko"}), ("欢迎 iPhone 用户", {"zh", "yue", "ja"}),
+    ("Привет мир", set()), ("123 !", None),
 ])  # fmt: skip
 def test_script_detection(text, langs):
     got = script_languages(text)
@@ -51,6 +52,7 @@ def test_script_detection(text, langs):
 
 
 def test_mismatch_and_length_reasons():
-    assert script_mismatch("早上好", "en").startswith("the transcript's script (han) does not match the declared language 'en'")
+    assert script_mismatch("早上好", "en").startswith(
+        "the transcript's script (han) does not match the declared language 'en'")
     assert script_mismatch("早上好", "yue") is None
     assert too_long(20, 2.0) is None and "longer than the clip: 200 phonemes in 2.00 s" in too_long(200, 2.0)

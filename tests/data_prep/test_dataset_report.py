@@ -28,7 +28,8 @@ def _unit(name: str, fate_clips: int, language: str = "en", frames: int = 9, cap
           transcript: str = "hi", timeline: list[dict] | None = None) -> Unit:
     clips = []
     for k in range(fate_clips):
-        a = Alignment("dtw", [Interval(0.04, 0.2, "hi", 0.5)], [Interval(0.04, 0.1, "h", 0.5), Interval(0.1, 0.2, "aɪ", 0.5)])
+        a = Alignment("dtw", [Interval(0.04, 0.2, "hi", 0.5)],
+                      [Interval(0.04, 0.1, "h", 0.5), Interval(0.1, 0.2, "aɪ", 0.5)])
         clips.append(Clip(clip_id=f"{name}-{k:03d}", source_file=f"{name}.mp4", start_s=k * 0.36,
                           end_s=k * 0.36 + frames / 25, language=language, caption=caption, transcript=transcript,
                           alignment=a.to_json(), alignment_method="dtw",
@@ -92,7 +93,7 @@ def test_unencoded_dataset_roundtrip_and_validation(tmp_path):
     write_dataset(bad, tmp_path / "bad", cfg, None)
     with pytest.raises(DatasetError, match="num_frames 10 is not 4k\\+1"):
         load_dataset_dir(tmp_path / "bad")
-    with pytest.raises(DatasetError, match="no manifest.json"):
+    with pytest.raises(DatasetError, match=r"no manifest.json"):
         load_dataset_dir(tmp_path / "nowhere")
     # the manifest's fingerprint follows the settings
     write_dataset(units, tmp_path / "other", load_data_config(None, {"base_resolution": 64}), None)
@@ -120,11 +121,13 @@ def test_report_fates_counts_and_pil_fallback(tmp_path, monkeypatch):
     t = summary["totals"]
     assert (t["files"], t["used"], t["used_whole"], t["split"], t["skipped"], t["clips"]) == (3, 2, 1, 1, 1, 3)
     assert summary["by_language"]["en"]["clips"] == 2 and summary["by_bucket"] == {"1:1": {"clips": 3, "seconds": 1.08}}
-    assert summary["phonemes"]["ko"]["distinct"] == 2 and summary["alignment"] == {"methods": {"dtw": 3}, "mean_word_confidence": 0.5}
+    assert summary["phonemes"]["ko"]["distinct"] == 2 and summary["alignment"] == {"methods": {"dtw": 3},
+                                                                                   "mean_word_confidence": 0.5}
     report = json.loads((tmp_path / "report.json").read_text())
     assert [f["fate"] for f in report["files"]] == ["split", "used", "skipped"]
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64") == 3 * 2 + 1 + 2  # strip + waveform per clip, durations, chart per language
+    # strip + waveform per clip, durations, chart per language
+    assert page.count("data:image/png;base64") == 3 * 2 + 1 + 2
     assert "split into 2 clips" in page and "no audio track" in page and "charts drawn with pillow" in page
     assert "src='http" not in page and 'src="http' not in page  # self-contained
 

@@ -45,6 +45,8 @@ def test_missing_tools_stop_the_build_with_the_apt_command(tmp_path, monkeypatch
 
 def test_missing_package_names_the_pip_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("av", "silero_vad") else real(name, *a))
-    with pytest.raises(EnvironmentProblem, match=r"missing Python packages \(av, silero-vad\): pip install av silero-vad"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name in ("av", "silero_vad") else real(name, *a))
+    with pytest.raises(EnvironmentProblem,
+                       match=r"missing Python packages \(av, silero-vad\): pip install av silero-vad"):
         check_environment()

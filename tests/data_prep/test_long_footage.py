@@ -3,6 +3,7 @@ falls inside a word, and every second of every file is accounted for."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from html.parser import HTMLParser
 
@@ -30,7 +31,8 @@ TEXTS = {
     "de": ("de", ["Guten Morgen und willkommen im Studio.", "Heute sprechen wir über die neue Kollektion.",
                   "Jedes Stück wird von Hand gefertigt.", "Vielen Dank fürs Zuschauen.", "Bis nächste Woche.",
                   "Auf Wiedersehen."]),
-    "zh": ("cmn-latn-pinyin", ["早上好，欢迎来到我们的工作室。", "今天我们来谈谈新的春季系列。", "每一件作品都是手工制作的。",
+    "zh": ("cmn-latn-pinyin", ["早上好，欢迎来到我们的工作室。", "今天我们来谈谈新的春季系列。",
+                               "每一件作品都是手工制作的。",
                                "谢谢大家的观看。", "我们下周再见。", "再见。"]),
 }  # fmt: skip
 
@@ -148,7 +150,7 @@ def test_every_second_is_accounted_for(built, lang):
     u = units[f"{lang}_talk.mp4"]
     ranges = u.timeline
     assert ranges[0]["start"] == 0 and ranges[-1]["end"] == pytest.approx(u.probe.duration, abs=1e-3)
-    for x, y in zip(ranges, ranges[1:]):
+    for x, y in itertools.pairwise(ranges):
         assert x["end"] == pytest.approx(y["start"], abs=1e-9)
     used = sum(r["end"] - r["start"] for r in ranges if r["status"] == "used")
     assert used == pytest.approx(sum(c.end_s - c.start_s for c in u.clips), abs=0.05)

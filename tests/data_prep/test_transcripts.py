@@ -9,7 +9,8 @@ from data_prep.transcripts import TranscriptError, parse_transcript
 
 def test_srt_with_bom_crlf_and_tags(tmp_path):
     p = tmp_path / "a.srt"
-    p.write_bytes("\ufeff1\r\n00:00:01,500 --> 00:00:03,000\r\n<i>Hello</i> there\r\n\r\n2\r\n00:00:03,200 --> 00:00:04,000\r\nworld\r\n".encode())
+    p.write_bytes("\ufeff1\r\n00:00:01,500 --> 00:00:03,000\r\n<i>Hello</i> there\r\n\r\n2\r\n00:00:03,200 --> "
+                  "00:00:04,000\r\nworld\r\n".encode())
     t = parse_transcript(p)
     assert t.source == "srt" and t.text() == "Hello there world"
     assert (t.segments[0].start, t.segments[0].end) == (1.5, 3.0)

@@ -11,9 +11,17 @@ import torch
 from safetensors.torch import save_file
 
 from hhtune.contract import AUDIO_SAMPLE_RATE
-from hhtune.encoders import (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, EncoderError, EncoderPaths,
-                             build_tiny_encoders, encoders_fingerprint, load_audio_vae, load_text_encoder,
-                             load_video_vae)  # fmt: skip
+from hhtune.encoders import (
+    WAN22_LATENTS_MEAN,
+    WAN22_LATENTS_STD,
+    EncoderError,
+    EncoderPaths,
+    build_tiny_encoders,
+    encoders_fingerprint,
+    load_audio_vae,
+    load_text_encoder,
+    load_video_vae,
+)
 from hhtune.encoders.audio import oobleck_config_from_official
 from hhtune.encoders.video import wan22_config_from_state_dict
 
@@ -346,27 +354,28 @@ def _sat_folder_without_weights(tmp_path):
 
 # (loader, the path it is given from (tiny encoders, tmp_path), the error it must raise)
 BAD_PATHS = {
-    "video_missing": (load_video_vae, lambda tiny, tmp: tmp / "nope",
+    "video_missing": (load_video_vae, lambda _tiny, tmp: tmp / "nope",
                       r"video VAE: .*nope does not exist; expected a diffusers AutoencoderKLWan"),
-    "video_empty_folder": (load_video_vae, lambda tiny, tmp: tmp, r"video VAE not found at .*: expected .*Wan2.2_VAE.pth"),
-    "audio_missing": (load_audio_vae, lambda tiny, tmp: tmp / "nope",
+    "video_empty_folder": (load_video_vae, lambda _tiny, tmp: tmp,
+                           r"video VAE not found at .*: expected .*Wan2.2_VAE.pth"),
+    "audio_missing": (load_audio_vae, lambda _tiny, tmp: tmp / "nope",
                       r"audio VAE: .*nope does not exist; expected .*model_config.json"),
-    "audio_empty_folder": (load_audio_vae, lambda tiny, tmp: tmp,
+    "audio_empty_folder": (load_audio_vae, lambda _tiny, tmp: tmp,
                            r"audio VAE not found at .*: expected a diffusers AutoencoderOobleck"),
-    "text_empty_folder": (load_text_encoder, lambda tiny, tmp: tmp,
+    "text_empty_folder": (load_text_encoder, lambda _tiny, tmp: tmp,
                           r"text encoder not found at .*: expected a transformers T5Gemma folder"),
-    "text_missing": (load_text_encoder, lambda tiny, tmp: tmp / "nope", r"text encoder: .*nope does not exist"),
-    "video_given_the_audio_vae": (load_video_vae, lambda tiny, tmp: tiny.audio_vae,
+    "text_missing": (load_text_encoder, lambda _tiny, tmp: tmp / "nope", r"text encoder: .*nope does not exist"),
+    "video_given_the_audio_vae": (load_video_vae, lambda tiny, _tmp: tiny.audio_vae,
                                   r"video VAE: .*config.json describes a AutoencoderOobleck, expected a Aut"),
-    "audio_given_the_video_vae": (load_audio_vae, lambda tiny, tmp: tiny.video_vae,
+    "audio_given_the_video_vae": (load_audio_vae, lambda tiny, _tmp: tiny.video_vae,
                                   r"audio VAE: .*describes a AutoencoderKLWan, expected a AutoencoderOobleck"),
-    "text_given_the_video_vae": (load_text_encoder, lambda tiny, tmp: tiny.video_vae,
+    "text_given_the_video_vae": (load_text_encoder, lambda tiny, _tmp: tiny.video_vae,
                                  r"text encoder at .*model_type None, expected 't5gemma'"),
-    "video_not_a_pth": (load_video_vae, lambda tiny, tmp: _file(tmp, "weights.txt", b"x"),
+    "video_not_a_pth": (load_video_vae, lambda _tiny, tmp: _file(tmp, "weights.txt", b"x"),
                         r"weights.txt is a file but not a .pth checkpoint"),
-    "video_broken_pth": (load_video_vae, lambda tiny, tmp: _file(tmp, "broken.pth", b"not a checkpoint"),
+    "video_broken_pth": (load_video_vae, lambda _tiny, tmp: _file(tmp, "broken.pth", b"not a checkpoint"),
                          r"cannot read the official checkpoint .*broken.pth"),
-    "audio_sat_without_weights": (load_audio_vae, lambda tiny, tmp: _sat_folder_without_weights(tmp),
+    "audio_sat_without_weights": (load_audio_vae, lambda _tiny, tmp: _sat_folder_without_weights(tmp),
                                   r"sat has model_config.json but no model.safetensors"),
     "fingerprint_without_text_encoder": (
         encoders_fingerprint, lambda tiny, tmp: EncoderPaths(video_vae=tiny.video_vae, audio_vae=tiny.audio_vae,

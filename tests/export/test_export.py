@@ -59,7 +59,8 @@ def test_rslora_and_mixed_ranks_survive_every_format(tmp_path):
     model.base_model.set_adapter(["default", "wide"])
     with pytest.raises(AdapterError, match=r"2 active adapters \['default', 'wide'\]: pass adapter_name"):
         export_adapter(model, "comfyui", tmp_path / "x.safetensors")
-    assert read_adapter(export_adapter(model, "comfyui", tmp_path / "w.safetensors", adapter_name="wide")).described().rank == 8
+    assert read_adapter(export_adapter(model, "comfyui",
+                                       tmp_path / "w.safetensors", adapter_name="wide")).described().rank == 8
 
 
 def test_converting_between_formats_is_exporting_an_import(tmp_path):
@@ -115,7 +116,8 @@ def test_keys_are_the_published_conventions_and_patch_to_the_same_model(tmp_path
     state = {k: v.clone() for k, v in base_model().state_dict().items()}
     for stem in {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in lora}:
         path = stem.removeprefix("diffusion_model.") if fmt == "comfyui" else _kohya_target(stem)
-        a_key, b_key = (".lora_A.weight", ".lora_B.weight") if fmt == "comfyui" else (".lora_down.weight", ".lora_up.weight")
+        a_key, b_key = (".lora_A.weight", ".lora_B.weight") if fmt == "comfyui" else (".lora_down.weight",
+                                                                                      ".lora_up.weight")
         up, down = lora[stem + b_key], lora[stem + a_key]
         w = state[path + ".weight"]
         state[path + ".weight"] = (w.float() + float(lora[stem + ".alpha"]) / down.shape[0] * (up @ down)).to(w.dtype)
@@ -165,14 +167,17 @@ def test_merged_checkpoint_equals_base_plus_adapter(tmp_path, base_dir):
     # model.safetensors.index.json's weight_map and opens each named shard for its keys (else model.safetensors):
     # the same index name, shard names (model-0000i-of-0000n) and key placement as the base.
     assert len(shards) > 1 and set(index["weight_map"].values()) == {f.name for f in shards}
-    assert index["weight_map"] == base_index["weight_map"] and shards[0].name == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert index["weight_map"] == base_index["weight_map"]
+    assert shards[0].name == f"model-00001-of-{len(shards):05d}.safetensors"
     for name in set(index["weight_map"].values()):  # every key is in the shard the index names
         with safe_open(merged / name, "pt") as f:
             assert {k for k, v in index["weight_map"].items() if v == name} == set(f.keys())
-    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for f in shards for t in load_file(f).values())
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for f in shards
+                                                  for t in load_file(f).values())
     state = {k: v for f in shards for k, v in load_file(f).items()}
     base_state = {k: v for f in sorted(base_dir.glob("model-*.safetensors")) for k, v in load_file(f).items()}
-    assert {k: v.dtype for k, v in state.items()} == {k: v.dtype for k, v in base_state.items()}  # official dtype policy
+    # official dtype policy
+    assert {k: v.dtype for k, v in state.items()} == {k: v.dtype for k, v in base_state.items()}
     assert torch.equal(state["final_linear_video.weight"], base_state["final_linear_video.weight"])  # copied untouched
     plain = HappyHorseTransformer(ModelConfig.preset("tiny")).eval()
     plain.load_state_dict(state)  # strict: exactly the official keys
@@ -204,7 +209,8 @@ def test_merging_an_fp8_base_dequantises_it(tmp_path, base_dir):
     with pytest.warns(UserWarning, match="trained on another base model"):  # FP8 rounding changes the fingerprint
         merged = export_adapter(model, "merged", tmp_path / "m", base=fp8_base, check_base="warn")
     state = load_file(merged / "model.safetensors")
-    assert not any(k.endswith("__fp8_scale") for k in state) and state["block.layers.2.mlp.down_proj.weight"].dtype == torch.bfloat16
+    assert not any(k.endswith("__fp8_scale") for k in state)
+    assert state["block.layers.2.mlp.down_proj.weight"].dtype == torch.bfloat16
     assert rel(out(load_checkpoint(merged).eval()), out(model)) < 8e-2  # the FP8 rounding of the base, as above
 
 
@@ -259,7 +265,8 @@ def test_cli_converts_a_training_run_folder(tmp_path, base_dir, capsys):
     meta = read_adapter(written).metadata
     assert (meta.training_steps, meta.languages, meta.trigger_words, meta.base_name) == (7, ["ja"], ["hh"], "tiny")
     torch.testing.assert_close(out(adapters.load(written, base_model())), out(model), rtol=0, atol=1e-6)
-    args = [str(run), "--format", "merged", "--out", str(tmp_path / "m"), "--base", str(base_dir), "--also", f"{written}:0.5"]
+    args = [str(run), "--format", "merged", "--out", str(tmp_path / "m"), "--base", str(base_dir), "--also",
+            f"{written}:0.5"]
     assert export_main(args) == 0 and (tmp_path / "m" / "model.safetensors.index.json").is_file()
     assert export_main([str(run), "--format", "merged", "--out", str(tmp_path / "m2")]) == 2
     assert "pass base=BASE_DIR (--base)" in capsys.readouterr().err
@@ -277,8 +284,11 @@ def test_bad_export_requests_are_named(tmp_path, base_dir):
         export_adapter(trained(use_dora=True), "comfyui", tmp_path / "d.safetensors")
     with pytest.raises(AdapterError, match="DoRA adapters cannot be merged"):
         export_adapter(trained(use_dora=True), "merged", tmp_path / "d", base=base_dir)
-    other = save_checkpoint(HappyHorseTransformer(ModelConfig(**{**ModelConfig.preset("tiny").model_dump(), "hidden_size": 32})),
+    other = save_checkpoint(HappyHorseTransformer(ModelConfig(**{**ModelConfig.preset("tiny").model_dump(),
+                                                                 "hidden_size": 32})),
                             tmp_path / "other")  # fmt: skip
-    with pytest.raises(AdapterError, match=r"the PEFT model's adapter: block.layers.2.attention.linear_proj has A \[4, 64\] / B \[64, 4\], base .*other needs \[r, 32\] / \[32, r\]"):
+    with pytest.raises(AdapterError,
+                       match=r"the PEFT model's adapter: block.layers.2.attention.linear_proj has A \[4, 64\] / B "
+                             r"\[64, 4\], base .*other needs \[r, 32\] / \[32, r\]"):
         export_adapter(model, "merged", tmp_path / "m", base=other)
     assert not (tmp_path / "m").exists()

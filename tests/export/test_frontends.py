@@ -43,15 +43,16 @@ def _peft_delta(model, path: str, adapter: str = "default") -> torch.Tensor:
 def _wan2gp_split(lora: dict[str, torch.Tensor], layer: int, linear: str):
     """What Wan2GP hands to mmgp for one module, per deepbeepmeep/Wan2GP models/magi_human/checkpoint_schema.py
     (preprocess_magi_lora_state_dict): in sandwich layers lora_B rows split into video/audio/text experts, linear_qkv
-    rows further into linear_q/k/v/g; lora_A and alpha are shared by the pieces. mmgp (offload.py, load_loras_into_model)
-    then scales each piece by alpha / lora_A.shape[0], or by 1.0 when alpha is missing."""
+    rows further into linear_q/k/v/g; lora_A and alpha are shared by the pieces. mmgp (offload.py,
+    load_loras_into_model) then scales each piece by alpha / lora_A.shape[0], or by 1.0 when alpha is missing."""
     stem = f"block.layers.{layer}.{linear}"
     a, b = lora[f"{stem}.lora_A.weight"].float(), lora[f"{stem}.lora_B.weight"].float()
     scale = float(lora[f"{stem}.alpha"]) / a.shape[0] if f"{stem}.alpha" in lora else 1.0
     experts = ("video", "audio", "text") if layer in MM else ("",)
     pieces, row = {}, 0
     for e in experts:
-        names = ("linear_q", "linear_k", "linear_v", "linear_g") if linear.endswith("linear_qkv") else (linear.split(".")[1],)
+        names = ("linear_q",
+                 "linear_k", "linear_v", "linear_g") if linear.endswith("linear_qkv") else (linear.split(".")[1],)
         sizes = QKVG if linear.endswith("linear_qkv") else (b.shape[0] // len(experts),)
         for name, size in zip(names, sizes):
             pieces[(e, name)] = b[row : row + size] @ a * scale
@@ -64,8 +65,10 @@ def test_wan2gp_export_has_the_bare_official_keys_and_the_same_deltas(tmp_path):
     model = trained(layers="all", experts=["video", "audio"], embedders=["audio"])
     lora = load_file(export_adapter(model, "wan2gp", tmp_path / "w.safetensors", dtype="fp32"))
     # Wan2GP's key convention: bare official module paths (no prefix), .lora_A.weight / .lora_B.weight / .alpha
-    want = {f"block.layers.{i}.{m}.{s}" for i in range(8) for m in BLOCK_LINEARS for s in ("lora_A.weight", "lora_B.weight", "alpha")}
-    want |= {"adapter.audio_embedder.lora_A.weight", "adapter.audio_embedder.lora_B.weight", "adapter.audio_embedder.alpha"}
+    want = {f"block.layers.{i}.{m}.{s}" for i in range(8) for m in BLOCK_LINEARS
+            for s in ("lora_A.weight", "lora_B.weight", "alpha")}
+    want |= {"adapter.audio_embedder.lora_A.weight", "adapter.audio_embedder.lora_B.weight",
+             "adapter.audio_embedder.alpha"}
     assert set(lora) == want
     assert lora["block.layers.0.attention.linear_qkv.lora_B.weight"].shape == (396, 4)  # 3 experts x 132, stacked
     assert lora["block.layers.2.attention.linear_qkv.lora_B.weight"].shape == (132, 4)
@@ -83,9 +86,10 @@ def test_wan2gp_export_has_the_bare_official_keys_and_the_same_deltas(tmp_path):
             else:
                 torch.testing.assert_close(torch.cat(list(pieces.values())), delta, rtol=1e-5, atol=1e-7)
     emb = _lora_layer(model, "adapter.audio_embedder")
-    torch.testing.assert_close(lora["adapter.audio_embedder.lora_B.weight"] @ lora["adapter.audio_embedder.lora_A.weight"],
-                               emb.get_delta_weight("default").float(), rtol=1e-5, atol=1e-7)  # fmt: skip
-    torch.testing.assert_close(out(adapters.load(tmp_path / "w.safetensors", base_model())), out(model), rtol=0, atol=1e-5)
+    delta = lora["adapter.audio_embedder.lora_B.weight"] @ lora["adapter.audio_embedder.lora_A.weight"]
+    torch.testing.assert_close(delta, emb.get_delta_weight("default").float(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out(adapters.load(tmp_path / "w.safetensors", base_model())), out(model), rtol=0,
+                               atol=1e-5)
 
 
 # --------------------------------------------------------------------------- musubi-tuner
@@ -213,8 +217,10 @@ def test_modality_strengths_move_the_expert_outputs_independently(tmp_path):
             return seg.split(_lora_layer(m, layer_path)(x, seg).float())
 
     full, no_audio, no_video = rows({}), rows({"audio": 0.0}), rows({"video": 0.0})
-    assert torch.equal(full[0], no_audio[0]) and not torch.equal(full[1], no_audio[1])  # audio strength: audio rows only
-    assert torch.equal(full[1], no_video[1]) and not torch.equal(full[0], no_video[0])  # video strength: video rows only
+    # audio strength: audio rows only
+    assert torch.equal(full[0], no_audio[0]) and not torch.equal(full[1], no_audio[1])
+    # video strength: video rows only
+    assert torch.equal(full[1], no_video[1]) and not torch.equal(full[0], no_video[0])
     assert torch.equal(full[2], no_audio[2])  # text expert never adapted
     # whole model: on an audio-free batch the audio strength changes nothing, the video strength does
     with torch.no_grad():
@@ -236,13 +242,14 @@ def test_expert_adapters_merge_into_the_stacked_weight(tmp_path, base_dir):
     state = {k: v for f in sorted(merged.glob("model-*.safetensors")) for k, v in load_file(f).items()}
     base = base_model().state_dict()
     k = "block.layers.7.attention.linear_proj.weight"
-    torch.testing.assert_close(state[k].float(), (base[k].float() + _peft_delta(model, k[:-7])).to(torch.bfloat16).float())
+    torch.testing.assert_close(state[k].float(),
+                               (base[k].float() + _peft_delta(model, k[:-7])).to(torch.bfloat16).float())
     assert torch.equal(state[k][:64], base[k][:64]) and not torch.equal(state[k][64:128], base[k][64:128])
     assert rel(out(load_checkpoint(merged).eval()), out(model)) < 1e-2  # bf16 rounding of W + delta
-    assert PeftMergeMatches(model)
+    assert peft_merge_matches(model)
 
 
-def PeftMergeMatches(model) -> bool:
+def peft_merge_matches(model) -> bool:
     """PEFT's own merge_and_unload goes through the expert layer's merge and gives the same model."""
     want = out(model)
     return rel(out(model.merge_and_unload()), want) < 1e-2

@@ -55,7 +55,7 @@ def flex_backward_on_cpu(monkeypatch):
     """torch has no Flex backward on the CPU; its unfused eager path still differentiates, so let it run."""
     import torch.nn.attention.flex_attention as fa
 
-    monkeypatch.setattr(fa, "_validate_device", lambda *a: None)
+    monkeypatch.setattr(fa, "_validate_device", lambda *_a: None)
 
 
 @pytest.mark.parametrize("build", [sdpa_plan, flex_plan, "flash"])
@@ -94,11 +94,13 @@ def test_ragged_batch_rows_equal_each_row_alone_with_its_padding_sliced_off(back
     model = _model()
     model.set_attention_backend(backend)
     g = torch.Generator().manual_seed(2)
-    v, a, t = torch.randn(2, 48, 2, 4, 4, generator=g), torch.randn(2, 7, 64, generator=g), torch.randn(2, 9, 32, generator=g)
+    v, a, t = (torch.randn(2, 48, 2, 4, 4, generator=g), torch.randn(2, 7, 64, generator=g),
+               torch.randn(2, 9, 32, generator=g))
     a_len, t_len = torch.tensor([7, 4]), torch.tensor([0, 9])
     bv, ba = model(v, a, t, audio_lengths=a_len, text_lengths=t_len)
     for i in range(2):
-        sv, sa = model(v[i : i + 1], a[i : i + 1], t[i : i + 1], audio_lengths=a_len[i : i + 1], text_lengths=t_len[i : i + 1])
+        sv, sa = model(v[i : i + 1], a[i : i + 1], t[i : i + 1], audio_lengths=a_len[i : i + 1],
+                       text_lengths=t_len[i : i + 1])
         torch.testing.assert_close(bv[i : i + 1], sv, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ba[i : i + 1], sa, rtol=1e-5, atol=1e-5)
         assert torch.count_nonzero(sa[0, a_len[i] :]) == 0  # padded audio comes back as zeros
@@ -108,7 +110,8 @@ def test_sliced_text_gives_the_masked_gradients():
     """A dropped caption at batch 1 (text sliced to nothing) trains exactly like its masked row in a batch."""
     model = _model()
     g = torch.Generator().manual_seed(3)
-    v, a, t = torch.randn(2, 48, 2, 4, 4, generator=g), torch.randn(2, 5, 64, generator=g), torch.randn(2, 6, 32, generator=g)
+    v, a, t = (torch.randn(2, 48, 2, 4, 4, generator=g), torch.randn(2, 5, 64, generator=g),
+               torch.randn(2, 6, 32, generator=g))
     grads = []
     for rows, t_len in ((slice(0, 2), torch.tensor([0, 6])), (slice(0, 1), torch.tensor([0]))):
         model.zero_grad()
@@ -137,8 +140,10 @@ def test_no_mask_reaches_sdpa_at_batch_1_in_a_caption_dropped_training_step(monk
     g = torch.Generator().manual_seed(4)
     nv, la = 2 * 2 * 2, 5
     batch = Batch(video=torch.randn(1, 48, 2, 4, 4, generator=g), audio=torch.randn(1, 7, 64, generator=g),
-                  audio_lengths=torch.tensor([la]), text=torch.randn(1, 6, 32, generator=g), text_lengths=torch.tensor([4]),
-                  speech_mask=torch.zeros(1, 7), reference=None, has_reference=torch.tensor([False]), index=0)  # fmt: skip
+                  audio_lengths=torch.tensor([la]), text=torch.randn(1, 6, 32, generator=g),
+                  text_lengths=torch.tensor([4]),
+                  speech_mask=torch.zeros(1, 7), reference=None, has_reference=torch.tensor([False]),
+                  index=0)  # fmt: skip
     spy = _SdpaSpy(monkeypatch)
     out = flow_matching_loss(model, batch, LossSection(), seed=0, caption_dropout=1.0)
     out.loss.backward()
@@ -178,12 +183,12 @@ def test_flash_backward_is_deterministic_when_torch_is(fake_flash_attn, monkeypa
 
 def test_kernel_choice_never_sends_a_mask_to_sdpa_on_cuda(fake_flash_attn, monkeypatch):
     bf16, fp32 = torch.bfloat16, torch.float32
-    with pytest.raises(ValueError, match="model.attention = sdpa .*math kernel"):
+    with pytest.raises(ValueError, match=r"model.attention = sdpa .*math kernel"):
         choose_kernel("sdpa", "cuda", bf16, training=True)
     assert choose_kernel("auto", "cuda", bf16, training=True) == "flash"
     assert choose_kernel("auto", "cuda", fp32, training=True) == "flex"  # flash-attn takes half precision only
     assert choose_kernel("auto", "cpu", fp32, training=True) == "sdpa"  # fused on the CPU, and the only backward there
-    with pytest.raises(ValueError, match="model.attention = flex cannot train on the CPU"):
+    with pytest.raises(ValueError, match=r"model.attention = flex cannot train on the CPU"):
         choose_kernel("flex", "cpu", fp32, training=True)
     monkeypatch.delitem(sys.modules, "flash_attn")
     monkeypatch.setattr(sys, "path", [])

@@ -106,7 +106,7 @@ def test_fp8_weight_without_scale_is_named(tmp_path, official_tiny_weights):
     state = _fp8_state(official_tiny_weights)
     del state["block.layers.3.mlp.down_proj.weight" + FP8_SCALE_SUFFIX]
     save_file(state, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match="block.layers.3.mlp.down_proj.weight.*has no.*__fp8_scale"):
+    with pytest.raises(CheckpointError, match=r"block.layers.3.mlp.down_proj.weight.*has no.*__fp8_scale"):
         load_checkpoint(tmp_path)
 
 
@@ -122,14 +122,14 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, official_tiny_weights):
 
 
 def test_wrong_preset_names_the_checkpoint_preset(official_single):
-    with pytest.raises(CheckpointError, match="wrong shapes.*\n.*likely cause: the checkpoint is the 'tiny' preset"):
+    with pytest.raises(CheckpointError, match=r"wrong shapes.*\n.*likely cause: the checkpoint is the 'tiny' preset"):
         load_checkpoint(official_single, config=ModelConfig.preset("mid"))
 
 
 def test_variant_with_other_layer_settings_is_explained(tmp_path):
     variant = ModelConfig(**{**ModelConfig.preset("tiny").model_dump(), "gelu7_layers": [0]})
     path = save_checkpoint(HappyHorseTransformer(variant), tmp_path / "variant")
-    with pytest.raises(CheckpointError, match="likely cause: the architectures differ.*'gelu7_layers': \\[0\\]"):
+    with pytest.raises(CheckpointError, match=r"likely cause: the architectures differ.*'gelu7_layers': \[0\]"):
         load_checkpoint(path, config=ModelConfig.preset("tiny"))
     assert load_checkpoint(path).config == variant  # hhtune_config.json beside the weights
 
@@ -140,7 +140,7 @@ def test_lora_file_passed_as_base_is_recognised(tmp_path):
          "diffusion_model.block.layers.4.attention.linear_qkv.lora_B.weight": torch.zeros(132, 4)},
         tmp_path / "adapter.safetensors",
     )  # fmt: skip
-    with pytest.raises(CheckpointError, match="this is a LoRA adapter.*hhtune.adapters.load"):
+    with pytest.raises(CheckpointError, match=r"this is a LoRA adapter.*hhtune.adapters.load"):
         load_checkpoint(tmp_path / "adapter.safetensors")
 
 
@@ -148,7 +148,7 @@ def test_missing_folder_truncated_file_and_missing_shard(tmp_path, tiny_model):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="neither model.safetensors.index.json nor model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"neither model.safetensors.index.json nor model.safetensors"):
         load_checkpoint(tmp_path / "empty")
     out = save_checkpoint(tiny_model, tmp_path / "ckpt", max_shard_size=40_000)
     shard = sorted(out.glob("model-*.safetensors"))[1]
@@ -160,7 +160,7 @@ def test_missing_folder_truncated_file_and_missing_shard(tmp_path, tiny_model):
     with pytest.raises(CheckpointError, match="names shards that are not in"):
         load_checkpoint(out)
     (tmp_path / "w.bin").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="not a .safetensors file"):
+    with pytest.raises(CheckpointError, match=r"not a .safetensors file"):
         load_checkpoint(tmp_path / "w.bin")
 
 
@@ -180,23 +180,28 @@ class _DeviceBytes(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("fp8", [False, True])
-def test_swapped_layers_load_into_host_memory_and_the_device_holds_what_the_plan_says(tmp_path, official_tiny_weights, fp8):
+def test_swapped_layers_load_into_host_memory_and_the_device_holds_what_the_plan_says(tmp_path, official_tiny_weights,
+                                                                                      fp8):
     swapped = 5
     (tmp_path / "ckpt").mkdir()
-    save_file(_fp8_state(official_tiny_weights) if fp8 else official_tiny_weights, tmp_path / "ckpt" / "model.safetensors")
+    save_file(_fp8_state(official_tiny_weights) if fp8 else official_tiny_weights,
+              tmp_path / "ckpt" / "model.safetensors")
     counter = _DeviceBytes()
     with counter:
         model = load_checkpoint(tmp_path / "ckpt", device="meta", fp8_storage=fp8, swap_blocks=swapped)
     on_host = {k: v for k, v in model.state_dict().items() if not v.is_meta}
     assert set(on_host) == host_resident_keys(model, swapped)
     assert len(on_host) == 4 * swapped and all(k.startswith(("block.layers.3.", "block.layers.7.", "block.layers.4.",
-                                                              "block.layers.5.", "block.layers.6.")) for k in on_host)  # fmt: skip
+                                                              "block.layers.5.", "block.layers.6."))
+                                               for k in on_host)  # fmt: skip
     assert all(v.dtype == (torch.float8_e4m3fn if fp8 else torch.bfloat16) for v in on_host.values())  # FP8 stays FP8
     device_bytes = sum(t.nbytes for t in [*model.parameters(), *model.buffers()] if t.is_meta)
     assert counter.total == device_bytes  # nothing went to the device but what stays there
     recipe = validate_recipe({"model": {"preset": "tiny", "fp8_base": fp8, "blocks_to_swap": swapped},
                               "data": {"dataset": "unused"}, "lora": {"rank": 4}})  # fmt: skip
-    planned = plan_settings(recipe, MemorySettings(True, fp8_base=fp8, blocks_to_swap=swapped)).components["frozen_weights"] * GB
+    planned = plan_settings(recipe,
+                            MemorySettings(True,
+                                           fp8_base=fp8, blocks_to_swap=swapped)).components["frozen_weights"] * GB
     # the plan counts the running and the prefetched swapped layer on top of what the load places
     pair = 2 * max(sum(v.nbytes for k, v in on_host.items() if k.startswith(f"block.layers.{i}.")) for i in range(3, 8))
     assert planned - pair <= device_bytes <= planned, (planned, pair, device_bytes)

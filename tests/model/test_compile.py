@@ -70,7 +70,8 @@ def test_every_layer_structure_traces_without_graph_breaks():
 
 
 # (T, H, W) bucket, audio tokens, text tokens; 0 text tokens = a dropped caption
-STEPS = [((2, 4, 4), 5, 6), ((2, 4, 4), 5, 3), ((2, 4, 6), 7, 0), ((3, 4, 4), 9, 5), ((2, 4, 4), 5, 9), ((2, 4, 6), 7, 2)]
+STEPS = [((2, 4, 4), 5, 6), ((2, 4, 4), 5, 3), ((2, 4, 6), 7, 0), ((3, 4, 4), 9, 5), ((2, 4, 4), 5, 9),
+         ((2, 4, 6), 7, 2)]
 
 
 def _train(peft_model, steps):
@@ -78,7 +79,8 @@ def _train(peft_model, steps):
     out = []
     for i, ((t, h, w), la, lt) in enumerate(steps):
         g = torch.Generator().manual_seed(i)
-        video, audio, text = torch.randn(1, 48, t, h, w, generator=g), torch.randn(1, la, 64, generator=g), torch.randn(1, 12, 8, generator=g)
+        video, audio, text = (torch.randn(1, 48, t, h, w, generator=g), torch.randn(1, la, 64, generator=g),
+                              torch.randn(1, 12, 8, generator=g))
         peft_model.zero_grad()
         pv, pa = peft_model(video, audio, text, text_lengths=torch.tensor([lt]))
         loss = (pv - video).square().mean() + (pa - audio).square().mean()
@@ -90,7 +92,7 @@ def _train(peft_model, steps):
 @pytest.mark.slow
 def test_compiled_training_equals_eager_and_stops_compiling_after_warm_up():
     eager = _train(_lora_model(swap=True)[1], STEPS)
-    model, peft_model = _lora_model(swap=True)
+    _model, peft_model = _lora_model(swap=True)
     assert compile_layers(peft_model) == CONFIG.num_layers
     compiled = _train(peft_model, STEPS)  # static shapes first, then dynamic ones, and a step without text
     graphs = counters["stats"]["unique_graphs"]

@@ -13,8 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hhtune.adapters.inject import add_lora
 from hhtune.adapters.settings import LoraSettings
-from hhtune.model import HappyHorseTransformer, ModelConfig
-from hhtune.model import offload
+from hhtune.model import HappyHorseTransformer, ModelConfig, offload
 from hhtune.model.linears import SwappableLinear
 from hhtune.model.placement import apply_block_swap, host_resident_keys, place_model
 
@@ -27,7 +26,8 @@ def _lora_model(checkpointing: bool, seed: int = 0, fp8: bool = False):
     for m in model.modules() if fp8 else ():
         if isinstance(m, SwappableLinear):  # FP8 storage with a per-row scale
             scale = m.weight.detach().float().abs().amax(dim=1, keepdim=True) / 448.0
-            m.weight = torch.nn.Parameter((m.weight.detach().float() / scale).to(torch.float8_e4m3fn), requires_grad=False)
+            m.weight = torch.nn.Parameter((m.weight.detach().float() / scale).to(torch.float8_e4m3fn),
+                                          requires_grad=False)
             m.fp8_scale = scale
     model.set_compute_dtype("fp32")
     model.enable_gradient_checkpointing(checkpointing)
@@ -41,7 +41,8 @@ def _lora_model(checkpointing: bool, seed: int = 0, fp8: bool = False):
 
 def _loss(peft) -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
-    video, audio, text = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    video, audio, text = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+                          torch.randn(1, 6, 32, generator=g))
     v, a = peft(video, audio, text)
     return (v * torch.randn(v.shape, generator=g)).sum() + (a * torch.randn(a.shape, generator=g)).sum()
 
@@ -88,7 +89,7 @@ def test_block_swap_is_exact_and_releases_weights_between_uses(checkpointing):
 
 def test_block_swap_fails_loudly_on_bad_settings():
     _, peft = _lora_model(False)
-    with pytest.raises(ValueError, match="model.blocks_to_swap = 9: must be in 0..8"):
+    with pytest.raises(ValueError, match=r"model.blocks_to_swap = 9: must be in 0..8"):
         apply_block_swap(peft, 9, "cpu")
     assert apply_block_swap(peft, 0, "cpu") is None
     dora = add_lora(HappyHorseTransformer(ModelConfig.preset("tiny")), LoraSettings(rank=2, use_dora=True))
@@ -170,12 +171,14 @@ def test_block_swap_copies_each_weight_at_most_twice_per_step_into_reused_buffer
     model, peft = _lora_model(checkpointing)
     if offload_too:  # the reentrant checkpoint path
         model.enable_activation_offload()
-    linears = [m for layer in model.block.layers[8 - SWAPPED :] for m in layer.modules() if isinstance(m, SwappableLinear)]
+    linears = [m for layer in model.block.layers[8 - SWAPPED :] for m in layer.modules()
+               if isinstance(m, SwappableLinear)]
     host_ptrs = {m.weight.untyped_storage().data_ptr() for m in linears}
     swap = apply_block_swap(peft, SWAPPED, "cpu")
     seen: list[set[int]] = []
     for layer in model.block.layers[8 - SWAPPED :]:
-        layer.register_forward_pre_hook(lambda *_: seen[-1].update(m.weight.untyped_storage().data_ptr() for m in linears
+        layer.register_forward_pre_hook(lambda *_: seen[-1].update(m.weight.untyped_storage().data_ptr()
+                                                                   for m in linears
                                                                   if m.weight.numel()))  # fmt: skip
     per_step = []
     for _ in range(3):
@@ -208,7 +211,8 @@ def test_model_modules_import_each_other_without_cycles():
     graph: dict[str, set[str]] = {}
     for path in folder.glob("*.py"):
         tree = ast.parse(path.read_text())
-        graph[path.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        graph[path.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+                            and n.module}
     assert "transformer" not in graph["offload"] and "offload" in graph["transformer"]
 
     def reaches(start: str, target: str, seen: set[str]) -> bool:

@@ -40,7 +40,8 @@ def test_packing_matches_official_inputs(official_tiny):
 
 @torch.no_grad()
 def test_packed_forward_matches_official(bf16_model, official_tiny):
-    out = bf16_model.forward_packed(official_tiny["packed.x"], official_tiny["packed.coords"], official_tiny["packed.modality"])
+    out = bf16_model.forward_packed(official_tiny["packed.x"], official_tiny["packed.coords"],
+                                    official_tiny["packed.modality"])
     ref = official_tiny["outputs.packed"]
     assert out.shape == ref.shape
     assert _rel(out, ref) <= 1e-3
@@ -51,7 +52,8 @@ def test_packed_forward_matches_official(bf16_model, official_tiny):
 @torch.no_grad()
 def test_batched_forward_matches_official_depacked(bf16_model, official_tiny):
     v = official_tiny["inputs.video_latent"]
-    video, audio = bf16_model(v[None], official_tiny["inputs.audio_latent"][None], official_tiny["inputs.text_feat"][None])
+    video, audio = bf16_model(v[None], official_tiny["inputs.audio_latent"][None],
+                              official_tiny["inputs.text_feat"][None])
     ref_v, ref_a = official_tiny["outputs.video_velocity"], official_tiny["outputs.audio_velocity"]
     assert video.shape == (1, *ref_v.shape) and audio.shape == (1, *ref_a.shape)
     assert _rel(video[0], ref_v) <= 1e-3
@@ -75,7 +77,8 @@ def test_fixture_is_chaotic_at_bf16_level(bf16_model, official_tiny):
     x = official_tiny["packed.x"]
     args = (official_tiny["packed.coords"], official_tiny["packed.modality"])
     base = bf16_model.forward_packed(x, *args)
-    nudged = bf16_model.forward_packed(x * (1 + 1e-7 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))), *args)
+    nudged = bf16_model.forward_packed(x * (1 + 1e-7 * torch.randn(x.shape,
+                                                                   generator=torch.Generator().manual_seed(0))), *args)
     assert 3e-4 < _rel(nudged, base) < 1e-2
 
 

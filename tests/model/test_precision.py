@@ -84,7 +84,8 @@ def test_lora_on_an_fp8_base_is_fp32_and_trains():
     assert len(base) == 4 * 8
     opt = torch.optim.AdamW(lora.values(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
-    video, audio, text = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    video, audio, text = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+                          torch.randn(1, 6, 32, generator=g))
     losses = []
     for step in range(2):
         v, a = peft(video, audio, text)
@@ -99,7 +100,8 @@ def test_lora_on_an_fp8_base_is_fp32_and_trains():
         opt.step()
         opt.zero_grad()
     assert all(torch.isfinite(torch.tensor(losses))) and losses[1] != losses[0]
-    assert all(torch.equal(p.view(torch.uint8), base[n].view(torch.uint8)) for n, p in peft.named_parameters() if n in base)
+    assert all(torch.equal(p.view(torch.uint8), base[n].view(torch.uint8)) for n, p in peft.named_parameters()
+               if n in base)
 
 
 @pytest.mark.skipif(fp8_matmul_unavailable("cpu") is not None, reason="this torch has no FP8 matmul on the CPU")
@@ -109,7 +111,8 @@ def test_fp8_compute_matches_dequantised_bf16():
     ref = _fp8_model()
     ref.set_compute_dtype("bf16")
     g = torch.Generator().manual_seed(1)
-    inputs = torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 6, 32, generator=g)
+    inputs = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+              torch.randn(1, 6, 32, generator=g))
     n = enable_fp8_compute(model, "cpu")
     linears = [m for m in model.modules() if isinstance(m, SwappableLinear)]
     assert 0 < n == sum(m.fp8_compute for m in linears)
@@ -140,7 +143,8 @@ def test_fp8_compute_is_refused_where_there_is_no_fp8_matmul(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
     assert fp8_matmul_unavailable("cuda") is None
     with pytest.raises(ValueError, match="needs FP8 weights"):
-        enable_fp8_compute(HappyHorseTransformer(ModelConfig.preset("tiny")), "cpu" if fp8_matmul_unavailable("cpu") is None else "cuda")
+        enable_fp8_compute(HappyHorseTransformer(ModelConfig.preset("tiny")),
+                           "cpu" if fp8_matmul_unavailable("cpu") is None else "cuda")
     precision._probe_scaled_mm.cache_clear()
 
     def missing(*_a, **_k):
@@ -148,9 +152,9 @@ def test_fp8_compute_is_refused_where_there_is_no_fp8_matmul(monkeypatch):
 
     monkeypatch.setattr(torch, "_scaled_mm", missing)
     try:
-        with pytest.raises(ValueError, match="model.fp8_compute: this torch build has no FP8 matmul"):
+        with pytest.raises(ValueError, match=r"model.fp8_compute: this torch build has no FP8 matmul"):
             enable_fp8_compute(_fp8_model(), "cpu")
     finally:
         precision._probe_scaled_mm.cache_clear()
-    with pytest.raises(ValueError, match="fp8_compute needs model.fp8_base"):
+    with pytest.raises(ValueError, match=r"fp8_compute needs model.fp8_base"):
         ModelSection(preset="tiny", fp8_compute=True)

@@ -22,7 +22,8 @@ def _random_inputs(seed: int, b: int = 1, t: int = 2, h: int = 4, w: int = 4, la
 
 
 @pytest.mark.parametrize(("setting", "device", "dtype"), [
-    ("auto", "cuda", torch.bfloat16), ("auto", "cuda:1", torch.bfloat16), ("auto", torch.device("cuda", 0), torch.bfloat16),
+    ("auto", "cuda", torch.bfloat16), ("auto", "cuda:1", torch.bfloat16),
+    ("auto", torch.device("cuda", 0), torch.bfloat16),
     ("auto", "cpu", torch.float32), ("auto", "meta", torch.float32),
     ("bf16", "cpu", torch.bfloat16), ("fp32", "cuda", torch.float32),
 ])  # fmt: skip
@@ -48,7 +49,8 @@ def test_15b_preset_on_meta_has_official_size_and_keys():
 def test_dtype_policy_matches_official():
     model = HappyHorseTransformer(ModelConfig.preset("tiny"))
     for name, p in model.state_dict().items():
-        block_linear = name.startswith("block.") and name.endswith(("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight"))
+        block_linear = name.startswith("block.") and name.endswith(("linear_qkv.weight", "linear_proj.weight",
+                                                                    "up_gate_proj.weight", "down_proj.weight"))
         assert p.dtype == (torch.bfloat16 if block_linear else torch.float32), name
 
 
@@ -58,7 +60,8 @@ def test_shared_layers_are_plain_linears_peft_can_target():
     assert cfg.shared_layers == [2, 3, 4, 5]
     for i in cfg.shared_layers:
         layer = model.block.layers[i]
-        for mod in (layer.attention.linear_qkv, layer.attention.linear_proj, layer.mlp.up_gate_proj, layer.mlp.down_proj):
+        for mod in (layer.attention.linear_qkv, layer.attention.linear_proj, layer.mlp.up_gate_proj,
+                    layer.mlp.down_proj):
             assert isinstance(mod, torch.nn.Linear)
     assert not isinstance(model.block.layers[0].attention.linear_qkv, torch.nn.Linear)
 
@@ -122,9 +125,9 @@ def test_bad_lengths_and_shapes_are_named(tiny_model):
 
 
 def test_config_errors_name_the_problem():
-    with pytest.raises(ValueError, match="unknown model preset 'huge'.*allowed"):
+    with pytest.raises(ValueError, match=r"unknown model preset 'huge'.*allowed"):
         ModelConfig.preset("huge")
-    with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
+    with pytest.raises(ValueError, match=r"extra_forbidden|Extra inputs"):
         ModelConfig(num_layer=3)
     with pytest.raises(ValueError, match="mm_layers has layer indices \\[9\\]"):
         ModelConfig(num_layers=4, hidden_size=64, head_dim=16, num_query_groups=2, mm_layers=[9], gelu7_layers=[])

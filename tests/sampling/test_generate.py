@@ -18,7 +18,8 @@ def encoders(tmp_path_factory):
 
 
 def _streams(mp4: Path) -> list[dict]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,codec_type,duration", "-of", "json",
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,codec_type,duration", "-of",
+                          "json",
                           str(mp4)], capture_output=True, text=True, check=True).stdout  # fmt: skip
     return json.loads(out)["streams"]
 
@@ -29,7 +30,8 @@ def test_sample_command_writes_a_playable_mp4(encoders, tmp_path):
 
     image = tmp_path / "ref.png"
     Image.new("RGB", (80, 48), (200, 30, 30)).save(image)
-    cmd = [sys.executable, "-m", "hhtune.sample", "--model", "tiny", "--random-weights", "--encoders", str(Path(encoders.video_vae).parent),
+    cmd = [sys.executable, "-m", "hhtune.sample", "--model", "tiny", "--random-weights", "--encoders",
+           str(Path(encoders.video_vae).parent),
            "--prompt", 'A host. Dialogue:\n<host, English>: "Hi."', "--seconds", "1", "--base-resolution", "64",
            "--image", str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
@@ -95,11 +97,13 @@ def test_precomputed_prompt_features_replace_the_text_encoder(encoders, monkeypa
     kwargs = dict(seconds=0.5, base_resolution=32, seed=4, decode=False)
     expected = gen.generate(model, "a red ball", encoders, **kwargs)  # loads the text encoder itself
     (feats, n), = gen.encode_prompts(["a red ball"], encoders.text_encoder)
-    monkeypatch.setattr(gen, "load_text_encoder", lambda *a, **k: pytest.fail("the text encoder was loaded"))
+    monkeypatch.setattr(gen, "load_text_encoder", lambda *_a, **_k: pytest.fail("the text encoder was loaded"))
     got = gen.generate(model, "a red ball", encoders, text_features=(feats, n), **kwargs)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-    plain = gen.generate(model, "a red ball", encoders, text_features=(feats, n), seconds=0.5, base_resolution=32, seed=4)
-    tiled = gen.generate(model, "a red ball", encoders, text_features=(feats, n), seconds=0.5, base_resolution=32, seed=4,
+    plain = gen.generate(model, "a red ball", encoders, text_features=(feats, n), seconds=0.5, base_resolution=32,
+                         seed=4)
+    tiled = gen.generate(model, "a red ball", encoders, text_features=(feats, n), seconds=0.5, base_resolution=32,
+                         seed=4,
                          vae_tiling=True, offload_model=True)  # fmt: skip
     assert next(model.parameters()).device.type == "cpu"  # put back where it was
     assert abs(tiled.frames.astype(int) - plain.frames.astype(int)).max() <= 1
@@ -107,7 +111,8 @@ def test_precomputed_prompt_features_replace_the_text_encoder(encoders, monkeypa
 
 @pytest.mark.parametrize("sampler", ["distilled", "base"])
 def test_sample_command_frees_the_text_encoder_before_the_dit_exists(encoders, tmp_path, monkeypatch, sampler):
-    """`python -m hhtune.sample` never holds the text encoder beside the DiT: it is dead when the DiT is built and runs."""
+    """`python -m hhtune.sample` never holds the text encoder beside the DiT: it is dead when the DiT is built
+    and runs."""
     import gc
     import importlib
     import weakref
@@ -140,8 +145,10 @@ def test_sample_command_frees_the_text_encoder_before_the_dit_exists(encoders, t
     monkeypatch.setattr(gen, "load_text_encoder", recording_load)
     monkeypatch.setattr(HappyHorseTransformer, "__init__", checking_init)
     monkeypatch.setattr(HappyHorseTransformer, "forward", checking_forward)
-    argv = ["--model", "tiny", "--random-weights", "--encoders", str(Path(encoders.video_vae).parent), "--prompt", "a cat",
-            "--seconds", "0.2", "--base-resolution", "32", "--sampler", sampler, "--out", str(tmp_path), "--device", "cpu"]
+    argv = ["--model", "tiny", "--random-weights", "--encoders", str(Path(encoders.video_vae).parent), "--prompt",
+            "a cat",
+            "--seconds", "0.2", "--base-resolution", "32", "--sampler", sampler, "--out", str(tmp_path), "--device",
+            "cpu"]
     assert main(argv) == 0
     kinds = [kind for kind, _ in events]
     # one load, first: the prompt (and for the base sampler the negative prompt) are encoded before the DiT exists

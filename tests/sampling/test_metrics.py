@@ -38,5 +38,6 @@ def test_reference_fidelity_and_per():
 
 
 def test_dialogue_lines_are_parsed_from_prompts():
-    prompt = 'A scene.\n\nDialogue:\n<Man in green shirt, German>: "Guten Tag."\n<a woman, Mandarin>: "你好"\n\nBackground Sound:\nx'
+    prompt = ('A scene.\n\nDialogue:\n<Man in green shirt, German>: "Guten Tag."\n<a woman, Mandarin>: "你好"\n\n'
+              'Background Sound:\nx')
     assert dialogue_lines(prompt) == [("German", "Guten Tag."), ("Mandarin", "你好")]

@@ -98,7 +98,7 @@ def test_a_perfect_model_lands_on_the_data():
 
 
 def test_seeded_runs_repeat_and_differ_across_seeds():
-    fn = lambda v, a: (0.1 * v, 0.1 * a)  # noqa: E731
+    fn = lambda v, a: (0.1 * v, 0.1 * a)
     a = sample_distilled(fn, V, A, generator=torch.Generator().manual_seed(1))
     b = sample_distilled(fn, V, A, generator=torch.Generator().manual_seed(1))
     c = sample_distilled(fn, V, A, generator=torch.Generator().manual_seed(2))

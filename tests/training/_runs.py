@@ -38,7 +38,10 @@ def _run_cli(recipe: dict, tmp: Path, *, env_extra: dict | None = None, launcher
     path = tmp / f"recipe-{abs(hash(json.dumps(recipe, sort_keys=True)))}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    script = [str(Path(__file__).with_name("_fault_run.py")), str(path), fault] if fault else [str(ROOT / "hhtune" / "train.py"), str(path)]
+    if fault:
+        script = [str(Path(__file__).with_name("_fault_run.py")), str(path), fault]
+    else:
+        script = [str(ROOT / "hhtune" / "train.py"), str(path)]
     cmd = (launcher or [sys.executable]) + script
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
 
@@ -51,7 +54,8 @@ def free_port() -> int:
 
 
 def _metric_steps(run: Path) -> list[int]:
-    """Steps of the training records in ``metrics.jsonl`` (validation records are logged apart); fails if it is missing."""
+    """Steps of the training records in ``metrics.jsonl`` (validation records are logged apart); fails if it is
+    missing."""
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in records if "loss" in r]
 

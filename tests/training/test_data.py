@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import torch
 
 from hhtune.recipe import DataSection
@@ -89,12 +88,12 @@ def test_worker_processes_give_the_same_batches(tmp_path):
 
 
 def test_dataset_errors_say_what_to_do(tmp_path):
-    with pytest.raises(DatasetError, match="no manifest.json.*python -m data_prep build"):
+    with pytest.raises(DatasetError, match=r"no manifest.json.*python -m data_prep build"):
         TrainingDataset(tmp_path)
     path = write_synthetic_dataset(tmp_path / "d", clips=1)
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "encoded": False}))
-    with pytest.raises(DatasetError, match="no latents.*--encode"):
+    with pytest.raises(DatasetError, match=r"no latents.*--encode"):
         TrainingDataset(path)
     (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(DatasetError, match="format_version 99"):

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow  # every test launches several training processes
 
 
 def _launch(config: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / config),
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "accelerate_configs" / config),
             "--main_process_port", str(free_port())]  # fmt: skip
 
 
@@ -32,7 +33,7 @@ def dataset(tmp_path_factory):
 
 def test_cpu_config_starts_one_process_and_cpu_multi_starts_two(dataset, tmp_path):
     recipe = _recipe(dataset, tmp_path / "one", train={"max_steps": 1})
-    one = _run_cli(recipe, tmp_path, launcher=_launch("cpu.yaml") + ["--num_processes", "2"])
+    one = _run_cli(recipe, tmp_path, launcher=[*_launch("cpu.yaml"), "--num_processes", "2"])
     assert one.returncode == 0, one.stderr[-3000:]
     assert "processes: 1 " in one.stdout  # the CPU launcher ignores --num_processes: hence cpu_multi.yaml
     recipe = _recipe(dataset, tmp_path / "two", train={"max_steps": 1})
@@ -42,7 +43,8 @@ def test_cpu_config_starts_one_process_and_cpu_multi_starts_two(dataset, tmp_pat
 
 
 def test_fsdp2_two_processes_with_kill_and_resume_equal_one_process(dataset, tmp_path):
-    """FSDP2 over 2 gloo processes, killed at step 5 and resumed from checkpoint 4, equals 1 process with 2x accumulation.
+    """FSDP2 over 2 gloo processes, killed at step 5 and resumed from checkpoint 4, equals 1 process with 2x
+    accumulation.
 
     The run also validates (every process takes part in the sharded forward passes, the main one
     writes the clip) and exports, which needs the adapter gathered from the shards.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from learning import learning_check  # noqa: E402
+from learning import learning_check
 
 
 @pytest.mark.slow  # 2,000 training steps

@@ -11,8 +11,13 @@ import torch
 
 from hhtune.recipe import LossSection
 from hhtune.training.data import TrainingDataset
-from hhtune.training.objective import (flow_matching_loss, noise_generator, sample_generator, shift_sigma,
-                                      video_frame_weights)  # fmt: skip
+from hhtune.training.objective import (
+    flow_matching_loss,
+    noise_generator,
+    sample_generator,
+    shift_sigma,
+    video_frame_weights,
+)
 
 
 class Recorder(torch.nn.Module):
@@ -23,7 +28,7 @@ class Recorder(torch.nn.Module):
         self.value = value
         self.calls = []
 
-    def forward(self, video, audio, text, *, text_lengths, audio_lengths):
+    def forward(self, video, audio, text, *, text_lengths, audio_lengths):  # noqa: ARG002 -- the model's forward signature
         self.calls.append(dict(video=video.clone(), audio=audio.clone(), text_lengths=text_lengths.clone()))
         return torch.full_like(video, self.value), torch.full_like(audio, self.value)
 

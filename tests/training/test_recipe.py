@@ -51,11 +51,14 @@ def test_typo_names_the_key_and_the_allowed_keys(tmp_path):
         load_recipe(p)
     msg = str(e.value)
     assert "lora.rnak: unknown key" in msg
-    assert "allowed keys here: alpha, dropout, embedders, experts, init, layers, rank, targets, use_dora, use_rslora" in msg
+    assert ("allowed keys here: alpha, dropout, embedders, experts, init, layers, rank, targets, use_dora, "
+            "use_rslora") in msg
 
 
 def test_unknown_section_lists_sections(tmp_path):
-    with pytest.raises(RecipeError, match="trian: unknown key; allowed keys here: checkpointing, data, export, logging, lora, loss, model"):
+    with pytest.raises(RecipeError,
+                       match="trian: unknown key; allowed keys here: checkpointing, data, "
+                             "export, logging, lora, loss, model"):
         validate_recipe({**MINIMAL, "trian": {}})
 
 
@@ -68,7 +71,7 @@ def test_bad_values_name_key_value_and_allowed_values():
         validate_recipe({**MINIMAL, "export": {"formats": ["onnx"]}})
     with pytest.raises(RecipeError, match=r"data.dataset: required but missing"):
         validate_recipe({"model": {"preset": "tiny"}, "data": {}})
-    with pytest.raises(RecipeError, match="set model.checkpoint .* or model.preset"):
+    with pytest.raises(RecipeError, match=r"set model.checkpoint .* or model.preset"):
         validate_recipe({"model": {}, "data": {"dataset": "ds"}})
 
 
@@ -82,9 +85,9 @@ def test_dotted_overrides_are_typed_and_checked(tmp_path):
     p = _write(tmp_path, "model: {preset: tiny}\ndata: {dataset: ds}\n")
     r = load_recipe(p, ["train.max_steps=7", "lora.rank=4", "lora.targets=[linear_qkv]", "logging.run_name=x"])
     assert (r.train.max_steps, r.lora.rank, r.lora.targets, r.logging.run_name) == (7, 4, ["linear_qkv"], "x")
-    with pytest.raises(RecipeError, match="train.max_step: unknown key; allowed keys here: .*max_steps"):
+    with pytest.raises(RecipeError, match=r"train.max_step: unknown key; allowed keys here: .*max_steps"):
         load_recipe(p, ["train.max_step=7"])
-    with pytest.raises(RecipeError, match="must look like section.key=value"):
+    with pytest.raises(RecipeError, match=r"must look like section.key=value"):
         load_recipe(p, ["train.max_steps"])
     with pytest.raises(RecipeError, match="the key must be dotted"):
         load_recipe(p, ["steps=3"])
@@ -101,7 +104,8 @@ def test_unreadable_recipes(tmp_path):
 
 def test_caption_dropout_defaults_by_variant():
     assert validate_recipe(MINIMAL).caption_dropout == 0.0
-    assert validate_recipe({"model": {"preset": "tiny", "variant": "base"}, "data": {"dataset": "ds"}}).caption_dropout == 0.1
+    assert validate_recipe({"model": {"preset": "tiny", "variant": "base"},
+                            "data": {"dataset": "ds"}}).caption_dropout == 0.1
     assert validate_recipe({**MINIMAL, "loss": {"caption_dropout": 0.3}}).caption_dropout == 0.3
 
 

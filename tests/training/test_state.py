@@ -30,7 +30,7 @@ def _snapshot(step: int = 3) -> Snapshot:
     opt = torch.optim.AdamW([p], lr=0.1)
     p.grad = torch.ones(2)
     opt.step()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
     return Snapshot(Progress(step=step), {"a.lora_A.weight": torch.ones(2, 2)}, opt.state_dict(), sched.state_dict(),
                     {"lora.rank": 4})  # fmt: skip
 
@@ -66,15 +66,15 @@ def test_a_pickle_with_a_payload_is_refused(tmp_path, victim):
 
 
 def test_killed_saves_leave_no_checkpoint_and_are_cleaned_up(tmp_path):
-    class Boom(Exception):
+    class BoomError(Exception):
         pass
 
     def die_after_optimizer(p: Path) -> None:
         if p.name == "optimizer.pt":
-            raise Boom
+            raise BoomError
 
     save_state(tmp_path, _snapshot(1), keep_last=3)
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         save_state(tmp_path, _snapshot(2), keep_last=3, on_file=die_after_optimizer)
     assert latest_checkpoint(tmp_path).name == "step-00000001"
 
@@ -109,7 +109,8 @@ def test_fingerprint_ignores_free_keys_and_names_changes():
                  'dataset.fingerprint: "f" -> "g"', "checkpointing.allow_changed"):  # fmt: skip
         assert line in msg, line
     allowed = check_resume(run_fingerprint(a, 1, "f"), run_fingerprint(c, 2, "g"),
-                           ["train.gradient_accumulation_steps", "lora", "world_size", "dataset.fingerprint"], "ckpt")  # fmt: skip
+                           ["train.gradient_accumulation_steps", "lora", "world_size", "dataset.fingerprint"],
+                           "ckpt")  # fmt: skip
     assert len(allowed) == 4
     with pytest.raises(ResumeMismatch, match=r"names \['lora.rnak'\], which are not fingerprinted keys"):
         check_resume({}, {}, ["lora.rnak"], "ckpt")
@@ -141,7 +142,7 @@ def test_missing_validation_or_export_dependency_stops_the_run_before_the_model_
     from hhtune.training import trainer
 
     data = write_synthetic_dataset(tmp_path / "ds", clips=1)
-    monkeypatch.setattr(trainer, "build_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    monkeypatch.setattr(trainer, "build_model", lambda *_a, **_k: pytest.fail("the model loaded before the check"))
     monkeypatch.setitem(sys.modules, "soundfile", None)  # as if not installed: importing it raises ImportError
     with_validation = _recipe(data, tmp_path / "run", validation={"prompts": ["a red ball"], "at_end": True})
     with pytest.raises(TrainingError, match="validation needs the Python package 'soundfile'"):

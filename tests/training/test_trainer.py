@@ -48,7 +48,8 @@ def test_run_folder_has_everything_a_team_needs(dataset, tmp_path):
     assert info["steps"] == 7 and info["base"] == "tiny" and len(info["base_fingerprint"]) >= 16
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 8))
-    for key in ("loss", "loss_video", "loss_audio", "lr", "grad_norm", "tokens_per_s", "peak_memory_gb", "data_wait_share"):
+    for key in ("loss", "loss_video", "loss_audio", "lr", "grad_norm", "tokens_per_s", "peak_memory_gb",
+                "data_wait_share"):
         assert all(np.isfinite(r[key]) for r in records), key
     assert any(k.startswith("loss_sigma_") for k in records[0])
     # warmup 2 then cosine to 0 over 7 steps, one scheduler step per optimizer step
@@ -84,10 +85,12 @@ def test_base_weights_stay_frozen_and_bit_identical(dataset, tmp_path):
 
     fresh = build_model(recipe.model)
     reference = {k: v.clone() for k, v in fresh.state_dict().items()}
-    trained = PeftModel.from_pretrained(build_model(recipe.model), str(run / "adapter")).merge_and_unload(safe_merge=True)
+    trained = PeftModel.from_pretrained(build_model(recipe.model), str(run / "adapter"))
+    trained = trained.merge_and_unload(safe_merge=True)
     # merging changes the adapted weights; nothing else may differ from the fresh base
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, reference[k])]
-    assert changed and all(k.split(".")[-2] in ("linear_qkv", "linear_proj", "up_gate_proj", "down_proj") for k in changed)
+    assert changed and all(k.split(".")[-2] in ("linear_qkv", "linear_proj", "up_gate_proj", "down_proj")
+                           for k in changed)
     assert all(2 <= int(k.split(".")[2]) <= 5 for k in changed)
 
 
@@ -141,7 +144,8 @@ def test_two_processes_equal_one_process_with_double_accumulation(dataset, tmp_p
     r1 = _run_cli(one, tmp_path)
     assert r1.returncode == 0, r1.stderr[-3000:]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]  # fmt: skip
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                "29533"]  # fmt: skip
     r2 = _run_cli(two, tmp_path, launcher=launcher)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "processes: 2" in r2.stdout
@@ -153,11 +157,13 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(tmp_path):
     import datasets
 
     ds = datasets.load_from_disk(str(path / "dataset"))
-    poisoned = ds.map(lambda r, i: {"audio_latents": np.full_like(np.asarray(r["audio_latents"]), np.nan) if i == 2 else r["audio_latents"]},
+    poisoned = ds.map(lambda r, i: {"audio_latents": np.full_like(np.asarray(r["audio_latents"]), np.nan) if i == 2
+                                    else r["audio_latents"]},
                       with_indices=True)  # fmt: skip
     poisoned.save_to_disk(str(tmp_path / "ds2" / "dataset"))
     (tmp_path / "ds2" / "manifest.json").write_text((path / "manifest.json").read_text())
-    run = train(validate_recipe(_recipe(tmp_path / "ds2", tmp_path / "run", train={"max_steps": 8})), log=lambda *_: None)
+    run = train(validate_recipe(_recipe(tmp_path / "ds2", tmp_path / "run", train={"max_steps": 8})),
+                log=lambda *_: None)
     info = json.loads((run / "run_info.json").read_text())
     assert info["steps"] == 8 and info["nonfinite_steps"] == 2  # clip 2 is met twice in 8 steps over 4 clips
     assert all(torch.isfinite(v).all() for v in _adapter(run).values())
@@ -165,8 +171,9 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(tmp_path):
     all_bad = poisoned.map(lambda r: {"audio_latents": np.full_like(np.asarray(r["audio_latents"]), np.nan)})
     all_bad.save_to_disk(str(tmp_path / "ds3" / "dataset"))
     (tmp_path / "ds3" / "manifest.json").write_text((path / "manifest.json").read_text())
-    recipe = validate_recipe(_recipe(tmp_path / "ds3", tmp_path / "run3", train={"max_steps": 8, "max_consecutive_nonfinite": 3}))
-    with pytest.raises(TrainingError, match="3 non-finite losses in a row at step 3.*re-running the command resumes"):
+    recipe = validate_recipe(_recipe(tmp_path / "ds3", tmp_path / "run3",
+                                     train={"max_steps": 8, "max_consecutive_nonfinite": 3}))
+    with pytest.raises(TrainingError, match=r"3 non-finite losses in a row at step 3.*re-running the command resumes"):
         train(recipe, log=lambda *_: None)
     assert (tmp_path / "run3" / "checkpoints" / "step-00000003").is_dir()
 

@@ -28,7 +28,7 @@ def _recipe(data, enc, out) -> dict:
         "logging": {"wandb_mode": "disabled"},
         "export": {"formats": []},
         "validation": {"prompts": PROMPTS, "every_steps": 2, "at_end": True, "seconds": 0.5, "base_resolution": 32,
-                       "encoders": str(enc)},  # fmt: skip
+                       "encoders": str(enc)},
     }
 
 

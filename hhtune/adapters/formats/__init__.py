@@ -17,4 +17,4 @@ The modules, each importing only those above it:
 * :mod:`.modelspec` - header metadata: hhtune's own, and the ModelSpec / ``ss_*`` keys;
 * :mod:`.peft` and :mod:`.single` - one format family each, reading and writing;
 * :mod:`.read` - :func:`~.read.read_adapter`, any format, told apart by what the path holds.
-"""
+"""  # noqa: E501 -- a Markdown table: one row per line

@@ -27,7 +27,8 @@ def modelspec_header(w: LoraWeights, *, merged: bool = False, folded: bool = Fal
     ``folded``: the file holds ``B`` pre-scaled with ``alpha = r``, so ``ss_network_alpha`` is the rank.
     """
     meta = w.described()
-    title = meta.title or (f"HappyHorse LoRA ({', '.join(meta.trigger_words)})" if meta.trigger_words else "HappyHorse LoRA")
+    title = meta.title or (f"HappyHorse LoRA ({', '.join(meta.trigger_words)})" if meta.trigger_words
+                           else "HappyHorse LoRA")
     header = {
         "format": "pt",
         METADATA_KEY: meta.model_dump_json(),

@@ -68,7 +68,8 @@ def from_peft_model(model: torch.nn.Module, adapter_name: str | None = None) -> 
     if adapter_name is None:
         active = list(model.active_adapters)
         if len(active) != 1:
-            raise AdapterError(f"the model has {len(active)} active adapters {active}: pass adapter_name, or merge them")
+            raise AdapterError(f"the model has {len(active)} active adapters {active}: "
+                               "pass adapter_name, or merge them")
         adapter_name = active[0]
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
     return from_peft_state(state, model.peft_config[adapter_name].to_dict(), f"adapter {adapter_name!r}")
@@ -98,9 +99,11 @@ def from_peft_state(state: dict[str, torch.Tensor], cfg: dict, source: str) -> L
             raise AdapterError(f"{source}: {key} has no matching lora_B")
         r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), path), cfg["r"]))
         if r != a.shape[0]:
-            raise AdapterError(f"{source}: adapter_config.json says rank {r} for {path} but its lora_A has rank {a.shape[0]}")
+            raise AdapterError(f"{source}: adapter_config.json says rank {r} for {path} but its "
+                               f"lora_A has rank {a.shape[0]}")
         alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), path), cfg["lora_alpha"]))
-        out.modules[path] = (a.detach().cpu(), b.detach().cpu(), alpha * math.sqrt(r) if cfg.get("use_rslora") else alpha)
+        out.modules[path] = (a.detach().cpu(), b.detach().cpu(),
+                             alpha * math.sqrt(r) if cfg.get("use_rslora") else alpha)
         magnitude = state.get(f"{PEFT_KEY_PREFIX}{path}{_MAGNITUDE}")
         if magnitude is not None:
             out.magnitudes[path] = magnitude.detach().cpu()
@@ -124,7 +127,8 @@ def write_peft(w: LoraWeights, folder: Path, dtype: torch.dtype) -> Path:
     cfg.pop("_custom_modules", None)
     with atomic_dir(folder) as tmp:
         atomic_write_text(tmp / "adapter_config.json", json.dumps(cfg, indent=2, default=list))
-        atomic_save_file(state, tmp / "adapter_model.safetensors", {**modelspec_header(w), "hhtune_adapter_format": "peft"})
+        atomic_save_file(state, tmp / "adapter_model.safetensors",
+                         {**modelspec_header(w), "hhtune_adapter_format": "peft"})
     return folder
 
 
@@ -132,7 +136,8 @@ def read_peft_folder(path: Path) -> LoraWeights:
     """A PEFT adapter folder (``adapter_config.json`` + weights), ours or PEFT's own."""
     config_file = path / "adapter_config.json"
     if not config_file.is_file():
-        hint = " (it is a base checkpoint: load it with hhtune.model.load_checkpoint)" if list(path.glob("model*.safetensors")) else ""
+        is_base = bool(list(path.glob("model*.safetensors")))
+        hint = " (it is a base checkpoint: load it with hhtune.model.load_checkpoint)" if is_base else ""
         raise AdapterError(f"{path} is not an adapter: no adapter_config.json and no adapter/ of a training run{hint}")
     weights = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if (path / f).is_file()]
     if not weights:

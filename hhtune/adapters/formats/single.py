@@ -53,7 +53,8 @@ def write_single(w: LoraWeights, path: Path, dtype: torch.dtype, style: str, dro
     are equal is written as one ``[out, r]`` update, as musubi-tuner holds it.
     """
     if w.magnitudes:
-        raise AdapterError(f"a DoRA adapter carries magnitude vectors the {style} format cannot hold; export it as peft")
+        raise AdapterError(f"a DoRA adapter carries magnitude vectors the {style} format "
+                           "cannot hold; export it as peft")
     _, _, a_name, b_name = next(s for s in _STYLES if s[0] == style)
     tensors: dict[str, torch.Tensor] = {}
     alphas = {}
