@@ -9,7 +9,8 @@ same again on the drift prompts. This benchmark times, on the CPU:
   C + 1 variants' P x S clips against the same R training clips, plus drift of C variants on P x S pairs.
 
 The clips have the sampled size and length: a face (scikit-image's astronaut when installed, else the worst
-case of frames without a face) and speech (espeak-ng when installed, else modulated noise). The issue's budget is metrics <= 20 % of sampling. The ratio
+case of frames without a face) and speech (espeak-ng when installed, else modulated noise). The issue's budget is
+metrics <= 20 % of sampling. The ratio
 depends on the model: the tiny preset samples in a fraction of a second, the 15B model takes about 2 s a clip
 on one H100 (1.6 s DiT + 0.4 s decode, the official report), so the absolute metric seconds per clip are
 printed too.
@@ -26,14 +27,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import librosa
 import numpy as np
 import torch
 
-from hhtune.evaluation.clips import AVClip
-from hhtune.evaluation.metrics import (drift, face_similarity, lip_sync, look_distance, speech_quality,
-                                       voice_similarity)  # fmt: skip
-from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.contract import FPS, SPEECH_SAMPLE_RATE
+from hhtune.evaluation.clips import AVClip
+from hhtune.evaluation.metrics import (
+    drift,
+    face_similarity,
+    lip_sync,
+    look_distance,
+    speech_quality,
+    voice_similarity,
+)
+from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.sampling import latent_shapes, model_velocity_fn, sample_distilled
 
 RATE = SPEECH_SAMPLE_RATE
@@ -42,8 +50,8 @@ RATE = SPEECH_SAMPLE_RATE
 def _face(width: int, height: int) -> np.ndarray:
     """A frame with a face filling its height (the astronaut), or noise without scikit-image."""
     try:
-        from PIL import Image
-        from skimage.data import astronaut
+        from PIL import Image  # noqa: PLC0415 -- with the optional scikit-image below: noise without it
+        from skimage.data import astronaut  # noqa: PLC0415 -- optional: noise without scikit-image
     except ImportError:
         return np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     face = np.asarray(Image.fromarray(astronaut()).resize((height, height)))
@@ -60,8 +68,6 @@ def _speech(samples: int, seed: int) -> np.ndarray:
             wav = Path(tmp) / "s.wav"
             words = " ".join(rng.choice(["hello", "brand", "new", "summer", "offer", "today", "only"], 12))
             subprocess.run(["espeak-ng", "-v", "en+m3", "-w", str(wav), words], check=True, capture_output=True)
-            import librosa
-
             audio, _ = librosa.load(wav, sr=RATE)
         return np.resize(audio, samples).astype(np.float32)
     hop = RATE // FPS  # one loudness value per video frame
@@ -99,7 +105,7 @@ def main() -> None:
     model = HappyHorseTransformer(cfg).eval()
     vshape, ashape, (width, height) = latent_shapes(args.seconds, "16:9", 256)
     fn = model_velocity_fn(model, torch.randn(1, 64, cfg.text_in_channels), 64)
-    sample = lambda: sample_distilled(fn, vshape, ashape, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    sample = lambda: sample_distilled(fn, vshape, ashape, generator=torch.Generator().manual_seed(0))
     sample()  # warm-up
     per_clip = min(_timed(sample) for _ in range(2))
     n = args.prompts * args.seeds
@@ -124,7 +130,8 @@ def main() -> None:
             drift_s += _timed(drift, clips, base)
     metrics = sum(parts.values()) + drift_s
     print(f"{args.checkpoints} checkpoints + base x {args.prompts} prompts x {args.seeds} seeds, {args.references} "
-          f"references; {args.seconds:g} s clips ({frames} frames {width}x{height}); preset {args.preset}, CPU")  # fmt: skip
+          f"references; {args.seconds:g} s clips ({frames} frames {width}x{height}); "
+          f"preset {args.preset}, CPU")  # fmt: skip
     print(f"sampling: {per_clip:.2f} s a clip (DiT, 8 steps), {sampling:.1f} s for {variants * n * 2} clips")
     for k, v in parts.items():
         print(f"  {k:17} {v / (variants * n):6.2f} s a clip")

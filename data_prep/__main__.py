@@ -26,6 +26,8 @@ from hhtune.media import MediaError, decode_audio, probe
 from hhtune.speech.g2p import phonemize
 from hhtune.speech.languages import normalise_language
 
+from .quiet import quiet_dependencies
+
 
 def _config(args):
     from .config import load_data_config  # noqa: PLC0415 -- pydantic loads only for the `config` subcommand
@@ -109,24 +111,21 @@ def _check(path: Path) -> int:
     """Whether training can read ``path``: exit 0 and ``trainable``, or an ``error:`` line saying why not and how to
     fix it (exit 2). The format is checked as the reader checks it; a dataset without latents is well formed but
     not trainable."""
-    from hhtune.dataset import DatasetError
+    from hhtune.dataset import DatasetError  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
-    from .dataset import load_dataset_dir
+    from .dataset import load_dataset_dir  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
     d = load_dataset_dir(path)
     if not d.encoded:
         raise DatasetError(f"{path} is not trainable: it has no latents (built without --encode); run "
-                           f"`python -m data_prep encode FOOTAGE_DIR --out {path}` (reuses the cached clips)")  # fmt: skip
+                           f"`python -m data_prep encode FOOTAGE_DIR --out {path}` "
+                           "(reuses the cached clips)")  # fmt: skip
     print(f"{path}: trainable: {len(d.dataset)} clips with latents, fingerprint {d.manifest['fingerprint']}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli` (2 bad input, 3 a missing tool or package)."""
-    from hhtune.cli import run_command
-
-    from .quiet import quiet_dependencies
-
     quiet_dependencies()
     return run_command(_main, argv)
 
@@ -170,11 +169,12 @@ def _main(argv: list[str] | None) -> int:
     out = build(args.footage, args.out, cfg, encode=args.command == "encode" or args.encode, rebuild=args.rebuild,
                 progress=not args.no_progress, reencode=args.reencode)  # fmt: skip
     if (out / "report.json").is_file():
-        from .report import plural
+        from .report import plural  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
         t = json.loads((out / "report.json").read_text())["totals"]
-        print(f"dataset: {out}/dataset: {plural(t['clips'], 'clip')}, {t['seconds']} s, from {plural(t['files'], 'file')} "
-              f"({t['used']} used, {t['skipped']} skipped); what happened to each file: {out}/report.html")
+        print(f"dataset: {out}/dataset: {plural(t['clips'], 'clip')}, {t['seconds']} s, "
+              f"from {plural(t['files'], 'file')} ({t['used']} used, {t['skipped']} skipped); "
+              f"what happened to each file: {out}/report.html")
     return 0
 
 

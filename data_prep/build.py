@@ -19,7 +19,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 
 from hhtune.io import atomic_write_text
 from hhtune.media import VIDEO_EXTENSIONS
@@ -167,8 +166,6 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
 def _worker_init() -> None:
     """One thread per worker process: the parallelism is the pool's, not torch's (no oversubscription). Dependency
     notices are filtered here too: a spawned worker does not inherit the main process's filters."""
-    import torch
-
     torch.set_num_threads(1)
     quiet_dependencies()
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from rich.progress import Progress
 from safetensors import safe_open
 
 from hhtune.contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS

@@ -34,14 +34,14 @@ def quiet_dependencies() -> None:
     for category, message in _WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     if importlib.util.find_spec("jieba") is not None:
-        import jieba  # its import sets its logger to DEBUG, so the level is set after it
+        import jieba  # noqa: PLC0415 -- optional, and its import sets its logger to DEBUG, so the level is set after it
 
         jieba.setLogLevel(logging.WARNING)
     for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(var, "1")
     if "pyopenjtalk" not in sys.modules and importlib.util.find_spec("pyopenjtalk") is not None:
         with contextlib.redirect_stdout(io.StringIO()):
-            import pyopenjtalk  # noqa: F401  - imported once, here, so that its notice goes nowhere
+            import pyopenjtalk  # noqa: F401, PLC0415 -- optional; imported once, here, so that its notice goes nowhere
 
 
 __all__ = ["quiet_dependencies"]

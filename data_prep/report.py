@@ -17,8 +17,10 @@ import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import librosa
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+import soundfile
+from jinja2 import Environment, FileSystemLoader
 from PIL import Image, ImageDraw
 
 from hhtune.contract import AUDIO_SAMPLE_RATE
@@ -104,8 +106,6 @@ def _b64png(image) -> str:
 def thumbnail_strip(frames: np.ndarray, columns: int = 6) -> tuple[str, int]:
     """Base64 PNG of ``columns`` frames side by side, 96 px high, and its width. Tile ``i`` stands for the ``i``-th
     ``columns``-th of the clip and shows the frame at its middle, so x is time as on :func:`waveform_picture`."""
-    from PIL import Image
-
     pick = frames[np.minimum(len(frames) - 1, ((np.arange(columns) + 0.5) * len(frames) / columns).astype(int))]
     strip = Image.fromarray(np.concatenate(list(pick), axis=1))
     strip = strip.resize((max(1, round(strip.width * 96 / strip.height)), 96))
@@ -115,9 +115,6 @@ def thumbnail_strip(frames: np.ndarray, columns: int = 6) -> tuple[str, int]:
 def audio_mp3(audio: np.ndarray, rate: int, out_rate: int = 16000) -> str:
     """Base64 MP3 of ``audio`` (``[channels, samples]`` or ``[samples]``) as mono at ``out_rate`` Hz: a few KB per
     second, small enough to inline one per clip."""
-    import librosa
-    import soundfile
-
     mono = audio.mean(axis=0) if audio.ndim == 2 else audio
     mono = librosa.resample(np.asarray(mono, np.float32), orig_sr=rate, target_sr=out_rate)
     buf = io.BytesIO()
@@ -129,8 +126,6 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
     """Base64 PNG: the waveform, under it the aligned words (boxes) and phonemes (ticks), under those the speech
     mask (speech in :data:`MASK_COLOUR`). Labels are in the page's word table (Pillow's default font has no CJK
     glyphs). Pass the filmstrip's width so that both share one time axis."""
-    from PIL import Image, ImageDraw
-
     h_wave, h_words, h_mask = 60, 22, 8
     img = Image.new("RGB", (width, h_wave + h_words + h_mask + 4), "white")
     d = ImageDraw.Draw(img)
@@ -153,7 +148,8 @@ def waveform_picture(audio: np.ndarray | None, duration: float, alignment, mask:
     d.rectangle([0, mt, width, mt + h_mask], fill=(225, 225, 225))
     for i, v in enumerate(mask or []):
         if v > 0.5:
-            d.rectangle([x(i * duration / len(mask)), mt, x((i + 1) * duration / len(mask)), mt + h_mask], fill=MASK_COLOUR)
+            d.rectangle([x(i * duration / len(mask)), mt, x((i + 1) * duration / len(mask)), mt + h_mask],
+                        fill=MASK_COLOUR)
     return _b64png(img)
 
 
@@ -181,7 +177,8 @@ def _clip_view(c: Clip, out: Path) -> dict:
 # One colour per category, the same in every report whatever categories it has. Red means nothing here: the speech
 # mask has its own colour (MASK_COLOUR), used nowhere in the legend.
 CATEGORY_COLOURS = {USED: "#2e8b3e", SILENCE: "#b4b4b4", UNTRANSCRIBED: "#e0a030", NOT_IN_CLIP: "#b8682c"}
-# Any other reason a stretch was dropped: a colour picked from its wording, so the same reason looks the same everywhere.
+# Any other reason a stretch was dropped: a colour picked from its wording, so the same reason looks the same
+# everywhere.
 OTHER_COLOURS = ("#7a5ca8", "#4a7ab0", "#a0607a", "#5f8f8f", "#8a7050", "#6b6bb5")
 MASK_COLOUR = (40, 50, 110)  # dark navy: speech in the clip's speech mask
 
@@ -307,11 +304,10 @@ def _fate_text(u: Unit) -> str:
 
 
 def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: Path) -> str:
-    from jinja2 import Environment, FileSystemLoader
-
     # The template is .html.j2, which select_autoescape() would not escape: autoescaping is switched on by name.
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
-    categories = [USED, *sorted({r["reason"] for f in summary["files"] for r in f["timeline"] if r["status"] != "used"})]
+    categories = [USED, *sorted({r["reason"] for f in summary["files"] for r in f["timeline"]
+                                 if r["status"] != "used"})]
     files = []
     for f, u in zip(summary["files"], units):
         cov = f["speech_coverage"]

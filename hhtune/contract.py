@@ -70,7 +70,8 @@ COLUMN_TYPES: dict[str, str] = {
     REFERENCE_LATENTS: "float32[][][][]",
 }  # fmt: skip
 assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, *LATENT_COLUMNS, REFERENCE_LATENTS)
-MANIFEST = "manifest.json"  # {"format_version", "fingerprint", "encoders", "settings", "encoded", "clips", "footage", ...}
+# {"format_version", "fingerprint", "encoders", "settings", "encoded", "clips", "footage", ...}
+MANIFEST = "manifest.json"
 ROWS = "dataset"  # the Arrow rows (``Dataset.save_to_disk``)
 
 _EPS = 1e-6  # float slack: 0.36 s is 9 frames even when 0.36 * 25 comes out as 8.999999

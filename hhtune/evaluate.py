@@ -18,17 +18,16 @@ import json
 import sys
 from pathlib import Path
 
+from hhtune.cli import run_command
+from hhtune.evaluation.plan import DEFAULT_STRENGTHS, EvaluationError
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli`."""
-    from hhtune.cli import run_command
-
     return run_command(_main, argv)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hhtune.evaluation.plan import DEFAULT_STRENGTHS
-
     p = argparse.ArgumentParser(prog="python -m hhtune.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("run_dir", type=Path, help="a training run's output_dir (checkpoints/, adapter/, recipe.yaml)")
@@ -37,8 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt, from validation.seed up (default 2)")
     p.add_argument("--strengths", default=",".join(f"{s:g}" for s in DEFAULT_STRENGTHS),
                    help="adapter strengths tried on the distilled model")
-    p.add_argument("--drift-languages", default="all", help="languages of the neutral drift prompts (all, or en,de,...)")
-    p.add_argument("--encoders", type=Path, help="folder with video_vae/, audio_vae/, text_encoder/ (default: the run's)")
+    p.add_argument("--drift-languages", default="all",
+                   help="languages of the neutral drift prompts (all, or en,de,...)")
+    p.add_argument("--encoders", type=Path,
+                   help="folder with video_vae/, audio_vae/, text_encoder/ (default: the run's)")
     p.add_argument("--base-checkpoint", help="the base (non-distilled) checkpoint, for the transfer measurement of a "
                                              "run trained on the distilled model")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -47,13 +48,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    from hhtune.evaluation.plan import EvaluationError
-
     if args.seeds < 1:
         raise EvaluationError("--seeds must be at least 1")
     if not (args.run_dir / "recipe.yaml").is_file():
         raise EvaluationError(f"{args.run_dir} is not a training run folder (no recipe.yaml): pass a run's output_dir")
-    from hhtune.evaluation.runner import evaluate_run
+    from hhtune.evaluation.runner import evaluate_run  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     result = evaluate_run(args.run_dir, checkpoints=args.checkpoints, prompts_file=args.prompts, seeds=args.seeds,
                           strengths=args.strengths, drift_languages=args.drift_languages, encoders=args.encoders,

@@ -14,6 +14,7 @@ import warnings
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 #: A box in pixels: (left, top, right, bottom), right and bottom exclusive.
 Box = tuple[int, int, int, int]
@@ -35,11 +36,11 @@ def available() -> str | None:
 
 
 def _models():
-    import dlib
+    import dlib  # noqa: PLC0415 -- optional package (see available())
 
     with warnings.catch_warnings():  # it finds its files with pkg_resources, which warns that it is deprecated
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-        import face_recognition_models
+        import face_recognition_models  # noqa: PLC0415 -- optional package (see available())
 
     return _load(dlib, face_recognition_models.pose_predictor_model_location())
 
@@ -51,13 +52,12 @@ def _load(dlib, predictor_path: str):
 
 def _detect(frame: np.ndarray, window: Box | None, detector) -> Box | None:
     """The surest face in ``frame`` (searched inside ``window`` first when given), in frame pixels."""
-    from PIL import Image
-
     h, w = frame.shape[:2]
     if window is not None:
         left, top, right, bottom = window
         size = max(right - left, bottom - top)
-        region = (max(0, left - size // 2), max(0, top - size // 2), min(w, right + size // 2), min(h, bottom + size // 2))
+        region = (max(0, left - size // 2), max(0, top - size // 2),
+                  min(w, right + size // 2), min(h, bottom + size // 2))
         scale = _FACE_PX / max(size, 1)
     else:
         region, scale = (0, 0, w, h), _FULL_PX / max(h, w)
@@ -73,11 +73,12 @@ def _detect(frame: np.ndarray, window: Box | None, detector) -> Box | None:
 
 
 def landmarks(frames: np.ndarray) -> list[np.ndarray | None]:
-    """The 68 landmarks ``[68, 2]`` (x, y pixels, float32) of the surest face (highest detector score) in each ``[T, H, W, 3]`` frame.
+    """The 68 landmarks ``[68, 2]`` (x, y pixels, float32) of the surest face (highest detector score) in each
+    ``[T, H, W, 3]`` frame.
 
     ``None`` for a frame without a detected face. Raises ``ImportError`` without dlib (see :func:`available`).
     """
-    import dlib
+    import dlib  # noqa: PLC0415 -- optional package (see available())
 
     detector, predictor = _models()
     out: list[np.ndarray | None] = []

@@ -6,6 +6,15 @@ and shows nothing, so callers never branch on whether a bar is shown.
 
 from __future__ import annotations
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 
 class ProgressBar:
     """``description  ━━━━━━  done/total  status  elapsed  remaining``, as a context manager.
@@ -19,11 +28,9 @@ class ProgressBar:
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)  # fmt: skip
-
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                 TimeRemainingColumn())  # fmt: skip
             self._bar.__enter__()
             self._task = self._bar.add_task(self._description, total=self._total, completed=self._completed, status="")
         return self

@@ -39,8 +39,10 @@ def _main(argv: list[str] | None) -> int:
                         help="official-layout checkpoint folder (a preset name only with --random-weights)")
     parser.add_argument("--random-weights", action="store_true",
                         help="with a preset name for --model: sample an untrained random model (tests, smoke runs)")
-    parser.add_argument("--encoders", required=True, type=Path, help="folder with video_vae/, audio_vae/, text_encoder/")
-    parser.add_argument("--adapter", action="append", default=[], help="adapter file or folder, optionally :STRENGTH, or per modality :video=1.0,audio=0.5")
+    parser.add_argument("--encoders", required=True, type=Path,
+                        help="folder with video_vae/, audio_vae/, text_encoder/")
+    parser.add_argument("--adapter", action="append", default=[],
+                        help="adapter file or folder, optionally :STRENGTH, or per modality :video=1.0,audio=0.5")
     parser.add_argument("--ignore-base-mismatch", action="store_true",
                         help="apply an adapter recorded for another base with a warning (e.g. an FP8 copy of its base)")
     parser.add_argument("--step", type=int, help="with --adapter RUN_DIR: the run's checkpoint at this step")
@@ -87,7 +89,7 @@ def _main(argv: list[str] | None) -> int:
     else:
         model = load_checkpoint(args.model, device=args.device)
     model.set_compute_dtype(args.compute_dtype)
-    from hhtune.adapters import load as load_adapter
+    from hhtune.adapters import load as load_adapter  # noqa: PLC0415 -- entry point: peft loads after argparse so --help is instant
 
     for path, strength, modalities in adapter_specs:
         model = load_adapter(path, model, strength=strength, modalities=modalities,
@@ -114,12 +116,13 @@ def _main(argv: list[str] | None) -> int:
 
 def _adapter_specs(specs: list[str], step: int | None) -> list:
     """The ``--adapter`` specs parsed, run folders taken at ``--step``; a missing adapter or step is refused here."""
-    from hhtune.adapters import parse_spec
-    from hhtune.training.state import step_checkpoint
+    from hhtune.adapters import parse_spec  # noqa: PLC0415 -- entry point: peft loads after argparse so --help is instant
+    from hhtune.training.state import step_checkpoint  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     parsed = [parse_spec(s) for s in specs]
     if step is not None and not parsed:
-        raise SampleError(f"--step {step} picks a checkpoint of a training run: pass the run folder as --adapter RUN_DIR")
+        raise SampleError(f"--step {step} picks a checkpoint of a training run: "
+                          "pass the run folder as --adapter RUN_DIR")
     if step is not None:
         parsed = [a._replace(path=str(step_checkpoint(Path(a.path), step))) for a in parsed]
     for a in parsed:

@@ -44,7 +44,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("--force-validate", action="store_true",
-                        help="on a finished run: validate the final adapter again (else a finished run is left as it is)")
+                        help="on a finished run: validate the final adapter again "
+                             "(else a finished run is left as it is)")
     parser.add_argument("--force-export", action="store_true",
                         help="on a finished run: write the adapter, model card and export.formats again")
     args = parser.parse_intermixed_args(argv)

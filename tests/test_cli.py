@@ -58,7 +58,8 @@ def test_the_readme_table_is_the_codes_of_hhtune_cli():
 
 
 def test_a_sigterm_stop_says_where_it_stopped(capsys):
-    assert run_command(_raiser(RunInterrupted("stopped by SIGTERM at step 4; re-run the same command to resume"))) == 130
+    interrupted = RunInterrupted("stopped by SIGTERM at step 4; re-run the same command to resume")
+    assert run_command(_raiser(interrupted)) == 130
     assert capsys.readouterr().err == "error: stopped by SIGTERM at step 4; re-run the same command to resume\n"
 
 
@@ -148,7 +149,8 @@ def test_every_command_refuses_bad_input_with_code_2_and_one_error_line(command,
 
 @pytest.mark.slow  # two launches of the training command, ~10 s each on a loaded 2-core machine
 def test_training_exit_codes_under_python_and_under_accelerate_launch_as_the_readme_says(tmp_path):
-    """`python -m hhtune.train` keeps the codes; `accelerate launch --quiet` reports any failure as 1, after the one line."""
+    """`python -m hhtune.train` keeps the codes; `accelerate launch --quiet` reports any failure as 1, after the one
+    line."""
     import os
     import subprocess
     import sys

@@ -100,9 +100,9 @@ def check_same_base(meta: AdapterMetadata, base_id: str, source: str, *, refuse:
     if not meta.base_fingerprint or meta.base_fingerprint == base_id:
         return
     trained_on = f"{meta.base_name!r}, " if meta.base_name else ""
-    message = (f"{source} was trained on another base model ({trained_on}fingerprint {meta.base_fingerprint}; this base "
-               f"has {base_id}): e.g. an adapter of the super-resolution or distilled model applied to the base one, "
-               "the reverse, or another random init")  # fmt: skip
+    message = (f"{source} was trained on another base model ({trained_on}fingerprint {meta.base_fingerprint}; "
+               f"this base has {base_id}): e.g. an adapter of the super-resolution or distilled model applied to the "
+               "base one, the reverse, or another random init")  # fmt: skip
     if refuse:
         raise AdapterError(message + ". If this is the same base in another precision (an FP8 copy), pass "
                            "--ignore-base-mismatch (check_base='warn') to apply it with a warning")  # fmt: skip
@@ -110,7 +110,8 @@ def check_same_base(meta: AdapterMetadata, base_id: str, source: str, *, refuse:
 
 
 def load(path: str | Path, model: torch.nn.Module, strength: float = 1.0, *, modalities: dict[str, float] | None = None,
-         adapter_name: str | None = None, trainable: bool = False, check_base: BaseCheck = True) -> PeftModel:  # fmt: skip
+         adapter_name: str | None = None, trainable: bool = False,
+         check_base: BaseCheck = True) -> PeftModel:  # fmt: skip
     """Apply the adapter at ``path`` to ``model`` at ``strength`` and return the (PEFT-wrapped) model.
 
     Adapters already active on ``model`` stay active, so calling ``load`` again stacks: the

@@ -30,7 +30,7 @@ def read_av_clip(path: str | Path, sample_rate: int = SPEECH_SAMPLE_RATE) -> AVC
     info = probe(path)
     reader = FrameReader(path, info)
     try:
-        frames = reader.read(0.0, max(1, int(round(info.duration * FPS))))
+        frames = reader.read(0.0, max(1, round(info.duration * FPS)))
     finally:
         reader.close()
     audio = np.clip(read_audio(path, sample_rate), -1.0, 1.0).astype(np.float32)

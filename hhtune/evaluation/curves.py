@@ -14,10 +14,10 @@ def plot_curves(steps: dict[str, int], values: dict[str, dict[str, float | None]
     ``steps`` maps checkpoint label -> step; ``values[metric][label]`` is the value (``None``: not
     measured); ``base[metric]`` the no-adapter value. Returns metric -> PNG path.
     """
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 -- matplotlib loads only when curves are drawn; Agg is set before pyplot loads
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when curves are drawn; Agg is set before pyplot loads
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

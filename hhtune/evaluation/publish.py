@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -23,7 +24,8 @@ def adapter_files(run_dir: Path) -> list[Path]:
     candidates = list((run_dir / "adapter").glob("*.safetensors"))
     export = run_dir / "export"
     if export.is_dir():
-        candidates += [p for p in export.rglob("*.safetensors") if not p.relative_to(export).parts[0].startswith("merged")]
+        candidates += [p for p in export.rglob("*.safetensors")
+                       if not p.relative_to(export).parts[0].startswith("merged")]
     out = []
     for p in sorted(candidates):
         with safe_open(p, framework="pt") as f:
@@ -57,8 +59,6 @@ def publish(run_dir: Path, evaluation: dict) -> list[Path]:
     if (run_dir / "adapter").is_dir():
         recipe = run_dir / "recipe.yaml"
         if recipe.is_file() and "lora" not in info:
-            import yaml
-
             info["lora"] = (yaml.safe_load(recipe.read_text()) or {}).get("lora")
         changed.append(write_model_card(run_dir / "adapter", info))
     for path in adapter_files(run_dir):

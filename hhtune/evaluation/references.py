@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import FPS
 from .clips import AVClip, read_av_clip
 
 MAX_REFERENCES = 16  # clips read from the footage (evenly spread over the dataset): enough for identity means
@@ -18,7 +19,8 @@ def training_references(ds, manifest: dict, limit: int = MAX_REFERENCES) -> tupl
     """
     footage = manifest.get("footage")
     if not footage or not Path(footage).is_dir():
-        return [], f"the training footage folder ({footage or 'not recorded in the dataset manifest'}) is not on this machine"
+        return [], (f"the training footage folder ({footage or 'not recorded in the dataset manifest'}) "
+                    "is not on this machine")
     rows = ds.select_columns(["source_file", "start_s", "end_s"])
     picks = np.unique(np.linspace(0, len(rows) - 1, min(limit, len(rows))).round().astype(int)) if len(rows) else []
     clips, missing = [], []
@@ -36,8 +38,6 @@ def training_references(ds, manifest: dict, limit: int = MAX_REFERENCES) -> tupl
 
 def _cut(clip: AVClip, start: float, end: float, label: str) -> AVClip:
     """The ``[start, end)`` seconds of ``clip`` (25 fps video, audio at its own rate)."""
-    from ..contract import FPS
-
-    f0, f1 = int(round(start * FPS)), max(int(round(end * FPS)), int(round(start * FPS)) + 1)
-    a0, a1 = int(round(start * clip.sample_rate)), int(round(end * clip.sample_rate))
+    f0, f1 = round(start * FPS), max(round(end * FPS), round(start * FPS) + 1)
+    a0, a1 = round(start * clip.sample_rate), round(end * clip.sample_rate)
     return AVClip(frames=clip.frames[f0:f1], audio=clip.audio[a0:a1], sample_rate=clip.sample_rate, label=label)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
 from ..io import atomic_write_text
 
 TEMPLATE = "eval_report.html.j2"
@@ -34,7 +36,8 @@ def report_context(result: dict, out_dir: Path) -> dict:
                 cells.append({"variant": v, "src": _relative(Path(result["eval_dir"]) / mp4, out_dir) if mp4 else None})
             rows.append({"seed": seed, "cells": cells})
         grid.append({"prompt": prompt, "rows": rows})
-    curves = [{"metric": k, "src": _relative(Path(result["eval_dir"]) / p, out_dir)} for k, p in sorted(result["curves"].items())]
+    curves = [{"metric": k, "src": _relative(Path(result["eval_dir"]) / p, out_dir)}
+              for k, p in sorted(result["curves"].items())]
     return {"run_dir": result["run_dir"], "variants": variants, "grid": grid, "curves": curves,
             "recommendation": result["recommendation"], "transfer": result.get("transfer"),
             "metrics": result["metrics"], "drift": result.get("drift", {}), "descriptions": result["descriptions"],
@@ -43,8 +46,6 @@ def report_context(result: dict, out_dir: Path) -> dict:
 
 def write_report(result: dict, out_dir: Path) -> Path:
     """Render ``out_dir/report.html`` from ``result`` (the content of ``eval.json``)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True, undefined=StrictUndefined)
     html = env.get_template(TEMPLATE).render(**report_context(result, out_dir))
     path = out_dir / "report.html"

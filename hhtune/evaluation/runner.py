@@ -57,7 +57,8 @@ class _Session:
     def run(self, model: torch.nn.Module, label: str) -> tuple[list[Sample], list[Sample]]:
         """``label``'s brand samples (mp4s under ``eval/videos/label``) and drift samples, distilled sampler."""
         p = self.plan
-        self.log(f"sampling {label}: {len(p.prompts)} prompts + {len(p.drift_prompts)} drift prompts x {len(p.seeds)} seeds")
+        self.log(f"sampling {label}: {len(p.prompts)} prompts + {len(p.drift_prompts)} drift prompts "
+                 f"x {len(p.seeds)} seeds")
         kw = dict(encoders=self.encoders, settings=self.settings)
         return (sample_variant(model, label, self.brand, p.seeds, out_dir=self.out / "videos" / label, **kw),
                 sample_variant(model, label, self.drift, p.seeds, **kw))  # fmt: skip
@@ -87,9 +88,11 @@ def make_plan(run_dir: Path, recipe: Recipe, *, checkpoints: str, prompts_file: 
 
 
 def _models(recipe: Recipe, device: torch.device, base_checkpoint: str | None):
-    """``(distilled, base_or_None, why_no_base, check_base)``: the models sampled, sharing one where they are the same."""
+    """``(distilled, base_or_None, why_no_base, check_base)``: the models sampled, sharing one where they are the
+    same."""
     trained = build_model(recipe.model, device)
-    distilled = load_checkpoint(recipe.model.eval_checkpoint, device=device) if recipe.model.eval_checkpoint else trained
+    distilled = (load_checkpoint(recipe.model.eval_checkpoint, device=device) if recipe.model.eval_checkpoint
+                 else trained)
     if base_checkpoint:
         return distilled, load_checkpoint(base_checkpoint, device=device), None, distilled is trained
     if recipe.model.variant == "base" or recipe.model.checkpoint is None:  # a preset has one init for both
@@ -106,7 +109,8 @@ def _check_adapters(chosen: tuple[Checkpoint, ...], model: torch.nn.Module, chec
 
 def _encoders(recipe: Recipe, data, given: Path | None) -> EncoderPaths:
     if given is not None:
-        return EncoderPaths(video_vae=given / "video_vae", audio_vae=given / "audio_vae", text_encoder=given / "text_encoder")
+        return EncoderPaths(video_vae=given / "video_vae", audio_vae=given / "audio_vae",
+                            text_encoder=given / "text_encoder")
     return encoder_paths(recipe, data)
 
 
@@ -186,7 +190,8 @@ def _result(plan: EvalPlan, out: Path, samples, metrics, drifts, best: Checkpoin
         "recommended_strength": strength,
         "not_measured": [{"metric": k, "reason": v} for k, v in sorted(not_measured.items())],
         "descriptions": {**DESCRIPTIONS, "transfer gap": "How far the distilled model with the adapter lands from "
-                         "the base model with the adapter (32 steps with guidance), as a share of the clip; 0 is identical."},
+                         "the base model with the adapter (32 steps with guidance), as a share of the clip; "
+                         "0 is identical."},
     }  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..adapters import load
 from ..encoders import EncoderPaths
 from ..sampling.generate import OUTPUT_AUDIO_RATE, generate, write_mp4
 from .clips import AVClip
@@ -54,8 +55,6 @@ def with_adapter(model: torch.nn.Module, adapter: str | Path, strength: float,
     The adapter is removed again on exit, leaving ``model`` as it was. ``check_base=False`` applies
     an adapter to another base than the one it was trained on (a base-trained adapter on the distilled model).
     """
-    from ..adapters import load
-
     peft = load(adapter, model, strength=strength, check_base=check_base)
     peft.eval()
     try:

@@ -63,7 +63,8 @@ def score_samples(clips: Sequence[AVClip], references: Sequence[AVClip], *,
     out = {"speech_quality": m.speech_quality(list(clips)), "lip_sync": _lip_sync_all(clips)}
     for name, fn in (("voice_similarity", m.voice_similarity), ("face_similarity", m.face_similarity),
                      ("look_distance", m.look_distance)):  # fmt: skip
-        out[name] = fn(list(clips), list(references)) if references else _unavailable(name, no_references or "no training footage")
+        out[name] = (fn(list(clips), list(references)) if references
+                     else _unavailable(name, no_references or "no training footage"))
     return out
 
 

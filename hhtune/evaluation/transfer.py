@@ -21,7 +21,8 @@ DEFAULT_TOLERANCE = 0.1  # a quality metric may fall this share of the best valu
 
 
 def latent_gap(samples: Sequence[Sample], reference: Sequence[Sample]) -> float:
-    """Mean relative distance of ``samples`` to ``reference`` paired by (prompt, seed), video and audio latents averaged.
+    """Mean relative distance of ``samples`` to ``reference`` paired by (prompt, seed), video and audio latents
+    averaged.
 
     0 means the same clips; 1 means a distance as large as the reference itself.
     """

@@ -34,8 +34,8 @@ from ..adapters.formats.modelspec import modelspec_header
 from ..adapters.formats.peft import from_peft_model, write_peft
 from ..adapters.formats.read import read_adapter
 from ..adapters.formats.single import write_single
-from ..adapters.provenance import read_run_adapter
 from ..adapters.formats.weights import AdapterError, AdapterMetadata, LoraWeights, drop_experts, scale_modalities
+from ..adapters.provenance import read_run_adapter
 from ..model import HappyHorseTransformer, ModelConfig
 from .merge import merge_into_checkpoint
 from .model_card import write_model_card

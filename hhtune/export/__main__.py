@@ -32,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from ..adapters import parse_spec
-    from ..training.state import step_checkpoint
-    from . import FORMATS, export_adapter
+    from ..training.state import step_checkpoint  # noqa: PLC0415 -- only --step needs it, and hhtune.training loads the trainer
 
     parser = argparse.ArgumentParser(prog="python -m hhtune.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -50,7 +48,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--drop", action="append", default=[], choices=["video", "audio", "text"],
                         help="leave this modality's expert and embedder parts out")  # fmt: skip
     parser.add_argument("--ignore-base-mismatch", action="store_true",
-                        help="use --base even if SOURCE was trained on another base, with a warning (an FP8 copy of it)")
+                        help="use --base even if SOURCE was trained on another base, with a warning "
+                             "(an FP8 copy of it)")
     args = parser.parse_args(argv)
     source = args.source if args.step is None else step_checkpoint(args.source, args.step)
     out = export_adapter(source, args.format, args.out, base=args.base, strength=args.strength,

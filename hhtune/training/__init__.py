@@ -10,4 +10,5 @@ from .state import CheckpointLoadError
 from .trainer import LoraTrainer, train
 
 __all__ = ["Batch", "Callback", "CheckpointLoadError", "DatasetError", "LoraTrainer", "RecipeConflict",
-           "RunInterrupted", "TrainingDataset", "TrainingError", "build_model", "flow_matching_loss", "shift_sigma", "train"]  # fmt: skip
+           "RunInterrupted", "TrainingDataset", "TrainingError", "build_model", "flow_matching_loss", "shift_sigma",
+           "train"]  # fmt: skip

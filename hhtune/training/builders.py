@@ -56,7 +56,7 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSection) -> 
     kwargs = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
     if cfg.eight_bit:
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # noqa: PLC0415 -- optional package (hhtune[bnb]), only for optimizer.eight_bit
         except ImportError as e:
             raise TrainingError("optimizer.eight_bit needs bitsandbytes: pip install 'hhtune[bnb]'") from e
         return bnb.optim.AdamW8bit(params, **kwargs)
@@ -89,7 +89,8 @@ def build_batches(recipe: Recipe, data: TrainingDataset, progress: Progress, *, 
     accum = recipe.train.gradient_accumulation_steps
     remaining = recipe.train.max_steps - progress.step
     batches = MicroBatches(data, seed=recipe.train.seed, batch_size=recipe.data.batch_size, repeat=recipe.data.repeat,
-                           start=progress.step * accum * world + rank, world=world, count=max(0, remaining * accum))  # fmt: skip
+                           start=progress.step * accum * world + rank, world=world,
+                           count=max(0, remaining * accum))  # fmt: skip
     return iter(DataLoader(batches, batch_size=None, **loader_options(recipe.data, device)))
 
 

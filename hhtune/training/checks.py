@@ -23,7 +23,8 @@ def check_recipe(recipe: Recipe, *, device_type: str, fsdp: bool) -> None:
     merged = [f for f in recipe.export.formats if f.startswith("merged")]
     if merged and recipe.model.checkpoint is None:
         raise RecipeConflict(f"export.formats {merged} merge into a base checkpoint on disk, but model.checkpoint is "
-                            "null (a random preset); remove them from export.formats or set model.checkpoint")  # fmt: skip
+                            "null (a random preset); remove them from export.formats "
+                            "or set model.checkpoint")  # fmt: skip
 
 
 def _check_launch(recipe: Recipe, device_type: str, fsdp: bool) -> None:
@@ -33,8 +34,9 @@ def _check_launch(recipe: Recipe, device_type: str, fsdp: bool) -> None:
         raise RecipeConflict("model.eval_checkpoint is not supported with FSDP2 yet: validate on the trained "
                             "model (model.eval_checkpoint=null) or train without FSDP")  # fmt: skip
     if fsdp and recipe.model.blocks_to_swap:
-        raise RecipeConflict("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen weights "
-                            "across processes: set model.blocks_to_swap=0 (see python -m hhtune.plan --world-size N)")  # fmt: skip
+        raise RecipeConflict("model.blocks_to_swap does not combine with FSDP2, which already splits the frozen "
+                            "weights across processes: set model.blocks_to_swap=0 "
+                            "(see python -m hhtune.plan --world-size N)")  # fmt: skip
 
 
 def _check_model(recipe: Recipe) -> None:

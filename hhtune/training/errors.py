@@ -13,7 +13,7 @@ class TrainingError(RuntimeError):
     """The run had to stop; the message says why and how to continue."""
 
 
-class RecipeConflict(ValueError):
+class RecipeConflict(ValueError):  # noqa: N818 -- public name; the base class says error
     """Settings that cannot run together, with this launch, or on this dataset or checkpoint; found before training."""
 
 

@@ -28,7 +28,7 @@ WORLD_SIZE = "world_size"
 DATASET = "dataset.fingerprint"
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(ValueError):  # noqa: N818 -- public name; the base class says error
     """The checkpoint was written by a run with different settings; the message lists them (bad input, exit 2)."""
 
 

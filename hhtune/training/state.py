@@ -72,7 +72,8 @@ def step_checkpoint(run_dir: Path, step: int) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a training run folder (it has no checkpoints/), so --step {step} "
                                 "cannot be found in it")  # fmt: skip
-    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file())
+    steps = sorted(int(m.group(1)) for p in root.iterdir()
+                   if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file())
     raise FileNotFoundError(f"{run_dir} has no checkpoint at step {step}; it has steps {steps} "
                             "(checkpointing.keep_last keeps only the newest ones)")  # fmt: skip
 

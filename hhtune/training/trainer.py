@@ -20,6 +20,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from ..adapters.compute import set_lora_compute_dtype
 from ..adapters.inject import add_lora, trainable_parameter_count
@@ -35,13 +36,23 @@ from .callbacks import Callback, CallbackList
 from .checks import check_dataset, check_recipe, check_text_channels
 from .data import TrainingDataset
 from .determinism import configure_determinism
-from .distributed import (fsdp_requested, full_optimizer_state, full_trainable_state, load_full_optimizer_state,
-                          shard_model)  # fmt: skip
+from .distributed import (
+    fsdp_requested,
+    full_optimizer_state,
+    full_trainable_state,
+    load_full_optimizer_state,
+    shard_model,
+)
 from .errors import RecipeConflict, RunInterrupted, TrainingError
 from .metrics import peak_memory_gb
 from .objective import LossOutput, flow_matching_loss, sigma_bucket
-from .outputs import (check_output_dependencies, encode_validation_prompts, finish_run, run_validation_step,
-                      training_clip_summaries)  # fmt: skip
+from .outputs import (
+    check_output_dependencies,
+    encode_validation_prompts,
+    finish_run,
+    run_validation_step,
+    training_clip_summaries,
+)
 from .resume import check_resume, run_fingerprint
 from .state import Progress, Snapshot, finished_step, latest_checkpoint, load_state, read_fingerprint, save_state
 
@@ -156,7 +167,8 @@ class LoraTrainer:
             return resume_from
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+            atomic_write_text(self.run_dir / "recipe.yaml",
+                              yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
             self.log(_format_table(recipe))
         return resume_from
 
@@ -221,7 +233,8 @@ class LoraTrainer:
         if self.metrics is not None and self.progress.step % recipe.logging.every_steps == 0:
             self.metrics.log(self.progress.step, stats.summary(
                 lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, step_time=step_time, data_wait=data_wait,
-                world=self.world, memory=peak_memory_gb(self.device), nonfinite=self.progress.nonfinite_steps))  # fmt: skip
+                world=self.world, memory=peak_memory_gb(self.device),
+                nonfinite=self.progress.nonfinite_steps))  # fmt: skip
         return stats.mean_loss()
 
     def _update(self, all_finite: bool) -> float | None:
@@ -266,7 +279,8 @@ class LoraTrainer:
         """Render and score the validation prompts at the current step (every process takes part under FSDP)."""
         self._validated_at = self.progress.step
         run_validation_step(self.recipe, self.accelerator, self.model, self.prompts, self.data, self.run_dir,
-                            self.progress.step, self.metrics, self.log, sharded=self.fsdp, clips=self.clips)  # fmt: skip
+                            self.progress.step, self.metrics, self.log, sharded=self.fsdp,
+                            clips=self.clips)  # fmt: skip
 
     def finish(self, *, validate: bool | None = None, export: bool = True) -> Path:
         """The last checkpoint and validation if not yet done, then the adapter, run_info.json and exports.
@@ -369,7 +383,8 @@ def _check_fingerprint(checkpoint: Path, current: dict, recipe: Recipe, log) -> 
         warnings.warn(f"{checkpoint} has no run fingerprint (written by an older hhtune): resuming without "
                       "checking that the settings match", stacklevel=5)  # fmt: skip
         return
-    allowed = check_resume(stored, current, recipe.checkpointing.allow_changed, str(checkpoint))  # ResumeMismatch: exit 2
+    # ResumeMismatch: exit 2
+    allowed = check_resume(stored, current, recipe.checkpointing.allow_changed, str(checkpoint))
     for line in allowed:
         log(f"resuming with a deliberate change (checkpointing.allow_changed): {line}")
 

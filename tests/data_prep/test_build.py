@@ -389,7 +389,8 @@ def test_acoustic_model_gives_ctc_alignment(tmp_path, speech, monkeypatch):
     write_metadata(d, [{"file_name": "a.mp4", "language": "en"}])
     model = build_tiny_recognizer(tmp_path / "am", seed=0)
     monkeypatch.setattr(b, "ProcessPoolExecutor", _InlinePool)
-    units = prepare_all(d, tmp_path / "ds", load_data_config(None, {**SMALL, "acoustic_model": str(model)}), progress=False)
+    units = prepare_all(d, tmp_path / "ds", load_data_config(None, {**SMALL, "acoustic_model": str(model)}),
+                        progress=False)
     assert units[0].alignment_method == "ctc", units[0]
     assert not any("fell back" in n for n in units[0].notes) and units[0].clips
     labels = [w["label"] for c in units[0].clips for w in json.loads(c.alignment)["words"]]

@@ -8,7 +8,6 @@ import io
 import json
 import re
 from html.parser import HTMLParser
-
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,7 @@ class _Text(HTMLParser):
         if self._open[-1]:
             self.texts[self._open[-1]].append("")
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, tag):  # noqa: ARG002 -- HTMLParser's signature
         self._open.pop()
 
     def handle_data(self, data):
@@ -132,7 +131,8 @@ def test_report_fates_counts_and_pil_fallback(tmp_path, monkeypatch):
     assert "src='http" not in page and 'src="http' not in page  # self-contained
 
 
-CAPTION = 'Dialogue:\n<a presenter in a studio, German>: "Willkommen"\nBackground Sound:\n<Background Sound>: a hum & a <b>'
+CAPTION = ('Dialogue:\n<a presenter in a studio, German>: "Willkommen"\n'
+           'Background Sound:\n<Background Sound>: a hum & a <b>')
 
 
 def test_report_captions_and_transcripts_are_text_not_markup(tmp_path):
@@ -151,7 +151,8 @@ def test_report_captions_and_transcripts_are_text_not_markup(tmp_path):
 
 
 def _legend(page: str) -> dict[str, str]:
-    return dict((name, colour) for colour, name in re.findall(r'class="swatch" style="background:(#[0-9a-f]{6})"></span>([^<]+)<', page))
+    swatches = re.findall(r'class="swatch" style="background:(#[0-9a-f]{6})"></span>([^<]+)<', page)
+    return dict((name, colour) for colour, name in swatches)
 
 
 def test_report_colours_are_fixed_per_category_and_the_fate_paints_no_row(tmp_path):
@@ -170,7 +171,8 @@ def test_report_colours_are_fixed_per_category_and_the_fate_paints_no_row(tmp_pa
         write_report([_unit("a", 1, timeline=timeline), _unit("c", 0, timeline=timeline)], out)
         page = (out / "report.html").read_text()
         legends.append(_legend(page))
-        spans = re.findall(r'data-reason="([^"]*)" title="[^"]*"\s+style="width:[0-9.]+%;background:(#[0-9a-f]{6})"', page)
+        spans = re.findall(r'data-reason="([^"]*)" title="[^"]*"\s+'
+                           r'style="width:[0-9.]+%;background:(#[0-9a-f]{6})"', page)
         assert len(spans) == 2 * len(timeline) and all(legends[-1][why or "used"] == c for why, c in spans)
         assert '<tr class="' not in page and not re.search(r"^\.(used|split|skipped)\b", page, re.M)
     assert set(legends[0]) >= {"used", SILENCE} and set(legends[1]) >= {"used", SILENCE, UNTRANSCRIBED, NOT_IN_CLIP}
@@ -214,7 +216,8 @@ def test_every_file_of_the_footage_folder_has_a_fate(tmp_path):
     assert found == ["a.mp4"]
     reasons = {u.file: u.reason for u in skipped}
     assert set(reasons) == {"logo.png", "brief.docx", "ref.jpg"}
-    assert reasons["logo.png"].startswith("not a video file (.png)") and reasons["brief.docx"] == "not a video file (.docx)"
+    assert reasons["logo.png"].startswith("not a video file (.png)")
+    assert reasons["brief.docx"] == "not a video file (.docx)"
 
 
 def test_check_says_whether_a_dataset_is_trainable(tmp_path, capsys):

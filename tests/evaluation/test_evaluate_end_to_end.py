@@ -11,11 +11,11 @@ from _browser import open_in_browser
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from _runs import _recipe, _run_cli  # noqa: E402
+from _runs import _recipe, _run_cli
 
-from hhtune.encoders import build_tiny_encoders  # noqa: E402
-from hhtune.evaluate import main  # noqa: E402
-from hhtune.training.synthetic import write_synthetic_dataset  # noqa: E402
+from hhtune.encoders import build_tiny_encoders
+from hhtune.evaluate import main
+from hhtune.training.synthetic import write_synthetic_dataset
 
 CAPTION = "A host smiles. Dialogue: <a presenter, German>: \"Hallo.\""
 
@@ -24,14 +24,16 @@ CAPTION = "A host smiles. Dialogue: <a presenter, German>: \"Hallo.\""
 def test_evaluate_a_tiny_run(tmp_path, capsys):
     dataset = write_synthetic_dataset(tmp_path / "ds", clips=2)
     build_tiny_encoders(tmp_path / "enc")
-    recipe = _recipe(dataset, tmp_path / "run", train={"max_steps": 4}, checkpointing={"every_steps": 2, "keep_last": 3},
+    recipe = _recipe(dataset, tmp_path / "run", train={"max_steps": 4},
+                     checkpointing={"every_steps": 2, "keep_last": 3},
                      validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
                                  "encoders": str(tmp_path / "enc")})  # fmt: skip
     trained = _run_cli(recipe, tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     run = tmp_path / "run"
 
-    assert main([str(run), "--checkpoints", "all", "--seeds", "1", "--strengths", "0.5,1.0", "--drift-languages", "en"]) == 0
+    argv = [str(run), "--checkpoints", "all", "--seeds", "1", "--strengths", "0.5,1.0", "--drift-languages", "en"]
+    assert main(argv) == 0
     result = json.loads((run / "eval" / "eval.json").read_text())
     assert [c["label"] for c in result["checkpoints"]] == ["step-00000002", "final"]  # step 4 is the final adapter
     assert result["prompts"] == [CAPTION] and result["seeds"] == [1234] and result["strengths"] == [0.5, 1.0]

@@ -13,15 +13,15 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from adapter_helpers import trained  # noqa: E402
+from adapter_helpers import trained
 
-from hhtune.adapters.formats.checkpoint import adapter_from_checkpoint  # noqa: E402
-from hhtune.adapters.formats.peft import from_peft_model, write_peft  # noqa: E402
-from hhtune.adapters.formats.read import read_adapter  # noqa: E402
-from hhtune.evaluate import main  # noqa: E402
-from hhtune.evaluation.drift_prompts import drift_prompts  # noqa: E402
-from hhtune.evaluation.plan import EvaluationError, choose_checkpoints, read_prompts  # noqa: E402
-from hhtune.training.synthetic import write_synthetic_dataset  # noqa: E402
+from hhtune.adapters.formats.checkpoint import adapter_from_checkpoint
+from hhtune.adapters.formats.peft import from_peft_model, write_peft
+from hhtune.adapters.formats.read import read_adapter
+from hhtune.evaluate import main
+from hhtune.evaluation.drift_prompts import drift_prompts
+from hhtune.evaluation.plan import EvaluationError, choose_checkpoints, read_prompts
+from hhtune.training.synthetic import write_synthetic_dataset
 
 
 def _checkpoint(run: Path, step: int, model) -> Path:

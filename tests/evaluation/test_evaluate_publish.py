@@ -11,11 +11,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from adapter_helpers import trained  # noqa: E402
+from adapter_helpers import trained
 
-from hhtune.adapters.formats.peft import from_peft_model, write_peft  # noqa: E402
-from hhtune.adapters.formats.read import read_adapter  # noqa: E402
-from hhtune.evaluation.publish import adapter_files, publish, set_recommended_strength  # noqa: E402
+from hhtune.adapters.formats.peft import from_peft_model, write_peft
+from hhtune.adapters.formats.read import read_adapter
+from hhtune.evaluation.publish import adapter_files, publish, set_recommended_strength
 
 
 def _folder(tmp_path: Path) -> Path:

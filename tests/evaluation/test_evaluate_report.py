@@ -62,7 +62,8 @@ def test_report_loads_in_a_real_browser(tmp_path):
     result, out = _result(tmp_path)
     write_report(result, out)
     seen = open_in_browser(tmp_path, "eval/report.html")
-    assert len(seen["videos"]) == 3 and all(v["ready"] >= 1 and v["error"] is None for v in seen["videos"]), seen["videos"]
+    assert len(seen["videos"]) == 3, seen["videos"]
+    assert all(v["ready"] >= 1 and v["error"] is None for v in seen["videos"]), seen["videos"]
     assert seen["images"] and all(i["width"] > 0 for i in seen["images"]), seen["images"]
     assert seen["links"] and all(link["ok"] for link in seen["links"]), seen["links"]
     assert seen["recommended"] == "step-00000002"

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from adapter_helpers import base_model, trained  # noqa: E402
+from adapter_helpers import base_model, trained
 
-from hhtune.adapters.formats.peft import from_peft_model, write_peft  # noqa: E402
-from hhtune.encoders import EncoderPaths  # noqa: E402
-from hhtune.evaluation.sampling import Sample, SampleSettings, sample_variant, with_adapter  # noqa: E402
-from hhtune.evaluation.transfer import latent_gap, measure_transfer, recommend_strength  # noqa: E402
+from hhtune.adapters.formats.peft import from_peft_model, write_peft
+from hhtune.encoders import EncoderPaths
+from hhtune.evaluation.sampling import Sample, SampleSettings, sample_variant, with_adapter
+from hhtune.evaluation.transfer import latent_gap, measure_transfer, recommend_strength
 
 SETTINGS = SampleSettings(seconds=0.2, base_resolution=32)
-NO_ENCODERS = EncoderPaths(video_vae=Path("-"), audio_vae=Path("-"), text_encoder=Path("-"))  # latents only: never loaded
+# latents only: never loaded
+NO_ENCODERS = EncoderPaths(video_vae=Path("-"), audio_vae=Path("-"), text_encoder=Path("-"))
 
 
 def _adapter(tmp_path: Path, zero: bool) -> Path:

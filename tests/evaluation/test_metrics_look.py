@@ -9,8 +9,15 @@ import pytest
 from talking_face import face, open_mouth
 
 from hhtune.evaluation.clips import AVClip
-from hhtune.evaluation.metrics import (available_metrics, drift, face_similarity, lip_sync, look_distance,
-                                       speech_quality, voice_similarity)  # fmt: skip
+from hhtune.evaluation.metrics import (
+    available_metrics,
+    drift,
+    face_similarity,
+    lip_sync,
+    look_distance,
+    speech_quality,
+    voice_similarity,
+)
 
 
 def _clip(seed: int, shift: int = 0, frames: int = 6) -> AVClip:

@@ -16,7 +16,8 @@ def test_references_are_cut_from_the_footage_the_manifest_names(tmp_path):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (2 * FPS, 64, 64, 3), dtype=np.uint8)
     write_mp4(frames, (0.1 * rng.standard_normal((2 * OUTPUT_AUDIO_RATE, 2))).astype(np.float32), footage / "talk.mp4")
-    ds = datasets.Dataset.from_dict({"source_file": ["talk.mp4", "talk.mp4"], "start_s": [0.0, 1.0], "end_s": [0.36, 1.4]})
+    ds = datasets.Dataset.from_dict({"source_file": ["talk.mp4", "talk.mp4"], "start_s": [0.0, 1.0],
+                                     "end_s": [0.36, 1.4]})
 
     clips, why = training_references(ds, {"footage": str(footage)})
     assert why is None

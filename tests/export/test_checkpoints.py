@@ -1,4 +1,5 @@
-"""Any checkpoint of a run is an adapter: hhtune.export and hhtune.sample take RUN/checkpoints/step-N and RUN --step N."""
+"""Any checkpoint of a run is an adapter: hhtune.export and hhtune.sample take RUN/checkpoints/step-N and
+RUN --step N."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from hhtune.training import train
 from hhtune.training.synthetic import write_synthetic_dataset
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from _runs import _recipe  # noqa: E402
+from _runs import _recipe
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +100,11 @@ def test_a_run_adapter_on_another_base_is_refused_naming_both_fingerprints_howev
     other = _other_base()
     with pytest.raises(AdapterError, match=rf"fingerprint {recorded}; this base has {base_model_id(other)}"):
         adapters.load(path, other)
-    with pytest.warns(UserWarning, match=rf"fingerprint {recorded}; this base has {base_model_id(other)}.*applied anyway"):
+    expected = rf"fingerprint {recorded}; this base has {base_model_id(other)}.*applied anyway"
+    with pytest.warns(UserWarning, match=expected):
         adapters.load(path, _other_base(), check_base="warn")
-    with warnings.catch_warnings():  # check_base=False: a deliberate transfer (evaluation's), neither refused nor warned
+    # check_base=False: a deliberate transfer (evaluation's), neither refused nor warned
+    with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*another base")
         adapters.load(path, _other_base(), check_base=False)
 
@@ -118,7 +121,8 @@ def test_export_into_another_base_is_refused_like_sampling(run, tmp_path, capsys
 
 
 def test_sample_with_random_weights_checks_the_base_too(run, tmp_path, capsys, monkeypatch):
-    """`--random-weights` builds the tiny preset from seed 0; an adapter of a seed-3 run is refused, or warned with the flag."""
+    """`--random-weights` builds the tiny preset from seed 0; an adapter of a seed-3 run is refused, or warned with
+    the flag."""
     from hhtune.encoders import build_tiny_encoders
     from hhtune.sample import main as sample_main
 
@@ -139,4 +143,4 @@ def test_sample_with_random_weights_checks_the_base_too(run, tmp_path, capsys, m
 
     monkeypatch.setattr(adapters, "load", load_then_stop)
     with pytest.warns(UserWarning, match="applied anyway"), pytest.raises(SystemExit):
-        sample_main(argv + ["--ignore-base-mismatch"])
+        sample_main([*argv, "--ignore-base-mismatch"])

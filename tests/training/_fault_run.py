@@ -17,9 +17,9 @@ from pathlib import Path
 # import whichever hhtune is installed while the run it is compared with (hhtune/train.py) uses the checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from hhtune.cli import run_command  # noqa: E402
-from hhtune.recipe import load_recipe  # noqa: E402
-from hhtune.training import Callback, train  # noqa: E402
+from hhtune.cli import run_command
+from hhtune.recipe import load_recipe
+from hhtune.training import Callback, train
 
 
 class Fault(Callback):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from _runs import _recipe
 
+from hhtune.cli import exit_code
 from hhtune.model import HappyHorseTransformer
 from hhtune.recipe import validate_recipe
-from hhtune.cli import exit_code
 from hhtune.training import LoraTrainer, RecipeConflict, TrainingDataset, TrainingError
 from hhtune.training.synthetic import write_synthetic_dataset
 

@@ -34,7 +34,8 @@ def test_a_change_of_the_adapter_tensors_is_never_offered_and_never_accepted(sec
         check_resume(old, new, [], "ckpt")
     assert f"allow_changed=[{key}]" not in str(refused.value)  # the tool must not suggest what it cannot do
     for allowed in ([key], [section]):  # named, or covered by its section
-        with pytest.raises(ResumeMismatch, match=r"(?s)other tensors.*allow_changed cannot accept.*another train.output_dir"):
+        with pytest.raises(ResumeMismatch,
+                           match=r"(?s)other tensors.*allow_changed cannot accept.*another train.output_dir"):
             check_resume(old, new, allowed, "ckpt")
 
 
@@ -59,7 +60,8 @@ def test_following_the_refusal_of_a_rank_change_is_bad_input_not_a_size_mismatch
 
 
 def _files(run) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(run.rglob("*")) if p.is_file()}
 
 
 def test_a_finished_run_run_again_changes_no_file_unless_forced(tmp_path, capsys):
@@ -68,7 +70,8 @@ def test_a_finished_run_run_again_changes_no_file_unless_forced(tmp_path, capsys
     data = write_synthetic_dataset(tmp_path / "ds", clips=1)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(_recipe(data, tmp_path / "run", train={"max_steps": 3},
-                                             checkpointing={"every_steps": 2}, validation={"at_end": False})))  # fmt: skip
+                                             checkpointing={"every_steps": 2},
+                                             validation={"at_end": False})))  # fmt: skip
     run = tmp_path / "run"
     assert main([str(recipe)]) == 0
     before = _files(run)

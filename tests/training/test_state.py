@@ -122,7 +122,8 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path):
     train(validate_recipe(first), log=lambda *_: None)
     changed = _recipe(data, tmp_path / "run", train={"max_steps": 3, "gradient_accumulation_steps": 2},
                       optimizer={"lr": 5e-4})  # fmt: skip
-    with pytest.raises(ResumeMismatch, match=r"refusing to resume from .*step-00000002.*\n.*optimizer.lr: 0.0001 -> 0.0005"
+    with pytest.raises(ResumeMismatch, match=r"refusing to resume from .*step-00000002.*"
+                                            r"\n.*optimizer.lr: 0.0001 -> 0.0005"
                                             r"\n.*train.gradient_accumulation_steps: 1 -> 2"):  # fmt: skip
         train(validate_recipe(changed), log=lambda *_: None)
     logs: list[str] = []

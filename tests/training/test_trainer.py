@@ -15,10 +15,10 @@ from hhtune.adapters.inject import add_lora
 from hhtune.adapters.settings import LoraSettings
 from hhtune.recipe import LossSection, validate_recipe
 from hhtune.training import RecipeConflict, TrainingDataset, TrainingError, build_model, flow_matching_loss, train
-from hhtune.training.synthetic import write_synthetic_dataset
 from hhtune.training.builders import build_scheduler
 from hhtune.training.data import MicroBatches
 from hhtune.training.objective import sigma_bucket
+from hhtune.training.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,8 @@ def read_peft_folder(path: Path) -> LoraWeights:
         cfg = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise AdapterError(f"{config_file} is not valid JSON ({e})") from e
-    w = from_peft_state(load_peft_weights(str(path), device="cpu"), cfg, str(path))  # PEFT's reader: .safetensors or .bin
+    # PEFT's reader: .safetensors or .bin
+    w = from_peft_state(load_peft_weights(str(path), device="cpu"), cfg, str(path))
     if weights[0].endswith(".safetensors"):
         w.metadata = read_metadata(path / weights[0], w.metadata)
     w.metadata.use_rslora = bool(cfg.get("use_rslora"))

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from ... import face
 from . import dnsmos, face_identity, voice
-from .face_identity import face_similarity
-from .mouth_sync import lip_sync
-from .look import drift, look_distance
-from .result import MetricResult
 from .dnsmos import speech_quality
+from .face_identity import face_similarity
+from .look import drift, look_distance
+from .mouth_sync import lip_sync
+from .result import MetricResult
 from .voice import voice_similarity
 
 #: One plain sentence per metric, for the report.

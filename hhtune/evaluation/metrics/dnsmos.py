@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import librosa
 import numpy as np
 
 from ..clips import AVClip
@@ -19,8 +20,8 @@ _WINDOW = 144160  # DNSMOS scores 9.01 s windows, one per second of audio; a sho
 def available() -> str | None:
     """``None`` when the metric can run, else why not."""
     try:
-        import onnxruntime  # noqa: F401
-        import speechmos.dnsmos  # noqa: F401
+        import onnxruntime  # noqa: F401, PLC0415 -- optional package: this only checks that it imports
+        import speechmos.dnsmos  # noqa: F401, PLC0415 -- optional package: this only checks that it imports
     except ImportError as e:
         return f"speech quality needs the speechmos and onnxruntime packages ({e})"
     return None
@@ -29,8 +30,6 @@ def available() -> str | None:
 def _mono16k(clip: AVClip) -> np.ndarray:
     audio = np.asarray(clip.audio, dtype=np.float32)
     if clip.sample_rate != _RATE:
-        import librosa
-
         audio = librosa.resample(audio, orig_sr=clip.sample_rate, target_sr=_RATE, res_type="soxr_hq")
     audio = np.clip(audio, -1.0, 1.0)
     # speechmos loops a short clip by doubling it until it covers a window, then scores every 1 s hop of the
@@ -49,7 +48,7 @@ def speech_quality(samples: Sequence[AVClip]) -> MetricResult:
         return unavailable(NAME, why)
     if not samples:
         raise ValueError("speech_quality needs samples")
-    from speechmos import dnsmos
+    from speechmos import dnsmos  # noqa: PLC0415 -- optional package, checked by available() above
 
     scores, overall = [], []
     for clip in samples:

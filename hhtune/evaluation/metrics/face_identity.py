@@ -30,7 +30,7 @@ def available() -> str | None:
     if why:
         return why
     try:
-        import face_recognition_models
+        import face_recognition_models  # noqa: PLC0415 -- optional package (see available())
 
         face_recognition_models.face_recognition_model_location()
     except (ImportError, AttributeError) as e:
@@ -40,7 +40,7 @@ def available() -> str | None:
 
 @lru_cache(maxsize=1)
 def _model(path: str):
-    import dlib
+    import dlib  # noqa: PLC0415 -- optional package (see available())
 
     return dlib.face_recognition_model_v1(path)
 
@@ -51,8 +51,8 @@ def clip_descriptor(clip: AVClip) -> tuple[np.ndarray | None, int]:
 
 
 def _describe(clip: AVClip) -> tuple[np.ndarray | None, int]:
-    import dlib
-    import face_recognition_models
+    import dlib  # noqa: PLC0415 -- optional package (see available())
+    import face_recognition_models  # noqa: PLC0415 -- optional package (see available())
 
     model = _model(face_recognition_models.face_recognition_model_location())
     idx = np.unique(np.linspace(0, len(clip.frames) - 1, _FRAMES_PER_CLIP).round().astype(int))

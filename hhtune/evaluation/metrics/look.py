@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import librosa
 import numpy as np
 
 from ..clips import AVClip
@@ -61,8 +62,6 @@ def _numpy(x) -> np.ndarray:
 
 
 def _log_mel(clip: AVClip) -> np.ndarray:
-    import librosa
-
     mel = librosa.feature.melspectrogram(y=np.asarray(clip.audio, dtype=np.float32), sr=clip.sample_rate, n_mels=64)
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).clip(-100.0, None)
 

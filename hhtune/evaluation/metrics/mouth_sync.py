@@ -28,7 +28,7 @@ def speech_envelope(audio: np.ndarray, sample_rate: int, frames: int, fps: int =
     hop = sample_rate / fps
     out = np.zeros(frames, dtype=np.float32)
     for i in range(frames):
-        chunk = audio[int(round(i * hop)) : int(round((i + 1) * hop))]
+        chunk = audio[round(i * hop) : round((i + 1) * hop)]
         out[i] = np.sqrt(np.mean(np.square(chunk, dtype=np.float64))) if len(chunk) else 0.0
     return out
 

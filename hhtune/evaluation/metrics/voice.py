@@ -29,7 +29,7 @@ def available() -> str | None:
     try:
         with warnings.catch_warnings():  # its VAD, webrtcvad, warns that pkg_resources is deprecated
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-            import resemblyzer  # noqa: F401
+            import resemblyzer  # noqa: F401, PLC0415 -- optional package: this only checks that it imports
     except ImportError as e:
         return f"voice similarity needs the resemblyzer package ({e})"
     return None
@@ -37,7 +37,7 @@ def available() -> str | None:
 
 @lru_cache(maxsize=1)
 def _encoder():
-    from resemblyzer import VoiceEncoder
+    from resemblyzer import VoiceEncoder  # noqa: PLC0415 -- optional package (see available())
 
     return VoiceEncoder("cpu", verbose=False)
 
@@ -48,7 +48,7 @@ def _embedding(clip: AVClip) -> np.ndarray | None:
 
 
 def _embed(clip: AVClip) -> np.ndarray | None:
-    from resemblyzer import preprocess_wav, sampling_rate
+    from resemblyzer import preprocess_wav, sampling_rate  # noqa: PLC0415 -- optional package (see available())
 
     if clip.audio.size == 0 or np.abs(clip.audio).max() < 1e-4:  # silence: nothing to normalise or embed
         return None
