@@ -1,4 +1,4 @@
-"""The dependency notices ``python -m data_prep`` filters, and only those."""
+"""The dependency notices the entry points (training, ``python -m data_prep``) filter, and only those."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 _SCRIPT = """
 import sys, warnings
 sys.modules["onnxruntime"] = None  # as where it is not installed: pyopenjtalk-plus prints its notice on import
-from data_prep.quiet import quiet_dependencies
+from hhtune.quiet import quiet_dependencies
 quiet_dependencies()
 import jieba, pyopenjtalk, torch
 jieba.lcut("欢迎来到我们的工作室")
