@@ -30,7 +30,9 @@ def quiet_dependencies() -> None:
       the optional model refines readings of one kanji and is not needed for phonemes);
     * Hugging Face progress bars (``datasets``, ``huggingface_hub``) next to hhtune's own (:mod:`hhtune.progress`):
       off unless the user's ``HF_HUB_DISABLE_PROGRESS_BARS`` / ``HF_DATASETS_DISABLE_PROGRESS_BARS`` says otherwise
-      (read when ``datasets`` is imported; switched off directly when it already is).
+      (read when ``datasets`` is imported; switched off directly when it already is);
+    * wandb's start-up banner and its end-of-run history and summary (an ASCII copy of ``loss_curve.png`` and
+      ``metrics.jsonl``): ``WANDB_QUIET`` unless the user set it (an online run still prints its URL).
     """
     for category, message in _WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
@@ -40,6 +42,7 @@ def quiet_dependencies() -> None:
         jieba.setLogLevel(logging.WARNING)
     for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(var, "1")
+    os.environ.setdefault("WANDB_QUIET", "true")
     if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
         sys.modules["datasets"].disable_progress_bars()
     if "pyopenjtalk" not in sys.modules and importlib.util.find_spec("pyopenjtalk") is not None:
