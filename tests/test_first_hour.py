@@ -38,15 +38,14 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _footage(folder: Path) -> Path:
-    """Two quick-start files with their transcripts, a truncated video and a Word document."""
+    """Two quick-start files with their transcripts, an unreadable video and a Word document."""
     folder.mkdir()
     for video, transcript in KEEP.items():
         shutil.copy(FOOTAGE / video, folder / video)
         shutil.copy(FOOTAGE / transcript, folder / transcript)
     rows = [json.loads(line) for line in (FOOTAGE / "metadata.jsonl").read_text().splitlines() if line.strip()]
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["file_name"] in KEEP))
-    data = (FOOTAGE / "en_presenter.mp4").read_bytes()
-    (folder / "broken.mp4").write_bytes(data[: len(data) // 3])
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 16)  # an mp4 header, then junk
     (folder / "brief.docx").write_bytes(b"PK\x03\x04 a brief, not footage")
     return folder
 
