@@ -121,8 +121,7 @@ def _check(path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli` (2 bad input, 3 a missing tool or package)."""
     from hhtune.cli import run_command
-
-    from .quiet import quiet_dependencies
+    from hhtune.quiet import quiet_dependencies
 
     quiet_dependencies()
     return run_command(_main, argv)
