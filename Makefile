@@ -13,7 +13,7 @@ VENV_PACKAGE := python3-venv
 ## quickstart: build the sample dataset and fine-tune the tiny model on it (CPU; about 11 min on a busy 2-core machine)
 quickstart: setup
 	$(BIN)/python -m data_prep build data_prep/sample_footage --out runs/quickstart/dataset --config recipes/quickstart_data.yaml --encode
-	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml hhtune/train.py recipes/quickstart.yaml
+	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 2 hhtune/train.py recipes/quickstart.yaml
 
 ## test: run the whole test suite (PYTEST_ARGS adds options, e.g. PYTEST_ARGS=--durations=20)
 test: setup

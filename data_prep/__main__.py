@@ -23,10 +23,9 @@ from pathlib import Path
 
 from hhtune.cli import run_command
 from hhtune.media import MediaError, decode_audio, probe
+from hhtune.quiet import quiet_dependencies
 from hhtune.speech.g2p import phonemize
 from hhtune.speech.languages import normalise_language
-
-from .quiet import quiet_dependencies
 
 
 def _config(args):

@@ -23,11 +23,11 @@ import torch
 from hhtune.io import atomic_write_text
 from hhtune.media import VIDEO_EXTENSIONS
 from hhtune.progress import ProgressBar
+from hhtune.quiet import quiet_dependencies
 
 from .checks import check_environment
 from .config import DataConfig
 from .prepare import input_fingerprint, prepare_file
-from .quiet import quiet_dependencies
 from .transcripts import TRANSCRIPT_SUFFIXES
 from .units import Unit, unit_name
 

@@ -27,7 +27,9 @@ if __name__ == "__main__" and not __package__:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, validate the recipe, and train; exit codes as in :mod:`hhtune.cli`."""
     from hhtune.cli import run_command  # noqa: PLC0415 -- after the script-mode sys.path fix-up above
+    from hhtune.quiet import quiet_dependencies  # noqa: PLC0415 -- likewise
 
+    quiet_dependencies()
     return run_command(_main, argv)
 
 

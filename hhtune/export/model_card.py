@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ..adapters.formats.weights import AdapterMetadata
@@ -11,6 +12,16 @@ from ..io import atomic_write_text
 #: The card's consent line when the run recorded none.
 _NO_CONSENT = ("NOT RECORDED: confirm that every person filmed or voiced consented, and that you hold the rights, "
                "before sharing")
+FORMAT_USE = {  # every format of ``python -m hhtune.export --format`` (a test checks this against FORMATS)
+    "peft": "PEFT folder (`adapter_config.json` + safetensors), as written beside this card",
+    "wan2gp": "one safetensors file for Wan2GP",
+    "comfyui": "one safetensors file for ComfyUI's LoRA loader",
+    "kohya": "one safetensors file with kohya / musubi-tuner key names",
+    "merged": "the adapter merged into the base checkpoint, in the official sharded layout (needs `--base`)",
+    "merged_single": "the merged checkpoint as one safetensors file (needs `--base`)",
+    "merged_fp8": "the merged checkpoint with FP8 frozen weights (needs `--base`)",
+}
+STILLS = "validation"  # the card's stills are copied into this folder beside it, so the adapter folder ships alone
 
 
 def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | None = None) -> Path:
@@ -19,13 +30,14 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     ``info`` is a training run's ``run_info.json`` (steps, base, base_fingerprint, trigger_words,
     languages, dataset_summary, recipe_hash; optionally validation, consent, license, lora). Without
     ``validation``, the run folder around ``folder`` is read: the last step's stills under
-    ``samples/`` and the last ``val/*`` record of ``metrics.jsonl``.
+    ``samples/`` (copied into ``folder/validation/`` and linked from there) and the last ``val/*``
+    record of ``metrics.jsonl``. ``dataset_summary`` may hold ``clips``, ``seconds`` and ``hours``.
     """
     folder = Path(folder)
     data = info.get("dataset_summary") or {}
     trig = info.get("trigger_words") or (meta.trigger_words if meta else [])
     langs = info.get("languages") or (meta.languages if meta else [])
-    hours = data.get("hours")
+    hours, seconds = data.get("hours"), data.get("seconds")
     lines = [
         "---",
         "library_name: peft",
@@ -46,14 +58,13 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
         "## Use",
         f"- trigger words: {', '.join(f'`{t}`' for t in trig) if trig else 'none'}",
         f"- languages: {', '.join(langs) if langs else 'unknown'}",
-        (
-            "- `python -m hhtune.sample --adapter PATH[:video=1.0,audio=1.0] ...`; other front-ends: "
-            "`python -m hhtune.export PATH --format wan2gp|comfyui|kohya|merged`"
-        ),
+        "- `python -m hhtune.sample --adapter PATH[:video=1.0,audio=1.0] ...`",
+        "- other front-ends: `python -m hhtune.export PATH --format FORMAT`, FORMAT one of:",
+        *(f"  - `{fmt}`: {use}" for fmt, use in FORMAT_USE.items()),
         "",
         "## Training data",
         f"- clips: {data.get('clips', 'unknown')}",
-        f"- hours: {hours if hours is not None else 'unknown'}",
+        f"- hours: {_hours(hours, seconds)}",
         f"- languages: {', '.join(langs) if langs else 'unknown'}",
         f"- dataset: `{data.get('dataset', 'unknown')}` (fingerprint `{data.get('fingerprint') or 'unknown'}`)",
         "",
@@ -64,7 +75,7 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
     if info.get("lora"):
         lines.append(f"- lora: `{json.dumps(info['lora'], sort_keys=True)}`")
     lines += ["", "## Validation"]
-    val = info.get("validation") or _run_validation(folder.parent)
+    val = info.get("validation") or _run_validation(folder.parent, folder)
     stills = val.get("stills") or []
     metrics = val.get("metrics") or {}
     lines += [f"![validation still]({s})" for s in stills] or ["- no validation stills recorded"]
@@ -95,10 +106,20 @@ def _evaluation_lines(evaluation: dict | None) -> list[str]:
     ]
 
 
-def _run_validation(run_dir: Path) -> dict:
-    """The latest validation stills and metrics a training run folder holds (empty when none)."""
+def _hours(hours: float | None, seconds: float | None) -> str:
+    if seconds is not None:
+        return f"{seconds / 3600:.3g} ({seconds:.1f} s)"
+    return str(hours) if hours is not None else "unknown"
+
+
+def _run_validation(run_dir: Path, folder: Path) -> dict:
+    """The latest validation stills (copied into ``folder/validation``) and metrics of a run folder (or empty)."""
     steps = sorted((run_dir / "samples").glob("step-*")) if (run_dir / "samples").is_dir() else []
-    stills = [f"../{p.relative_to(run_dir).as_posix()}" for p in sorted(steps[-1].glob("*.png"))] if steps else []
+    stills = []
+    for png in sorted(steps[-1].glob("*.png")) if steps else []:
+        (folder / STILLS).mkdir(exist_ok=True)
+        shutil.copy2(png, folder / STILLS / png.name)
+        stills.append(f"{STILLS}/{png.name}")
     metrics: dict = {}
     log = run_dir / "metrics.jsonl"
     if log.is_file():

@@ -139,7 +139,19 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
         return
     if metrics is not None and scores:
         metrics.log(step, {f"val/{k}": val for k, val in scores.items()})
-    log(f"validation at step {step}: {scores}")
+    log(format_scores(step, scores))
+    if recipe.model.checkpoint is None and recipe.model.preset == "tiny":
+        log("  (the tiny preset has random weights: its samples are noise by design)")
+
+
+def format_scores(step: int, scores: dict[str, float]) -> str:
+    """The validation scores as a small table, one metric a line."""
+    if not scores:
+        return f"validation at step {step}: no scores"
+    width = max(len(k) for k in scores)
+    rows = [f"  {k.ljust(width)}  {v:>10.4g}" if isinstance(v, float | int) else f"  {k.ljust(width)}  {v}"
+            for k, v in scores.items()]  # fmt: skip
+    return "\n".join([f"validation at step {step}:", *rows])
 
 
 def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path, progress, metrics, log) -> None:
@@ -152,7 +164,7 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
         "recipe_hash": recipe.hash(),
         "trigger_words": recipe.export.trigger_words,
         "languages": sorted({str(x) for x in data.ds["language"]}),
-        "dataset_summary": {"clips": len(data), "dataset": str(data.path),
+        "dataset_summary": {"clips": len(data), "seconds": round(_clip_seconds(data), 3), "dataset": str(data.path),
                             "fingerprint": data.manifest.get("fingerprint")},
         "base_fingerprint": base_model_id(peft_model),
         "base": recipe.model.checkpoint or recipe.model.preset,
@@ -167,11 +179,17 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
     log(f"done: {progress.step} steps; adapter in {adapter_dir}")
 
 
+def _clip_seconds(data: TrainingDataset) -> float:
+    """The footage the dataset's clips hold, in seconds (from the rows' ``start_s``/``end_s``)."""
+    times = data.ds.select_columns(["start_s", "end_s"])
+    return float(sum(end - start for start, end in zip(times["start_s"], times["end_s"])))
+
+
 def _export(recipe: Recipe, peft_model, run_dir: Path, info: dict, log) -> None:
     meta = {
         "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"],
         "recipe_hash": info["recipe_hash"], "trigger_words": info["trigger_words"], "languages": info["languages"],
-        "dataset_summary": info["dataset_summary"],
+        "dataset_summary": info["dataset_summary"], "base_name": info["base"],
     }  # fmt: skip
     for fmt in recipe.export.formats:
         base = recipe.model.checkpoint if fmt.startswith("merged") else None

@@ -30,7 +30,7 @@ from ..model.placement import apply_block_swap
 from ..model.precision import resolve_compute_dtype
 from ..plan import PlanError, check_memory_plan
 from ..progress import ProgressBar
-from ..recipe import Recipe, recipe_table
+from ..recipe import Recipe
 from .builders import build_batches, build_metrics, build_model, build_optimizer, build_scheduler
 from .callbacks import Callback, CallbackList
 from .checks import check_dataset, check_recipe, check_text_channels
@@ -169,7 +169,7 @@ class LoraTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "recipe.yaml",
                               yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-            self.log(_format_table(recipe))
+            self.log(_recipe_summary(recipe, self.run_dir))
         return resume_from
 
     def _build_model(self, snapshot: Snapshot | None) -> None:
@@ -440,7 +440,9 @@ def _clip(accelerator: Accelerator, params: list[torch.nn.Parameter], max_norm: 
     return float(torch.stack(grads).norm()) if grads else 0.0
 
 
-def _format_table(recipe: Recipe) -> str:
-    rows = recipe_table(recipe)
-    width = max(len(k) for k, _ in rows)
-    return "resolved recipe\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+def _recipe_summary(recipe: Recipe, run_dir: Path) -> str:
+    """One line on screen; the full resolved recipe is in ``run_dir/recipe.yaml``."""
+    m = recipe.model
+    base = m.checkpoint or f"{m.preset} preset (random weights)"
+    return (f"recipe: {base}, LoRA rank {recipe.lora.rank}, {recipe.train.max_steps} steps "
+            f"at lr {recipe.optimizer.lr:g}, dataset {recipe.data.dataset} (full recipe: {run_dir / 'recipe.yaml'})")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from adapter_helpers import trained
 
-from hhtune.export.model_card import write_model_card
+from hhtune.export import FORMATS
+from hhtune.export.model_card import FORMAT_USE, write_model_card
 
 
 def test_model_card_replaces_the_peft_template(tmp_path):
@@ -25,4 +26,20 @@ def test_model_card_replaces_the_peft_template(tmp_path):
     (tmp_path / "samples" / "step-00000040" / "prompt0.png").write_bytes(b"")
     (tmp_path / "metrics.jsonl").write_text('{"step": 40, "loss": 0.5}\n{"step": 40, "val/lip_sync": 0.8}\n')
     card = write_model_card(tmp_path / "adapter", {"steps": 40}).read_text()
-    assert "../samples/step-00000040/prompt0.png" in card and "lip_sync: 0.8" in card
+    assert "lip_sync: 0.8" in card
+
+
+def test_card_ships_with_its_stills_and_names_every_format_and_the_real_hours(tmp_path):
+    """The adapter folder alone carries the card's images; every export format is listed; hours come from seconds."""
+    model = trained()
+    model.save_pretrained(str(tmp_path / "run" / "adapter"))
+    (tmp_path / "run" / "samples" / "step-00000040").mkdir(parents=True)
+    (tmp_path / "run" / "samples" / "step-00000040" / "prompt00.png").write_bytes(b"\x89PNG still")
+    info = {"steps": 40, "dataset_summary": {"clips": 9, "seconds": 900.0}}
+    card = write_model_card(tmp_path / "run" / "adapter", info).read_text()
+    assert "clips: 9" in card and "hours: 0.25 (900.0 s)" in card
+    assert "![validation still](validation/prompt00.png)" in card and "../" not in card
+    assert (tmp_path / "run" / "adapter" / "validation" / "prompt00.png").read_bytes() == b"\x89PNG still"
+    assert set(FORMAT_USE) == set(FORMATS)
+    for fmt in FORMATS:
+        assert f"  - `{fmt}`: " in card, fmt

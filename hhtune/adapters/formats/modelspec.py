@@ -5,6 +5,9 @@ ModelSpec (``modelspec.*``) is the header convention kohya's sd-scripts, musubi-
 ComfyUI and Civitai tooling display; ``modelspec.architecture`` uses musubi-tuner's id for
 this model (``daVinci-MagiHuman``, ``/lora`` for adapters) so its tools recognise the file.
 The ``ss_*`` keys are sd-scripts' training keys (rank, alpha, module, steps, base).
+An adapter trained on a preset's random weights (``base_name`` is a preset, not a checkpoint) says so in
+``ss_base_model_version`` and ``modelspec.description``: it is a test artifact, not an adapter of the released model
+(a merged file describes the checkpoint it was merged into, so it keeps the plain architecture).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from ...contract import PRESETS
 from .weights import METADATA_KEY, AdapterError, AdapterMetadata, LoraWeights
 
 ARCHITECTURE = "daVinci-MagiHuman"
@@ -42,6 +46,11 @@ def modelspec_header(w: LoraWeights, *, merged: bool = False, folded: bool = Fal
         "ss_network_module": "hhtune.lora",
         "ss_base_model_version": ARCHITECTURE,
     }
+    if meta.base_name in PRESETS and not merged:  # trained on no checkpoint: the preset's random initialisation
+        header["ss_base_model_version"] = f"{ARCHITECTURE} layout, random weights ({meta.base_name} preset)"
+        header["modelspec.description"] = (
+            f"trained on randomly initialised weights of the {meta.base_name} preset: "
+            f"a test adapter, not for the released {ARCHITECTURE} checkpoints")
     if meta.trigger_words:
         header["modelspec.trigger_phrase"] = ", ".join(meta.trigger_words)
         header["ss_tag_frequency"] = json.dumps({"trigger": {t: 1 for t in meta.trigger_words}})
