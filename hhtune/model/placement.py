@@ -17,6 +17,10 @@ from .linears import SwappableLinear
 from .offload import BlockSwap
 from .transformer import HappyHorseTransformer
 
+#: DoRA reads the base weight outside the linear, where block swap has released it.
+SWAP_WITH_DORA = ("model.blocks_to_swap does not work with lora.use_dora (DoRA reads the swapped base weight); "
+                  "set one off")
+
 
 def swapped_layers(num_layers: int, blocks: int) -> range:
     """Indices of the layers block swap keeps on the host: the last ``blocks``."""
@@ -70,6 +74,5 @@ def apply_block_swap(model: nn.Module, blocks: int, device: torch.device | str) 
     layers = list(base.block.layers)
     swapped = swapped_layers(len(layers), blocks)
     if any("lora_magnitude_vector" in n for n, _ in model.named_parameters()):
-        raise ValueError("model.blocks_to_swap does not work with lora.use_dora (DoRA reads the "
-                         "swapped base weight); set one off")
+        raise ValueError(SWAP_WITH_DORA)
     return BlockSwap([layers[i] for i in swapped], device)

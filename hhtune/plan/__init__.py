@@ -21,6 +21,7 @@ import torch
 from ..adapters.settings import expected_trainable_parameters
 from ..contract import BUCKETS, TEXT_LENGTH, VIDEO_STRIDE, LatentShape, bucket_size, frames_for
 from ..model import HappyHorseTransformer, ModelConfig
+from ..model.placement import swapped_layers
 from ..recipe import Recipe
 from ._dataset import dataset_shapes
 from ._scale import scaled_trace
@@ -201,8 +202,10 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
         raise PlanError("the plan needs model.preset (15b, mid or tiny) to know the architecture; set it in the recipe")
     if world_size < 1:
         raise PlanError(f"--world-size must be at least 1, got {world_size}")
-    if not 0 <= settings.blocks_to_swap <= config.num_layers:
-        raise PlanError(f"model.blocks_to_swap = {settings.blocks_to_swap}: must be in 0..{config.num_layers}")
+    try:
+        swapped_layers(config.num_layers, settings.blocks_to_swap)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
     if settings.blocks_to_swap and world_size > 1:
         raise PlanError("model.blocks_to_swap with FSDP (world size > 1) is not supported; shard or swap, not both")
     v = recipe.validation

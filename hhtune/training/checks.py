@@ -10,6 +10,7 @@ as the same conflict is when ``python -m hhtune.plan`` finds it.
 
 from __future__ import annotations
 
+from ..model.placement import SWAP_WITH_DORA, swapped_layers
 from ..recipe import Recipe
 from .data import TrainingDataset
 from .errors import RecipeConflict
@@ -46,12 +47,10 @@ def _check_model(recipe: Recipe) -> None:
     """
     swap = recipe.model.blocks_to_swap
     if swap and recipe.lora.use_dora:
-        raise ValueError("model.blocks_to_swap does not work with lora.use_dora (DoRA reads the swapped base weight); "
-                         "set one off")  # fmt: skip
+        raise ValueError(SWAP_WITH_DORA)
     config = recipe.preset_config()
-    if config is not None and swap > config.num_layers:  # else the checkpoint's own config is checked on load
-        raise ValueError(f"model.blocks_to_swap = {swap}: must be in 0..{config.num_layers} "
-                         f"(the model has {config.num_layers} layers)")  # fmt: skip
+    if config is not None:  # else the checkpoint's own config is checked when block swap is applied
+        swapped_layers(config.num_layers, swap)  # raises for a count outside 0..num_layers
 
 
 def check_dataset(recipe: Recipe, data: TrainingDataset) -> None:
