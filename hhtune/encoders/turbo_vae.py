@@ -16,7 +16,9 @@ Decoding runs the official sliding window over latent frames (a first chunk, the
 each with one latent frame of context on each side whose pixels are dropped), so the output equals
 the official one. For 1080p, :meth:`TurboVAE.decode` can also cut the frame into overlapping
 spatial tiles blended linearly; that bounds the activation memory by the tile size instead of the
-frame size, at the cost of a small difference where tiles meet (the official code does not tile).
+frame size. Pixels near a tile's cut edge get no weight, so the result equals whole-frame
+decoding where that margin covers the receptive field, and differs slightly where it does not
+(the official code does not tile).
 
 Loading from files is in :mod:`.turbo_load`.
 """
@@ -33,9 +35,10 @@ from .video import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 
 _NORM_EPS = 1e-8  # the official RMSNorm eps inside residual blocks and before the output convolutions
 #: Spatial tiling of :class:`~hhtune.encoders.turbo_load.TurboVideoDecoder`, in latent pixels: frames up to
-#: 64 latents (1024 px) a side, 540p included, decode whole as upstream; 1080p (68 x 120) in 2 x 2 tiles.
-TILE_LATENTS = 64
-TILE_OVERLAP = 8
+#: 72 latents (1152 px) a side, 540p included, decode whole as upstream; 1080p (68 x 120) in two 68 x 68 tiles
+#: sharing 16 latents (4 of context on each side, 8 blended), which halves the decoder's activation memory.
+TILE_LATENTS = 72
+TILE_OVERLAP = 16
 
 
 class TurboVAEConfig(BaseModel):
@@ -330,11 +333,18 @@ def _tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def _ramp(length: int, start: int, size: int, overlap: int, s: int, device: torch.device) -> Tensor:
-    """Blend weights along one axis of a tile (pixels): rising linearly across the band shared with a neighbour."""
-    band = overlap * s
+    """Blend weights along one axis of a tile (pixels) for each side shared with a neighbour.
+
+    Across the ``overlap`` shared with a neighbour the weight is 0 for the first quarter (pixels
+    that saw the tile's cut edge), rises linearly over the middle half and is 1 after; the
+    neighbour's mirror weight makes the pair sum to 1. Where the first quarter covers the
+    decoder's receptive field, tiled decoding equals whole-frame decoding.
+    """
+    band, margin = overlap * s, (overlap // 4) * s
     ramp = torch.ones(length * s, device=device)
     if band:
-        rise = torch.arange(1, band + 1, device=device, dtype=torch.float32) / (band + 1)
+        rise = ((torch.arange(band, device=device, dtype=torch.float32) - margin + 1) / (band - 2 * margin + 1))
+        rise = rise.clamp(0, 1)
         if start > 0:
             ramp[:band] = rise
         if start + length < size:
