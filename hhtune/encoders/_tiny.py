@@ -116,7 +116,8 @@ def _save_tiny_text_encoder(path: Path, seed: int, hidden_size: int) -> None:
 def build_tiny_turbo_vae(out_dir: str | Path, seed: int = 0) -> Path:
     """A random-weight :data:`TINY_TURBO_CONFIG` Turbo VAE in the official layout: ``out_dir`` holding the JSON
     config and ``tiny_turbo_vae.ckpt``, a pickle of ``{"ema_state_dict": ..., "step": 0}`` whose keys carry the
-    ``module.`` prefix of a DDP-trained student. It reads with ``weights_only=True`` (tensors, a dict, an int).
+    ``module.`` prefix of a DDP-trained student, with a distillation head beside the decoder as in the official
+    checkpoint. It reads with ``weights_only=True`` (tensors, a dict, an int).
     Weights depend only on ``seed``; the caller's RNG state is left alone. Returns ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,7 @@ def build_tiny_turbo_vae(out_dir: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = TurboVAE(TurboVAEConfig(**{k: v for k, v in TINY_TURBO_CONFIG.items() if not k.startswith("_")}))
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    state["module.aligned_feature_projection_heads.0.0.weight"] = torch.zeros(4, 4)  # distillation-only, as upstream
     torch.save({"ema_state_dict": state, "step": 0}, out / "tiny_turbo_vae.ckpt")
     (out / "tiny_turbo_vae.json").write_text(json.dumps(TINY_TURBO_CONFIG, indent=2))
     return out

@@ -175,6 +175,17 @@ class _Upsample(nn.Module):
         return frames.unflatten(0, (b, -1)).transpose(1, 2)
 
 
+class _ShuffleUp2x(nn.Module):
+    """2x in space per frame by a 3x3 conv and a pixel shuffle (channels / 4): the path without unpatchify."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([F.pixel_shuffle(self.conv(x[:, :, t]), 2) for t in range(x.shape[2])], dim=2)
+
+
 class _MidBlock(nn.Module):
     def __init__(self, dim: int, layers: int, eps: float, separable: bool, kernel: int) -> None:
         super().__init__()
@@ -227,8 +238,7 @@ class _Decoder(nn.Module):
         if self.unpatchify:
             out *= c.patch_size**2
         else:
-            self.upsampler2d_1 = nn.Module()
-            self.upsampler2d_1.conv = nn.Conv2d(width, width, 3, padding=1)
+            self.upsampler2d_1 = _ShuffleUp2x(width)
             width //= 4
         self.conv_out = _Conv3d(width, out, 3)
 
@@ -237,9 +247,7 @@ class _Decoder(nn.Module):
         for block in self.up_blocks:
             x = block(x, first_chunk)
         if not self.unpatchify:
-            x = F.silu(_rms_norm(x, _NORM_EPS))
-            frames = [F.pixel_shuffle(self.upsampler2d_1.conv(x[:, :, t]), 2) for t in range(x.shape[2])]
-            x = torch.stack(frames, dim=2)
+            x = self.upsampler2d_1(F.silu(_rms_norm(x, _NORM_EPS)))
         x = self.conv_out(F.silu(_rms_norm(x, _NORM_EPS)))
         return _unpatchify(x) if self.unpatchify else x
 
