@@ -36,7 +36,7 @@ from .video import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 _NORM_EPS = 1e-8  # the official RMSNorm eps inside residual blocks and before the output convolutions
 #: Spatial tiling of :class:`~hhtune.encoders.turbo_load.TurboVideoDecoder`, in latent pixels: frames up to
 #: 72 latents (1152 px) a side, 540p included, decode whole as upstream; 1080p (68 x 120) in two 68 x 68 tiles
-#: sharing 16 latents (4 of context on each side, 8 blended), which halves the decoder's activation memory.
+#: sharing 16 latents (4 of context on each side, 8 blended): 68/120 of the decoder's whole-frame activations.
 TILE_LATENTS = 72
 TILE_OVERLAP = 16
 
