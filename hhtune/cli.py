@@ -1,7 +1,7 @@
 r"""One way for every command line to end: the same exit codes and one ``error:`` line.
 
 Every entry point (``hhtune/train.py``, ``python -m hhtune.sample``, ``hhtune.export``,
-``hhtune.plan``, ``python -m data_prep``) runs its body through :func:`run_command`:
+``hhtune.plan``, ``python -m hhtune.convert``, ``python -m data_prep``) runs its body through :func:`run_command`:
 
 | exit code | meaning | examples |
 | --- | --- | --- |

@@ -2,7 +2,8 @@
 
     python -m hhtune.sample --model CHECKPOINT_OR_PRESET --encoders ENCODERS_DIR \
         [--adapter PATH[:STRENGTH|:video=F,audio=F] ...] [--step N] --prompt "..." [--image ref.png] \
-        [--audio speech.wav] [--seconds 5] [--aspect 16:9] [--sampler distilled|base] [--seed 0] --out DIR
+        [--audio speech.wav] [--seconds 5] [--aspect 16:9] [--sampler distilled|base] [--seed 0] \
+        [--decoder wan|turbo [--turbo-vae DIR]] --out DIR
 
 An adapter is any file or folder hhtune.export reads: a training run folder (its final adapter, or with
 --step N its checkpoint at step N), a checkpoint folder RUN/checkpoints/step-N, a PEFT folder, or a file.
@@ -60,6 +61,7 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--compute-dtype", default="auto", choices=list(COMPUTE_DTYPES),
                         help="block linears/attention: bf16 (official numerics), fp32, "
                              "auto (bf16 on CUDA, fp32 on CPU)")
+    _add_decoder_arguments(parser)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     adapter_specs = _adapter_specs(args.adapter, args.step)  # checked before anything loads
@@ -80,6 +82,7 @@ def _main(argv: list[str] | None) -> int:
         )
     encoders = EncoderPaths(video_vae=args.encoders / "video_vae", audio_vae=args.encoders / "audio_vae",
                             text_encoder=args.encoders / "text_encoder")  # fmt: skip
+    decoder = _video_decoder(args)  # a bad Turbo VAE is refused before anything heavy loads
     # The text encoder (T5Gemma, 18 GB in bf16) is loaded, used and freed before the DiT exists.
     prompts = [args.prompt, NEGATIVE_PROMPT] if args.sampler == "base" else [args.prompt]
     features = encode_prompts(prompts, encoders.text_encoder, args.device)
@@ -95,9 +98,7 @@ def _main(argv: list[str] | None) -> int:
         model = load_adapter(path, model, strength=strength, modalities=modalities,
                              check_base="warn" if args.ignore_base_mismatch else True)  # fmt: skip
     model.eval()
-    image = None
-    if args.image:
-        image = np.asarray(Image.open(args.image).convert("RGB"))
+    image = np.asarray(Image.open(args.image).convert("RGB")) if args.image else None
     steps = 8 if args.sampler == "distilled" else 32
     with Progress() as bar:
         task = bar.add_task(f"{args.sampler} sampling", total=steps)
@@ -106,12 +107,31 @@ def _main(argv: list[str] | None) -> int:
                      audio_path=str(args.audio) if args.audio else None, video_guidance=args.video_guidance,
                      audio_guidance=args.audio_guidance, device=args.device, progress=lambda _i: bar.advance(task),
                      text_features=features[0],
-                     negative_features=features[1] if len(features) > 1 else None)  # fmt: skip
+                     negative_features=features[1] if len(features) > 1 else None, video_decoder=decoder)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     mp4 = write_mp4(g.frames, g.audio, args.out / "sample.mp4")
     write_previews(g, args.out / "sample")
     print(f"wrote {mp4}")
     return 0
+
+
+def _add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decoder", default="wan", choices=["wan", "turbo"],
+                        help="video decoder: the full Wan2.2 VAE, or the official Turbo VAE (faster, for 540p/1080p)")
+    parser.add_argument("--turbo-vae", type=Path,
+                        help="with --decoder turbo: the turbo_vae/ folder (JSON config + student checkpoint); "
+                             "default ENCODERS/turbo_vae")
+
+
+def _video_decoder(args: argparse.Namespace):
+    """The ``--decoder turbo`` Turbo VAE, loaded (or refused) now; ``None`` lets generate use the Wan2.2 VAE."""
+    if args.decoder != "turbo":
+        if args.turbo_vae:
+            raise SampleError("--turbo-vae is the Turbo VAE decoder's folder: pass it with --decoder turbo")
+        return None
+    from hhtune.encoders import load_decoder  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+
+    return load_decoder("turbo", args.turbo_vae or args.encoders / "turbo_vae", args.device)
 
 
 def _adapter_specs(specs: list[str], step: int | None) -> list:

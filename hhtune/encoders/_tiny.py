@@ -10,11 +10,21 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from ..contract import AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, VIDEO_LATENT_CHANNELS
 from ._common import EncoderPaths
+from .turbo_vae import TurboVAE, TurboVAEConfig
 from .video import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 
 # Bumped whenever the tiny configs change, so a folder built by older code is rebuilt.
-_TINY_VERSION = 2
+_TINY_VERSION = 3
 _STAMP = "tiny_encoders.json"
+#: The Turbo VAE student's layout (``TurboV3-Wan22-TinyShallow_7_7.json``: a spatial-only third level,
+#: depthwise convolutions allowed, unpatchify, chunks of 7 latent frames) at widths of 4 to 16.
+TINY_TURBO_CONFIG = {
+    "_class_name": "TurboVAED", "latent_channels": VIDEO_LATENT_CHANNELS, "out_channels": 3,
+    "decoder_block_out_channels": [4, 8, 8, 16], "decoder_layers_per_block": [1, 1, 1, 1, 1],
+    "decoder_spatio_temporal_scaling": [False, True, True, True], "decoder_spatio_only": [False, True, False, False],
+    "decoder_is_dw_conv": [False, False, False, True, True], "decoder_dw_kernel_size": 5, "patch_size": 2,
+    "use_unpatchify": True, "first_chunk_size": 7, "step_size": 7,
+}  # fmt: skip
 
 
 def build_tiny_encoders(out_dir: str | Path, seed: int = 0, text_hidden_size: int = 32) -> EncoderPaths:
@@ -36,6 +46,7 @@ def build_tiny_encoders(out_dir: str | Path, seed: int = 0, text_hidden_size: in
         _save_tiny_video_vae(paths.video_vae, seed)
         _save_tiny_audio_vae(paths.audio_vae, seed)
         _save_tiny_text_encoder(paths.text_encoder, seed, text_hidden_size)
+    build_tiny_turbo_vae(out / "turbo_vae", seed)
     stamp.write_text(json.dumps(want))
     return paths
 
@@ -100,3 +111,21 @@ def _save_tiny_text_encoder(path: Path, seed: int, hidden_size: int) -> None:
     model = T5GemmaEncoderModel(config)
     model.save_pretrained(path)
     fast.save_pretrained(path)
+
+
+def build_tiny_turbo_vae(out_dir: str | Path, seed: int = 0) -> Path:
+    """A random-weight :data:`TINY_TURBO_CONFIG` Turbo VAE in the official layout: ``out_dir`` holding the JSON
+    config and ``tiny_turbo_vae.ckpt``, a pickle of ``{"ema_state_dict": ..., "step": 0}`` whose keys carry the
+    ``module.`` prefix of a DDP-trained student, with a distillation head beside the decoder as in the official
+    checkpoint. It reads with ``weights_only=True`` (tensors, a dict, an int).
+    Weights depend only on ``seed``; the caller's RNG state is left alone. Returns ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TurboVAE(TurboVAEConfig(**{k: v for k, v in TINY_TURBO_CONFIG.items() if not k.startswith("_")}))
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    state["module.aligned_feature_projection_heads.0.0.weight"] = torch.zeros(4, 4)  # distillation-only, as upstream
+    torch.save({"ema_state_dict": state, "step": 0}, out / "tiny_turbo_vae.ckpt")
+    (out / "tiny_turbo_vae.json").write_text(json.dumps(TINY_TURBO_CONFIG, indent=2))
+    return out

@@ -19,7 +19,7 @@ from torch import Tensor
 from hhtune.media import read_audio, resize_crop
 
 from ..contract import AUDIO_SAMPLE_RATE, BUCKETS, FPS, LatentShape, audio_samples_for, bucket_size, frames_for
-from ..encoders import EncoderPaths, load_audio_vae, load_text_encoder, load_video_vae
+from ..encoders import EncoderPaths, VideoDecoder, decode_video, load_audio_vae, load_text_encoder, load_video_vae
 from ..io import atomic_path
 from .samplers import sample_base, sample_distilled
 
@@ -82,7 +82,8 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
              audio_path: str | None = None, video_guidance: float = 5.0, audio_guidance: float = 5.0,
              device: str | torch.device = "cpu", progress=None, text_features: tuple[Tensor, int] | None = None,
              negative_features: tuple[Tensor, int] | None = None, decode: bool = True, vae_tiling: bool = False,
-             offload_model: bool = False) -> Generated | tuple[Tensor, Tensor]:  # fmt: skip
+             offload_model: bool = False, video_decoder: VideoDecoder | None = None,
+             ) -> Generated | tuple[Tensor, Tensor]:  # fmt: skip
     """Sample one clip and decode it. ``reference_image`` ([H, W, 3] uint8) makes it image-to-video.
 
     ``text_features`` (``[1, L, C]``, ``L``) from :func:`encode_prompts`, and for the base sampler
@@ -91,6 +92,8 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
     first (as ``python -m hhtune.sample`` and validation do). ``decode=False`` returns the
     ``(video, audio)`` latents only. The VAEs load in bf16 on CUDA; ``vae_tiling`` decodes the
     video in tiles, and ``offload_model`` moves ``model`` to the CPU while the VAEs run.
+    ``video_decoder`` (from :func:`hhtune.encoders.load_decoder`, e.g. the Turbo VAE) decodes the
+    video instead of the Wan2.2 VAE of ``encoders``.
     """
     vshape, ashape, (width, height) = latent_shapes(seconds, aspect, base_resolution)
     base = sampler == "base"
@@ -128,12 +131,11 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
     if not decode:
         return video, audio
     with _offloaded(model, offload_model):
-        video_vae = video_vae or load_video_vae(encoders.video_vae, device)
-        if vae_tiling:
-            video_vae.model.enable_tiling()
-        frames = video_vae.decode(video)[0].permute(1, 2, 3, 0).cpu().numpy()
-        frames = ((frames + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-        del video_vae
+        decoder = video_decoder or video_vae or load_video_vae(encoders.video_vae, device)
+        if vae_tiling and decoder is not video_decoder:
+            decoder.model.enable_tiling()
+        frames = decode_video(decoder, video)
+        del video_vae, decoder
         audio_vae = audio_vae or load_audio_vae(encoders.audio_vae, device)
         wave = audio_vae.decode(audio)[0].cpu().numpy().T  # [N, 2] at 51200
         del audio_vae
