@@ -215,8 +215,8 @@ def local_block_mask(window: LocalWindow, device: torch.device,
                      block: int = _DEFAULT_SPARSE_BLOCK_SIZE) -> BlockMask:  # fmt: skip
     """The local window as a FlexAttention block mask, built from ranges (never a dense ``[L, L]`` mask).
 
-    A key block is *full* for a query block when every query of the block sees all of it, *partial*
-    when some query sees part of it; partial blocks are resolved token by token by the mask_mod.
+    A key block is *full* for a query block when every query of the block sees all ``block`` keys of it,
+    *partial* when some query sees some of it; partial blocks are resolved token by token by the mask_mod.
     Padding queries see nothing (output 0), as in :func:`flex_plan`. Memory: ``[B, L, L / block]`` counts.
     """
     nv, tpf, frf, length = window.num_video, window.tokens_per_frame, window.frame_receptive_field, window.length
@@ -234,8 +234,7 @@ def local_block_mask(window: LocalWindow, device: torch.device,
     seen = video_seen[None] + (cum[:, ends] - cum[:, starts])[:, None]  # [B, L, NB]: real keys seen per block
     pad_q = nb * block - length
     seen = F.pad(torch.where(valid[:, :, None], seen, 0), (0, 0, 0, pad_q)).reshape(-1, nb, block, nb)
-    qvalid = F.pad(valid, (0, pad_q)).reshape(-1, nb, block, 1)
-    full = ((seen == (ends - starts)) | ~qvalid).all(2) & qvalid.any(2)
+    full = (seen == block).all(2)  # as create_block_mask: a block with padding or past the end is never full
     partial = (seen > 0).any(2) & ~full
     return BlockMask.from_kv_blocks(*_blocks(partial), *_blocks(full), BLOCK_SIZE=block,
                                     mask_mod=_local_mask_mod(frame, valid, frf), seq_lengths=(length, length))

@@ -117,6 +117,10 @@ def infer_config(shapes: dict[str, tuple[tuple[int, ...], str]]) -> ModelConfig:
     qkv_out = None
     for i in layers:
         pre = f"block.layers.{i}."
+        lacking = [k for k in ("attention.pre_norm.weight", "attention.linear_qkv.weight", "mlp.up_gate_proj.weight",
+                               "mlp.down_proj.weight") if pre + k not in shapes]  # fmt: skip
+        if lacking:
+            raise CheckpointError(f"incomplete HappyHorse checkpoint: missing {_few([pre + k for k in lacking])}")
         experts = shapes[pre + "attention.pre_norm.weight"][0][0] // hidden
         if experts == 3:
             mm.append(i)
