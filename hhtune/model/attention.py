@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.flex_attention import _DEFAULT_SPARSE_BLOCK_SIZE, BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from ..cli import MissingDependencyError
 
@@ -49,6 +49,7 @@ AttentionBackend = Literal["auto", "sdpa", "flex", "flash"]
 Kernel = Literal["sdpa", "flex", "flash"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flex", "flash")
 _HALF = (torch.bfloat16, torch.float16)
+_FLEX_BLOCK = 128  # FlexAttention's default block size (query and key)
 # The fused CUDA kernels; SDPBackend.MATH is deliberately absent.
 _CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
 
@@ -212,7 +213,7 @@ def plan_local_attention(window: LocalWindow, backend: str, dtype: torch.dtype, 
 
 
 def local_block_mask(window: LocalWindow, device: torch.device,
-                     block: int = _DEFAULT_SPARSE_BLOCK_SIZE) -> BlockMask:  # fmt: skip
+                     block: int = _FLEX_BLOCK) -> BlockMask:  # fmt: skip
     """The local window as a FlexAttention block mask, built from ranges (never a dense ``[L, L]`` mask).
 
     A key block is *full* for a query block when every query of the block sees all ``block`` keys of it,
