@@ -35,6 +35,7 @@ ARCH = dict(num_layers=8, hidden_size=64, head_dim=16, num_query_groups=2, video
 FRAME_RECEPTIVE_FIELD = 2  # small enough that 7 latent frames see a real window
 LATENT = (7, 4, 6)  # T, H, W
 NUM_AUDIO, NUM_TEXT, SEED = 25, 5, 1234
+ODD = (18, 3)  # audio and text lengths of a second v1 packing
 # (num_video_tokens, num_audio_and_text_tokens, num_frames, frame_receptive_field)
 RANGE_CASES = [(42, 30, 7, 2), (42, 30, 7, 11), (32 * 34 * 60, 125 + 100, 32, 11), (8, 3, 1, 11)]
 
@@ -155,10 +156,16 @@ def main() -> None:
         out = model(x, coords, modality, None, handler)
     assert calls == {"local": len(arch.local_attn_layers), "global": arch.num_layers - len(arch.local_attn_layers)}
     video_v, audio_v = single.depack_token_sequence(out)
+    # v1 coordinates where audio is not 4(T-1)+1 long: its reference is the video's T, not (La-1)//4+1
+    odd = data_proxy.SingleData(video_x_t=proxy.img2tokens(video[None])[0], audio_x_t=audio, audio_feat_len=ODD[0],
+                                txt_feat=text, txt_feat_len=ODD[1], t=t, h=h, w=w, patch_size=2, t_patch_size=1,
+                                spatial_rope_interpolation="extra", ref_audio_offset=1000, text_offset=0,
+                                coords_style="v1")  # fmt: skip
 
     tensors = {**{f"weights.{k}": v.contiguous() for k, v in model.state_dict().items()},
                "inputs.video_latent": video, "inputs.audio_latent": audio, "inputs.text_feat": text,
                "packed.x": x, "packed.coords": coords, "packed.modality": modality, "packed.local_mask": local_mask,
+               "packed_odd.coords": odd.coords_mapping,
                "outputs.packed": out.float(), "outputs.video_velocity": video_v.float(),
                "outputs.audio_velocity": audio_v.float(), **{k: v.contiguous() for k, v in cases.items()}}  # fmt: skip
     arch_json = dict(ARCH)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from hhtune.model import HappyHorseTransformer, ModelConfig, pack_sample, unpack_sample
 from hhtune.model.attention import AttentionPlan, LocalWindow, attend, local_qk_ranges
+from hhtune.model.packing import padded_audio_coords, padded_text_coords
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "official_forward_tiny_sr.safetensors"
 
@@ -83,6 +84,14 @@ def test_v1_packing_matches_the_official_sr_data_proxy(official_sr):
     v2 = pack_sample(official_sr["inputs.video_latent"], official_sr["inputs.audio_latent"],
                      official_sr["inputs.text_feat"])[1]  # fmt: skip
     assert not torch.equal(v2, coords)  # the text rows differ between the styles
+    # audio not 4(T-1)+1 long: v1 takes the video's T as its reference, and padded rows agree
+    odd = official_sr["packed_odd.coords"]
+    video, audio, text = (official_sr[f"inputs.{n}"] for n in ("video_latent", "audio_latent", "text_feat"))
+    assert torch.equal(pack_sample(video, audio[:18], text[:3], coords_style="v1")[1], odd)
+    nv = odd.shape[0] - 21
+    lengths = torch.tensor([18, 25])
+    assert torch.equal(padded_audio_coords(lengths, 25, "v1", video.shape[1])[0, :18], odd[nv:nv + 18])
+    assert torch.equal(padded_text_coords(torch.tensor([3, 5]), 5, "v1")[0, :3], odd[nv + 18:])
 
 
 def test_v1_refuses_a_single_text_token():
