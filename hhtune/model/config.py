@@ -67,16 +67,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 assert tuple(_PRESETS) == PRESETS, "hhtune.contract.Preset names the presets defined here"
 
-# The official 1080p SR model (``post_override_config`` under ``SR2_1080``): local attention everywhere
-# except layers 3, 7, ..., 31 (32 of 40 layers local; the last eight all local).
-_SR_1080P_LOCAL_LAYERS_15B = [i for i in range(40) if i % 4 != 3 or i >= 32]
-
 
 def _sr_1080p_local_layers(num_layers: int) -> list[int]:
-    """The official 40-layer pattern for the 15B shapes; for other depths the same rule scaled: every
-    fourth layer global, except in the last fifth, which is all local (tiny: all but layer 3)."""
-    if num_layers == 40:
-        return list(_SR_1080P_LOCAL_LAYERS_15B)
+    """The local layers of the 1080p SR model: every fourth layer global, except in the last fifth, which is all
+    local. For 40 layers that is the official ``SR2_1080`` override (``post_override_config``): all but 3, 7, ...,
+    31, so 32 of 40; the tiny preset gets all but layer 3."""
     tail = num_layers - num_layers // 5
     return [i for i in range(num_layers) if i % 4 != 3 or i >= tail]
 
