@@ -29,7 +29,11 @@ Preset = Literal["15b", "mid", "tiny"]
 Bucket = Literal["16:9", "9:16", "4:3", "1:1"]
 ComputeDtype = Literal["auto", "bf16", "fp32"]
 Language = Literal["en", "zh", "yue", "ja", "ko", "de", "fr"]
+# The published checkpoints of one preset's shapes: two first-stage models and two super-resolution stages.
+Variant = Literal["base", "distill", "sr_540p", "sr_1080p"]
 PRESETS: tuple[str, ...] = get_args(Preset)
+VARIANTS: tuple[str, ...] = get_args(Variant)
+SR_VARIANTS: tuple[str, ...] = ("sr_540p", "sr_1080p")
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 LANGUAGES: tuple[str, ...] = get_args(Language)
 UNKNOWN_LANGUAGE = "unknown"  # the language column's value when none is known
@@ -153,7 +157,8 @@ class LatentShape(NamedTuple):
 __all__ = ["AUDIO_LATENTS", "AUDIO_LATENTS_PER_SECOND", "AUDIO_LATENT_CHANNELS", "AUDIO_SAMPLE_RATE", "BUCKETS",
            "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "LANGUAGES", "LATENT_COLUMNS", "MANIFEST",
            "META_COLUMNS", "PRESETS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN",
-           "SPEECH_SAMPLE_RATE", "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VIDEO_LATENTS",
-           "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket", "ComputeDtype", "Language", "LatentShape", "Preset",
+           "SPEECH_SAMPLE_RATE", "SR_VARIANTS", "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VARIANTS",
+           "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket", "ComputeDtype", "Language",
+           "LatentShape", "Preset", "Variant",
            "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "nearest_bucket",
            "seconds_of"]  # fmt: skip

@@ -117,6 +117,10 @@ def infer_config(shapes: dict[str, tuple[tuple[int, ...], str]]) -> ModelConfig:
     qkv_out = None
     for i in layers:
         pre = f"block.layers.{i}."
+        lacking = [k for k in ("attention.pre_norm.weight", "attention.linear_qkv.weight", "mlp.up_gate_proj.weight",
+                               "mlp.down_proj.weight") if pre + k not in shapes]  # fmt: skip
+        if lacking:
+            raise CheckpointError(f"incomplete HappyHorse checkpoint: missing {_few([pre + k for k in lacking])}")
         experts = shapes[pre + "attention.pre_norm.weight"][0][0] // hidden
         if experts == 3:
             mm.append(i)
@@ -222,7 +226,7 @@ def load_checkpoint(
     """
     shapes = read_shapes(path)
     if config is None:
-        config = _saved_config(path) or infer_config(shapes)
+        config = saved_config(path) or infer_config(shapes)
     with torch.device("meta"):
         model = HappyHorseTransformer(config)
     validate_shapes(shapes, model, source=str(path))
@@ -278,7 +282,8 @@ def _assign(modules, params, buffers, key, tensor, block_dtype, device, on_host:
         owner._buffers[attr] = tensor.to(device=device, dtype=buffers[key].dtype)
 
 
-def _saved_config(path: str | os.PathLike) -> ModelConfig | None:
+def saved_config(path: str | os.PathLike) -> ModelConfig | None:
+    """The ``hhtune_config.json`` written beside the weights by :func:`save_checkpoint`, or ``None``."""
     p = Path(path)
     cfg = (p if p.is_dir() else p.parent) / CONFIG_NAME
     return ModelConfig(**json.loads(cfg.read_text())) if cfg.is_file() else None

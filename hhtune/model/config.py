@@ -6,6 +6,13 @@ straight in. Fields the official config derives (``num_heads_q``, ``num_heads_kv
 are properties here, and fields that only steer the official runtime
 (``params_dtype``, ``tread_config``, ``checkpoint_qk_layernorm_rope``) are accepted
 and ignored so that official config files load unchanged.
+
+Two settings of the official data proxy (``DataProxyConfig``) live here too, because they
+change what the model computes: ``coords_style`` (the RoPE coordinates of audio and text)
+and ``frame_receptive_field`` (the window of the ``local_attn_layers``). The published
+checkpoints share one architecture; a *variant* (:data:`hhtune.contract.Variant`) says
+which of them a config describes, and :meth:`ModelConfig.preset` / :meth:`with_variant`
+apply what the super-resolution stages change.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..contract import PRESETS
+from ..contract import PRESETS, SR_VARIANTS, VARIANTS
 
 # Official runtime-only keys we accept (so official configs load) but do not use.
 _OFFICIAL_RUNTIME_KEYS = ("params_dtype", "tread_config", "checkpoint_qk_layernorm_rope", "num_heads_q", "num_heads_kv")
@@ -60,6 +67,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 assert tuple(_PRESETS) == PRESETS, "hhtune.contract.Preset names the presets defined here"
 
+
+def _sr_1080p_local_layers(num_layers: int) -> list[int]:
+    """The local layers of the 1080p SR model: every fourth layer global, except in the last fifth, which is all
+    local. For 40 layers that is the official ``SR2_1080`` override (``post_override_config``): all but 3, 7, ...,
+    31, so 32 of 40; the tiny preset gets all but layer 3."""
+    tail = num_layers - num_layers // 5
+    return [i for i in range(num_layers) if i % 4 != 3 or i >= tail]
+
+
 class ModelConfig(BaseModel):
     """Architecture of a HappyHorse single-stream transformer.
 
@@ -81,7 +97,12 @@ class ModelConfig(BaseModel):
     enable_attn_gating: bool = True
     activation_type: Literal["swiglu7"] = "swiglu7"
     post_norm_layers: list[int] = Field(default_factory=list)
-    local_attn_layers: list[int] = Field(default_factory=list)
+    local_attn_layers: list[int] = Field(
+        default_factory=list, description="layers where a video frame attends to video frames within "
+        "frame_receptive_field latent frames (and to all audio and text); audio and text attend globally")
+    frame_receptive_field: int = Field(11, ge=0, description="half-width of the local window, in latent frames")
+    coords_style: Literal["v1", "v2"] = Field(
+        "v2", description="RoPE coordinates of audio and text: v2 (base, distill) or v1 (the SR models)")
 
     @model_validator(mode="before")
     @classmethod
@@ -104,12 +125,28 @@ class ModelConfig(BaseModel):
             bad = [i for i in getattr(self, name) if not 0 <= i < self.num_layers]
             if bad:
                 raise ValueError(f"{name} has layer indices {bad} outside 0..{self.num_layers - 1}")
-        if self.local_attn_layers:
-            raise ValueError(
-                "local_attn_layers is not supported: the published checkpoints use none "
-                "(official default []); leave it empty"
-            )
         return self
+
+    @property
+    def sr_variant(self) -> str | None:
+        """The super-resolution variant this config describes (``v1`` coords), else ``None``."""
+        if self.coords_style != "v1":
+            return None
+        return "sr_1080p" if self.local_attn_layers else "sr_540p"
+
+    def with_variant(self, variant: str) -> ModelConfig:
+        """This architecture as the published ``variant`` (:data:`hhtune.contract.Variant`) runs it.
+
+        ``base`` and ``distill`` use v2 coordinates and global attention; ``sr_540p`` v1 coordinates;
+        ``sr_1080p`` v1 coordinates and local attention in the official layers (32 of 40 for 15B).
+        """
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown model variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+        # The official SR data proxy uses coords "v1" (``video_generate.py``); only the 1080p SR model
+        # has local layers, with the official window (the ``frame_receptive_field`` default).
+        local = _sr_1080p_local_layers(self.num_layers) if variant == "sr_1080p" else []
+        return self.model_copy(update={"coords_style": "v1" if variant in SR_VARIANTS else "v2",
+                                       "local_attn_layers": local})
 
     @property
     def num_heads_q(self) -> int:
@@ -169,11 +206,13 @@ class ModelConfig(BaseModel):
         return self.model_dump()
 
     @classmethod
-    def preset(cls, name: str) -> ModelConfig:
-        """Return a named preset: ``"15b"`` (published shapes), ``"mid"`` (benchmarks) or ``"tiny"`` (tests)."""
+    def preset(cls, name: str, variant: str = "base") -> ModelConfig:
+        """Return a named preset: ``"15b"`` (published shapes), ``"mid"`` (benchmarks) or ``"tiny"`` (tests),
+        as the checkpoint ``variant`` runs it (:meth:`with_variant`; e.g. ``preset("tiny", "sr_1080p")``)."""
         if name not in _PRESETS:
             raise ValueError(f"unknown model preset {name!r}; allowed: {sorted(_PRESETS)}")
-        return cls(**_PRESETS[name])
+        config = cls(**_PRESETS[name])
+        return config if variant == "base" else config.with_variant(variant)
 
     @classmethod
     def preset_names(cls) -> list[str]:

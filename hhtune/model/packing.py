@@ -8,18 +8,31 @@ The layout follows the official data proxy (``inference/pipeline/data_proxy.py``
   the weights were trained that way);
 * the sequence of one sample is ``[video tokens, audio tokens, text tokens]``;
 * each token has 9 coordinates ``(t, h, w, T, H, W, ref_T, ref_H, ref_W)`` that feed
-  the Fourier RoPE; audio and text use the official ``coords_style="v2"``.
+  the Fourier RoPE. Video coordinates are the same in both official ``coords_style`` values;
+  audio and text differ (``ModelConfig.coords_style``):
+
+  =====  ==========================================  ==========================================
+  style  audio (``La`` tokens)                        text (``Lt`` tokens)
+  =====  ==========================================  ==========================================
+  v2     time ``0..La-1``, reference ``(La-1)//4+1``  time ``-Lt..-1``, reference 1
+  v1     time ``0..La-1``, reference ``T`` (video     time ``0..Lt-1``, reference 2 (so one text
+         latent frames)                              token has no finite RoPE scale: refused)
+  =====  ==========================================  ==========================================
+
+  Base and distill use v2; the official SR data proxy uses v1.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 PATCH = (1, 2, 2)
+CoordsStyle = Literal["v1", "v2"]
 
 
 class Modality(IntEnum):
@@ -71,21 +84,38 @@ def video_coords(latent_shape: tuple[int, int, int]) -> Tensor:
     return grid_coords(grid, grid)
 
 
-def audio_coords(num_audio: int) -> Tensor:
-    """Coordinates of ``num_audio`` audio tokens (``coords_style="v2"``: reference length ``(La-1)//4+1``)."""
+def audio_coords(num_audio: int, style: CoordsStyle = "v2", num_frames: int | None = None) -> Tensor:
+    """Coordinates of ``num_audio`` audio tokens in ``style`` (v1 needs ``num_frames``, the video latent frames)."""
+    if style == "v1":
+        if num_frames is None:
+            raise ValueError("v1 audio coordinates need num_frames (the video latent frames)")
+        if num_audio == 1 and num_frames != 1:
+            raise ValueError("v1 coordinates cannot place a single audio token against several video frames")
+        return grid_coords((num_audio, 1, 1), (num_frames, 1, 1))
     return grid_coords((num_audio, 1, 1), ((num_audio - 1) // 4 + 1, 1, 1))
 
 
-def text_coords(num_text: int) -> Tensor:
-    """Coordinates of ``num_text`` text tokens (``coords_style="v2"``: time ``-Lt..-1``, reference 1)."""
+def text_coords(num_text: int, style: CoordsStyle = "v2") -> Tensor:
+    """Coordinates of ``num_text`` text tokens in ``style`` (see the table above)."""
+    if style == "v1":
+        _check_v1_text(torch.tensor([num_text]))
+        return grid_coords((num_text, 1, 1), (2, 1, 1))
     return grid_coords((num_text, 1, 1), (1, 1, 1), t_offset=-float(num_text))
 
 
-def pack_sample(video: Tensor, audio: Tensor, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _check_v1_text(lengths: Tensor) -> None:
+    if bool((lengths == 1).any()):
+        raise ValueError("v1 coordinates (the SR models) need at least 2 text tokens: the official reference "
+                         "length 2 gives one token no finite RoPE scale")  # fmt: skip
+
+
+def pack_sample(video: Tensor, audio: Tensor, text: Tensor,
+                coords_style: CoordsStyle = "v2") -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Pack one sample into the official single-sequence inputs.
 
     Args:
         video: ``[48, T, H, W]`` latents; audio: ``[La, 64]``; text: ``[Lt, C]`` (already trimmed).
+        coords_style: the model's ``ModelConfig.coords_style`` (``"v1"`` for the SR models).
     Returns:
         ``x [L, max_channels]`` (zero padded), ``coords [L, 9]``, ``modality [L]`` (int64).
     """
@@ -93,7 +123,9 @@ def pack_sample(video: Tensor, audio: Tensor, text: Tensor) -> tuple[Tensor, Ten
     parts = [v, audio, text]
     width = max(p.shape[-1] for p in parts)
     x = torch.cat([F.pad(p.float(), (0, width - p.shape[-1])) for p in parts], dim=0)
-    coords = torch.cat([video_coords(tuple(video.shape[1:])), audio_coords(audio.shape[0]), text_coords(text.shape[0])])
+    coords = torch.cat([video_coords(tuple(video.shape[1:])),
+                        audio_coords(audio.shape[0], coords_style, video.shape[1]),
+                        text_coords(text.shape[0], coords_style)])  # fmt: skip
     modality = torch.cat(
         [torch.full((p.shape[0],), int(m), dtype=torch.int64) for p, m in zip(parts, Modality)]
     )
@@ -111,22 +143,26 @@ def unpack_sample(
     return video, audio
 
 
-def padded_audio_coords(lengths: Tensor, full: int) -> Tensor:
+def padded_audio_coords(lengths: Tensor, full: int, style: CoordsStyle = "v2",
+                        num_frames: int | None = None) -> Tensor:  # fmt: skip
     """Audio coords for each row's real length, padded to ``full`` (padding is masked out)."""
     rows = []
     for n in lengths.tolist():
-        c = audio_coords(max(n, 1))
+        c = audio_coords(n, style, num_frames) if n else audio_coords(1)  # a row without audio: all masked
         rows.append(torch.cat([c, c[-1:].expand(full - c.shape[0], 9)]) if full >= c.shape[0] else c[:full])
     return torch.stack(rows).to(lengths.device)
 
 
-def padded_text_coords(lengths: Tensor, full: int) -> Tensor:
-    """Text coords (v2: time ``-Lt..-1``, size ``Lt``, reference 1) for each row's real length."""
-    t = torch.arange(full, dtype=torch.float32, device=lengths.device)[None] - lengths[:, None].float()
-    meta = torch.stack(
-        [lengths.float(), torch.ones_like(lengths, dtype=torch.float32), torch.ones_like(lengths, dtype=torch.float32)],
-        dim=-1,
-    )
-    meta = torch.cat([meta, torch.ones_like(meta)], dim=-1)[:, None].expand(-1, full, 6)
+def padded_text_coords(lengths: Tensor, full: int, style: CoordsStyle = "v2") -> Tensor:
+    """Text coords in ``style`` (v2: time ``-Lt..-1``, reference 1; v1: time ``0..Lt-1``, reference 2) for each
+    row's real length ``Lt``, padded to ``full``."""
+    t = torch.arange(full, dtype=torch.float32, device=lengths.device)[None].expand(lengths.shape[0], full)
+    if style == "v2":
+        t = t - lengths[:, None].float()
+    else:
+        _check_v1_text(lengths)
+    ones = torch.ones_like(lengths, dtype=torch.float32)
+    ref = ones * (2.0 if style == "v1" else 1.0)
+    meta = torch.stack([lengths.float(), ones, ones, ref, ones, ones], dim=-1)[:, None].expand(-1, full, 6)
     zeros = torch.zeros_like(t)
     return torch.cat([torch.stack([t, zeros, zeros], dim=-1), meta], dim=-1)

@@ -28,35 +28,23 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from ..contract import ComputeDtype
-from .attention import UNMASKED, AttentionBackend, AttentionPlan, TokenGroups, attend, check_backend, plan_attention
+from .attention import (
+    UNMASKED,
+    AttentionBackend,
+    AttentionPlan,
+    LocalWindow,
+    TokenGroups,
+    attend,
+    check_backend,
+    plan_forward,
+)
 from .config import ModelConfig
 from .linears import BF16Linear, ExpertLinear, Segments
 from .offload import OffloadHooks, offloaded_activations
 from .packing import Modality, padded_audio_coords, padded_text_coords, patchify, unpatchify, video_coords
 from .precision import resolve_compute_dtype
+from .primitives import MultiModalityRMSNorm, gelu7, swiglu7
 from .rope import FourierRope, apply_rope, check_rope_coords
-
-# --------------------------------------------------------------------------- norms
-
-
-class MultiModalityRMSNorm(nn.Module):
-    """RMSNorm computed in fp32 with a ``(weight + 1)`` scale, one weight per modality."""
-
-    def __init__(self, dim: int, num_modality: int = 1, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.dim, self.num_modality, self.eps = dim, num_modality, eps
-        self.weight = nn.Parameter(torch.zeros(dim * num_modality, dtype=torch.float32))
-
-    def forward(self, x: Tensor, segments: Segments | None = None) -> Tensor:
-        t = x.float()
-        t = t * torch.rsqrt(t.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        if self.num_modality == 1:
-            return (t * (self.weight + 1)).to(x.dtype)
-        if segments is None:
-            raise ValueError("a multi-modality norm needs the modality segments")
-        parts = [p * (w + 1) for p, w in zip(segments.split(t), self.weight.chunk(self.num_modality))]
-        return torch.cat(parts, dim=1).to(x.dtype)
-
 
 # --------------------------------------------------------------------------- linears
 
@@ -69,32 +57,16 @@ def _call_linear(linear: nn.Module, x: Tensor, segments: Segments) -> Tensor:
     return linear(x, segments) if isinstance(linear, ExpertLinear) else linear(x)
 
 
-# --------------------------------------------------------------------------- activations
-
-
-def swiglu7(x: Tensor, alpha: float = 1.702, limit: float = 7.0) -> Tensor:
-    """Clamped SwiGLU with interleaved (glu, linear) channels and a +1 on the linear half (fp32)."""
-    x = x.float()
-    glu = x[..., ::2].clamp(max=limit)
-    lin = x[..., 1::2].clamp(min=-limit, max=limit)
-    return glu * torch.sigmoid(alpha * glu) * (lin + 1)
-
-
-def gelu7(x: Tensor, alpha: float = 1.702, limit: float = 7.0) -> Tensor:
-    """Clamped sigmoid-GELU (fp32)."""
-    x = x.float().clamp(max=limit)
-    return x * torch.sigmoid(alpha * x)
-
-
 # --------------------------------------------------------------------------- blocks
 
 
 class Attention(nn.Module):
     """Self-attention with GQA, q/k RMSNorm, Fourier RoPE and per-head sigmoid gating."""
 
-    def __init__(self, config: ModelConfig, multimodal: bool) -> None:
+    def __init__(self, config: ModelConfig, multimodal: bool, local: bool = False) -> None:
         super().__init__()
         n = 3 if multimodal else 1
+        self.local = local  # attends within the frame window (AttentionPlan.local)
         self.num_heads_q, self.num_heads_kv, self.head_dim = config.num_heads_q, config.num_heads_kv, config.head_dim
         self.gating = config.enable_attn_gating
         self.split_sizes = [config.q_width, config.kv_width, config.kv_width, config.gate_width]
@@ -121,6 +93,11 @@ class Attention(nn.Module):
         # compute nothing is rounded.
         softmax = torch.bfloat16 if dtype == torch.bfloat16 and h.is_cuda else torch.float32
         q, k, v = (t.to(dtype).to(softmax) for t in (q, k, v))
+        if self.local:
+            if plan.local is None:
+                raise ValueError("a local attention layer needs the plan's local window (AttentionPlan.local); "
+                                 "call the model, or build it with HappyHorseTransformer.attention_plan")
+            plan = plan.local
         out = attend(q, k, v, plan).to(dtype)
         if self.gating:
             out = out * torch.sigmoid(g).unsqueeze(-1)
@@ -155,7 +132,7 @@ class TransformerLayer(nn.Module):
     def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
         multimodal = index in config.mm_layers
-        self.attention = Attention(config, multimodal)
+        self.attention = Attention(config, multimodal, local=index in config.local_attn_layers)
         self.mlp = MLP(config, multimodal, index)
         self.post_norm = index in config.post_norm_layers
         if self.post_norm:
@@ -324,23 +301,36 @@ class HappyHorseTransformer(nn.Module):
         audio, text = audio[:, :a_max], text[:, :t_max]
         tokens = patchify(video)
         nv = tokens.shape[1]
-        coords = torch.cat([video_coords((t, hh, ww)).to(dev).expand(b, nv, 9), padded_audio_coords(a_len, a_max),
-                            padded_text_coords(t_len, t_max)], dim=1)  # fmt: skip
-        groups = None
+        style = self.config.coords_style
+        coords = torch.cat([video_coords((t, hh, ww)).to(dev).expand(b, nv, 9),
+                            padded_audio_coords(a_len, a_max, style, t).to(dev),
+                            padded_text_coords(t_len, t_max, style)], dim=1)  # fmt: skip
+        valid = None
         if bool((a_len < a_max).any()) or bool((t_len < t_max).any()):
             pos_a = torch.arange(a_max, device=dev)[None] < a_len[:, None]
             pos_t = torch.arange(t_max, device=dev)[None] < t_len[:, None]
-            present_v = torch.ones(b, nv, dtype=torch.bool, device=dev)
-            groups = TokenGroups.padded_rows(torch.cat([present_v, pos_a, pos_t], 1))
-        out_v, out_a = self.forward_tokens(tokens, audio, text, coords, self._attention_plan(groups))
+            valid = torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), pos_a, pos_t], 1)
+        plan = self.attention_plan(valid, nv, t, coords.shape[1], dev)
+        out_v, out_a = self.forward_tokens(tokens, audio, text, coords, plan)
         out_a = out_a * (torch.arange(a_max, device=dev)[None, :, None] < a_len[:, None, None])
         return unpatchify(out_v, (t, hh, ww)), F.pad(out_a, (0, 0, 0, la - a_max))
 
-    def _attention_plan(self, groups: TokenGroups | None) -> AttentionPlan:
-        if groups is None:
-            return UNMASKED
-        dtype = resolve_compute_dtype(self.block.layers[0].attention.precision, groups.ids.device)
-        return plan_attention(groups, self.attention_backend, dtype, torch.is_grad_enabled())
+    def attention_plan(self, valid: Tensor | None, num_video: int, num_frames: int, length: int,
+                       device: torch.device, groups: TokenGroups | None = None) -> AttentionPlan:  # fmt: skip
+        """The attention plan of one forward over rows ``[video | audio | text]`` of ``length`` tokens.
+
+        ``valid [B, L]`` marks real tokens of padded rows (``None``: all real); ``groups`` overrides
+        who attends to whom (several samples in one row). With ``local_attn_layers``, the plan
+        carries the frame window of those layers (:class:`~hhtune.model.attention.LocalWindow`).
+        """
+        if groups is None and valid is not None:
+            groups = TokenGroups.padded_rows(valid)
+        dtype = resolve_compute_dtype(self.block.layers[0].attention.precision, device)
+        window = None
+        if self.config.local_attn_layers:
+            window = LocalWindow(num_video, num_video // max(num_frames, 1), self.config.frame_receptive_field,
+                                 length, valid)  # fmt: skip
+        return plan_forward(groups, window, self.attention_backend, dtype, torch.is_grad_enabled(), device)
 
     # -- official packed API ---------------------------------------------------
 
@@ -368,10 +358,13 @@ class HappyHorseTransformer(nn.Module):
             ids = torch.repeat_interleave(torch.arange(len(sample_lengths), device=x.device),
                                           torch.tensor(sample_lengths, device=x.device))[order]
             groups = TokenGroups.packed(ids) if len(sample_lengths) > 1 else None
+        if groups is not None and cfg.local_attn_layers:
+            raise ValueError("local attention layers take one sample per forward_packed call, as the official model")
+        frames = int(cs[0, 3]) if nv else 1  # a video token's coordinates hold the latent frame count
+        plan = self.attention_plan(None, nv, frames, x.shape[0], x.device, groups)
         out_v, out_a = self.forward_tokens(video[None, :, : cfg.video_in_channels],
                                            audio[None, :, : cfg.audio_in_channels],
-                                           text[None, :, : cfg.text_in_channels], cs[None],
-                                           self._attention_plan(groups))
+                                           text[None, :, : cfg.text_in_channels], cs[None], plan)
         out = torch.zeros(x.shape[0], max(cfg.video_in_channels, cfg.audio_in_channels), dtype=torch.float32,
                           device=x.device)
         out[order[:nv], : cfg.video_in_channels] = out_v[0]
