@@ -1,12 +1,14 @@
-"""Whether a caption follows the official prompt format (shared by the build report and ``benchmarks/caption_format.py``).
+"""Whether a caption follows the official prompt format (shared by the report and ``benchmarks/caption_format.py``).
 
-The format (daVinci-MagiHuman ``prompts/enhanced_prompt_design.md``, written by :func:`data_prep.captions.build_caption`):
+The format (daVinci-MagiHuman ``prompts/enhanced_prompt_design.md``, as :func:`data_prep.captions.build_caption`
+writes it):
 an English description of 150-200 words; ``Dialogue:`` with one ``<speaker, Language>: "line"`` per spoken line
 (absent when nothing is said); ``Background Sound:`` with one ``<sound>``. CJK characters are separated by spaces.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -143,7 +145,7 @@ def _dialogue_problems(raw: list[str], said: str) -> list[str]:
 
 def _unspaced_cjk(text: str) -> bool:
     """Two CJK letters (not punctuation) side by side with no space between them."""
-    return any(is_cjk(a) and is_cjk(b) and a.isalnum() and b.isalnum() for a, b in zip(text, text[1:]))
+    return any(is_cjk(a) and is_cjk(b) and a.isalnum() and b.isalnum() for a, b in itertools.pairwise(text))
 
 
 __all__ = ["DESCRIPTION_WORDS", "CaptionParts", "DialogueLine", "FormatCheck", "check_caption", "dialogue_lines",

@@ -40,7 +40,7 @@ class CaptionerConfig(BaseModel):
     frames: int = Field(8, ge=1, le=64, description="frames sampled evenly across each clip")
     batch_size: int = Field(4, ge=1, description="clips captioned together by a local model")
     device: str | None = Field(None, description="local model device (default: cuda when available, else cpu)")
-    max_new_tokens: int = Field(512, ge=16)
+    max_new_tokens: int = Field(512, ge=1, description="longest answer in tokens (a 200-word description needs ~300)")
     timeout_s: float = Field(120.0, gt=0, description="endpoint: seconds per request before it is retried")
     retries: int = Field(3, ge=0, description="endpoint: retries of a failed or timed-out request")
 

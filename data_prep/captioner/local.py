@@ -32,7 +32,8 @@ class _Family:
 
 _QWEN_VISION = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
 FAMILIES = {
-    "qwen2_5_omni": _Family("Qwen2_5OmniForConditionalGeneration", True, ("<|vision_bos|>", "<|IMAGE|>", "<|vision_eos|>"),
+    "qwen2_5_omni": _Family("Qwen2_5OmniForConditionalGeneration", True,
+                            ("<|vision_bos|>", "<|IMAGE|>", "<|vision_eos|>"),
                             ("<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"),
                             "transformers.models.qwen2_5_omni.processing_qwen2_5_omni"),
     "qwen3_omni_moe": _Family("Qwen3OmniMoeForConditionalGeneration", True, _QWEN_VISION,
@@ -73,7 +74,7 @@ class LocalCaptioner:
         import transformers  # noqa: PLC0415 -- heavy: only a local captioner needs the model classes
 
         folder = Path(cfg.model)
-        model_type, self.family = local_family(folder)
+        self.family = local_family(folder)[1]
         self.identity, self.hears, self.batch_size = local_identity(folder), self.family.hears, cfg.batch_size
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32

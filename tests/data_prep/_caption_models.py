@@ -8,13 +8,14 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-OMNI_TOKENS = ["<|vision_bos|>", "<|IMAGE|>", "<|vision_eos|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>", "<|VIDEO|>"]
+OMNI_TOKENS = ["<|vision_bos|>", "<|IMAGE|>", "<|vision_eos|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>",
+               "<|VIDEO|>"]
 VL_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
 
 
 def _tokenizer(folder: Path, extra: list[str]):
     """A byte-level BPE tokenizer trained on a few words, with ChatML and the model's placeholder tokens."""
-    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 -- heavy import, test helper
+    from transformers import PreTrainedTokenizerFast
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra]
     tok = Tokenizer(models.BPE())
@@ -30,7 +31,7 @@ def _tokenizer(folder: Path, extra: list[str]):
 
 def build_tiny_omni(folder: Path) -> Path:
     """A tiny random ``Qwen2_5OmniForConditionalGeneration`` (thinker only) with its processors' configs."""
-    from transformers import (  # noqa: PLC0415 -- heavy import, test helper
+    from transformers import (
         Qwen2_5OmniConfig,
         Qwen2_5OmniForConditionalGeneration,
         Qwen2VLImageProcessor,
@@ -63,7 +64,7 @@ def build_tiny_omni(folder: Path) -> Path:
 
 def build_tiny_vl(folder: Path) -> Path:
     """A tiny random ``Qwen2_5_VLForConditionalGeneration`` with its image processor."""
-    from transformers import (  # noqa: PLC0415 -- heavy import, test helper
+    from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2VLImageProcessor,

@@ -38,7 +38,7 @@ def test_chatter_markdown_and_brackets_around_the_sections_are_dropped():
 
 
 def test_missing_speaker_and_background_fall_back():
-    d, why = parse_answer(f"DESCRIPTION: {DESCRIPTION}")
+    d, _ = parse_answer(f"DESCRIPTION: {DESCRIPTION}")
     assert d is not None and d.speaker == "" and d.background == NO_BACKGROUND
     d, _ = parse_answer(f"DESCRIPTION: {DESCRIPTION}\nBACKGROUND SOUND: none")
     assert d.background == NO_BACKGROUND

@@ -37,7 +37,7 @@ class _Server:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802 -- http.server's name
+            def do_POST(self):
                 outer.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 reply = outer.replies.pop(0) if outer.replies else GOOD
                 if isinstance(reply, float):
@@ -156,7 +156,7 @@ def test_answers_made_stay_cached_when_the_endpoint_fails_later(server, tmp_path
     server.requests.clear()
     units = caption_units(_units(tmp_path), tmp_path, tmp_path, cfg, {}, progress=False)
     assert len(server.requests) == 1  # only the clip not yet captioned is asked again
-    first, second = units[0].clips
+    first = units[0].clips[0]
     assert first.caption.startswith(DESCRIPTION)
     assert '<woman in grey blazer, English>: "Hello there."' in first.caption  # transcript line, captioner speaker
     assert first.caption.endswith("Background Sound:\n<air conditioner hum>")
