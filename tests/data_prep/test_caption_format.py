@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,14 @@ def test_report_shows_each_clips_format_result_escaped(tmp_path):
     assert html.count('class="caption-format" data-ok="true"') == 1
     assert html.count('class="caption-format" data-ok="false"') == 1
     assert "<script>alert(1)</script>" not in html
+
+
+@pytest.mark.parametrize("name", ["quickstart", "brand_style_lora", "product_i2v", "spokesperson_multilingual"])
+def test_shipped_recipes_validation_prompts_are_in_the_official_format(name):
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).parents[2] / "recipes" / f"{name}.yaml").read_text())
+    (trigger,) = recipe["export"]["trigger_words"]
+    for prompt in recipe["validation"]["prompts"]:
+        r = check_caption(prompt, transcript=" ".join(dialogue_lines(prompt)), trigger=trigger)
+        assert r.ok and not r.warnings, (r.problems, r.warnings)
