@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from hhtune.contract import SPEECH_SAMPLE_RATE
+
 from ..config import CaptionerConfig
 from .media import CaptionerError, ClipMedia
 
@@ -104,8 +106,8 @@ class LocalCaptioner:
         heard = [m.audio for m in batch if self.hears and m.audio is not None]
         lengths = iter([])
         if heard:
-            feats = self.sound(heard, sampling_rate=16000, return_attention_mask=True, padding="max_length",
-                               return_tensors="pt")  # fmt: skip
+            feats = self.sound(heard, sampling_rate=SPEECH_SAMPLE_RATE, return_attention_mask=True,
+                               padding="max_length", return_tensors="pt")  # fmt: skip
             out["input_features"], out["feature_attention_mask"] = feats["input_features"], feats["attention_mask"]
             count = importlib.import_module(self.family.lengths_module)._get_feat_extract_output_lengths
             lengths = iter(count(feats["attention_mask"].sum(-1)).tolist())
