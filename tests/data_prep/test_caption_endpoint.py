@@ -175,3 +175,27 @@ def test_metadata_description_wins_and_unusable_answers_keep_it_with_a_note(serv
     assert len(server.requests) == 2
     assert units[0].clips == _units(tmp_path)[0].clips
     assert "c0: captioner answer not used (a refusal); kept the metadata description" in units[0].notes
+
+
+def test_a_clip_whose_pixels_or_sound_changed_is_captioned_again(server, tmp_path):
+    cfg = DataConfig(captioner=CaptionerConfig(model="m", endpoint=server.url, retries=0, frames=2))
+    caption_units(_units(tmp_path), tmp_path, tmp_path, cfg, {}, progress=False)
+    assert len(server.requests) == 2
+    units = _units(tmp_path)  # the clips cut again, the same
+    npz = tmp_path / ".work" / "clips" / "c1.npz"
+    with np.load(npz) as data:
+        frames, audio = data["frames"], data["audio"]
+    np.savez(npz, frames=frames, audio=audio * 0.5)  # c1: the same picture, another sound
+    server.requests.clear()
+    caption_units(units, tmp_path, tmp_path, cfg, {}, progress=False)
+    assert len(server.requests) == 1
+
+
+def test_frames_are_sampled_across_the_clip_and_sound_resampled_to_16k(tmp_path):
+    from data_prep.captioner.media import load_clip_media
+
+    frames = np.stack([np.full((8, 8, 3), i, np.uint8) for i in range(9)])
+    np.savez(tmp_path / "c.npz", frames=frames, audio=np.ones((2, 51200 * 9 // 25), np.float32) * 0.1)
+    media = load_clip_media(tmp_path / "c.npz", 3)
+    assert [int(f[0, 0, 0]) for f in media.frames] == [1, 4, 7]
+    assert media.audio.shape == (16000 * 9 // 25,)
