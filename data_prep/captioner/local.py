@@ -120,7 +120,8 @@ class LocalCaptioner:
                 parts.append(s + tok * next(lengths) + e)
             texts.append(f"<|im_start|>user\n{''.join(parts)}{prompt}<|im_end|>\n<|im_start|>assistant\n")
         out.update(self.tokenizer(texts, return_tensors="pt", padding=True))
-        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in out.items()}
+        dtype = self.model.dtype  # pixels and mel features in the weights' dtype (bf16 on CUDA); ids stay integers
+        return {k: v.to(self.device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in out.items()}
 
 
 __all__ = ["FAMILIES", "LocalCaptioner", "local_family", "local_identity"]
