@@ -10,6 +10,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 OMNI_TOKENS = ["<|vision_bos|>", "<|IMAGE|>", "<|vision_eos|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>",
                "<|VIDEO|>"]
+OMNI3_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|audio_start|>", "<|audio_pad|>",
+                "<|audio_end|>", "<|video_pad|>"]
 VL_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
 
 
@@ -31,12 +33,7 @@ def _tokenizer(folder: Path, extra: list[str]):
 
 def build_tiny_omni(folder: Path) -> Path:
     """A tiny random ``Qwen2_5OmniForConditionalGeneration`` (thinker only) with its processors' configs."""
-    from transformers import (
-        Qwen2_5OmniConfig,
-        Qwen2_5OmniForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        WhisperFeatureExtractor,
-    )
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
     tok = _tokenizer(folder, OMNI_TOKENS)
     ids = {t: tok.convert_tokens_to_ids(t) for t in OMNI_TOKENS}
@@ -54,12 +51,45 @@ def build_tiny_omni(folder: Path) -> Path:
     torch.manual_seed(0)
     Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(enable_audio_output=False, thinker_config=thinker)) \
         .save_pretrained(folder)
-    # One preprocessor_config.json holding both, as the released Omni folders have it.
-    image = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16).to_dict()
-    sound = WhisperFeatureExtractor(feature_size=16).to_dict()
-    (folder / "preprocessor_config.json").write_text(json.dumps({**sound, **image}, default=str))
+    _save_preprocessors(folder, patch_size=14)
     torch.save({}, folder / "spk_dict.pt")  # real checkpoints ship their voices; from_pretrained requires the file
     return folder
+
+
+def build_tiny_omni3(folder: Path) -> Path:
+    """A tiny random ``Qwen3OmniMoeForConditionalGeneration`` (thinker only: two experts, one layer)."""
+    from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration
+
+    tok = _tokenizer(folder, OMNI3_TOKENS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in OMNI3_TOKENS}
+    thinker = dict(
+        audio_config=dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=16, d_model=16,
+                          output_dim=32, downsample_hidden_size=8),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=32,
+                           deepstack_visual_indexes=[0], patch_size=16),
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, moe_intermediate_size=16,
+                         num_experts=2, num_experts_per_tok=1,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4,
+                                          "mrope_interleaved": True}),
+        audio_token_id=ids["<|audio_pad|>"], image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        audio_start_token_id=ids["<|audio_start|>"], vision_start_token_id=ids["<|vision_start|>"])
+    torch.manual_seed(0)
+    Qwen3OmniMoeForConditionalGeneration(Qwen3OmniMoeConfig(enable_audio_output=False, thinker_config=thinker)) \
+        .save_pretrained(folder)
+    _save_preprocessors(folder, patch_size=16)
+    return folder
+
+
+def _save_preprocessors(folder: Path, patch_size: int) -> None:
+    """One preprocessor_config.json holding the image processor and the audio feature extractor, as the released
+    Omni folders have it."""
+    from transformers import Qwen2VLImageProcessor, WhisperFeatureExtractor
+
+    side = patch_size * 2
+    image = Qwen2VLImageProcessor(patch_size=patch_size, min_pixels=side * side * 4, max_pixels=side * side * 16)
+    sound = WhisperFeatureExtractor(feature_size=16).to_dict()
+    (folder / "preprocessor_config.json").write_text(json.dumps({**sound, **image.to_dict()}, default=str))
 
 
 def build_tiny_vl(folder: Path) -> Path:

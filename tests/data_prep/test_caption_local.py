@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _caption_models import build_tiny_omni, build_tiny_vl
+from _caption_models import build_tiny_omni, build_tiny_omni3, build_tiny_vl
 from _dp_footage import SAMPLE
 
 from data_prep.captioner import CaptionerError, captioner_identity, load_captioner
@@ -43,8 +43,10 @@ def _seen_inputs(captioner) -> dict[str, list]:
     return calls
 
 
-def test_omni_sees_every_frame_and_hears_the_audio_batched(omni):
-    cfg = CaptionerConfig(model=str(omni), max_new_tokens=4, batch_size=2)
+@pytest.mark.parametrize("family", ["qwen2_5_omni", "qwen3_omni_moe"])
+def test_omni_sees_every_frame_and_hears_the_audio_batched(family, omni, tmp_path):
+    folder = omni if family == "qwen2_5_omni" else build_tiny_omni3(tmp_path)
+    cfg = CaptionerConfig(model=str(folder), max_new_tokens=4, batch_size=2)
     cap = load_captioner(cfg)
     assert cap.hears and captioner_identity(cfg) == (cap.identity, True)
     calls = _seen_inputs(cap)
