@@ -133,7 +133,10 @@ class ValidationSection(_Section):
 
     every_steps: int | None = Field(None, ge=1, description="null = only at the end")
     at_end: bool = True
-    prompts: list[str] = Field(default_factory=list)
+    prompts: list[str] | Literal["auto"] = Field(
+        default_factory=list, description="prompts in the official format (description, Dialogue:, Background Sound:), "
+        "or 'auto': the captions of `auto_clips` dataset clips held out of training")
+    auto_clips: int = Field(3, ge=1, description="validation.prompts: auto: clips held out for their captions")
     reference_images: list[str] = Field(default_factory=list)
     seconds: float = Field(2.0, gt=0)
     aspect: Bucket = "16:9"
