@@ -112,11 +112,13 @@ def _render(args, encoders, features: list, image, adapter_specs: list, sr_adapt
     import torch  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     from hhtune.sampling.generate import decode_latents, generate  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
-    from hhtune.sampling.super_resolution import SrStage, super_resolve  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
+    from hhtune.sampling.super_resolution import SrStage, load_stage_model, super_resolve  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     text, negative = features[0], features[1] if len(features) > 1 else None
     generator = torch.Generator().manual_seed(args.seed)
-    model = _load_dit(args, args.model, adapter_specs)
+    check = "warn" if args.ignore_base_mismatch else True
+    model = load_stage_model(args.model, args.device, adapters=adapter_specs, check_base=check,
+                             compute_dtype=args.compute_dtype)
     with Progress() as bar:
         task = bar.add_task(f"{args.sampler} sampling", total=8 if args.sampler == "distilled" else 32)
         out = generate(model, args.prompt, encoders, seconds=args.seconds, aspect=args.aspect,
@@ -129,7 +131,9 @@ def _render(args, encoders, features: list, image, adapter_specs: list, sr_adapt
             return out
         del model
         _free(args.device)
-        stage = SrStage(args.sr, _load_dit(args, args.sr_model, sr_adapter_specs), guidance=args.sr_cfg)
+        stage = SrStage(args.sr, load_stage_model(args.sr_model, args.device, adapters=sr_adapter_specs,
+                                                check_base=check, compute_dtype=args.compute_dtype),
+                        guidance=args.sr_cfg)
         task = bar.add_task(f"{args.sr} super-resolution", total=stage.steps)
         video, audio = super_resolve(stage, *out, encoders=encoders, aspect=args.aspect,
                                      base_resolution=args.base_resolution, generator=generator, text_features=text,
@@ -150,25 +154,6 @@ def _check_preset(spec: str, flag: str, random_weights: bool) -> None:
             "checkpoint folder (e.g. the distill/ folder of the official weights), or add --random-weights if an "
             "untrained model is what you want (tests, smoke runs)"
         )
-
-
-def _load_dit(args, spec: str, adapter_specs: list):
-    """A transformer from a checkpoint folder (or a seeded random preset), its adapters applied, in eval mode."""
-    import torch  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
-
-    from hhtune.adapters import load as load_adapter  # noqa: PLC0415 -- entry point: peft loads after argparse so --help is instant
-    from hhtune.model import HappyHorseTransformer, ModelConfig, load_checkpoint  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
-
-    if spec in ModelConfig.preset_names() and not Path(spec).exists():
-        torch.manual_seed(0)
-        model = HappyHorseTransformer(ModelConfig.preset(spec)).to(args.device)
-    else:
-        model = load_checkpoint(spec, device=args.device)
-    model.set_compute_dtype(args.compute_dtype)
-    for path, strength, modalities in adapter_specs:
-        model = load_adapter(path, model, strength=strength, modalities=modalities,
-                             check_base="warn" if args.ignore_base_mismatch else True)  # fmt: skip
-    return model.eval()
 
 
 def _free(device: str) -> None:

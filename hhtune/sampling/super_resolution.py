@@ -9,7 +9,9 @@ one, validation keeps both and moves them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from ..contract import VIDEO_STRIDE, SrResolution, sr_size
 from ..encoders import EncoderPaths, load_video_vae
+from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
 from .generate import (
     NEGATIVE_PROMPT,
     Generated,
@@ -28,6 +31,24 @@ from .generate import (
     model_velocity_fn,
 )
 from .samplers import SR_STEPS, sample_super_resolution
+
+
+def load_stage_model(spec: str, device: str | torch.device = "cpu", *, adapters: Sequence = (),
+                     check_base: bool | str = True, compute_dtype: str = "auto") -> torch.nn.Module:  # fmt: skip
+    """The transformer of one stage in eval mode: an official-layout checkpoint folder, or a preset name (random
+    weights, seeded 0: tests and smoke runs), with ``adapters`` (``AdapterSpec``: path, strength, modalities)
+    applied on top, each checked against the model as :func:`hhtune.adapters.load` does."""
+    from ..adapters import load as load_adapter  # noqa: PLC0415 -- heavy: peft loads in ~1 s, only with adapters
+
+    if spec in ModelConfig.preset_names() and not Path(spec).exists():
+        torch.manual_seed(0)
+        model = HappyHorseTransformer(ModelConfig.preset(spec)).to(device)
+    else:
+        model = load_checkpoint(spec, device=device)
+    model.set_compute_dtype(compute_dtype)
+    for path, strength, modalities in adapters:
+        model = load_adapter(path, model, strength=strength, modalities=modalities, check_base=check_base)
+    return model.eval()
 
 
 @dataclass
