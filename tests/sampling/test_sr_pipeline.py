@@ -117,25 +117,26 @@ def test_recipe_validation_sr_needs_its_model():
 
 
 def test_validation_with_sr_renders_and_the_model_card_shows_stills_at_the_delivered_size(encoders, tmp_path):
+    """The training loop's validation step with validation.sr: the SR stage is loaded from the recipe, the clip is at
+    the 540p size of the tiny base (32 rows x 2: 128x64), and the model card links stills of that size."""
+    from types import SimpleNamespace
+
     import torch
 
     from hhtune.export.model_card import write_model_card
-    from hhtune.recipe import Recipe
-    from hhtune.sampling.validation import run_validation
-    from hhtune.training.outputs import validation_sr_stage
-
-    recipe = Recipe.model_validate({"model": {"preset": "tiny"}, "data": {"dataset": "unused"},
-                                    "validation": {"sr": "540p", "sr_model": "tiny"}})  # fmt: skip
-    stage = validation_sr_stage(recipe)
-    assert stage.resolution == "540p" and not stage.model.training
-    torch.manual_seed(1)
     from hhtune.model import HappyHorseTransformer, ModelConfig
+    from hhtune.recipe import Recipe
+    from hhtune.training.outputs import run_validation_step
 
-    first = HappyHorseTransformer(ModelConfig.preset("tiny")).eval()
-    run_dir = tmp_path / "run"
-    scores = run_validation(first, [PROMPT], encoders=encoders, out_dir=run_dir / "samples" / "step-00000005", step=5,
-                            seed=0, seconds=0.5, base_resolution=32, sr=stage)  # fmt: skip
-    assert "av_sync_confidence" in scores
+    recipe = Recipe.model_validate({"model": {"preset": "tiny"}, "data": {"dataset": "unused"}, "validation": {
+        "prompts": [PROMPT], "seconds": 0.5, "base_resolution": 32, "encoders": str(Path(encoders.video_vae).parent),
+        "sr": "540p", "sr_model": "tiny"}})  # fmt: skip
+    torch.manual_seed(1)
+    first = HappyHorseTransformer(ModelConfig.preset("tiny"))
+    accelerator = SimpleNamespace(is_main_process=True, device=torch.device("cpu"), wait_for_everyone=lambda: None)
+    run_dir, logs = tmp_path / "run", []
+    run_validation_step(recipe, accelerator, first, None, None, run_dir, 5, None, logs.append, sharded=False)
+    assert "av_sync_confidence" in logs[0] and first.training  # put back in training mode
     width, height = sr_size("16:9", 32, "540p")
     assert (width, height) == (128, 64)
     streams = _streams(run_dir / "samples" / "step-00000005" / "prompt00.mp4")
@@ -144,5 +145,4 @@ def test_validation_with_sr_renders_and_the_model_card_shows_stills_at_the_deliv
     card = write_model_card(run_dir / "adapter", {"steps": 5})
     stills = [line for line in card.read_text().splitlines() if line.startswith("![validation still]")]
     contact = next(s for s in stills if "contact" in s)
-    path = run_dir / "adapter" / contact[contact.index("(") + 1 : -1]
-    assert Image.open(path).size == (6 * width, height)
+    assert Image.open(run_dir / "adapter" / contact[contact.index("(") + 1 : -1]).size == (6 * width, height)
