@@ -31,11 +31,13 @@ ComputeDtype = Literal["auto", "bf16", "fp32"]
 Language = Literal["en", "zh", "yue", "ja", "ko", "de", "fr"]
 # The published checkpoints of one preset's shapes: two first-stage models and two super-resolution stages.
 Variant = Literal["base", "distill", "sr_540p", "sr_1080p"]
+SrResolution = Literal["540p", "1080p"]  # the super-resolution stages (official 540p_sr/ and 1080p_sr/)
 PRESETS: tuple[str, ...] = get_args(Preset)
 VARIANTS: tuple[str, ...] = get_args(Variant)
 SR_VARIANTS: tuple[str, ...] = ("sr_540p", "sr_1080p")
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 LANGUAGES: tuple[str, ...] = get_args(Language)
+SR_RESOLUTIONS: tuple[str, ...] = get_args(SrResolution)
 UNKNOWN_LANGUAGE = "unknown"  # the language column's value when none is known
 
 # -- time and sound -------------------------------------------------------------------------------------------------
@@ -52,6 +54,10 @@ assert tuple(BUCKETS) == get_args(Bucket)
 VIDEO_LATENT_CHANNELS = 48  # Wan2.2 VAE
 VIDEO_STRIDE = (4, 16, 16)  # frames, height, width per latent (after the first frame)
 AUDIO_LATENT_CHANNELS = 64  # Stable Audio Open 1.0
+#: Each side of a super-resolution stage over the base stage's: the official examples render 256 rows, then 512
+#: (540p) or 1088 (1080p).
+SR_SCALES: dict[str, float] = {"540p": 2.0, "1080p": 4.25}
+assert tuple(SR_SCALES) == SR_RESOLUTIONS
 TEXT_LENGTH = 640  # text features are padded or trimmed to this many tokens (official ``t5_gemma_target_length``)
 
 # -- the dataset folder ---------------------------------------------------------------------------------------------
@@ -111,6 +117,15 @@ def bucket_size(bucket: str, base: int) -> tuple[int, int]:
     return base, int(math.ceil(base * h / w / 32) * 32)
 
 
+def sr_size(bucket: str, base: int, sr: str) -> tuple[int, int]:
+    """``(width, height)`` of the ``sr`` stage over a ``base`` clip: each side of :func:`bucket_size` times
+    :data:`SR_SCALES`, rounded up to 32 (whole 2x2 latent patches), so the base aspect is kept (at 256, 16:9:
+    960x512 for 540p, 2048x1088 for 1080p)."""
+    if sr not in SR_SCALES:
+        raise ValueError(f"unknown super-resolution {sr!r}; allowed: {', '.join(SR_SCALES)}")
+    return tuple(int(math.ceil(side * SR_SCALES[sr] / 32) * 32) for side in bucket_size(bucket, base))
+
+
 def nearest_bucket(width: int, height: int, allowed: list[str]) -> str:
     """The allowed bucket whose aspect ratio is nearest (in log space) to ``width/height``."""
     ratio = math.log(width / height)
@@ -157,8 +172,8 @@ class LatentShape(NamedTuple):
 __all__ = ["AUDIO_LATENTS", "AUDIO_LATENTS_PER_SECOND", "AUDIO_LATENT_CHANNELS", "AUDIO_SAMPLE_RATE", "BUCKETS",
            "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "LANGUAGES", "LATENT_COLUMNS", "MANIFEST",
            "META_COLUMNS", "PRESETS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN",
-           "SPEECH_SAMPLE_RATE", "SR_VARIANTS", "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VARIANTS",
-           "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket", "ComputeDtype", "Language",
-           "LatentShape", "Preset", "Variant",
+           "SPEECH_SAMPLE_RATE", "SR_RESOLUTIONS", "SR_SCALES", "SR_VARIANTS", "TEXT_EMBEDS", "TEXT_LENGTH",
+           "UNKNOWN_LANGUAGE", "VARIANTS", "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket",
+           "ComputeDtype", "Language", "LatentShape", "Preset", "SrResolution", "Variant",
            "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "nearest_bucket",
-           "seconds_of"]  # fmt: skip
+           "seconds_of", "sr_size"]  # fmt: skip
