@@ -35,7 +35,7 @@ from .alignment import VAD_HOP, Speech, align_transcript, check_language
 from .captions import build_caption, join_words
 from .config import DataConfig
 from .language import Detected
-from .segment import Plan, PlannedClip, plan, runs, window
+from .segment import Plan, PlannedClip, fixed_clips, plan, runs, window
 from .transcribe import asr_untranscribed, file_transcript
 from .transcripts import TRANSCRIPT_SUFFIXES, Transcript
 from .units import Clip, Skip, Unit, unit_name
@@ -199,23 +199,18 @@ def _segment(spoken: Speech, transcript: Transcript, active: np.ndarray, mono16k
     notes = unit.notes
     speech = runs(active.tolist(), VAD_HOP)
     energy = _levels(mono16k)
-    ambient = not spoken.alignment.words and (not speech or cfg.untranscribed != "drop")
-    if ambient:  # no word to cut at: music, ambience, silent video, untranscribed talk: all of it, cut by length
-        unit.kind = unit.kind or ("ambient" if not speech else "speech without transcript")
-        notes.append(f"no transcribed words ({unit.kind}): kept whole as clips without a Dialogue line, "
-                     "cut at the quietest points")  # fmt: skip
-        loose = _untranscribed([Interval(0.0, frames_for(duration) / FPS, "")], [], transcript, energy, cfg)
-    else:
-        unit.kind = "speech"
-        loose = _untranscribed(speech, spoken.alignment.words, transcript, energy, cfg)
-        if loose and cfg.untranscribed == "asr" and transcript.source != "asr":
-            spoken.extend(asr_untranscribed(mono16k, loose, language, cfg, unit))
-            loose = []
+    if not spoken.alignment.words and (not speech or cfg.untranscribed != "drop"):
+        return _ambient(duration, speech, cfg, unit)
+    unit.kind = "speech"
+    loose = _untranscribed(speech, spoken.alignment.words, transcript, energy, cfg)
+    if loose and cfg.untranscribed == "asr" and transcript.source != "asr":
+        spoken.extend(asr_untranscribed(mono16k, loose, language, cfg, unit))
+        loose = []
     words = spoken.alignment.words
-    keep_loose = ambient or cfg.untranscribed != "drop"
+    keep_loose = cfg.untranscribed != "drop"
     items = sorted(words + (loose if keep_loose else []), key=lambda w: w.start)
     cut = plan(items, spoken.end or duration, cfg.min_seconds, cfg.max_seconds)
-    if loose and not ambient:
+    if loose:
         verb = "kept as clips without a Dialogue line" if keep_loose else "dropped (untranscribed: drop)"
         notes.append(f"{sum(x.end - x.start for x in loose):.1f} s of speech outside every transcript cue: {verb}")
     spans = [(c.start, c.end) for c in cut.clips]
@@ -223,6 +218,21 @@ def _segment(spoken: Speech, transcript: Transcript, active: np.ndarray, mono16k
                              UNTRANSCRIBED + ("" if keep_loose else " (dropped by config)"))  # fmt: skip
     unit.speech_coverage = dict(zip(("transcribed_used_s", "transcribed_s"), coverage(words, spans)))
     unit.speech_coverage.update(zip(("detected_used_s", "detected_s"), coverage(speech + words, spans)))
+    return cut
+
+
+def _ambient(duration: float, speech: list[Interval], cfg: DataConfig, unit: Unit) -> Plan:
+    """Stage 5 for footage with no transcribed word to cut between (music, ambience, no audio track, talk nobody
+    transcribed): all of it, in clips of equal length within ``min_seconds``-``max_seconds``."""
+    unit.kind = unit.kind or ("ambient" if not speech else "speech without transcript")
+    unit.notes.append(f"no transcribed words ({unit.kind}): kept whole as clips of equal length without a "
+                      "Dialogue line")  # fmt: skip
+    cut = fixed_clips(duration, cfg.min_seconds, cfg.max_seconds)
+    spans = [(c.start, c.end) for c in cut.clips]
+    rest = [(0.0, duration, "left between clips by the 4k+1 frame rounding")] if cut.clips else []
+    unit.timeline = timeline(duration, spans, [], speech, rest + [(d.start, d.end, d.reason) for d in cut.dropped])
+    unit.speech_coverage = {"transcribed_used_s": 0.0, "transcribed_s": 0.0}
+    unit.speech_coverage.update(zip(("detected_used_s", "detected_s"), coverage(speech, spans)))
     return cut
 
 
@@ -275,9 +285,7 @@ def _untranscribed(speech: list[Interval], words: list[Interval], transcript: Tr
             continue
         a, b = int(s.start / VAD_HOP), int(s.end / VAD_HOP)
         lo, hi = a + (b - a) // 5, b - (b - a) // 5
-        # the quietest hop; among equally quiet ones (silence, no audio track) the one nearest the middle
-        middle = 1e-12 * np.abs(np.arange(lo, hi) - (a + b) / 2)
-        k = lo + int(np.argmin(energy[lo:hi] + middle)) if hi > lo and hi <= len(energy) else (a + b) // 2
+        k = lo + int(np.argmin(energy[lo:hi])) if hi > lo and hi <= len(energy) else (a + b) // 2
         out += [Interval(s.start, k * VAD_HOP, ""), Interval(k * VAD_HOP, s.end, "")]
     return sorted(done, key=lambda x: x.start)
 

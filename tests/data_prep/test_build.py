@@ -114,7 +114,7 @@ def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     assert "6-channel audio" in notes["surround.mp4"] and "down-mixed to stereo" in notes["surround.mp4"]
     assert re.search("rotation (90|270) degrees applied", notes["rotated.mp4"])
     assert "no transcript sidecar and no asr_model" in notes["surround.mp4"]
-    assert "no transcribed words (ambient): kept whole as clips without a Dialogue line" in notes["surround.mp4"]
+    assert "no transcribed words (ambient): kept whole as clips of equal length" in notes["surround.mp4"]
     assert "no audio track: its clips train the picture only" in notes["no_audio.mp4"]
     assert fates["no_audio.mp4"]["kind"] == "silent video" and fates["surround.mp4"]["kind"] == "ambient"
     assert "30 fps resampled to 25 fps" in notes["good.mp4"] and fates["good.mp4"]["alignment_method"] == "dtw"

@@ -31,3 +31,8 @@ def test_cantonese_needs_its_own_characters():
     assert chinese_variety("佢係我嘅朋友").language == "yue"
     assert chinese_variety("他是我的朋友").language == "zh"
     assert chinese_variety("今日天氣好").language == "zh"  # no marks either way: Mandarin, the written standard
+
+
+def test_only_the_seven_are_ever_answered():
+    found = detect_text_language("Buenos días y bienvenidos a nuestro programa de esta noche.")  # Spanish
+    assert found.language in ("en", "de", "fr", "unknown")  # lingua is asked about the seven only
