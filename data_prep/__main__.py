@@ -82,6 +82,7 @@ def _align_one(args) -> int:
     """Stages 2-4 on one file through the build's own functions: the same audio decode, language check and
     alignment (cue padding, neighbour bounds, too-long check), so the words are those a build cuts clips from."""
     from .alignment import align_transcript, check_language  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
+    from .language import Detected  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
     from .textgrid import write_textgrid  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
     from .transcripts import find_sidecar, parse_transcript  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
@@ -92,7 +93,8 @@ def _align_one(args) -> int:
     mono16k = decode_audio(args.file).mono16k
     transcript = parse_transcript(side)
     notes: list[str] = []
-    language = check_language(transcript.text(), normalise_language(args.language), mono16k, notes)
+    language = check_language(transcript.text(), Detected(normalise_language(args.language), 1.0, "flag"), mono16k,
+                              notes).language
     result = align_transcript(mono16k, transcript, language, info.duration, args.acoustic_model, notes).alignment
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

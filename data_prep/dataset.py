@@ -21,6 +21,7 @@ from hhtune.contract import (
     BUCKETS,
     COLUMN_TYPES,
     FORMAT_VERSION,
+    HAS_AUDIO_COLUMN,
     LANGUAGES,
     LATENT_COLUMNS,
     MANIFEST,
@@ -73,6 +74,7 @@ def _rows(clips: list[Clip], latents: Path | None):
         row = {k: getattr(c, k) for k in META_COLUMNS}
         row["speech_mask"] = list(c.speech_mask)
         row[SPEAKER_COLUMN] = c.speaker
+        row[HAS_AUDIO_COLUMN] = c.has_audio
         if latents is not None:
             lat = load_file(latents / f"{c.clip_id}.safetensors")
             row |= {k: lat[k].numpy() for k in LATENTS}
@@ -123,7 +125,10 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
                 # where the clips were cut from: evaluation compares samples with the training footage
                 "footage": str(Path(footage).resolve()) if footage is not None else None,
                 # how each clip's words and speech mask were found (dtw/ctc alignment; phonemes, Silero VAD or energy)
-                "clip_sources": {c.clip_id: {"alignment": c.alignment_method, "speech_mask": c.mask_source}
+                # and where its Dialogue lines and its language came from (how sure the language is)
+                "clip_sources": {c.clip_id: {"alignment": c.alignment_method, "speech_mask": c.mask_source,
+                                             "transcript": c.transcript_source, "language": c.language_source,
+                                             "language_confidence": c.language_confidence}
                                  for c in clips}}  # fmt: skip
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
     return out / ROWS

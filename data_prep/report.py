@@ -48,9 +48,9 @@ def summarise(units: list[Unit]) -> dict:
     fates = Counter(u.fate for u in units)
     files = []
     for u in units:
-        entry = {k: getattr(u, k) for k in ("file", "fate", "reason", "language", "transcript_source",
-                                            "alignment_method", "alignment_confidence", "bucket",
-                                            "speech_seconds")}  # fmt: skip
+        entry = {k: getattr(u, k) for k in ("file", "fate", "reason", "kind", "language", "language_source",
+                                            "language_confidence", "transcript_source", "alignment_method",
+                                            "alignment_confidence", "bucket", "speech_seconds")}  # fmt: skip
         entry["notes"] = [n for n in u.notes if "Traceback" not in n]
         entry["clips"] = len(u.clips)
         entry["clip_ids"] = [c.clip_id for c in u.clips]
@@ -79,6 +79,10 @@ def summarise(units: list[Unit]) -> dict:
         "mask_sources": dict(Counter(c.mask_source for c in clips)),
         "skip_reasons": dict(Counter(_reason_kind(u.reason) for u in units if u.fate == "skipped")),
         "by_language": by("language"), "by_bucket": by("bucket"), "by_speaker": by("speaker"),
+        # speech, ambient (music, sound), silent video ...; and where the Dialogue lines came from
+        "by_kind": {k: {"clips": len(v), "seconds": dur(v)}
+                    for k, v in sorted(_group_units(units).items())},
+        "by_transcript_source": by("transcript_source"),
         "alignment": {
             "methods": dict(methods),
             "mean_word_confidence": round(float(np.mean(confidence)), 3) if confidence else None,
@@ -91,6 +95,15 @@ def summarise(units: list[Unit]) -> dict:
 def _reason_kind(reason: str) -> str:
     """A reason without its specifics (numbers, quoted names), for counting."""
     return reason.split(" (")[0].split(":")[0][:80]
+
+
+def _group_units(units: list[Unit]) -> dict[str, list[Clip]]:
+    """Clips by the kind of footage they were cut from."""
+    out: dict[str, list[Clip]] = defaultdict(list)
+    for u in units:
+        if u.clips:
+            out[u.kind or "speech"] += u.clips
+    return out
 
 
 def _group(clips: list[Clip], key: str) -> dict[str, list[Clip]]:
@@ -323,7 +336,8 @@ def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: 
                       "mask_text": "; ".join(plain_mask_source(m) for m in f["mask_sources"]),
                       "clip_views": [_clip_view(c, out) for c in u.clips]})  # fmt: skip
     tables = [(name, summary[key]) for name, key in (("language", "by_language"), ("bucket", "by_bucket"),
-                                                     ("speaker", "by_speaker"))]  # fmt: skip
+                                                     ("speaker", "by_speaker"), ("kind of footage", "by_kind"),
+                                                     ("transcript", "by_transcript_source"))]  # fmt: skip
     return env.get_template("report.html.j2").render(
         t=summary["totals"], seconds=summary["seconds"], files=files, tables=tables, alignment=summary["alignment"],
         mask_sources=summary["mask_sources"], charts=charts, charts_drawn_with=summary["charts_drawn_with"],

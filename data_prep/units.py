@@ -40,6 +40,10 @@ class Clip:
     height: int
     num_frames: int
     speaker: str
+    transcript_source: str = "none"  # where its Dialogue lines came from: srt, vtt, txt, asr, or none
+    language_source: str = "none"  # metadata, config, script, lingua, characters, whisper (or none)
+    language_confidence: float = 0.0  # 1.0 when declared
+    has_audio: bool = True  # False: the footage had no audio track (silence encoded, audio loss masked)
 
     def to_json(self) -> dict[str, Any]:
         """The clip as a JSON object (the mask as a list)."""
@@ -63,7 +67,10 @@ class Unit:
     inputs: str | None = None  # fingerprint of what the unit was made from (file, sidecars, metadata row, settings)
     probe: Probe | None = None
     transcript_source: str | None = None  # "sidecar NAME", "asr" or "none"
+    kind: str | None = None  # speech, speech without transcript, ambient (music, sound), silent video
     language: str | None = None
+    language_source: str | None = None  # see Clip.language_source
+    language_confidence: float | None = None
     alignment_method: str | None = None
     alignment_confidence: float | None = None
     vad: str | None = None  # what found the speech: "silero" or "energy"

@@ -61,13 +61,18 @@ assert tuple(SR_SCALES) == SR_RESOLUTIONS
 TEXT_LENGTH = 640  # text features are padded or trimmed to this many tokens (official ``t5_gemma_target_length``)
 
 # -- the dataset folder ---------------------------------------------------------------------------------------------
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this hhtune reads: a version 1 dataset lacks :data:`HAS_AUDIO_COLUMN` (every clip had sound).
+READABLE_FORMAT_VERSIONS = (1, 2)
 VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS = "video_latents", "audio_latents", "text_embeds"
 REFERENCE_LATENTS = "reference_latents"  # optional: the first frame's latents, null where a clip has none
 #: Columns every dataset has, in the order data_prep writes them.
 META_COLUMNS = ("clip_id", "source_file", "start_s", "end_s", "language", "caption", "transcript", "alignment",
                 "speech_mask", "bucket", "width", "height", "num_frames")  # fmt: skip
 SPEAKER_COLUMN = "speaker"  # optional metadata: who speaks, as the captions name them
+#: Optional (format 2): ``False`` where the footage had no audio track; its audio latents encode silence and the
+#: audio loss is masked for it. Absent (version 1 datasets) means ``True`` for every row.
+HAS_AUDIO_COLUMN = "has_audio"
 #: Columns an encoded dataset has on top (``manifest["encoded"]``); :data:`REFERENCE_LATENTS` may follow.
 LATENT_COLUMNS = (VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS)
 #: The Arrow type of every column, in the order of the rows: a value type, ``[]`` per list level (latent shapes
@@ -75,11 +80,11 @@ LATENT_COLUMNS = (VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS)
 COLUMN_TYPES: dict[str, str] = {
     "clip_id": "string", "source_file": "string", "start_s": "float64", "end_s": "float64", "language": "string",
     "caption": "string", "transcript": "string", "alignment": "string", "speech_mask": "float32[]", "bucket": "string",
-    "width": "int32", "height": "int32", "num_frames": "int32", SPEAKER_COLUMN: "string",
+    "width": "int32", "height": "int32", "num_frames": "int32", SPEAKER_COLUMN: "string", HAS_AUDIO_COLUMN: "bool",
     VIDEO_LATENTS: "float32[][][][]", AUDIO_LATENTS: "float32[][]", TEXT_EMBEDS: "float32[][]",
     REFERENCE_LATENTS: "float32[][][][]",
 }  # fmt: skip
-assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, *LATENT_COLUMNS, REFERENCE_LATENTS)
+assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, HAS_AUDIO_COLUMN, *LATENT_COLUMNS, REFERENCE_LATENTS)
 # {"format_version", "fingerprint", "encoders", "settings", "encoded", "clips", "footage", ...}
 MANIFEST = "manifest.json"
 ROWS = "dataset"  # the Arrow rows (``Dataset.save_to_disk``)
@@ -170,10 +175,10 @@ class LatentShape(NamedTuple):
 
 
 __all__ = ["AUDIO_LATENTS", "AUDIO_LATENTS_PER_SECOND", "AUDIO_LATENT_CHANNELS", "AUDIO_SAMPLE_RATE", "BUCKETS",
-           "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "LANGUAGES", "LATENT_COLUMNS", "MANIFEST",
-           "META_COLUMNS", "PRESETS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN",
-           "SPEECH_SAMPLE_RATE", "SR_RESOLUTIONS", "SR_SCALES", "SR_VARIANTS", "TEXT_EMBEDS", "TEXT_LENGTH",
-           "UNKNOWN_LANGUAGE", "VARIANTS", "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket",
-           "ComputeDtype", "Language", "LatentShape", "Preset", "SrResolution", "Variant",
-           "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "nearest_bucket",
-           "seconds_of", "sr_size"]  # fmt: skip
+           "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "HAS_AUDIO_COLUMN", "LANGUAGES",
+           "LATENT_COLUMNS", "MANIFEST", "META_COLUMNS", "PRESETS", "READABLE_FORMAT_VERSIONS", "REFERENCE_LATENTS",
+           "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN", "SPEECH_SAMPLE_RATE", "SR_RESOLUTIONS", "SR_SCALES",
+           "SR_VARIANTS", "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VARIANTS", "VIDEO_LATENTS",
+           "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket", "ComputeDtype", "Language", "LatentShape", "Preset",
+           "SrResolution", "Variant", "audio_samples_for", "bucket_size", "frames_for", "frames_holding",
+           "nearest_bucket", "seconds_of", "sr_size"]  # fmt: skip

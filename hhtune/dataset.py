@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract import FORMAT_VERSION, LATENT_COLUMNS, MANIFEST, META_COLUMNS, ROWS
+from .contract import LATENT_COLUMNS, MANIFEST, META_COLUMNS, READABLE_FORMAT_VERSIONS, ROWS
 
 
 class DatasetError(ValueError):
@@ -51,8 +51,9 @@ def open_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerp
                            f"`python -m data_prep build FOOTAGE_DIR --out {path}{encode}`")  # fmt: skip
     manifest = json.loads(manifest_path.read_text())
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DatasetError(f"{path}: dataset format_version {version!r}, this hhtune reads {FORMAT_VERSION}; "
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise DatasetError(f"{path}: dataset format_version {version!r}, this hhtune reads "
+                           f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; "
                            "rebuild it with this hhtune's data_prep")  # fmt: skip
     if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
         raise DatasetError(f"{path} was built with other settings or encoders (fingerprint "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
+from ..contract import AUDIO_LATENTS, HAS_AUDIO_COLUMN, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from ..dataset import DatasetError, open_dataset_dir
 from ..recipe import DataSection
 
@@ -38,6 +38,7 @@ class Batch:
     reference: Tensor | None  # [B, 48, 1, H, W] where available
     has_reference: Tensor  # [B] bool
     index: int  # global micro-batch index (seeds the noise of its samples)
+    has_audio: Tensor | None = None  # [B] bool: False where the footage had no audio track (audio loss masked)
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch with every tensor on ``device`` (copies to CUDA are asynchronous from pinned memory)."""
@@ -66,6 +67,8 @@ class TrainingDataset:
         if len(ds) == 0:
             raise DatasetError(f"{self.path}: the dataset has no clips (see {self.path}/report.html for why)")
         self._has_reference = REFERENCE_LATENTS in ds.column_names
+        # absent in format 1 datasets: every clip had sound
+        self._has_audio = list(ds[HAS_AUDIO_COLUMN]) if HAS_AUDIO_COLUMN in ds.column_names else [True] * len(ds)
         self.ds = ds
         # the array columns as numpy (zero-copy from Arrow where possible), not nested Python lists
         self._arrays = ds.with_format("numpy",
@@ -118,7 +121,8 @@ class TrainingDataset:
         reference = None
         if bool(has_ref.any()):
             reference = torch.stack([_tensor(r) if r is not None else video[b, :, :1] for b, r in enumerate(refs)])
-        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index)
+        has_audio = torch.tensor([bool(self._has_audio[i]) for i in rows])
+        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index, has_audio)
 
 
 def _tensor(array: np.ndarray) -> Tensor:

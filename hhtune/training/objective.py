@@ -115,6 +115,8 @@ def flow_matching_loss(
     frames_w[i2v, 0] = 0.0  # the pinned frame is given, not predicted
     err_v = (pred_v.float() - target_v).square().mean(dim=(1, 3, 4))  # [B, T]
     valid_a = (torch.arange(batch.audio.shape[1], device=dev)[None] < batch.audio_lengths[:, None]).float()
+    if batch.has_audio is not None:  # footage without an audio track: its encoded silence is not a target
+        valid_a = valid_a * batch.has_audio.to(dev)[:, None]
     audio_w = valid_a * (1 + (cfg.speech_weight - 1) * batch.speech_mask)
     err_a = (pred_a.float() - target_a).square().mean(dim=2)  # [B, La]
 

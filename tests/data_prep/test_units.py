@@ -22,7 +22,8 @@ def test_unit_json_keeps_field_order_and_leaves_out_what_no_stage_filled():
                           "speech_seconds", "timeline"]  # fmt: skip
     assert list(data["clips"][0]) == ["clip_id", "source_file", "start_s", "end_s", "language", "caption", "transcript",
                                       "alignment", "alignment_method", "speech_mask", "mask_source", "bucket", "width",
-                                      "height", "num_frames", "speaker"]  # fmt: skip
+                                      "height", "num_frames", "speaker", "transcript_source", "language_source",
+                                      "language_confidence", "has_audio"]  # fmt: skip
     assert data["clips"][0]["speech_mask"] == [0.0, 1.0, 1.0] and data["probe"]["audio_rate"] == 16000
     back = Unit.from_json(json.loads(json.dumps(data)))
     assert back == unit and json.dumps(back.to_json()) == json.dumps(data)
