@@ -122,4 +122,9 @@ def opening(points: np.ndarray) -> float:
 
 def mouth_opening(frames: np.ndarray) -> np.ndarray:
     """Mouth opening per ``[T, H, W, 3]`` frame (see :func:`opening`), ``[T]`` float32, ``NaN`` without a face."""
-    return np.array([np.nan if p is None else opening(p) for p in landmarks(frames)], dtype=np.float32)
+    return mouth_openings(landmarks(frames))
+
+
+def mouth_openings(points: list[np.ndarray | None]) -> np.ndarray:
+    """Mouth opening of each frame's :func:`landmarks` (``None``: no face, ``NaN`` in the ``[T]`` float32 result)."""
+    return np.array([np.nan if p is None else opening(p) for p in points], dtype=np.float32)

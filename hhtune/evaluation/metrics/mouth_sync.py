@@ -14,6 +14,7 @@ from dataclasses import asdict
 from ... import face
 from ...sampling.metrics import mouth_sync
 from ..clips import AVClip
+from .landmarks import clip_landmarks
 from .result import MetricResult, unavailable
 
 NAME = "lip_sync"
@@ -28,7 +29,7 @@ def lip_sync(clip: AVClip) -> MetricResult:
     why = face.available()
     if why:
         return unavailable(NAME, why)
-    sync = mouth_sync(clip.audio, clip.sample_rate, face.mouth_opening(clip.frames))
+    sync = mouth_sync(clip.audio, clip.sample_rate, face.mouth_openings(clip_landmarks(clip.frames)))
     if sync.confidence is None:
         return MetricResult(NAME, None, {"frames": sync.frames, "frames_without_face": sync.frames_without_face},
                             unavailable=f"a face was found in only {sync.frames - sync.frames_without_face} "
