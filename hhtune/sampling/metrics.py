@@ -87,8 +87,9 @@ def sync_offset(envelope: np.ndarray, mouth: np.ndarray,
     Returns ``(0, 0.0, 0.0)`` when no offset has enough frames to compare.
     """
     n = min(len(envelope), len(mouth))
+    reach = min(max_offset, n - 1)  # an offset as long as the clip leaves nothing to compare
     scores = {}
-    for k in range(-max_offset, max_offset + 1):
+    for k in range(-reach, reach + 1):
         a, b = (envelope[: n - k], mouth[k:n]) if k >= 0 else (envelope[-k:n], mouth[: n + k])
         keep = np.isfinite(b)
         if keep.sum() >= MIN_SYNC_FRAMES:

@@ -32,6 +32,13 @@ def test_mouth_sync_finds_a_known_offset(offset):
     assert sync.offset_frames == offset and sync.confidence > 0.5 and sync.frames_without_face == 0
 
 
+@pytest.mark.parametrize("frames", [MIN_SYNC_FRAMES, 9, 13])
+def test_clips_shorter_than_the_offset_range_are_measured(frames):
+    audio, mouth = _talking(2, n=frames)
+    sync = mouth_sync(audio, 16000, mouth)
+    assert sync.frames_without_face == 0 and sync.confidence is not None
+
+
 def test_a_still_mouth_gives_low_confidence():
     audio, mouth = _talking(3)
     still = 0.05 + 0.002 * np.random.default_rng(1).standard_normal(len(mouth))  # landmark jitter only
