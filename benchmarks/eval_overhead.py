@@ -12,11 +12,9 @@ times, on the CPU:
 Each part is timed in wall seconds and in CPU seconds of this process: on a machine shared with other jobs
 wall time measures the other jobs too. The clips have the sampled size and length: a face (scikit-image's
 astronaut when installed, else the worst case of frames without a face) and speech (espeak-ng when installed,
-else modulated noise). The issue's budget is
-metrics <= 20 % of sampling. The ratio
-depends on the model: the tiny preset samples in a fraction of a second, the 15B model takes about 2 s a clip
-on one H100 (1.6 s DiT + 0.4 s decode, the official report), so the absolute metric seconds per clip are
-printed too.
+else modulated noise). The issue's budget is metrics <= 20 % of sampling. The ratio depends on the model:
+the tiny preset takes about 1.4 CPU seconds a 2 s clip on one core, the 15B model about 2 s on one H100
+(1.6 s DiT + 0.4 s decode, the official report), so the absolute metric seconds per clip are printed too.
 
     python benchmarks/eval_overhead.py [--checkpoints 5 --prompts 4 --drift-prompts 7 --seeds 2 --references 4
                                         --preset tiny]
