@@ -221,9 +221,9 @@ def _text_features(manifest: dict, edits: list[Edit]) -> dict[str, np.ndarray]:
         raise CaptionsError(f"the encoders this dataset was built with cannot be read ({e}); nothing was changed") \
             from e  # fmt: skip
     if found != manifest.get("encoders_fingerprint"):
-        raise CaptionsError(f"the encoders at {paths.text_encoder.parent} are not those this dataset was built with "
-                            f"(fingerprint {found}, the manifest says {manifest.get('encoders_fingerprint')}); "
-                            "nothing was changed")  # fmt: skip
+        raise CaptionsError(f"the encoders the manifest names (text encoder: {paths.text_encoder}) are not those this "
+                            f"dataset was built with (fingerprint {found}, the manifest says "
+                            f"{manifest.get('encoders_fingerprint')}); nothing was changed")  # fmt: skip
     text = load_text_encoder(paths.text_encoder, "cuda" if torch.cuda.is_available() else "cpu")
     feats, lengths = text.encode([e.caption for e in edits])
     return {e.clip_id: feats[i, : int(lengths[i])].numpy() for i, e in enumerate(edits)}
