@@ -130,7 +130,7 @@ def test_export_writes_a_row_and_a_thumbnail_per_clip(ds, tmp_path):
 def test_import_reencodes_the_edited_caption_only(ds, tmp_path, no_av_encoders, capsys):
     before = load_dataset_dir(ds).dataset
     rows = _export(ds, tmp_path)
-    new = rows[1]["caption"].replace("counter.", "glass counter full of lipsticks.")
+    new = rows[1]["caption"].replace("counter.", "glass counter full of <b>lipsticks</b>.")
     rows[1]["caption"] = new.replace("\n", "\r\n")  # as a spreadsheet saves a cell's line ends
     assert main(["captions", str(ds), "--import", str(_write(rows, tmp_path / "edited.csv"))]) == 0
     assert "1 clip(s) edited (brand-001)" in capsys.readouterr().out
@@ -151,7 +151,8 @@ def test_import_reencodes_the_edited_caption_only(ds, tmp_path, no_av_encoders, 
     assert (datetime.now().astimezone() - datetime.fromisoformat(edit["at"])).total_seconds() < 600
     page = (ds / "report.html").read_text()
     clips = dict(re.findall(r'<div class="clip" data-clip="([^"]+)">(.*?)</div>', page, re.S))
-    assert [k for k, v in clips.items() if 'class="edited"' in v] == ["brand-001"] and "glass counter" in page
+    assert [k for k, v in clips.items() if 'class="edited"' in v] == ["brand-001"]
+    assert "glass counter full of &lt;b&gt;lipsticks" in page and "<b>lipsticks" not in page  # text, not markup
     # the build cache has the edit too: a rebuild keeps the caption and finds its latents up to date
     (unit,) = [Unit.from_json(u) for u in json.loads((ds / ".work" / "units.json").read_text())]
     assert unit.clips[1].caption == new and unit == Unit.from_json(
