@@ -35,7 +35,7 @@ from hhtune.encoders import EncoderPaths, encoders_fingerprint, load_text_encode
 from hhtune.io import atomic_dir, atomic_path, atomic_save_file, atomic_write_text
 
 from .captions import LANGUAGE_NAMES, space_cjk
-from .dataset import load_dataset_dir
+from .dataset import caption_digest, load_dataset_dir
 from .encode import clip_key, latents_key
 from .report import plural, thumbnail_strip, write_report
 from .units import Unit, unit_name
@@ -204,8 +204,8 @@ def import_captions(dataset: str | Path, csv_path: str | Path) -> list[Edit]:
     units = _update_cache(out, {e.clip_id: e for e in edits}, features)
     manifest = json.loads((out / MANIFEST).read_text())
     at = datetime.now(UTC).isoformat(timespec="seconds")
-    manifest.setdefault("edits", []).extend({"clip_id": e.clip_id, "at": at, "fields": list(e.fields)}
-                                            for e in edits)  # fmt: skip
+    manifest.setdefault("edits", []).extend({"clip_id": e.clip_id, "at": at, "fields": list(e.fields),
+                                             "caption": caption_digest(e.caption)} for e in edits)  # fmt: skip
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
     if units is not None:
         write_report(units, out)

@@ -174,6 +174,22 @@ def test_a_transcript_edit_with_its_dialogue_is_accepted(ds, tmp_path, no_av_enc
     assert json.loads((ds / "manifest.json").read_text())["edits"][0]["fields"] == ["caption", "transcript"]
 
 
+def test_a_rebuild_keeps_the_edits_without_encoding_again(ds, tmp_path, no_av_encoders):
+    rows = _export(ds, tmp_path)
+    rows[1]["caption"] = rows[1]["caption"].replace("counter", "desk")
+    review.import_captions(ds, _write(rows, tmp_path / "edited.csv"))
+    edits = json.loads((ds / "manifest.json").read_text())["edits"]
+    units = [Unit.from_json(u) for u in json.loads((ds / ".work" / "units.json").read_text())]
+    cfg = load_data_config(None, {"tiny_encoders": True, "base_resolution": 64})
+    assert encode_clips(units, ds / ".work", resolve_encoders(cfg, ds), cfg, progress=False) == 0  # stage 8 of a build
+    write_dataset(units, ds, cfg, resolve_encoders(cfg, ds))  # stage 9 of a build
+    assert json.loads((ds / "manifest.json").read_text())["edits"] == edits
+    assert "desk" in load_dataset_dir(ds).dataset["caption"][1]
+    (tmp_path / "fresh" / "clips").mkdir(parents=True)
+    write_dataset(_units(tmp_path / "fresh"), ds, cfg, None)  # the file prepared again: fresh captions, edit gone
+    assert "edits" not in json.loads((ds / "manifest.json").read_text())
+
+
 def _bad_rows(rows: list[dict], case: str) -> tuple[list[dict], str]:
     """``rows`` edited as ``case`` says, and the reason the import must give."""
     said = rows[1]["caption"]
