@@ -130,8 +130,24 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
                                              "transcript": c.transcript_source, "language": c.language_source,
                                              "language_confidence": c.language_confidence}
                                  for c in clips}}  # fmt: skip
+    if kept := kept_edits(out, clips):  # captions edited in review that this build still has
+        manifest["edits"] = kept
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
     return out / ROWS
+
+
+def caption_digest(caption: str) -> str:
+    """A short hash of a caption: a review edit in the manifest names the caption it wrote by it."""
+    return hashlib.sha1(caption.encode()).hexdigest()[:12]
+
+
+def kept_edits(out: Path, clips: list[Clip]) -> list[dict]:
+    """The caption review edits of the manifest in ``out`` whose clip still has the caption the edit wrote (a file
+    prepared again has fresh captions, and its edits are gone)."""
+    path = Path(out) / MANIFEST
+    edits = json.loads(path.read_text()).get("edits", []) if path.is_file() else []
+    captions = {c.clip_id: caption_digest(c.caption) for c in clips}
+    return [e for e in edits if captions.get(e.get("clip_id")) == e.get("caption")]
 
 
 def load_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerprint: str | None = None,
@@ -184,4 +200,5 @@ def _check_rows(path: Path, ds, encoded: bool) -> None:
                                f"expected [<={TEXT_LENGTH}, C]")  # fmt: skip
 
 
-__all__ = ["LANGUAGE_CODES", "features", "load_dataset_dir", "manifest_fingerprint", "write_dataset"]
+__all__ = ["LANGUAGE_CODES", "caption_digest", "features", "kept_edits", "load_dataset_dir", "manifest_fingerprint",
+           "write_dataset"]

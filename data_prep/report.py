@@ -23,7 +23,7 @@ import soundfile
 from jinja2 import Environment, FileSystemLoader
 from PIL import Image, ImageDraw
 
-from hhtune.contract import AUDIO_SAMPLE_RATE
+from hhtune.contract import AUDIO_SAMPLE_RATE, MANIFEST
 from hhtune.io import atomic_write_text
 
 from .accounting import NOT_IN_CLIP, SILENCE, UNTRANSCRIBED, USED, seconds_by_reason
@@ -325,7 +325,7 @@ def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
     categories = [USED, *sorted({r["reason"] for f in summary["files"] for r in f["timeline"]
                                  if r["status"] != "used"})]
-    files = []
+    files, edited = [], edited_captions(out)
     for f, u in zip(summary["files"], units):
         cov = f["speech_coverage"]
         confidence = f["alignment_confidence"]
@@ -334,7 +334,8 @@ def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: 
                       "timing_text": plain_timing(f["alignment_method"], confidence) if f["alignment_method"] else "",
                       "timing_detail": _timing_detail(f["alignment_method"], confidence),
                       "mask_text": "; ".join(plain_mask_source(m) for m in f["mask_sources"]),
-                      "clip_views": [_clip_view(c, out) for c in u.clips]})  # fmt: skip
+                      "clip_views": [{**_clip_view(c, out), "edited": edited.get(c.clip_id)}
+                                     for c in u.clips]})  # fmt: skip
     tables = [(name, summary[key]) for name, key in (("language", "by_language"), ("bucket", "by_bucket"),
                                                      ("speaker", "by_speaker"), ("kind of footage", "by_kind"),
                                                      ("transcript", "by_transcript_source"))]  # fmt: skip
@@ -344,6 +345,14 @@ def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: 
         legend=[(c, category_colour(c)) for c in categories], colour=category_colour, plural=plural,
         mask_colour="#{:02x}{:02x}{:02x}".format(*MASK_COLOUR), pct=_pct,
         width=lambda r, d: round(100 * (r["end"] - r["start"]) / d, 3) if d else 0)  # fmt: skip
+
+
+def edited_captions(out: Path) -> dict[str, str]:
+    """Clip id -> when its caption was last edited in review (``python -m data_prep captions --import``), from the
+    manifest's ``edits``."""
+    manifest = Path(out) / MANIFEST
+    edits = json.loads(manifest.read_text()).get("edits", []) if manifest.is_file() else []
+    return {e["clip_id"]: e["at"] for e in edits}
 
 
 def _pct(part: float, whole: float) -> str:
