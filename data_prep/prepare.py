@@ -1,4 +1,5 @@
-"""Stages 1-7 for one footage file: probe, decode, transcript, G2P, alignment, cutting, captions, buckets.
+"""Stages 1-7 for one footage file: probe, decode, transcript, G2P, alignment, cutting (and the mouth in each
+frame), captions, buckets.
 
 :func:`prepare_file` drives one function per stage (``_probe``, ``_transcript``, ``_align``, ``_segment``, ``_cut``,
 ``_caption``), each filling in the file's :class:`~data_prep.units.Unit`. It runs in a worker process. Its result,
@@ -34,6 +35,7 @@ from .accounting import UNTRANSCRIBED, coverage, timeline, whole_file
 from .alignment import VAD_HOP, Speech, align_transcript, check_language
 from .captions import build_caption, join_words
 from .config import DataConfig
+from .mouth import mouth_regions
 from .segment import Plan, PlannedClip, plan, runs, window
 from .transcripts import TRANSCRIPT_SUFFIXES, Segment, Transcript, find_sidecar, parse_transcript, transcribe
 from .units import Clip, Skip, Unit, unit_name
@@ -111,7 +113,8 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
     try:
         for k, planned in enumerate(cut.clips):
             clip_id = f"{Path(rel).stem}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}-{k:03d}"
-            _cut(reader, audio.stereo, planned, reference, work / "clips" / f"{clip_id}.npz")
+            frames = _cut(reader, audio.stereo, planned, reference, work / "clips" / f"{clip_id}.npz")
+            mouth = mouth_regions(frames) if cfg.mouth_regions else None
             clip_align = window(spoken.alignment, planned.start, planned.end)
             mask, mask_source = _speech_mask(clip_align, spoken.alignment.method in ("ctc", "dtw"), heard,
                                              planned.start, planned.frames)  # fmt: skip
@@ -122,7 +125,8 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
                 transcript=" ".join(lines), alignment=clip_align.to_json(),
                 alignment_method=clip_align.method if clip_align.words else "none",
                 speech_mask=tuple(mask.tolist()), mask_source=mask_source, bucket=bucket, width=width, height=height,
-                num_frames=planned.frames, speaker=speaker))  # fmt: skip
+                num_frames=planned.frames, speaker=speaker, mouth_boxes=None if mouth is None else mouth.boxes,
+                no_face_frames=None if mouth is None else mouth.no_face_frames))  # fmt: skip
     finally:
         reader.close()
 
@@ -210,12 +214,14 @@ def _segment(spoken: Speech, transcript: Transcript, active: np.ndarray, mono16k
 
 
 def _cut(reader: FrameReader, stereo: np.ndarray, planned: PlannedClip, reference: np.ndarray | None,
-         npz: Path) -> None:  # fmt: skip
-    """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``."""
+         npz: Path) -> np.ndarray:  # fmt: skip
+    """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``; returns
+    the frames."""
     frames = reader.read(planned.start, planned.frames)
     wave = _slice(stereo, round(planned.start * AUDIO_RATE), audio_samples_for(planned.frames))
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
         np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
+    return frames
 
 
 def _caption(description: str, lines: list[str], speaker: str, language: str, meta: dict, cfg: DataConfig) -> str:
