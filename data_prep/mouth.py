@@ -35,11 +35,13 @@ class MouthRegions(NamedTuple):
 
 def latent_box(box: face.Box, width: int, height: int) -> LatentBox:
     """The latent cells a pixel box of a ``width x height`` frame touches: ``[x0, y0, x1, y1)`` on the latent grid
-    (``width // 16`` by ``height // 16``), rounded outward so a mouth inside one cell still weighs that cell."""
+    (``width // 16`` by ``height // 16``), rounded outward so a mouth inside one cell still weighs that cell;
+    :data:`~hhtune.contract.NO_MOUTH` when no cell of the grid is left (lips placed outside the picture)."""
     _, sy, sx = VIDEO_STRIDE
     left, top, right, bottom = box
-    return (max(0, left // sx), max(0, top // sy),
-            min(width // sx, math.ceil(right / sx)), min(height // sy, math.ceil(bottom / sy)))  # fmt: skip
+    x0, y0 = max(0, left // sx), max(0, top // sy)
+    x1, y1 = min(width // sx, math.ceil(right / sx)), min(height // sy, math.ceil(bottom / sy))
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else NO_MOUTH
 
 
 def searched_frames(num_frames: int) -> list[int]:
@@ -56,7 +58,7 @@ def mouth_regions(frames: np.ndarray) -> MouthRegions:
     height, width = frames.shape[1:3]
     found = face.mouth_boxes(frames[searched_frames(len(frames))])
     boxes = tuple(NO_MOUTH if b is None else latent_box(b, width, height) for b in found)
-    return MouthRegions(boxes, sum(b is None for b in found))
+    return MouthRegions(boxes, sum(b == NO_MOUTH for b in boxes))
 
 
 __all__ = ["LatentBox", "MouthRegions", "latent_box", "mouth_regions", "searched_frames"]

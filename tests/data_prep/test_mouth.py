@@ -94,6 +94,7 @@ def test_a_box_rounds_outward_to_whole_cells_inside_the_grid():
     assert latent_box((17, 33, 31, 47), 480, 256) == (1, 2, 2, 3)  # inside one cell
     assert latent_box((15, 31, 33, 49), 480, 256) == (0, 1, 3, 4)  # touching neighbours
     assert latent_box((470, 250, 480, 256), 480, 256) == (29, 15, 30, 16)  # at the edge: clipped to the grid
+    assert latent_box((480, 10, 500, 20), 480, 256) == NO_MOUTH  # lips placed outside the picture: no cell
 
 
 def test_the_thumbnails_draw_each_latent_frames_box():
