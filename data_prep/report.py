@@ -116,12 +116,13 @@ def thumbnail_strip(frames: np.ndarray, columns: int = 6,
     tiles = [Image.fromarray(frames[i]) for i in index]
     if mouth_boxes is not None:
         _, sy, sx = VIDEO_STRIDE
+        line = max(2, round(2 * frames.shape[1] / 96))  # still 2 px once the strip is scaled to 96 px high
         for tile, i in zip(tiles, index):
             box = mouth_boxes[min(latent_frame_of(int(i)), len(mouth_boxes) - 1)]
             if tuple(box) != NO_MOUTH:
                 x0, y0, x1, y1 = box
                 ImageDraw.Draw(tile).rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=MOUTH_COLOUR,
-                                               width=2)  # fmt: skip
+                                               width=line)  # fmt: skip
     strip = Image.fromarray(np.concatenate([np.asarray(t) for t in tiles], axis=1))
     strip = strip.resize((max(1, round(strip.width * 96 / strip.height)), 96))
     return _b64png(strip), strip.width
