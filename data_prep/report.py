@@ -58,6 +58,8 @@ def summarise(units: list[Unit]) -> dict:
         entry["seconds"] = seconds_by_reason(entry["timeline"])
         entry["speech_coverage"] = u.speech_coverage or {}
         entry["mask_sources"] = sorted({c.mask_source for c in u.clips} - {""})
+        # per clip: latent frames without a face (data config mouth_regions; no mouth weight there)
+        entry["no_face_frames"] = {c.clip_id: c.no_face_frames for c in u.clips if c.no_face_frames is not None}
         files.append(entry)
     seconds: Counter = Counter()
     cover: Counter = Counter()

@@ -86,6 +86,7 @@ def test_frames_without_a_face_are_counted_in_the_dataset_and_the_report(built):
     assert blank == 2 and clip.no_face_frames == blank
     summary = json.loads((out / "report.json").read_text())
     assert summary["totals"]["no_face_frames"] == blank and summary["totals"]["mouth_frames"] == 13
+    assert summary["files"][0]["no_face_frames"] == {clip.clip_id: blank}
     page = (out / "report.html").read_text()
     assert f"no face in {blank} of 13 latent frames" in page and "Mouth found in 11 of 13 latent frames" in page
 
