@@ -99,7 +99,8 @@ SYSTEM_TOOLS = {"ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "espeak-ng": "espeak-ng
 PYTHON_MODULES = {"av": "av", "librosa": "librosa", "soundfile": "soundfile", "phonemizer": "phonemizer",
                   "jinja2": "jinja2", "silero_vad": "silero-vad", "pypinyin": "pypinyin", "jieba": "jieba",
                   "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus",
-                  "num2words": "num2words", "lingua": "lingua-language-detector"}  # fmt: skip
+                  "num2words": "num2words", "lingua": "lingua-language-detector", "dlib": "dlib-bin",
+                  "face_recognition_models": "face_recognition_models"}  # fmt: skip
 
 
 class EnvironmentProblem(MissingDependencyError):  # noqa: N818 -- public name; the base class says error

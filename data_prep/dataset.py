@@ -26,6 +26,8 @@ from hhtune.contract import (
     LATENT_COLUMNS,
     MANIFEST,
     META_COLUMNS,
+    MOUTH_BOXES,
+    NO_MOUTH,
     REFERENCE_LATENTS,
     ROWS,
     SPEAKER_COLUMN,
@@ -49,8 +51,9 @@ from .units import Clip, Unit
 LANGUAGE_CODES = (*LANGUAGES, UNKNOWN_LANGUAGE)
 
 
-def features(encoded: bool):
-    """The Arrow schema of the rows: the contract's column types, latents only when ``encoded``."""
+def features(encoded: bool, mouth: bool = False):
+    """The Arrow schema of the rows: the contract's column types, latents only when ``encoded``, the mouth boxes
+    only with ``mouth`` (data config ``mouth_regions``)."""
     import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only the Arrow schema needs it
 
     def arrow(kind: str):
@@ -60,8 +63,8 @@ def features(encoded: bool):
             feature = datasets.List(feature)
         return feature
 
-    latent = (*LATENT_COLUMNS, REFERENCE_LATENTS)
-    return datasets.Features({k: arrow(t) for k, t in COLUMN_TYPES.items() if encoded or k not in latent})
+    left_out = (() if encoded else (*LATENT_COLUMNS, REFERENCE_LATENTS)) + (() if mouth else (MOUTH_BOXES,))
+    return datasets.Features({k: arrow(t) for k, t in COLUMN_TYPES.items() if k not in left_out})
 
 
 def manifest_fingerprint(cfg: DataConfig, encoders_fp: str | None) -> str:
@@ -75,6 +78,8 @@ def _rows(clips: list[Clip], latents: Path | None):
         row["speech_mask"] = list(c.speech_mask)
         row[SPEAKER_COLUMN] = c.speaker
         row[HAS_AUDIO_COLUMN] = c.has_audio
+        if c.mouth_boxes is not None:
+            row[MOUTH_BOXES] = [list(b) for b in c.mouth_boxes]
         if latents is not None:
             lat = load_file(latents / f"{c.clip_id}.safetensors")
             row |= {k: lat[k].numpy() for k in LATENTS}
@@ -107,11 +112,13 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
     cache = Path(tempfile.mkdtemp(prefix=".hf-cache.", dir=out / ".work"))
     try:
         with atomic_dir(out / ROWS) as tmp:
+            # the mouth column when every clip was searched (data config mouth_regions)
+            mouth = all(c.mouth_boxes is not None for c in clips) if clips else cfg.mouth_regions
+            schema = features(encoders is not None, mouth)
             ds = datasets.Dataset.from_generator(_rows, gen_kwargs={"clips": clips, "latents": latents},
-                                                 features=features(encoders is not None), cache_dir=str(cache),
+                                                 features=schema, cache_dir=str(cache),
                                                  keep_in_memory=False) if clips else \
-                datasets.Dataset.from_dict({k: [] for k in features(encoders is not None)},
-                                           features=features(encoders is not None))  # fmt: skip
+                datasets.Dataset.from_dict({k: [] for k in schema}, features=schema)  # fmt: skip
             ds.save_to_disk(str(tmp))
             del ds
     finally:
@@ -166,7 +173,8 @@ def load_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerp
 
 
 def _check_rows(path: Path, ds, encoded: bool) -> None:
-    meta = ds.select_columns([c for c in META_COLUMNS if c != "caption"])
+    mouth = [MOUTH_BOXES] if MOUTH_BOXES in ds.column_names else []
+    meta = ds.select_columns([c for c in META_COLUMNS if c != "caption"] + mouth)
     seen: dict[tuple, int] = {}
     ids = set()
     for i, r in enumerate(meta):
@@ -185,6 +193,8 @@ def _check_rows(path: Path, ds, encoded: bool) -> None:
         a = json.loads(r["alignment"])
         if not set(str(a.get("method")).split("+")) <= {"ctc", "dtw", "none"} or not isinstance(a.get("words"), list):
             raise DatasetError(f"{where}: alignment JSON lacks method/words")
+        if mouth:
+            _check_mouth(where, r)
         seen.setdefault((r["num_frames"], r["height"], r["width"]), i)
     if not encoded:
         return
@@ -198,6 +208,19 @@ def _check_rows(path: Path, ds, encoded: bool) -> None:
         if len(shapes[TEXT_EMBEDS]) != 2 or shapes[TEXT_EMBEDS][0] > TEXT_LENGTH:
             raise DatasetError(f"{path}: row {i} {TEXT_EMBEDS} shape {shapes[TEXT_EMBEDS]}, "
                                f"expected [<={TEXT_LENGTH}, C]")  # fmt: skip
+
+
+def _check_mouth(where: str, r: dict) -> None:
+    """A row's mouth boxes: one per latent frame, each inside the latent grid and not empty, or ``NO_MOUTH``."""
+    shape = LatentShape.from_pixels(r["width"], r["height"], r["num_frames"])
+    boxes = r[MOUTH_BOXES]
+    if len(boxes) != shape.latent_frames:
+        raise DatasetError(f"{where}: {MOUTH_BOXES} has {len(boxes)} boxes for {shape.latent_frames} latent frames")
+    for box in boxes:
+        x0, y0, x1, y1 = box
+        if tuple(box) != NO_MOUTH and not (0 <= x0 < x1 <= shape.latent_width and 0 <= y0 < y1 <= shape.latent_height):
+            raise DatasetError(f"{where}: {MOUTH_BOXES} box {box} is outside the "
+                               f"{shape.latent_width}x{shape.latent_height} latent grid")  # fmt: skip
 
 
 __all__ = ["LANGUAGE_CODES", "caption_digest", "features", "kept_edits", "load_dataset_dir", "manifest_fingerprint",

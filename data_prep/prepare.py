@@ -1,4 +1,5 @@
-"""Stages 1-7 for one footage file: probe, decode, transcript, G2P, alignment, cutting, captions, buckets.
+"""Stages 1-7 for one footage file: probe, decode, transcript, G2P, alignment, cutting (and the mouth in each
+frame), captions, buckets.
 
 :func:`prepare_file` drives one function per stage (``_probe``, ``_transcript``, ``_align``, ``_segment``, ``_cut``,
 ``_caption``), each filling in the file's :class:`~data_prep.units.Unit`. It runs in a worker process. Its result,
@@ -35,6 +36,7 @@ from .alignment import VAD_HOP, Speech, align_transcript, check_language
 from .captions import build_caption, join_words
 from .config import DataConfig
 from .language import Detected
+from .mouth import mouth_regions
 from .segment import Plan, PlannedClip, fixed_clips, plan, runs, window
 from .transcribe import asr_untranscribed, file_transcript
 from .transcripts import TRANSCRIPT_SUFFIXES, Transcript
@@ -114,7 +116,8 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
     try:
         for k, planned in enumerate(cut.clips):
             clip_id = f"{Path(rel).stem}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}-{k:03d}"
-            _cut(reader, audio.stereo, planned, reference, work / "clips" / f"{clip_id}.npz")
+            frames = _cut(reader, audio.stereo, planned, reference, work / "clips" / f"{clip_id}.npz")
+            mouth = mouth_regions(frames) if cfg.mouth_regions else None
             clip_align = window(spoken.alignment, planned.start, planned.end)
             mask, mask_source = _speech_mask(clip_align, spoken.alignment.method in ("ctc", "dtw"), heard,
                                              planned.start, planned.frames)  # fmt: skip
@@ -128,7 +131,8 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
                 num_frames=planned.frames, speaker=speaker,
                 transcript_source="asr" if "asr" in said_by else transcript.source if said_by else "none",
                 language_source=found.method, language_confidence=found.confidence,
-                has_audio=info.audio_channels > 0))  # fmt: skip
+                has_audio=info.audio_channels > 0, mouth_boxes=None if mouth is None else mouth.boxes,
+                no_face_frames=None if mouth is None else mouth.no_face_frames))  # fmt: skip
     finally:
         reader.close()
 
@@ -237,12 +241,14 @@ def _ambient(duration: float, speech: list[Interval], cfg: DataConfig, unit: Uni
 
 
 def _cut(reader: FrameReader, stereo: np.ndarray, planned: PlannedClip, reference: np.ndarray | None,
-         npz: Path) -> None:  # fmt: skip
-    """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``."""
+         npz: Path) -> np.ndarray:  # fmt: skip
+    """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``; returns
+    the frames."""
     frames = reader.read(planned.start, planned.frames)
     wave = _slice(stereo, round(planned.start * AUDIO_RATE), audio_samples_for(planned.frames))
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
         np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
+    return frames
 
 
 def _caption(description: str, lines: list[str], speaker: str, language: str, meta: dict, cfg: DataConfig) -> str:

@@ -88,6 +88,11 @@ class LossSection(_Section):
     speech_weight: float = Field(1.0, ge=1.0, description="loss multiplier on spoken frames (1 = off)")
     i2v_probability: float = Field(0.0, ge=0, le=1, description="share of samples trained as image-to-video")
     caption_dropout: float | None = Field(None, ge=0, le=1, description="null = 0.1 for base, 0 for distill")
+    mouth_weight: float = Field(1.0, ge=1.0, description="loss multiplier on the video latents of the mouth (1 = off); "
+                                "needs the dataset's mouth_boxes (data config mouth_regions: true)")
+    mouth_weight_on: Literal["spoken", "always"] = Field(
+        "spoken", description="spoken: only on latent frames where someone speaks (the speech mask); always: on "
+        "every frame with a face")
 
 
 class OptimizerSection(_Section):

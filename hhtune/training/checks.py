@@ -54,7 +54,9 @@ def _check_model(recipe: Recipe) -> None:
 
 
 def check_dataset(recipe: Recipe, data: TrainingDataset) -> None:
-    """Raise if the dataset does not suit the recipe: text width against the preset, encoders for validation."""
+    """Raise if the dataset does not suit the recipe: text width against the preset, encoders for validation, the
+    mouth boxes for ``loss.mouth_weight``."""
+    check_mouth_boxes(recipe, data)
     config = recipe.preset_config()
     if config is not None:  # else the checkpoint's config is known once it loads; the trainer checks it then
         check_text_channels(data, config.text_in_channels)
@@ -68,4 +70,15 @@ def check_text_channels(data: TrainingDataset, model_channels: int) -> None:
         raise RecipeConflict(
             f"the dataset's text features have {data.text_channels} channels but the model takes {model_channels}: "
             "the dataset was encoded for another model (e.g. tiny encoders for the 15b preset)"
+        )
+
+
+def check_mouth_boxes(recipe: Recipe, data: TrainingDataset) -> None:
+    """Raise if ``loss.mouth_weight`` is on and the dataset has no mouth boxes (format 1, or built without them)."""
+    if recipe.loss.mouth_weight != 1.0 and not data.has_mouth_boxes:
+        raise RecipeConflict(
+            f"loss.mouth_weight is {recipe.loss.mouth_weight:g} but {data.path} has no mouth_boxes column (a dataset "
+            "of format 1, or built with mouth_regions: false): rebuild it with `mouth_regions: true` in the data "
+            "config (python -m data_prep build FOOTAGE_DIR --out DATASET_DIR --config DATA_CONFIG --encode), "
+            "or set loss.mouth_weight: 1"
         )

@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..contract import AUDIO_LATENTS, HAS_AUDIO_COLUMN, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
+from ..contract import (
+    AUDIO_LATENTS,
+    HAS_AUDIO_COLUMN,
+    LATENT_COLUMNS,
+    MOUTH_BOXES,
+    REFERENCE_LATENTS,
+    TEXT_EMBEDS,
+    VIDEO_LATENTS,
+)
 from ..dataset import DatasetError, open_dataset_dir
 from ..recipe import DataSection
 
@@ -39,6 +47,7 @@ class Batch:
     has_reference: Tensor  # [B] bool
     index: int  # global micro-batch index (seeds the noise of its samples)
     has_audio: Tensor | None = None  # [B] bool: False where the footage had no audio track (audio loss masked)
+    mouth_boxes: Tensor | None = None  # [B, T, 4] int64 latent cells (contract.MOUTH_BOXES) when the dataset has them
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch with every tensor on ``device`` (copies to CUDA are asynchronous from pinned memory)."""
@@ -69,10 +78,12 @@ class TrainingDataset:
         self._has_reference = REFERENCE_LATENTS in ds.column_names
         # absent in format 1 datasets: every clip had sound
         self._has_audio = list(ds[HAS_AUDIO_COLUMN]) if HAS_AUDIO_COLUMN in ds.column_names else [True] * len(ds)
+        self.has_mouth_boxes = MOUTH_BOXES in ds.column_names  # format 1, or data_prep's mouth_regions off: absent
         self.ds = ds
         # the array columns as numpy (zero-copy from Arrow where possible), not nested Python lists
-        self._arrays = ds.with_format("numpy",
-                                      columns=[*_ARRAY_COLUMNS, *((REFERENCE_LATENTS,) if self._has_reference else ())])
+        optional = [c for c, present in ((REFERENCE_LATENTS, self._has_reference),
+                                         (MOUTH_BOXES, self.has_mouth_boxes)) if present]  # fmt: skip
+        self._arrays = ds.with_format("numpy", columns=[*_ARRAY_COLUMNS, *optional])
         keys = zip(ds["num_frames"], ds["height"], ds["width"])
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, key in enumerate(keys):
@@ -122,7 +133,10 @@ class TrainingDataset:
         if bool(has_ref.any()):
             reference = torch.stack([_tensor(r) if r is not None else video[b, :, :1] for b, r in enumerate(refs)])
         has_audio = torch.tensor([bool(self._has_audio[i]) for i in rows])
-        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index, has_audio)
+        mouth = None
+        if self.has_mouth_boxes:
+            mouth = torch.stack([torch.from_numpy(np.asarray(it[MOUTH_BOXES], dtype=np.int64)) for it in items])
+        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index, has_audio, mouth)
 
 
 def _tensor(array: np.ndarray) -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..recipe import LossSection
 from .data import Batch
+from .mouth import fold_mouth_weights, mouth_weights
 
 
 def shift_sigma(u: Tensor, shift: float) -> Tensor:
@@ -113,7 +114,8 @@ def flow_matching_loss(
     t = batch.video.shape[2]
     frames_w = video_frame_weights(batch.speech_mask, t, cfg.speech_weight)
     frames_w[i2v, 0] = 0.0  # the pinned frame is given, not predicted
-    err_v = (pred_v.float() - target_v).square().mean(dim=(1, 3, 4))  # [B, T]
+    cells = mouth_weights(batch, cfg)  # [B, T, H, W] latent-cell weights of loss.mouth_weight; None when off
+    err_v, frames_w = fold_mouth_weights((pred_v.float() - target_v).square(), frames_w, cells)  # [B, T]
     valid_a = (torch.arange(batch.audio.shape[1], device=dev)[None] < batch.audio_lengths[:, None]).float()
     if batch.has_audio is not None:  # footage without an audio track: its encoded silence is not a target
         valid_a = valid_a * batch.has_audio.to(dev)[:, None]

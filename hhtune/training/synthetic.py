@@ -19,6 +19,8 @@ from ..contract import (
     LATENT_COLUMNS,
     MANIFEST,
     META_COLUMNS,
+    MOUTH_BOXES,
+    NO_MOUTH,
     REFERENCE_LATENTS,
     ROWS,
     TEXT_EMBEDS,
@@ -41,8 +43,13 @@ def write_synthetic_dataset(
     seed: int = 0,
     buckets: int = 1,
     with_reference: bool = False,
+    mouth_boxes: bool = False,
 ) -> Path:
-    """Write ``clips`` random clips (``buckets`` different latent sizes) and return the dataset folder."""
+    """Write ``clips`` random clips (``buckets`` different latent sizes) and return the dataset folder.
+
+    ``mouth_boxes``: with the :data:`~hhtune.contract.MOUTH_BOXES` column, the mouth in the 2x2 latent cells at the
+    centre of every latent frame but the last, which has no face.
+    """
     import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only writing the Arrow table needs it
 
     rng = np.random.default_rng(seed)
@@ -50,6 +57,8 @@ def write_synthetic_dataset(
     rows: dict[str, list] = {k: [] for k in (*META_COLUMNS, *LATENT_COLUMNS)}
     if with_reference:
         rows[REFERENCE_LATENTS] = []
+    if mouth_boxes:
+        rows[MOUTH_BOXES] = []
     for i in range(clips):
         h, w = latent_hw[0], latent_hw[1] + 2 * (i % buckets)
         shape = LatentShape.from_pixels(w * VIDEO_STRIDE[2], h * VIDEO_STRIDE[1], frames)
@@ -64,7 +73,9 @@ def write_synthetic_dataset(
                "bucket": "16:9", "width": w * VIDEO_STRIDE[2], "height": h * VIDEO_STRIDE[1], "num_frames": frames,
                VIDEO_LATENTS: video, AUDIO_LATENTS: rng.standard_normal(shape.audio, dtype=np.float32),
                TEXT_EMBEDS: rng.standard_normal((lt, text_channels), dtype=np.float32),
-               REFERENCE_LATENTS: video[:, :1].copy()}  # fmt: skip
+               REFERENCE_LATENTS: video[:, :1].copy(),
+               MOUTH_BOXES: [[w // 2 - 1, h // 2 - 1, w // 2 + 1, h // 2 + 1]] * (shape.latent_frames - 1)
+               + [list(NO_MOUTH)]}  # fmt: skip
         for k, column in rows.items():
             column.append(row[k])
     path.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from data_prep.units import Clip, Unit
 from hhtune.media import Probe
@@ -29,3 +30,10 @@ def test_unit_json_keeps_field_order_and_leaves_out_what_no_stage_filled():
     assert back == unit and json.dumps(back.to_json()) == json.dumps(data)
     assert Unit("b.mp4", reason="not a video file (.docx)").to_json() == {
         "file": "b.mp4", "fate": "skipped", "reason": "not a video file (.docx)", "clips": [], "notes": []}  # fmt: skip
+
+
+def test_a_clips_mouth_boxes_survive_the_cache_as_tuples():
+    clip = replace(_clip(), mouth_boxes=((1, 0, 2, 1), (-1, -1, -1, -1)), no_face_frames=1)
+    data = json.loads(json.dumps(clip.to_json()))
+    assert data["mouth_boxes"] == [[1, 0, 2, 1], [-1, -1, -1, -1]] and data["no_face_frames"] == 1
+    assert Clip.from_json(data) == clip and "mouth_boxes" not in _clip().to_json()
