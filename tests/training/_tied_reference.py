@@ -3,7 +3,7 @@ by the code before ``loss.audio_sigma`` and ``loss.balance`` existed (commit 61f
 
     python tests/training/_tied_reference.py  # from the repository root; only to renew the reference on purpose
 
-``test_loss_balance.py`` checks that the defaults (``audio_sigma: tied``, ``balance: none``) still give these
+``test_modality_loss.py`` checks that the defaults (``audio_sigma: tied``, ``balance: none``) still give these
 numbers bit for bit. Only API that predates both settings is used here, so the script runs on either side.
 """
 
