@@ -33,14 +33,17 @@ CONFIGS = {
                  "shift": 3.0},
 }
 RUN = {"data": {"batch_size": 2}, "train": {"max_steps": 3, "gradient_accumulation_steps": 2},
+       "loss": {"caption_dropout": 0.3, "i2v_probability": 0.5},  # every draw of the sample generator counts
        "validation": {"at_end": False}, "export": {"formats": []}}
 
 
 class Affine(torch.nn.Module):
-    """A model whose predictions depend on what it is fed, through elementwise operations only."""
+    """A model whose predictions depend on what it is fed (caption dropout included), through elementwise
+    operations only."""
 
     def forward(self, video, audio, text, *, text_lengths, audio_lengths):  # noqa: ARG002 -- the model's signature
-        return 0.5 * video + 0.1, -0.25 * audio + 0.05
+        told = 0.01 * text_lengths.float()
+        return 0.5 * video + 0.1 + told.view(-1, 1, 1, 1, 1), -0.25 * audio + 0.05 - told.view(-1, 1, 1)
 
 
 def objective_numbers(dataset: Path) -> dict:
@@ -49,7 +52,7 @@ def objective_numbers(dataset: Path) -> dict:
     for name, cfg in CONFIGS.items():
         rows = []
         for index, group in enumerate(data.groups.values()):
-            for batch_index in (index, index + 7):
+            for batch_index in (index, index + 7, index + 20, index + 33):
                 r = flow_matching_loss(Affine(), data.collate(group[:2], batch_index), LossSection(**cfg), seed=5,
                                        caption_dropout=0.3)
                 rows.append({"loss": float(r.loss), "video_loss": float(r.video_loss),

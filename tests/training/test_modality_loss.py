@@ -111,7 +111,8 @@ def test_independent_audio_is_noised_at_its_own_sigma(dataset):
 
 
 def test_independent_run_logs_losses_by_the_pair_of_sigmas(dataset, tmp_path):
-    recipe = validate_recipe(_recipe(dataset, tmp_path / "run", **RUN, loss={"audio_sigma": "independent"}))
+    run = {**RUN, "loss": {**RUN["loss"], "audio_sigma": "independent"}}
+    recipe = validate_recipe(_recipe(dataset, tmp_path / "run", **run))
     records = [json.loads(ln) for ln in (train(recipe, log=lambda *_: None) / "metrics.jsonl").read_text().splitlines()]
     buckets = {k for r in records for k in r if k.startswith("loss_sigma_")}
     assert buckets and all(k.count("-") == 2 and "_audio_" in k for k in buckets), buckets
