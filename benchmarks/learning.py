@@ -77,12 +77,13 @@ def voice_settings(config: ModelConfig) -> tuple[dict, dict]:
     """The ``lora`` selection and ``loss`` weights of ``recipes/voice_lora.yaml``, for any architecture.
 
     The audio experts of every sandwich layer, the audio embedder, and the last quarter of the
-    shared layers (those nearest the output sandwich); video counts a fifth of audio.
+    shared layers (those nearest the output sandwich); video counts a fifth of audio, and the mouth's
+    latent cells count three times on spoken frames (``loss.mouth_weight``), so the lips keep following the voice.
     """
     shared = config.shared_layers
     late = shared[len(shared) - max(1, len(shared) // 4):]
     lora = {"layers": sorted([*config.mm_layers, *late]), "experts": ["audio"], "embedders": ["audio"]}
-    return lora, {"video_weight": 0.2, "audio_weight": 1.0}
+    return lora, {"video_weight": 0.2, "audio_weight": 1.0, "mouth_weight": 3.0, "mouth_weight_on": "spoken"}
 
 
 def learning_check(work: Path, *, steps: int = 2000, clips: int = 1, seeds: int = 4, rank: int = 64,
@@ -96,7 +97,8 @@ def learning_check(work: Path, *, steps: int = 2000, clips: int = 1, seeds: int 
     work = Path(work)
     save_checkpoint(denoising_base(CONFIG, seed=seed), work / "base")
     dataset = write_synthetic_dataset(work / "dataset", clips=clips, frames=5, latent_hw=(4, 4), text_len=(6, 6),
-                                      text_channels=CONFIG.text_in_channels, seed=seed)  # fmt: skip
+                                      text_channels=CONFIG.text_in_channels, seed=seed,
+                                      mouth_boxes=(loss or {}).get("mouth_weight", 1.0) > 1)  # fmt: skip
     recipe = validate_recipe({
         "model": {"checkpoint": str(work / "base"), "block_dtype": "fp32", "gradient_checkpointing": False},
         "lora": {"rank": rank, **(lora or {})},
