@@ -17,17 +17,18 @@ CFG = {"min_seconds": 1.0, "max_seconds": 2.0, "base_resolution": 32, "workers":
 
 @pytest.fixture(scope="module")
 def footage(tmp_path_factory):
-    """Two 3 s b-rolls (no audio track: quick), each cut into clips at 0-1.48 s and 1.5-2.98 s."""
+    """Two 3 s b-rolls (no audio track: quick), each cut into clips at 0-1.48 s and 1.5-2.98 s. The row for 0-1 s of
+    a.mp4 holds its first clip's middle (0.74 s), not the whole clip; the row for 2.9-3 s holds no middle."""
     d = tmp_path_factory.mktemp("footage")
     make_clip(d / "a.mp4", seconds=3.0, audio=None)
     make_clip(d / "b.mp4", seconds=3.0, audio=None)
     write_metadata(d, [
-        {"file_name": "a.mp4", "start_s": 0, "end_s": 1.5, "caption": "A close-up of the watch.",
-         "background_sound": "Soft piano music"},
+        {"file_name": "a.mp4", "start_s": 0, "end_s": 1, "caption": "A close-up of the watch.",
+         "background_sound": "Soft piano music", "speaker": "a watchmaker"},
         {"file_name": "a.mp4", "caption": "A wide shot of the studio.", "background_sound": "Traffic"},
         {"file_name": "a.mp4", "start_s": 2.9, "end_s": 3.0, "caption": "Too short for any clip."},
         {"file_name": "b.mp4", "start_s": 1.5, "end_s": 3, "caption": "The watch on black velvet."},
-        {"file_name": "b.mp4", "start_s": 0, "end_s": 1.5, "background_sound": "Wind"},
+        {"file_name": "b.mp4", "start_s": 0, "end_s": 1.5, "background_sound": "Wind", "speaker": "a watchmaker"},
     ])  # fmt: skip
     return d
 
@@ -50,6 +51,7 @@ def test_a_clip_row_wins_over_the_file_row_for_the_clips_it_holds(prepared):
     assert [(c.start_s, c.end_s) for c in a] == [(0.0, 1.48), (1.5, 2.98)]
     assert a[0].caption == "A close-up of the watch.\n\nBackground Sound:\n<Soft piano music>"
     assert a[1].caption == "A wide shot of the studio.\n\nBackground Sound:\n<Traffic>"  # the file's row
+    assert (a[0].speaker, a[1].speaker) == ("a watchmaker", "the speaker")
     notes = next(u.notes for u in units if u.file == "a.mp4")
     assert "metadata row for 2.9-3 s holds the middle of no clip: not used" in notes
 
@@ -65,6 +67,7 @@ def test_a_clip_rows_description_survives_the_captioner(footage, prepared):
     assert len(server.requests) == 1  # b's first clip only: a's file row and b's second clip give a description
     assert b["b.mp4"][0].caption.startswith(DESCRIPTION)
     assert b["b.mp4"][0].caption.endswith("Background Sound:\n<Wind>")  # the clip row's, not the captioner's hum
+    assert b["b.mp4"][0].speaker == "a watchmaker"  # not the captioner's "woman in grey blazer"
     assert b["b.mp4"][1].caption == "The watch on black velvet.\n\nBackground Sound:\n<No prominent background sound>"
     assert b["a.mp4"][0].caption.startswith("A close-up of the watch.")
 
