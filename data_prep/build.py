@@ -12,6 +12,7 @@ killed build leaves only whole files (and ``.*.tmp`` leftovers, removed on the n
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import multiprocessing
 import shutil
@@ -22,13 +23,13 @@ from pathlib import Path
 import torch
 
 from hhtune.io import atomic_write_text
-from hhtune.media import VIDEO_EXTENSIONS
+from hhtune.media import VIDEO_EXTENSIONS, MediaError, probe
 from hhtune.progress import ProgressBar
 from hhtune.quiet import quiet_dependencies
 
 from .checks import check_environment, unusable_transcripts
 from .config import DataConfig
-from .prepare import METADATA_KEYS, input_fingerprint, prepare_file
+from .prepare import CLIP_METADATA_KEYS, CLIP_ROWS, METADATA_KEYS, input_fingerprint, prepare_file
 from .transcripts import TRANSCRIPT_SUFFIXES
 from .units import Unit, unit_name
 
@@ -79,8 +80,40 @@ def load_metadata(footage: Path) -> tuple[dict[str, dict], list[Unit]]:
     """Rows of ``metadata.jsonl`` or ``metadata.csv`` keyed by ``file_name``, and the rows that were refused
     (a path leaving the footage folder, a file that is not there), as report entries.
 
-    An unparseable metadata file stops the build: silently losing every language and caption would be worse.
+    A row with ``start_s`` and ``end_s`` describes the clips of that time range (the clips whose middle it holds):
+    such rows are kept, checked and sorted, under their file's :data:`~data_prep.prepare.CLIP_ROWS` key. An
+    unparseable metadata file, an unknown key or a bad range stops the build: silently losing every language and
+    caption would be worse.
     """
+    out, refused, clip_rows = {}, [], {}
+    root = footage.resolve()
+    for where, row in _read_rows(footage):
+        name = row.get("file_name")
+        if not name or not isinstance(name, str):
+            raise BuildError(f"{where}: a metadata row needs a file_name (the footage file it describes): {row}")
+        per_clip = "start_s" in row or "end_s" in row
+        if unknown := sorted(set(row) - set(CLIP_METADATA_KEYS if per_clip else METADATA_KEYS)):
+            allowed = (f"allowed in a row for the clips of a time range: {', '.join(CLIP_METADATA_KEYS)}" if per_clip
+                       else f"allowed: {', '.join(METADATA_KEYS)}; and start_s, end_s for the clips of a time range")
+            raise BuildError(f"{where}: unknown metadata key(s) {', '.join(map(repr, unknown))} ({name}); {allowed} "
+                             "(see docs/data.md)")  # fmt: skip
+        target = (footage / name).resolve()
+        if root not in target.parents:
+            refused.append(Unit(name, reason=f"{where}: file_name points outside the footage folder; row ignored"))
+        elif not target.is_file():
+            refused.append(Unit(name, reason=f"{where}: metadata names a file that is not in the footage folder"))
+        elif per_clip:
+            clip_rows.setdefault(str(target.relative_to(root)), []).append((where, row))
+        else:
+            out[str(target.relative_to(root))] = row
+    for rel, rows in clip_rows.items():
+        out[rel] = {**out.get(rel, {"file_name": rel}), CLIP_ROWS: _clip_rows(footage, rel, rows)}
+    return out, refused
+
+
+def _read_rows(footage: Path) -> list[tuple[str, dict]]:
+    """The rows of ``metadata.jsonl`` (else ``metadata.csv``, empty cells left out), each with where it is
+    (``metadata.jsonl:3``)."""
     rows: list[tuple[str, dict]] = []
     jsonl, csv_path = footage / "metadata.jsonl", footage / "metadata.csv"
     if jsonl.is_file():
@@ -97,23 +130,40 @@ def load_metadata(footage: Path) -> tuple[dict[str, dict], list[Unit]]:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = [(f"metadata.csv:{n}", {k: v for k, v in r.items() if v not in (None, "")})
                     for n, r in enumerate(csv.DictReader(f), 2)]  # fmt: skip
-    out, refused = {}, []
-    root = footage.resolve()
+    return rows
+
+
+def _clip_rows(footage: Path, name: str, rows: list[tuple[str, dict]]) -> list[dict]:
+    """The per-clip rows (``where``, row) of the footage file ``name``, their ranges checked (seconds, ``0 <= start_s
+    < end_s``, starting inside the file, not overlapping each other), sorted by start, without ``file_name``."""
+    try:
+        duration = probe(footage / name).duration
+    except MediaError:
+        duration = None  # an unreadable file is reported as skipped; its ranges cannot be checked
+    ranges = []
     for where, row in rows:
-        name = row.get("file_name")
-        if not name or not isinstance(name, str):
-            raise BuildError(f"{where}: a metadata row needs a file_name (the footage file it describes): {row}")
-        if unknown := sorted(set(row) - set(METADATA_KEYS)):
-            raise BuildError(f"{where}: unknown metadata key(s) {', '.join(map(repr, unknown))} ({name}); "
-                             f"allowed: {', '.join(METADATA_KEYS)} (see docs/data.md)")  # fmt: skip
-        target = (footage / name).resolve()
-        if root not in target.parents:
-            refused.append(Unit(name, reason=f"{where}: file_name points outside the footage folder; row ignored"))
-        elif not target.is_file():
-            refused.append(Unit(name, reason=f"{where}: metadata names a file that is not in the footage folder"))
-        else:
-            out[str(target.relative_to(root))] = row
-    return out, refused
+        try:
+            start, end = float(row["start_s"]), float(row["end_s"])
+        except KeyError as e:
+            raise BuildError(f"{where}: a row for the clips of one time range of {name} needs both start_s and "
+                             f"end_s (seconds); it has no {e.args[0]}") from None  # fmt: skip
+        except (TypeError, ValueError):
+            raise BuildError(f"{where}: start_s and end_s must be seconds (numbers), not {row['start_s']!r} and "
+                             f"{row['end_s']!r} ({name})") from None  # fmt: skip
+        if not 0 <= start < end:
+            raise BuildError(f"{where}: the range {start:g}-{end:g} s of {name} is not a time range: start_s must "
+                             "be 0 or more and end_s after it")  # fmt: skip
+        if duration is not None and start >= duration:
+            raise BuildError(f"{where}: the range {start:g}-{end:g} s lies outside {name}, which is {duration:.2f} s "
+                             "long")  # fmt: skip
+        values = {k: v for k, v in row.items() if k not in ("file_name", "start_s", "end_s")}
+        ranges.append((start, end, where, values))
+    ranges.sort(key=lambda r: r[:2])
+    for (a0, a1, a_where, _), (b0, b1, b_where, _) in itertools.pairwise(ranges):
+        if b0 < a1:
+            raise BuildError(f"{b_where}: the range {b0:g}-{b1:g} s of {name} overlaps {a_where}'s "
+                             f"({a0:g}-{a1:g} s): a clip takes the one row whose range holds its middle")  # fmt: skip
+    return [{"start_s": start, "end_s": end, **values} for start, end, _, values in ranges]
 
 
 def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = False, progress: bool = True,

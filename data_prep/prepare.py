@@ -44,6 +44,9 @@ from .units import Clip, Skip, Unit, unit_name
 
 CAPTION_SUFFIXES = (".caption.txt", ".caption")
 METADATA_KEYS = ("file_name", "language", "caption", "speaker", "trigger", "reference_image", "background_sound")
+# A metadata row with start_s and end_s describes the clips of that time range of its file, and takes these keys.
+CLIP_METADATA_KEYS = ("file_name", "start_s", "end_s", "caption", "speaker", "trigger", "background_sound")
+CLIP_ROWS = "clips"  # the key under which a file's metadata holds its per-clip rows (build.load_metadata puts them)
 
 
 @dataclass(frozen=True)
@@ -111,11 +114,13 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
         return
     unit.bucket = bucket
     reader = FrameReader(path, info, (width, height))
-    speaker = meta.get("speaker") or cfg.speaker
-    description = meta.get("caption") or _caption_sidecar(path) or ""
+    sidecar = _caption_sidecar(path)
     try:
         for k, planned in enumerate(cut.clips):
             clip_id = f"{Path(rel).stem}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}-{k:03d}"
+            start, end = round(planned.start, 4), round(planned.end, 4)
+            row = clip_metadata(meta, start, end)
+            speaker = row.get("speaker") or cfg.speaker
             frames = _cut(reader, audio.stereo, planned, reference, work / "clips" / f"{clip_id}.npz")
             mouth = mouth_regions(frames) if cfg.mouth_regions else None
             clip_align = window(spoken.alignment, planned.start, planned.end)
@@ -123,8 +128,8 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
                                              planned.start, planned.frames)  # fmt: skip
             lines, said_by = _clip_lines(spoken, planned.start, planned.end, language)
             unit.clips.append(Clip(
-                clip_id=clip_id, source_file=rel, start_s=round(planned.start, 4), end_s=round(planned.end, 4),
-                language=language, caption=_caption(description, lines, speaker, language, meta, cfg),
+                clip_id=clip_id, source_file=rel, start_s=start, end_s=end, language=language,
+                caption=_caption(row.get("caption") or sidecar, lines, speaker, language, row, cfg),
                 transcript=" ".join(lines), alignment=clip_align.to_json(),
                 alignment_method=clip_align.method if clip_align.words else "none",
                 speech_mask=tuple(mask.tolist()), mask_source=mask_source, bucket=bucket, width=width, height=height,
@@ -135,6 +140,26 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
                 no_face_frames=None if mouth is None else mouth.no_face_frames))  # fmt: skip
     finally:
         reader.close()
+    unit.notes += _unused_clip_rows(meta, unit.clips)
+
+
+def clip_metadata(meta: dict, start: float, end: float) -> dict:
+    """The metadata of the clip cut from ``start`` to ``end`` s of a file whose metadata is ``meta``: the file's row,
+    with the values of the per-clip row whose range holds the clip's middle (``start_s <= middle < end_s``; the
+    ranges of one file never overlap) put over it."""
+    middle = (start + end) / 2
+    row = {k: v for k, v in meta.items() if k != CLIP_ROWS}
+    for r in meta.get(CLIP_ROWS, ()):
+        if r["start_s"] <= middle < r["end_s"]:
+            row.update({k: v for k, v in r.items() if k not in ("start_s", "end_s") and v not in (None, "")})
+    return row
+
+
+def _unused_clip_rows(meta: dict, clips: list[Clip]) -> list[str]:
+    """A note for each per-clip row of ``meta`` whose range holds the middle of none of ``clips``."""
+    middles = [(c.start_s + c.end_s) / 2 for c in clips]
+    return [f"metadata row for {r['start_s']:g}-{r['end_s']:g} s holds the middle of no clip: not used"
+            for r in meta.get(CLIP_ROWS, ()) if not any(r["start_s"] <= m < r["end_s"] for m in middles)]  # fmt: skip
 
 
 def _probe(path: Path, meta: dict, cfg: DataConfig, unit: Unit) -> tuple[Probe, Audio, Detected]:
@@ -252,7 +277,8 @@ def _cut(reader: FrameReader, stereo: np.ndarray, planned: PlannedClip, referenc
 
 
 def _caption(description: str, lines: list[str], speaker: str, language: str, meta: dict, cfg: DataConfig) -> str:
-    """Stage 7: the clip's prompt (metadata overrides the config's trigger and background sound)."""
+    """Stage 7: the clip's prompt (its metadata, :func:`clip_metadata`, overrides the config's trigger and background
+    sound)."""
     return build_caption(description, lines=lines, speaker=speaker, language=language,
                          trigger=meta.get("trigger") or cfg.trigger, trigger_position=cfg.trigger_position,
                          background=meta.get("background_sound") or cfg.background_sound)  # fmt: skip
@@ -371,7 +397,10 @@ def safe_child(folder: Path, name: str) -> Path:
 
 __all__ = [
     "CAPTION_SUFFIXES",
+    "CLIP_METADATA_KEYS",
+    "CLIP_ROWS",
     "METADATA_KEYS",
+    "clip_metadata",
     "input_fingerprint",
     "prepare_file",
     "safe_child",

@@ -2,7 +2,9 @@
 written by a captioning model, in the official three-part format.
 
 The ``Dialogue`` lines are never the captioner's: they are the clip's transcript lines as stage 7 wrote them.
-A file whose metadata row (``caption``) or ``.caption`` sidecar gives a description keeps it and is not captioned.
+A clip whose metadata (``caption`` in its file's row or in a row for its time range) or whose file's ``.caption``
+sidecar gives a description keeps it and is not captioned; the speaker, trigger and background sound that metadata
+gives win over the captioner's too.
 Answers are cached in ``DATASET_DIR/captions_cache/`` (one JSON per clip, written atomically, outside ``.work`` so
 ``--rebuild`` keeps them), keyed by the clip's pixels and sound, the model and the prompt: a rebuild asks again
 only for clips it has not seen, and the answers already made stay when the endpoint later fails.
@@ -21,7 +23,7 @@ from hhtune.progress import ProgressBar
 from ..caption_format import dialogue_lines
 from ..captions import build_caption
 from ..config import DataConfig
-from ..prepare import CAPTION_SUFFIXES
+from ..prepare import CAPTION_SUFFIXES, clip_metadata
 from ..units import Clip, Unit
 from .answer import PROMPT_VERSION, Described, parse_answer, prompt_text
 from .media import clip_digest, load_clip_media
@@ -31,9 +33,9 @@ CACHE = "captions_cache"
 
 def caption_units(units: list[Unit], footage: Path, out: Path, cfg: DataConfig, meta: dict[str, dict], *,
                   progress: bool = True) -> list[Unit]:  # fmt: skip
-    """Caption every clip whose file gives no description; returns the units with the new captions (and a note per
-    clip whose answer could not be used) and rewrites ``.work/units.json``. Raises :class:`CaptionerError` when the
-    captioner cannot be loaded or reached (answers made until then are cached)."""
+    """Caption every clip whose metadata or file gives no description; returns the units with the new captions (and a
+    note per clip whose answer could not be used) and rewrites ``.work/units.json``. Raises :class:`CaptionerError`
+    when the captioner cannot be loaded or reached (answers made until then are cached)."""
     from . import captioner_identity, load_captioner  # noqa: PLC0415 -- the chosen backend alone loads torch/openai
 
     footage, out = Path(footage), Path(out)
@@ -42,9 +44,9 @@ def caption_units(units: list[Unit], footage: Path, out: Path, cfg: DataConfig, 
     answers: dict[str, str] = {}
     todo: list[tuple[Clip, str]] = []
     for u in units:
-        if _own_description(footage / u.file, meta.get(u.file, {})):
-            continue
         for c in u.clips:
+            if _own_description(footage / u.file, clip_metadata(meta.get(u.file, {}), c.start_s, c.end_s)):
+                continue
             key = cache_key(clip_digest(_npz(out, c)), identity, prompt)
             cached = _read(out / CACHE / f"{key}.json")
             if cached is None:
@@ -63,8 +65,8 @@ def caption_units(units: list[Unit], footage: Path, out: Path, cfg: DataConfig, 
                 bar.advance(len(batch))
     for u in units:
         row = meta.get(u.file, {})
-        u.clips = [_recaption(c, answers[c.clip_id], row, cfg, u.notes) if c.clip_id in answers else c
-                   for c in u.clips]  # fmt: skip
+        u.clips = [_recaption(c, answers[c.clip_id], clip_metadata(row, c.start_s, c.end_s), cfg, u.notes)
+                   if c.clip_id in answers else c for c in u.clips]  # fmt: skip
     atomic_write_text(out / ".work" / "units.json", json.dumps([u.to_json() for u in units], ensure_ascii=False))
     return units
 
@@ -75,7 +77,8 @@ def cache_key(digest: str, identity: str, prompt: str) -> str:
 
 
 def _own_description(path: Path, row: dict) -> bool:
-    """Whether the file's metadata row or a ``.caption`` sidecar gives its description (which then wins)."""
+    """Whether the clip's metadata (:func:`~data_prep.prepare.clip_metadata`) or its file's ``.caption`` sidecar
+    gives its description (which then wins)."""
     return bool(row.get("caption")) or any(path.with_name(path.stem + s).is_file() for s in CAPTION_SUFFIXES)
 
 
@@ -92,8 +95,9 @@ def _read(path: Path) -> str | None:
 
 
 def _recaption(clip: Clip, answer: str, row: dict, cfg: DataConfig, notes: list[str]) -> Clip:
-    """The clip with the captioner's description, speaker and background (metadata values still win); its Dialogue
-    lines from its own stage-7 caption (the transcript). An unusable answer keeps the clip and adds a note."""
+    """The clip with the captioner's description, speaker and background (the values of the clip's metadata ``row``
+    still win); its Dialogue lines from its own stage-7 caption (the transcript). An unusable answer keeps the clip
+    and adds a note."""
     described, why = parse_answer(answer)
     if described is None:
         notes.append(f"{clip.clip_id}: captioner answer not used ({why}); kept the metadata description")
