@@ -31,11 +31,13 @@ ComputeDtype = Literal["auto", "bf16", "fp32"]
 Language = Literal["en", "zh", "yue", "ja", "ko", "de", "fr"]
 # The published checkpoints of one preset's shapes: two first-stage models and two super-resolution stages.
 Variant = Literal["base", "distill", "sr_540p", "sr_1080p"]
+SrResolution = Literal["540p", "1080p"]  # the super-resolution stages (official 540p_sr/ and 1080p_sr/)
 PRESETS: tuple[str, ...] = get_args(Preset)
 VARIANTS: tuple[str, ...] = get_args(Variant)
 SR_VARIANTS: tuple[str, ...] = ("sr_540p", "sr_1080p")
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 LANGUAGES: tuple[str, ...] = get_args(Language)
+SR_RESOLUTIONS: tuple[str, ...] = get_args(SrResolution)
 UNKNOWN_LANGUAGE = "unknown"  # the language column's value when none is known
 
 # -- time and sound -------------------------------------------------------------------------------------------------
@@ -52,12 +54,21 @@ assert tuple(BUCKETS) == get_args(Bucket)
 VIDEO_LATENT_CHANNELS = 48  # Wan2.2 VAE
 VIDEO_STRIDE = (4, 16, 16)  # frames, height, width per latent (after the first frame)
 AUDIO_LATENT_CHANNELS = 64  # Stable Audio Open 1.0
+#: Each side of a super-resolution stage over the base stage's: the official examples render 256 rows, then 512
+#: (540p) or 1088 (1080p).
+SR_SCALES: dict[str, float] = {"540p": 2.0, "1080p": 4.25}
+assert tuple(SR_SCALES) == SR_RESOLUTIONS
 TEXT_LENGTH = 640  # text features are padded or trimmed to this many tokens (official ``t5_gemma_target_length``)
 
 # -- the dataset folder ---------------------------------------------------------------------------------------------
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the optional SR_VIDEO_LATENTS column (version 1 datasets load without it)
+#: Versions this hhtune reads: a version 1 dataset is a version 2 one without the optional columns.
+READABLE_FORMAT_VERSIONS = (1, 2)
 VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS = "video_latents", "audio_latents", "text_embeds"
 REFERENCE_LATENTS = "reference_latents"  # optional: the first frame's latents, null where a clip has none
+#: Optional (format 2): the clip encoded again at a super-resolution size (:func:`sr_size`, the manifest's
+#: ``settings.sr_resolution``) next to :data:`VIDEO_LATENTS` at the base size; what an SR LoRA learns to reach.
+SR_VIDEO_LATENTS = "sr_video_latents"
 #: Columns every dataset has, in the order data_prep writes them.
 META_COLUMNS = ("clip_id", "source_file", "start_s", "end_s", "language", "caption", "transcript", "alignment",
                 "speech_mask", "bucket", "width", "height", "num_frames")  # fmt: skip
@@ -71,9 +82,9 @@ COLUMN_TYPES: dict[str, str] = {
     "caption": "string", "transcript": "string", "alignment": "string", "speech_mask": "float32[]", "bucket": "string",
     "width": "int32", "height": "int32", "num_frames": "int32", SPEAKER_COLUMN: "string",
     VIDEO_LATENTS: "float32[][][][]", AUDIO_LATENTS: "float32[][]", TEXT_EMBEDS: "float32[][]",
-    REFERENCE_LATENTS: "float32[][][][]",
+    REFERENCE_LATENTS: "float32[][][][]", SR_VIDEO_LATENTS: "float32[][][][]",
 }  # fmt: skip
-assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, *LATENT_COLUMNS, REFERENCE_LATENTS)
+assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, *LATENT_COLUMNS, REFERENCE_LATENTS, SR_VIDEO_LATENTS)
 # {"format_version", "fingerprint", "encoders", "settings", "encoded", "clips", "footage", ...}
 MANIFEST = "manifest.json"
 ROWS = "dataset"  # the Arrow rows (``Dataset.save_to_disk``)
@@ -109,6 +120,15 @@ def bucket_size(bucket: str, base: int) -> tuple[int, int]:
     if w >= h:
         return int(math.ceil(base * w / h / 32) * 32), base
     return base, int(math.ceil(base * h / w / 32) * 32)
+
+
+def sr_size(bucket: str, base: int, sr: str) -> tuple[int, int]:
+    """``(width, height)`` of the ``sr`` stage over a ``base`` clip: each side of :func:`bucket_size` times
+    :data:`SR_SCALES`, rounded up to 32 (whole 2x2 latent patches), so the base aspect is kept (at 256, 16:9:
+    960x512 for 540p, 2048x1088 for 1080p)."""
+    if sr not in SR_SCALES:
+        raise ValueError(f"unknown super-resolution {sr!r}; allowed: {', '.join(SR_SCALES)}")
+    return tuple(int(math.ceil(side * SR_SCALES[sr] / 32) * 32) for side in bucket_size(bucket, base))
 
 
 def nearest_bucket(width: int, height: int, allowed: list[str]) -> str:
@@ -156,9 +176,10 @@ class LatentShape(NamedTuple):
 
 __all__ = ["AUDIO_LATENTS", "AUDIO_LATENTS_PER_SECOND", "AUDIO_LATENT_CHANNELS", "AUDIO_SAMPLE_RATE", "BUCKETS",
            "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "LANGUAGES", "LATENT_COLUMNS", "MANIFEST",
-           "META_COLUMNS", "PRESETS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN",
-           "SPEECH_SAMPLE_RATE", "SR_VARIANTS", "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VARIANTS",
+           "META_COLUMNS", "PRESETS", "READABLE_FORMAT_VERSIONS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT",
+           "SPEAKER_COLUMN", "SPEECH_SAMPLE_RATE", "SR_RESOLUTIONS", "SR_SCALES", "SR_VARIANTS", "SR_VIDEO_LATENTS",
+           "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VARIANTS",
            "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket", "ComputeDtype", "Language",
-           "LatentShape", "Preset", "Variant",
+           "LatentShape", "Preset", "SrResolution", "Variant",
            "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "nearest_bucket",
-           "seconds_of"]  # fmt: skip
+           "seconds_of", "sr_size"]  # fmt: skip

@@ -1,9 +1,9 @@
 """Opening a ``DATASET_DIR``: the one reader of the dataset contract, shared by training and data_prep.
 
-It checks what every user needs before reading a row: ``manifest.json`` is there and names this
-hhtune's :data:`~hhtune.contract.FORMAT_VERSION`, the Arrow rows load, they have the contract's
-columns (and the latent columns when the manifest says ``encoded``), and their count is the
-manifest's. Row-by-row checks of the values belong to ``data_prep check``.
+It checks what every user needs before reading a row: ``manifest.json`` is there and names a
+format version this hhtune reads (:data:`~hhtune.contract.READABLE_FORMAT_VERSIONS`), the Arrow rows
+load, they have the contract's columns (and the latent columns when the manifest says ``encoded``),
+and their count is the manifest's. Row-by-row checks of the values belong to ``data_prep check``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract import FORMAT_VERSION, LATENT_COLUMNS, MANIFEST, META_COLUMNS, ROWS
+from .contract import FORMAT_VERSION, LATENT_COLUMNS, MANIFEST, META_COLUMNS, READABLE_FORMAT_VERSIONS, ROWS
 
 
 class DatasetError(ValueError):
@@ -51,8 +51,9 @@ def open_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerp
                            f"`python -m data_prep build FOOTAGE_DIR --out {path}{encode}`")  # fmt: skip
     manifest = json.loads(manifest_path.read_text())
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DatasetError(f"{path}: dataset format_version {version!r}, this hhtune reads {FORMAT_VERSION}; "
+    if version not in READABLE_FORMAT_VERSIONS:  # version 1: version 2 without its optional columns
+        raise DatasetError(f"{path}: dataset format_version {version!r}, this hhtune reads "
+                           f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} (writes {FORMAT_VERSION}); "
                            "rebuild it with this hhtune's data_prep")  # fmt: skip
     if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
         raise DatasetError(f"{path} was built with other settings or encoders (fingerprint "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
+from ..contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, SR_VIDEO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from ..dataset import DatasetError, open_dataset_dir
 from ..recipe import DataSection
 
@@ -38,6 +38,7 @@ class Batch:
     reference: Tensor | None  # [B, 48, 1, H, W] where available
     has_reference: Tensor  # [B] bool
     index: int  # global micro-batch index (seeds the noise of its samples)
+    sr_video: Tensor | None = None  # [B, 48, T, H', W']: the clips at the SR size, where the dataset has them
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch with every tensor on ``device`` (copies to CUDA are asynchronous from pinned memory)."""
@@ -66,10 +67,12 @@ class TrainingDataset:
         if len(ds) == 0:
             raise DatasetError(f"{self.path}: the dataset has no clips (see {self.path}/report.html for why)")
         self._has_reference = REFERENCE_LATENTS in ds.column_names
+        self.has_sr = SR_VIDEO_LATENTS in ds.column_names  # format 2, built with data_prep's sr_resolution
         self.ds = ds
         # the array columns as numpy (zero-copy from Arrow where possible), not nested Python lists
-        self._arrays = ds.with_format("numpy",
-                                      columns=[*_ARRAY_COLUMNS, *((REFERENCE_LATENTS,) if self._has_reference else ())])
+        optional = [c for c, present in ((REFERENCE_LATENTS, self._has_reference), (SR_VIDEO_LATENTS, self.has_sr))
+                    if present]  # fmt: skip
+        self._arrays = ds.with_format("numpy", columns=[*_ARRAY_COLUMNS, *optional])
         keys = zip(ds["num_frames"], ds["height"], ds["width"])
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, key in enumerate(keys):
@@ -112,7 +115,8 @@ class TrainingDataset:
         reference = None
         if bool(has_ref.any()):
             reference = torch.stack([_tensor(r) if r is not None else video[b, :, :1] for b, r in enumerate(refs)])
-        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index)
+        sr_video = torch.stack([_tensor(it[SR_VIDEO_LATENTS]) for it in items]) if self.has_sr else None
+        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index, sr_video)
 
 
 def _tensor(array: np.ndarray) -> Tensor:

@@ -45,7 +45,7 @@ from .distributed import (
 )
 from .errors import RecipeConflict, RunInterrupted, TrainingError
 from .metrics import peak_memory_gb
-from .objective import LossOutput, flow_matching_loss, sigma_bucket
+from .objective import LossOutput, sigma_bucket
 from .outputs import (
     check_output_dependencies,
     encode_validation_prompts,
@@ -54,6 +54,7 @@ from .outputs import (
     training_clip_summaries,
 )
 from .resume import check_resume, run_fingerprint
+from .sr_objective import training_loss
 from .state import Progress, Snapshot, finished_step, latest_checkpoint, load_state, read_fingerprint, save_state
 
 Log = Callable[[str], object]
@@ -220,8 +221,7 @@ class LoraTrainer:
             batch = next(self.batches).to(self.device)
             data_wait += time.perf_counter() - t_data
             with _grad_sync(self.accelerator, self.wrapped, self.fsdp, last=micro == accum - 1):
-                out = flow_matching_loss(self.wrapped, batch, recipe.loss, seed=recipe.train.seed,
-                                         caption_dropout=recipe.caption_dropout)  # fmt: skip
+                out = training_loss(self.wrapped, batch, recipe)  # first-stage or SR flow matching
                 finite = torch.isfinite(out.loss)
                 self.accelerator.backward(torch.where(finite, out.loss / accum, out.loss * 0.0))
             stats.add(out, finite)
