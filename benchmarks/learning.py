@@ -22,7 +22,6 @@ high-resolution latents, then the SR stage started from that clip's upsampled ba
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 import tempfile
@@ -39,9 +38,8 @@ from hhtune.model import ModelConfig, save_checkpoint
 from hhtune.recipe import validate_recipe
 from hhtune.sampling.generate import model_velocity_fn
 from hhtune.sampling.metrics import nearest_clip_distance
-from hhtune.sampling.samplers import sample_distilled
+from hhtune.sampling.samplers import sample_distilled, sample_super_resolution
 from hhtune.training import TrainingDataset, build_model, train
-from hhtune.training.sr_objective import sr_heard_audio, sr_sigmas, sr_start
 from hhtune.training.synthetic import denoising_base, write_synthetic_dataset
 
 #: The smallest model that learned reliably here: 6 layers (4 shared, 2 sandwich), hidden 512. Hidden 256 with
@@ -114,25 +112,11 @@ SR_CONFIG = ModelConfig(num_layers=4, hidden_size=256, head_dim=64, num_query_gr
                         mm_layers=[0, 3], gelu7_layers=[0]).with_variant("sr_1080p")  # fmt: skip
 
 
-def sr_denoise(velocity_fn, lr_video: torch.Tensor, audio: torch.Tensor, size: tuple[int, int],
-               generator: torch.Generator) -> torch.Tensor:  # fmt: skip
-    """The SR stage on base-size latents ``[1, C, T, h, w]``: the start point and heard audio of
-    :mod:`hhtune.training.sr_objective`, then Euler steps over the SR stage's sigmas down to 0 (the first-order
-    part of its flow-UniPC steps). Returns the video latents at ``size``."""
-    shape = (*lr_video.shape[:3], *size)
-    video = sr_start(lr_video, size, torch.randn(shape, generator=generator))
-    heard = sr_heard_audio(audio, torch.randn(audio.shape, generator=generator))
-    sigmas = [*sr_sigmas().tolist(), 0.0]
-    for s, s_next in itertools.pairwise(sigmas):
-        v, _ = velocity_fn(video, heard)
-        video = video + (s_next - s) * v
-    return video
-
-
 def sr_learning_check(work: Path, *, steps: int = 200, seeds: int = 4, rank: int = 64, lr: float = 2e-3,
                       log=lambda *_: None) -> LearningResult:  # fmt: skip
     """Train an SR adapter on one synthetic clip's high-resolution latents (twice the base grid) for ``steps``
-    steps, then compare the SR stage's outputs from the clip's upsampled base latents with and without it."""
+    steps, then compare the SR stage's outputs (:func:`~hhtune.sampling.samplers.sample_super_resolution`, from
+    the clip's upsampled base latents) with and without it."""
     work = Path(work)
     save_checkpoint(denoising_base(SR_CONFIG, seed=0), work / "sr_base")
     dataset = write_synthetic_dataset(work / "sr_dataset", clips=1, frames=5, latent_hw=(4, 4), text_len=(6, 6),
@@ -160,8 +144,9 @@ def sr_learning_check(work: Path, *, steps: int = 200, seeds: int = 4, rank: int
     def median_distance(model: torch.nn.Module) -> float:
         fn = model_velocity_fn(model, text, text.shape[1])
         return statistics.median(
-            nearest_clip_distance(sr_denoise(fn, lr_video, audio, hr.shape[-2:],
-                                             torch.Generator().manual_seed(1000 + seed))[0], [hr[0]])
+            nearest_clip_distance(sample_super_resolution(fn, lr_video, audio, tuple(hr.shape[-2:]),
+                                                          generator=torch.Generator().manual_seed(1000 + seed))[0][0],
+                                  [hr[0]])
             for seed in range(seeds))  # fmt: skip
 
     base = median_distance(build_model(recipe.model).eval())

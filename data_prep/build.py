@@ -200,6 +200,10 @@ def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool
     main = state is None or state.is_main_process
     if main:
         units = prepare_all(footage, out, cfg, rebuild=rebuild, progress=progress)
+        if cfg.captioner is not None:
+            from .captioner.stage import caption_units  # noqa: PLC0415 -- pool workers import this module; the captioner loads torch/openai
+
+            units = caption_units(units, footage, out, cfg, load_metadata(footage)[0], progress=progress)
     if state is not None:
         state.wait_for_everyone()
     if not main:

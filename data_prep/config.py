@@ -24,6 +24,27 @@ class EncoderFolders(BaseModel):
     text_encoder: str = Field(..., description="T5Gemma encoder + tokenizer folder")
 
 
+class CaptionerConfig(BaseModel):
+    """Who writes the clips' descriptions (the captioning stage): a local model folder or an OpenAI-compatible server.
+
+    ``model`` is a local folder (Qwen2.5-Omni / Qwen3-Omni: frames and audio; Qwen2.5-VL / Qwen3-VL: frames only)
+    unless ``endpoint`` is set, when it is the model name the server knows.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="local model folder, or the served model's name when endpoint is set")
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key, if any")
+    audio: bool = Field(True, description="send the clip's audio to the endpoint (false for picture-only models)")
+    frames: int = Field(8, ge=1, le=64, description="frames sampled evenly across each clip")
+    batch_size: int = Field(4, ge=1, description="clips captioned together by a local model")
+    device: str | None = Field(None, description="local model device (default: cuda when available, else cpu)")
+    max_new_tokens: int = Field(512, ge=1, description="longest answer in tokens (a 200-word description needs ~300)")
+    timeout_s: float = Field(120.0, gt=0, description="endpoint: seconds per request before it is retried")
+    retries: int = Field(3, ge=0, description="endpoint: retries of a failed or timed-out request")
+
+
 class DataConfig(BaseModel):
     """How a footage folder becomes a dataset. Every default lives here."""
 
@@ -51,6 +72,8 @@ class DataConfig(BaseModel):
         "speech_without_dialogue", description="speech outside every transcript cue: transcribe it with asr_model, "
         "keep it as clips with no Dialogue line, or drop it (always accounted in the report)")
     workers: int = Field(2, ge=1)
+    captioner: CaptionerConfig | None = Field(
+        None, description="write each clip's description, speaker and background sound with a captioning model")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -66,8 +89,9 @@ class DataConfig(BaseModel):
         return self
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes what stages 1-7 produce."""
-        keep = self.model_dump(exclude={"workers", "encoders", "tiny_encoders", "encode_batch_size"})
+        """Hash of every setting that changes what stages 1-7 produce (the captioner runs after them, with its own
+        cache keyed by clip, model and prompt)."""
+        keep = self.model_dump(exclude={"workers", "encoders", "tiny_encoders", "encode_batch_size", "captioner"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

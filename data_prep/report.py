@@ -27,6 +27,7 @@ from hhtune.contract import AUDIO_SAMPLE_RATE
 from hhtune.io import atomic_write_text
 
 from .accounting import NOT_IN_CLIP, SILENCE, UNTRANSCRIBED, USED, seconds_by_reason
+from .caption_format import check_caption
 from .segment import alignment_from_json
 from .units import Clip, Unit
 
@@ -53,6 +54,8 @@ def summarise(units: list[Unit]) -> dict:
         entry["notes"] = [n for n in u.notes if "Traceback" not in n]
         entry["clips"] = len(u.clips)
         entry["clip_ids"] = [c.clip_id for c in u.clips]
+        entry["caption_format"] = {c.clip_id: check_caption(c.caption, transcript=c.transcript).summary()
+                                   for c in u.clips}  # fmt: skip
         entry["duration_s"] = u.probe.duration if u.probe is not None else None
         entry["timeline"] = u.timeline or []
         entry["seconds"] = seconds_by_reason(entry["timeline"])
@@ -162,7 +165,8 @@ def _clip_view(c: Clip, out: Path) -> dict:
                 strip=None, wave=None, sound=None, picture_width=None,
                 timing_text=plain_timing(a.method, a.mean_confidence if a.words else None),
                 timing_detail=_timing_detail(a.method, a.mean_confidence if a.words else None),
-                mask_text=plain_mask_source(c.mask_source))  # fmt: skip
+                mask_text=plain_mask_source(c.mask_source),
+                caption_format=check_caption(c.caption, transcript=c.transcript))  # fmt: skip
     npz = out / ".work" / "clips" / f"{c.clip_id}.npz"
     if npz.is_file():
         with np.load(npz) as data:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .adapters.settings import LoraSettings, adapted_layers
-from .contract import PRESETS, SR_VARIANTS, Bucket, ComputeDtype, Preset, Variant
+from .contract import PRESETS, SR_VARIANTS, Bucket, ComputeDtype, Preset, SrResolution, Variant
 from .model.config import ModelConfig
 
 
@@ -141,11 +141,14 @@ class CheckpointingSection(_Section):
 
 
 class ValidationSection(_Section):
-    """Samples rendered during training with the 8-step distilled sampler."""
+    """Samples rendered during training with the 8-step distilled sampler, and an optional super-resolution stage."""
 
     every_steps: int | None = Field(None, ge=1, description="null = only at the end")
     at_end: bool = True
-    prompts: list[str] = Field(default_factory=list)
+    prompts: list[str] | Literal["auto"] = Field(
+        default_factory=list, description="prompts in the official format (description, Dialogue:, Background Sound:), "
+        "or 'auto': the captions of `auto_clips` dataset clips held out of training")
+    auto_clips: int = Field(3, ge=1, description="validation.prompts: auto: clips held out for their captions")
     reference_images: list[str] = Field(default_factory=list)
     seconds: float = Field(2.0, gt=0)
     aspect: Bucket = "16:9"
@@ -155,6 +158,22 @@ class ValidationSection(_Section):
     acoustic_model: str | None = None
     vae_tiling: bool = Field(False, description="decode the video VAE in tiles (less memory at high resolution)")
     offload_model: bool = Field(False, description="move the transformer to the CPU while the VAEs decode")
+    sr: SrResolution | None = Field(None, description="render through a super-resolution stage after the first, "
+                                    "unguided as the official SR examples: clips and stills at the delivered size "
+                                    "(540p or 1080p); null = base size only")
+    sr_model: str | None = Field(None, description="with sr: the SR checkpoint folder (540p_sr/ or 1080p_sr/), or a "
+                                 "preset name for a random one (tests)")
+    sr_adapter: str | None = Field(None, description="with sr: an adapter for the SR stage (the trained one applies "
+                                   "to the first stage)")
+
+    @model_validator(mode="after")
+    def _sr_needs_its_model(self) -> ValidationSection:
+        if (self.sr is None) != (self.sr_model is None):
+            raise ValueError("validation.sr and validation.sr_model go together: the SR resolution and the SR "
+                             "checkpoint folder (540p_sr/ or 1080p_sr/)")
+        if self.sr is None and self.sr_adapter is not None:
+            raise ValueError("validation.sr_adapter needs validation.sr")
+        return self
 
 
 class LoggingSection(_Section):

@@ -147,3 +147,23 @@ def test_training_shape_comes_from_the_dataset_then_the_flags_then_validation(tm
     assert shape["latent"] == [3, 4, 6] and shape["source"].startswith(f"dataset {data}")
     assert main([str(recipe)]) == 0
     assert f"training clips planned from dataset {data}: largest" in capsys.readouterr().out
+
+
+def test_validation_sr_plans_the_sr_dit_alone_on_the_device_and_the_decode_at_the_delivered_size():
+    """validation.sr: the SR DiT (bf16, as large as the base) and its forward at 1080p, with the trained model on the
+    host (the optimizer state stays); the decode workspace grows to the delivered size."""
+    base = {"model": {"preset": "15b"}, "data": {"dataset": "d"}, "lora": {"rank": 32},
+            "validation": {"seconds": 5.0, "base_resolution": 256}}  # fmt: skip
+    plain = plan_settings(validate_recipe(base), MemorySettings(True))
+    base["validation"] |= {"sr": "1080p", "sr_model": "/ckpt/1080p_sr"}
+    sr = plan_settings(validate_recipe(base), MemorySettings(True))
+    assert plain.components["sr_model"] == plain.components["sr_forward"] == 0
+    assert sr.components["sr_model"] == pytest.approx(15_299_419_152 * 2 / GB, rel=0.01)
+    assert sr.components["sr_forward"] > 10 * sr.components["validation_forward"]  # 2048x1088: 17x the tokens
+    assert sr.components["vae_decode_workspace"] > 10 * plain.components["vae_decode_workspace"]
+    c = sr.components
+    assert sr.validation_peak_gb == pytest.approx(max(
+        c["frozen_weights"] + c["lora_params"] + c["optimizer_state"] + c["validation_forward"],
+        c["frozen_weights"] + c["lora_params"] + c["optimizer_state"] + c["vaes"] + c["vae_decode_workspace"],
+        c["optimizer_state"] + c["sr_model"] + c["sr_forward"]))  # fmt: skip
+    assert sr.validation_peak_gb > plain.validation_peak_gb and sr.train_peak_gb == plain.train_peak_gb

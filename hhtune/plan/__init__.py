@@ -1,5 +1,8 @@
 """Memory plan: the peak device memory of a recipe's training step and validation, without weights.
 
+With ``validation.sr`` the validation peak covers the SR stage too: the SR DiT and its forward at the delivered
+size while the trained model waits on the host (one DiT on the device at a time), and the decode at that size.
+
 ``python -m hhtune.plan RECIPE.yaml [key=value ...] [--gpu-memory GB] [--world-size N] [--json]``
 
 The activations come from running the real model code on fake tensors (see ``_trace``);
@@ -19,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from ..adapters.settings import expected_trainable_parameters
-from ..contract import BUCKETS, TEXT_LENGTH, VIDEO_STRIDE, LatentShape, bucket_size, frames_for
+from ..contract import BUCKETS, TEXT_LENGTH, VIDEO_STRIDE, LatentShape, bucket_size, frames_for, sr_size
 from ..model import HappyHorseTransformer, ModelConfig
 from ..model.placement import swapped_layers
 from ..recipe import Recipe
@@ -143,6 +146,13 @@ def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: 
                    "pass --seconds and --resolution for the training clips")  # fmt: skip
 
 
+def _sr_shape(seconds: float, aspect: str, resolution: int, sr: str) -> StepShape:
+    """The SR stage's sample at the delivered size (``validation.sr``)."""
+    shape = LatentShape.from_pixels(*sr_size(aspect, resolution, sr), frames_for(seconds))
+    return StepShape(batch=1, video=(shape.latent_frames, shape.latent_height, shape.latent_width),
+                     audio=shape.frames, text=TEXT_LENGTH)
+
+
 def _bucket_shape(frames: int, height: int, width: int, batch: int) -> StepShape:
     """A dataset bucket as latent tokens (the contract's latent shape; text at its padded maximum)."""
     shape = LatentShape.from_pixels(width, height, frames)
@@ -215,6 +225,7 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
     step = scaled_trace(config, recipe.lora, train_shape, training=True, checkpointing=settings.gradient_checkpointing,
                         activation_offload=settings.activation_offload, **kw)  # fmt: skip
     sample = scaled_trace(config, recipe.lora, val_shape, training=False, **kw)
+    sr_shape = _sr_shape(v.seconds, v.aspect, v.base_resolution, v.sr) if v.sr else None
 
     outside, layers = _weight_bytes(config, recipe.model.block_dtype, settings.fp8_base)
     frozen = _frozen_bytes(outside, layers, settings.blocks_to_swap, world_size)
@@ -223,7 +234,11 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
     eval_copy = (outside + sum(_weight_bytes(config, "bf16", False)[1])) if recipe.model.eval_checkpoint else 0
     real_encoders = recipe.model.preset == "15b"  # smaller presets pair with the tiny test encoders
     vaes = (VIDEO_VAE_PARAMS + AUDIO_VAE_PARAMS) * 2 * real_encoders
-    decode = _vae_decode_workspace(val_shape) * real_encoders
+    decode = _vae_decode_workspace(sr_shape or val_shape) * real_encoders
+    # validation.sr: the SR DiT (the same architecture, bf16) runs while the trained model waits on the host; the
+    # optimizer state stays on the device
+    sr_model = (outside + sum(_weight_bytes(config, "bf16", False)[1])) if sr_shape else 0
+    sr_forward = scaled_trace(config, recipe.lora, sr_shape, training=False, **kw).peak if sr_shape else 0
     text_encoder = TEXT_ENCODER_PARAMS * 2 * real_encoders
     resident = frozen + lora + optimizer + eval_copy
     components = {
@@ -237,11 +252,13 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
         "validation_forward": sample.peak / GB,
         "vaes": vaes / GB,
         "vae_decode_workspace": decode / GB,
+        "sr_model": sr_model / GB,
+        "sr_forward": sr_forward / GB,
         "text_encoder": text_encoder / GB,
     }
     # temporaries include the LoRA gradients as they appear; counting them again keeps the plan safe
     train_peak = (frozen + 2 * lora + optimizer + step.peak) / GB
-    validation_peak = max(resident + sample.peak, resident + vaes + decode) / GB
+    validation_peak = max(resident + sample.peak, resident + vaes + decode, optimizer + sr_model + sr_forward) / GB
     return Plan(settings=settings, world_size=world_size, train_shape=train_shape, validation_shape=val_shape,
                 train_source=train_source, components=components, train_peak_gb=train_peak,
                 validation_peak_gb=validation_peak,
@@ -310,6 +327,8 @@ _ROWS = [
     ("validation_forward", "sampling forward (no grad)", "validation"),
     ("vaes", "video + audio VAE (bf16)", "validation"),
     ("vae_decode_workspace", "VAE decode workspace (estimate)", "validation"),
+    ("sr_model", "SR DiT (validation.sr; first DiT on the host)", "validation"),
+    ("sr_forward", "SR sampling forward at the delivered size", "validation"),
 ]
 
 

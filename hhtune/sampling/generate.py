@@ -82,8 +82,8 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
              audio_path: str | None = None, video_guidance: float = 5.0, audio_guidance: float = 5.0,
              device: str | torch.device = "cpu", progress=None, text_features: tuple[Tensor, int] | None = None,
              negative_features: tuple[Tensor, int] | None = None, decode: bool = True, vae_tiling: bool = False,
-             offload_model: bool = False, video_decoder: VideoDecoder | None = None,
-             ) -> Generated | tuple[Tensor, Tensor]:  # fmt: skip
+             offload_model: bool = False, generator: torch.Generator | None = None,
+             video_decoder: VideoDecoder | None = None) -> Generated | tuple[Tensor, Tensor]:  # fmt: skip
     """Sample one clip and decode it. ``reference_image`` ([H, W, 3] uint8) makes it image-to-video.
 
     ``text_features`` (``[1, L, C]``, ``L``) from :func:`encode_prompts`, and for the base sampler
@@ -91,7 +91,8 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
     the encoder is loaded and freed here, beside ``model``: callers holding a large model encode
     first (as ``python -m hhtune.sample`` and validation do). ``decode=False`` returns the
     ``(video, audio)`` latents only. The VAEs load in bf16 on CUDA; ``vae_tiling`` decodes the
-    video in tiles, and ``offload_model`` moves ``model`` to the CPU while the VAEs run.
+    video in tiles, and ``offload_model`` moves ``model`` to the CPU while the VAEs run. ``generator``
+    (seeded with ``seed`` when not given) draws all noise; a second stage continues from it.
     ``video_decoder`` (from :func:`hhtune.encoders.load_decoder`, e.g. the Turbo VAE) decodes the
     video instead of the Wan2.2 VAE of ``encoders``.
     """
@@ -105,9 +106,7 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
     reference = None
     if reference_image is not None:
         video_vae = load_video_vae(encoders.video_vae, device)
-        pixels = resize_crop(reference_image[None], width, height)[0]
-        ref = torch.from_numpy(pixels).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
-        reference = video_vae.encode(ref.to(device))
+        reference = encode_reference(video_vae, reference_image, width, height)
     fixed_audio = None
     if audio_path is not None:
         audio_vae = load_audio_vae(encoders.audio_vae, device)
@@ -115,7 +114,7 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
         wave = torch.from_numpy(read_audio(audio_path, AUDIO_SAMPLE_RATE))[:samples]
         wave = torch.nn.functional.pad(wave, (0, samples - wave.shape[0]))
         fixed_audio = audio_vae.encode(wave[None, None].expand(1, 2, -1))
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     fn = model_velocity_fn(model, text, text.shape[1])
     kwargs = dict(generator=gen, reference_first_frame=reference, fixed_audio=fixed_audio, device=device,
                   callback=progress)
@@ -130,32 +129,54 @@ def generate(model: torch.nn.Module, prompt: str, encoders: EncoderPaths, *, sec
         raise ValueError(f"unknown sampler {sampler!r}; allowed: distilled, base")
     if not decode:
         return video, audio
-    with _offloaded(model, offload_model):
-        decoder = video_decoder or video_vae or load_video_vae(encoders.video_vae, device)
-        if vae_tiling and decoder is not video_decoder:
-            decoder.model.enable_tiling()
-        frames = decode_video(decoder, video)
-        del video_vae, decoder
-        audio_vae = audio_vae or load_audio_vae(encoders.audio_vae, device)
-        wave = audio_vae.decode(audio)[0].cpu().numpy().T  # [N, 2] at 51200
-        del audio_vae
+    del video_vae, audio_vae
+    with held_on(model, "cpu" if offload_model else None):
+        return decode_latents(video, audio, encoders, device=device, vae_tiling=vae_tiling,
+                              video_decoder=video_decoder)
+
+
+def encode_reference(video_vae, image: np.ndarray, width: int, height: int) -> Tensor:
+    """The latents ``[1, C, 1, H, W]`` of a reference image (``[H, W, 3]`` uint8) resized and cropped to the size."""
+    pixels = resize_crop(image[None], width, height)[0]
+    ref = torch.from_numpy(pixels).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
+    return video_vae.encode(ref.to(video_vae.device))
+
+
+def decode_latents(video: Tensor, audio: Tensor, encoders: EncoderPaths, *, device: str | torch.device = "cpu",
+                   vae_tiling: bool = False, video_decoder: VideoDecoder | None = None) -> Generated:  # fmt: skip
+    """Frames and 44.1 kHz sound of ``(video, audio)`` latents, each decoder loaded and freed in turn.
+
+    ``video_decoder`` (e.g. the Turbo VAE) decodes the video in place of the Wan2.2 VAE of ``encoders``;
+    ``vae_tiling`` tiles the Wan2.2 VAE (the Turbo VAE tiles by itself).
+    """
+    decoder = video_decoder or load_video_vae(encoders.video_vae, device)
+    if vae_tiling and video_decoder is None:
+        decoder.model.enable_tiling()
+    frames = decode_video(decoder, video)
+    del decoder
+    audio_vae = load_audio_vae(encoders.audio_vae, device)
+    wave = audio_vae.decode(audio)[0].cpu().numpy().T  # [N, 2] at 51200
+    del audio_vae
     return Generated(video, audio, frames, to_output_rate(wave))
 
 
 @contextmanager
-def _offloaded(model: torch.nn.Module, offload: bool) -> Iterator[None]:
-    """Hold ``model`` on the CPU inside the block (frees its device memory for the VAE decode)."""
-    if not offload:
+def held_on(model: torch.nn.Module, device: str | torch.device | None) -> Iterator[None]:
+    """Hold ``model`` on ``device`` inside the block and put it back after (``None``: leave it where it is).
+
+    Moving a model to the CPU frees its device memory for what runs in the block (a decoder, another DiT).
+    """
+    home = next(model.parameters()).device
+    if device is None or torch.device(device) == home:
         yield
         return
-    device = next(model.parameters()).device
-    model.to("cpu")
-    if device.type == "cuda":
+    model.to(device)
+    if home.type == "cuda":
         torch.cuda.empty_cache()
     try:
         yield
     finally:
-        model.to(device)
+        model.to(home)
 
 
 def to_output_rate(wave: np.ndarray) -> np.ndarray:

@@ -10,6 +10,14 @@
 
 Both pin the first video latent frame to ``reference_first_frame`` before every model
 call and at the end (image-to-video), and leave ``fixed_audio`` untouched (audio-to-video).
+
+* :func:`sample_super_resolution` — the second stage of the official pipeline (``MagiEvaluator.evaluate``): the
+  base stage's video latent upsampled trilinearly to the SR grid, re-noised to the ZeroSNR-DDPM signal level of
+  ``noise_value`` (:func:`zero_snr_signal`), then 5 flow-UniPC steps over the full schedule. The SR model hears
+  the base audio mixed with fresh noise (``audio_noise_scale``) and never changes it: the base audio is what
+  ships. With an unconditional field the video guidance is ``video_guidance``, and the CFG trick lowers it to
+  ``cfg_trick_guidance`` on the first ``cfg_trick_frames`` latent frames (the official remedy for over-exposure
+  in image-to-video); the published SR examples run without guidance (``sr_cfg_number = 1``).
 """
 
 from __future__ import annotations
@@ -22,12 +30,38 @@ from torch import Tensor
 
 VelocityFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 SIGMA_MAX = 0.999  # the official scheduler's first unshifted time (t = 999 / 1000)
+# The official SR stage (``EvaluationConfig``): steps, re-noising level, audio noise, guidance and its CFG trick.
+SR_STEPS, SR_NOISE_VALUE, SR_AUDIO_NOISE_SCALE = 5, 220, 0.7
+SR_VIDEO_GUIDANCE, SR_CFG_TRICK_FRAMES, SR_CFG_TRICK_GUIDANCE = 3.5, 13, 2.0
 
 
 def official_sigmas(steps: int, shift: float = 5.0) -> Tensor:
     """``steps + 1`` sigmas, from ~1 down to 0: shifted ``linspace(0.999, 0, steps + 1)``."""
     t = torch.linspace(SIGMA_MAX, 0.0, steps + 1, dtype=torch.float64)
     return (shift * t / (1 + (shift - 1) * t)).float()
+
+
+def zero_snr_signal(index: int, timesteps: int = 1000) -> float:
+    """The signal coefficient ``sqrt(alpha_bar)`` at DDPM ``index`` of the official ``ZeroSNRDDPMDiscretization``.
+
+    Betas are ``linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2``; ``sqrt(cumprod(1 - beta))`` is shifted and scaled
+    so that it runs from its first value exactly to 0 at the last index (zero terminal SNR). The SR stage mixes
+    ``signal * x + sqrt(1 - signal**2) * noise`` with ``index = noise_value``.
+    """
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, timesteps, dtype=np.float64) ** 2
+    root = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = root[0], root[-1]
+    return float((root[index] - last) * first / (first - last))
+
+
+def _unipc(steps: int, shift: float, device: str | torch.device = "cpu"):
+    """A fresh flow-UniPC scheduler (order 2, data prediction) over the official ``steps``-step schedule."""
+    from diffusers import UniPCMultistepScheduler  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only the UniPC samplers need it
+
+    s = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
+                                solver_order=2, predict_x0=True, final_sigmas_type="zero")  # fmt: skip
+    s.set_timesteps(sigmas=np.linspace(SIGMA_MAX, 0.0, steps + 1)[:-1], device=device)
+    return s
 
 
 def _start(shape: tuple[int, ...], generator: torch.Generator, device) -> Tensor:
@@ -90,15 +124,7 @@ def sample_base(
     callback: Callable[[int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Flow-UniPC sampling of the base model with classifier-free guidance per modality."""
-    from diffusers import UniPCMultistepScheduler  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only the base-model sampler needs it
-
-    def scheduler():
-        s = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
-                                    solver_order=2, predict_x0=True, final_sigmas_type="zero")  # fmt: skip
-        s.set_timesteps(sigmas=np.linspace(SIGMA_MAX, 0.0, steps + 1)[:-1], device=device)
-        return s
-
-    video_sched, audio_sched = scheduler(), scheduler()
+    video_sched, audio_sched = _unipc(steps, shift, device), _unipc(steps, shift, device)
     video = _start(video_shape, generator, device)
     audio = fixed_audio.to(device) if fixed_audio is not None else _start(audio_shape, generator, device)
     for i, t in enumerate(video_sched.timesteps):
@@ -114,3 +140,50 @@ def sample_base(
         if callback is not None:
             callback(i)
     return _pin(video, reference_first_frame), audio
+
+
+def sample_super_resolution(
+    velocity_fn: VelocityFn,
+    base_video: Tensor,
+    base_audio: Tensor,
+    latent_size: tuple[int, int],
+    *,
+    uncond_velocity_fn: VelocityFn | None = None,
+    steps: int = SR_STEPS,
+    shift: float = 5.0,
+    noise_value: int = SR_NOISE_VALUE,
+    audio_noise_scale: float = SR_AUDIO_NOISE_SCALE,
+    video_guidance: float = SR_VIDEO_GUIDANCE,
+    cfg_trick_frames: int = SR_CFG_TRICK_FRAMES,
+    cfg_trick_guidance: float | None = SR_CFG_TRICK_GUIDANCE,
+    generator: torch.Generator,
+    reference_first_frame: Tensor | None = None,
+    callback: Callable[[int], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Refine the base stage's ``(video, audio)`` latents at ``latent_size`` ``(H, W)``; returns ``(video, audio)``.
+
+    ``base_video`` is ``[B, C, T, h, w]``; the result is ``[B, C, T, H, W]`` and the base audio, unchanged.
+    ``reference_first_frame`` is the reference image encoded at the SR size. ``cfg_trick_guidance=None`` turns
+    the CFG trick off. The noise is drawn from ``generator``: the video's, then the audio's.
+    """
+    device = base_video.device
+    video = torch.nn.functional.interpolate(base_video.float(), size=(base_video.shape[2], *latent_size),
+                                            mode="trilinear", align_corners=True)  # fmt: skip
+    if noise_value:
+        signal = zero_snr_signal(noise_value)
+        video = signal * video + (1 - signal**2) ** 0.5 * _start(video.shape, generator, device)
+    heard = _start(base_audio.shape, generator, device) * audio_noise_scale + base_audio * (1 - audio_noise_scale)
+    guidance = torch.full((1, 1, video.shape[2], 1, 1), video_guidance, device=device)
+    if cfg_trick_guidance is not None:
+        guidance[:, :, :cfg_trick_frames] = min(cfg_trick_guidance, video_guidance)
+    scheduler = _unipc(steps, shift, device)
+    for i, t in enumerate(scheduler.timesteps):
+        video = _pin(video, reference_first_frame)
+        v_video, _ = velocity_fn(video, heard)
+        if uncond_velocity_fn is not None:
+            u_video, _ = uncond_velocity_fn(video, heard)
+            v_video = u_video + guidance * (v_video - u_video)
+        video = scheduler.step(v_video, t, video, return_dict=False)[0]
+        if callback is not None:
+            callback(i)
+    return _pin(video, reference_first_frame), base_audio

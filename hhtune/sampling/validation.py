@@ -13,8 +13,9 @@ from hhtune.speech.align import PhonemeRecognizer
 from hhtune.speech.g2p import phonemize
 
 from ..encoders import EncoderPaths
-from .generate import OUTPUT_AUDIO_RATE, generate, write_mp4, write_previews
+from .generate import OUTPUT_AUDIO_RATE, write_mp4, write_previews
 from .metrics import av_sync, dialogue_lines, nearest_clip_distance, phoneme_error_rate, reference_fidelity
+from .super_resolution import SrStage, render
 
 _LANG_CODES = {"english": "en", "mandarin": "zh", "chinese": "zh", "cantonese": "yue", "japanese": "ja",
                "korean": "ko", "german": "de", "french": "fr"}  # fmt: skip
@@ -25,14 +26,17 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
                    wandb_run=None, seconds: float = 2.0, aspect: str = "16:9", base_resolution: int = 256,
                    text_features: list[tuple[torch.Tensor, int]] | None = None, write: bool = True,
                    vae_tiling: bool = False, offload_model: bool = False,
-                   training_clips: list[torch.Tensor] | None = None) -> dict[str, float]:  # fmt: skip
+                   training_clips: list[torch.Tensor] | None = None,
+                   sr: SrStage | None = None) -> dict[str, float]:  # fmt: skip
     """Sample every prompt with the distilled sampler at a fixed seed; save mp4 + previews; return mean metrics.
 
     ``text_features`` (one ``(features [1, L, C], L)`` per prompt, from ``encode_prompts``) are used
     instead of loading the text encoder. ``write=False`` only samples (the other processes of a
     sharded model take part in its forward passes) and returns ``{}``. With ``training_clips``
     (video latents, best :func:`~hhtune.sampling.metrics.clip_summary`-pooled) each sample's
-    ``nearest_clip_distance`` is scored: near 0 means the run reproduces a training clip.
+    ``nearest_clip_distance`` is scored: near 0 means the run reproduces a training clip. With ``sr``
+    (:class:`~hhtune.sampling.super_resolution.SrStage`) the main process renders each prompt through it, so
+    clips, stills and scores are at the delivered size; the other processes take part in the first stage only.
     """
     if text_features is not None and len(text_features) != len(prompts):
         raise ValueError(f"{len(text_features)} text features for {len(prompts)} prompts")
@@ -48,10 +52,10 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         image = None
         if reference_images and i < len(reference_images):
             image = np.asarray(Image.open(reference_images[i]).convert("RGB"))
-        g = generate(model, prompt, encoders, seconds=seconds, aspect=aspect, base_resolution=base_resolution,
-                     seed=seed + i, reference_image=image, device=device, decode=write, vae_tiling=vae_tiling,
-                     offload_model=offload_model,
-                     text_features=text_features[i] if text_features else None)  # fmt: skip
+        g = render(model, prompt, encoders, seconds=seconds, aspect=aspect, base_resolution=base_resolution,
+                   seed=seed + i, reference_image=image, device=device, decode=write, vae_tiling=vae_tiling,
+                   offload_model=offload_model, text_features=text_features[i] if text_features else None,
+                   sr=sr if write else None)  # fmt: skip
         if not write:
             continue
         mp4 = write_mp4(g.frames, g.audio, out / f"prompt{i:02d}.mp4")

@@ -82,6 +82,12 @@ class TrainingDataset:
     def __len__(self) -> int:
         return len(self.ds)
 
+    def hold_out(self, rows: list[int]) -> None:
+        """Leave ``rows`` out of every epoch (their clips are not trained on: validation prompts come from them)."""
+        drop = set(rows)
+        groups = {key: [r for r in members if r not in drop] for key, members in self.groups.items()}
+        self.groups = {key: members for key, members in groups.items() if members}
+
     @property
     def text_channels(self) -> int:
         """Channels of the stored text features."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import parse_spec
 from ..adapters.base_identity import base_model_id
 from ..contract import TEXT_EMBEDS, VIDEO_LATENTS
 from ..encoders import EncoderPaths
@@ -24,6 +25,7 @@ from ..io import atomic_write_text
 from ..recipe import Recipe
 from ..sampling.generate import encode_prompts
 from ..sampling.metrics import clip_summary
+from ..sampling.super_resolution import SrStage, load_stage_model
 from ..sampling.validation import run_validation
 from .data import TrainingDataset
 from .errors import TrainingError
@@ -126,14 +128,16 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
         return
 
     v = recipe.validation
+    sr = validation_sr_stage(recipe) if main else None
     with validation_model(recipe, model, accelerator.device) as m:
         scores = run_validation(
             m, v.prompts, encoders=encoder_paths(recipe, data), out_dir=run_dir / "samples" / f"step-{step:08d}",
             step=step, seed=v.seed, reference_images=v.reference_images or None, acoustic_model=v.acoustic_model,
             wandb_run=metrics.wandb_run if metrics else None, seconds=v.seconds, aspect=v.aspect,
             base_resolution=v.base_resolution, text_features=prompts, write=main, vae_tiling=v.vae_tiling,
-            offload_model=v.offload_model and not sharded, training_clips=clips,
+            offload_model=v.offload_model and not sharded, training_clips=clips, sr=sr,
         )  # fmt: skip
+    del sr
     accelerator.wait_for_everyone()
     if not main:
         return
@@ -142,6 +146,16 @@ def run_validation_step(recipe: Recipe, accelerator, model: torch.nn.Module, pro
     log(format_scores(step, scores))
     if recipe.model.checkpoint is None and recipe.model.preset == "tiny":
         log("  (the tiny preset has random weights: its samples are noise by design)")
+
+
+def validation_sr_stage(recipe: Recipe) -> SrStage | None:
+    """The SR stage of ``validation.sr``, loaded on the host (it visits the device only for its own steps)."""
+    v = recipe.validation
+    if v.sr is None:
+        return None
+    adapters = [parse_spec(v.sr_adapter)] if v.sr_adapter else []
+    model = load_stage_model(v.sr_model, "cpu", sr=v.sr, adapters=adapters, compute_dtype=recipe.model.compute_dtype)
+    return SrStage(v.sr, model)
 
 
 def format_scores(step: int, scores: dict[str, float]) -> str:

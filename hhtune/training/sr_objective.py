@@ -6,11 +6,12 @@ exactly the inputs it will be run on:
 
 * **Start point.** The base stage's 256p latent is upsampled trilinearly (``align_corners=True``) to the SR
   grid and re-noised at the ZeroSNR-DDPM signal level of ``noise_value = 220``:
-  ``z1 = a * up(lr) + sqrt(1 - a**2) * eps`` (:func:`zero_snr_signal`, :func:`sr_start`). In training, ``lr``
-  is the clip's own latent at the base size (the dataset's ``video_latents``): a VAE encoding of 256p pixels
-  is what the base stage produces and hands over, while the high-resolution latent shrunk in latent space is
-  not (the VAE is not linear in pixels), so data_prep encodes the clip at both sizes (``sr_resolution``)
-  rather than deriving one from the other.
+  ``z1 = a * up(lr) + sqrt(1 - a**2) * eps`` (:func:`sr_start`, as
+  :func:`~hhtune.sampling.samplers.sample_super_resolution` builds it). In training, ``lr`` is the clip's
+  own latent at the base size (the dataset's ``video_latents``): a VAE encoding of 256p pixels is what the
+  base stage produces and hands over, while the high-resolution latent shrunk in latent space is not (the
+  VAE is not linear in pixels), so data_prep encodes the clip at both sizes (``sr_resolution``) rather than
+  deriving one from the other.
 * **Sigmas.** The SR stage then runs 5 flow-UniPC steps of the *full* shifted schedule (``set_timesteps(5,
   shift=5)``: sigmas 0.9998, 0.952, 0.882, 0.769, 0.555, then 0), treating ``z1`` as its sigma ~1 end.
   ``noise_value`` sets how much noise ``z1`` holds, not where the schedule starts. With a velocity field
@@ -35,7 +36,6 @@ The random choices of a sample come from the same generators as the first-stage 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,24 +43,12 @@ from torch import Tensor
 from ..contract import VIDEO_STRIDE
 from ..model.packing import window_coords
 from ..recipe import LossSection, Recipe
-from ..sampling.samplers import official_sigmas
+from ..sampling.samplers import SR_AUDIO_NOISE_SCALE, SR_NOISE_VALUE, SR_STEPS, official_sigmas, zero_snr_signal
 from .data import Batch
 from .objective import LossOutput, flow_matching_loss, noise_generator, sample_generator, video_frame_weights
 
-# The official SR stage (``EvaluationConfig``): steps, the schedule's shift, re-noising level and audio noise.
-SR_STEPS, SR_SHIFT, SR_NOISE_VALUE, SR_AUDIO_NOISE_SCALE = 5, 5.0, 220, 0.7
-
-
-def zero_snr_signal(index: int, timesteps: int = 1000) -> float:
-    """The signal coefficient at DDPM ``index`` of the official ``ZeroSNRDDPMDiscretization``.
-
-    Betas are ``linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2``; ``sqrt(cumprod(1 - beta))`` is shifted and
-    scaled to run from its first value down to exactly 0 at the last index (zero terminal SNR).
-    """
-    betas = np.linspace(0.00085**0.5, 0.012**0.5, timesteps, dtype=np.float64) ** 2
-    root = np.sqrt(np.cumprod(1.0 - betas))
-    first, last = root[0], root[-1]
-    return float((root[index] - last) * first / (first - last))
+#: The shift of the SR stage's schedule: the official ``EvaluationConfig.shift``, which both stages use.
+SR_SHIFT = 5.0
 
 
 def sr_sigmas(steps: int = SR_STEPS, shift: float = SR_SHIFT) -> Tensor:

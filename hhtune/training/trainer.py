@@ -44,6 +44,7 @@ from .distributed import (
     shard_model,
 )
 from .errors import RecipeConflict, RunInterrupted, TrainingError
+from .heldout import hold_out_validation_clips
 from .metrics import peak_memory_gb
 from .objective import LossOutput, sigma_bucket
 from .outputs import (
@@ -129,6 +130,7 @@ class LoraTrainer:
         self.log: Log = self._log if self.main else _quiet
         self.data = TrainingDataset(recipe.data.dataset)
         check_dataset(recipe, self.data)
+        recipe = self.recipe = hold_out_validation_clips(recipe, self.data, self.log)
         resume_from = self._start_run_folder(reopen_finished)
         if self.finished and not reopen_finished:
             return

@@ -18,19 +18,10 @@ from hhtune.model import HappyHorseTransformer, ModelConfig
 from hhtune.model.attention import LocalWindow, local_qk_ranges
 from hhtune.model.packing import video_coords, window_coords
 from hhtune.recipe import LossSection
+from hhtune.sampling.samplers import SR_AUDIO_NOISE_SCALE, SR_NOISE_VALUE, SR_STEPS, zero_snr_signal
 from hhtune.training.data import Batch
 from hhtune.training.objective import noise_generator
-from hhtune.training.sr_objective import (
-    SR_AUDIO_NOISE_SCALE,
-    SR_NOISE_VALUE,
-    SR_SHIFT,
-    SR_STEPS,
-    crop_window,
-    sr_flow_matching_loss,
-    sr_sigmas,
-    sr_start,
-    zero_snr_signal,
-)
+from hhtune.training.sr_objective import SR_SHIFT, crop_window, sr_flow_matching_loss, sr_sigmas, sr_start
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 OFFICIAL = json.loads((FIXTURES / "official_sr_objective.json").read_text())
