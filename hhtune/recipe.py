@@ -70,15 +70,16 @@ class DataSection(_Section):
     num_workers: int | None = Field(None, ge=0, description="loader worker processes; null = min(4, CPU cores) "
                                     "on CUDA, 0 on CPU (where workers would compete with the step for cores)")
     repeat: int = Field(1, ge=1, description="passes over the dataset per epoch (small datasets)")
-    sr_crop: tuple[int, int] | None = Field(
+    sr_crop: list[int] | None = Field(
         None, description="SR variants: train on a random [height, width] window (pixels, multiples of 32) of each "
         "high-resolution clip, all frames, instead of the whole frame; null = whole frames")
 
     @model_validator(mode="after")
     def _crop_in_patches(self) -> DataSection:
-        if self.sr_crop is not None and any(side < 32 or side % 32 for side in self.sr_crop):
-            raise ValueError(f"data.sr_crop {list(self.sr_crop)}: each side must be a positive multiple of 32 pixels "
-                             "(whole 2x2 latent patches)")
+        crop = self.sr_crop
+        if crop is not None and (len(crop) != 2 or any(side < 32 or side % 32 for side in crop)):
+            raise ValueError(f"data.sr_crop {self.sr_crop}: [height, width], each side a positive multiple of 32 "
+                             "pixels (whole 2x2 latent patches)")
         return self
 
     def workers(self, device_type: str, cpus: int) -> int:

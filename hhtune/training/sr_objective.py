@@ -81,7 +81,8 @@ def sr_heard_audio(audio: Tensor, noise: Tensor, scale: float = SR_AUDIO_NOISE_S
     return noise * scale + audio * (1 - scale)
 
 
-def crop_window(full: tuple[int, int], crop: tuple[int, int] | None, gen: torch.Generator) -> tuple[int, int, int, int]:
+def crop_window(full: tuple[int, int], crop: list[int] | tuple[int, int] | None,
+                gen: torch.Generator) -> tuple[int, int, int, int]:  # fmt: skip
     """``(top, left, height, width)`` in latents of a random window of ``crop`` pixels ``(height, width)`` in a
     latent grid ``full``: even offsets (whole 2x2 patches), each side at most the grid's; ``None`` = the grid."""
     if crop is None:
@@ -92,7 +93,7 @@ def crop_window(full: tuple[int, int], crop: tuple[int, int] | None, gen: torch.
 
 
 def sr_flow_matching_loss(model: torch.nn.Module, batch: Batch, cfg: LossSection, *, seed: int,
-                          caption_dropout: float, crop: tuple[int, int] | None = None) -> LossOutput:  # fmt: skip
+                          caption_dropout: float, crop: list[int] | None = None) -> LossOutput:  # fmt: skip
     """Flow matching from the SR start point to the clip's high-resolution latents (module docstring).
 
     ``batch.sr_video`` holds the targets, ``batch.video`` the base-size latents they start from. ``crop``

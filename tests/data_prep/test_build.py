@@ -334,7 +334,7 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
     out = build(footage, tmp_path / "ds", cfg, encode=True, progress=False)
     d = load_dataset_dir(out, require_encoded=True)
     ds = d.dataset.with_format("numpy")
-    assert d.manifest["encoded"] and d.manifest["format_version"] == 1 and len(ds) == d.manifest["clips"] >= 2
+    assert d.manifest["encoded"] and d.manifest["format_version"] == 2 and len(ds) == d.manifest["clips"] >= 2
     for r in ds:
         f, t = r["num_frames"], (r["num_frames"] - 1) // 4 + 1
         assert r["video_latents"].shape == (48, t, r["height"] // 16, r["width"] // 16)
