@@ -50,12 +50,12 @@ def _batch(bsz=2, frames=5, lr_hw=(4, 6), hr_hw=(8, 12), index=3) -> Batch:
 
 
 def test_the_sigmas_and_levels_are_the_official_sr_stage():
-    # mutation: sr_sigmas from official_sigmas(steps, shift)[1:] (or shift 3) -> the sigmas differ
+    # mutation: official_sigmas(steps, shift)[1:], or shift 3, in sr_sigmas -> the sigmas differ
     cfg = OFFICIAL["config"]
     assert (SR_NOISE_VALUE, SR_STEPS, SR_SHIFT, SR_AUDIO_NOISE_SCALE) == (
         cfg["noise_value"], cfg["sr_num_inference_steps"], cfg["shift"], cfg["sr_audio_noise_scale"])
     torch.testing.assert_close(sr_sigmas(), torch.tensor(OFFICIAL["sr_sigmas"][:-1]), atol=1e-6, rtol=0)
-    # mutation: root[index + 1] (or betas without the square) -> another signal level
+    # mutation: root[index + 1] in zero_snr_signal -> another signal level
     assert zero_snr_signal(SR_NOISE_VALUE) == pytest.approx(OFFICIAL["renoise_signal"], abs=1e-6)
 
 
@@ -94,7 +94,7 @@ def test_start_point_and_audio_are_built_as_the_sr_stage_builds_them():
         s, hr = float(out.sigmas[r]), batch.sr_video[r]
         # mutations: align_corners=False, or the flow-matching mix (1 - a) * up + a * eps -> not the official start
         torch.testing.assert_close(x[r], (1 - s) * hr + s * start, atol=1e-5, rtol=1e-5)
-        # mutation: scale 0.3 on the noise, or a flow mix at the video's sigma -> not what the SR model hears
+        # mutation: 0.3 of noise and 0.7 of audio (the scales swapped) -> not what the SR model hears
         torch.testing.assert_close(heard[r], noise_a * 0.7 + batch.audio[r] * 0.3)
         losses.append((start - hr).square().mean())  # zero prediction: the target is z1 - hr
     torch.testing.assert_close(out.video_loss, torch.stack(losses).mean(), atol=1e-5, rtol=1e-5)
@@ -116,7 +116,7 @@ def test_crops_are_windows_of_the_full_frame_start_in_whole_patches():
         hits = [(y, xx) for y in range(0, 12 - 4 + 1) for xx in range(0, 16 - 6 + 1) if torch.allclose(
             x[r], (1 - s) * batch.sr_video[r, :, :, y : y + 4, xx : xx + 6]
             + s * (a * full[r, :, :, y : y + 4, xx : xx + 6] + (1 - a**2) ** 0.5 * eps), atol=1e-5)]  # fmt: skip
-        # mutation: cropping the low-resolution latent before upsampling -> no window matches
+        # mutation: the upsampled start cut at another window than the target -> no window matches
         assert len(hits) == 1, hits
         # mutation: odd offsets allowed in crop_window -> a window that splits the full frame's 2x2 patches
         assert hits[0][0] % 2 == 0 and hits[0][1] % 2 == 0
