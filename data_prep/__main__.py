@@ -5,6 +5,8 @@
     python -m data_prep encode FOOTAGE_DIR --out DATASET_DIR [--reencode]        # stages 8-9 (reuses 1-7)
     python -m data_prep report DATASET_DIR                # rewrite report.html / report.json from the cache
     python -m data_prep check DATASET_DIR                 # trainable? exit 0, else 2 with why and the fix
+    python -m data_prep captions DATASET_DIR --export captions.csv   # review: every clip's caption, to edit
+    python -m data_prep captions DATASET_DIR --import captions.csv   # the edits back (text features re-encoded)
     python -m data_prep probe FILE...                     # stage 1: streams, duration, fps, rotation
     python -m data_prep transcript FILE                   # stage 2: a sidecar as parsed
     python -m data_prep g2p LANGUAGE "text"               # stage 3: words and phonemes
@@ -75,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", type=Path)
     p = sub.add_parser("check", help="whether training can use DATASET_DIR (exit 0), or why not (exit 2)")
     p.add_argument("dataset", type=Path)
+    p = sub.add_parser("captions", help="export captions to a CSV for review, or import the edited CSV")
+    p.add_argument("dataset", type=Path)
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--export", type=Path, metavar="CSV", help="write one row per clip")
+    way.add_argument("--import", dest="import_", type=Path, metavar="CSV", help="apply the edited captions")
     return parser
 
 
@@ -82,6 +89,7 @@ def _align_one(args) -> int:
     """Stages 2-4 on one file through the build's own functions: the same audio decode, language check and
     alignment (cue padding, neighbour bounds, too-long check), so the words are those a build cuts clips from."""
     from .alignment import align_transcript, check_language  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
+    from .language import Detected  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
     from .textgrid import write_textgrid  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
     from .transcripts import find_sidecar, parse_transcript  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
 
@@ -92,7 +100,8 @@ def _align_one(args) -> int:
     mono16k = decode_audio(args.file).mono16k
     transcript = parse_transcript(side)
     notes: list[str] = []
-    language = check_language(transcript.text(), normalise_language(args.language), mono16k, notes)
+    language = check_language(transcript.text(), Detected(normalise_language(args.language), 1.0, "flag"), mono16k,
+                              notes).language
     result = align_transcript(mono16k, transcript, language, info.duration, args.acoustic_model, notes).alignment
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -120,6 +129,20 @@ def _check(path: Path) -> int:
                            f"`python -m data_prep encode FOOTAGE_DIR --out {path}` "
                            "(reuses the cached clips)")  # fmt: skip
     print(f"{path}: trainable: {len(d.dataset)} clips with latents, fingerprint {d.manifest['fingerprint']}")
+    return 0
+
+
+def _captions(args) -> int:
+    """The review loop (:mod:`data_prep.review`): export the captions, or import the edited CSV."""
+    from .review import export_captions, import_captions  # noqa: PLC0415 -- loads torch; --help and the light subcommands stay instant
+
+    if args.export is not None:
+        print(f"{args.export}: {export_captions(args.dataset, args.export)} clips; edit caption and transcript, then "
+              f"`python -m data_prep captions {args.dataset} --import {args.export}`")
+        return 0
+    edits = import_captions(args.dataset, args.import_)
+    print(f"{args.dataset}: {len(edits)} clip(s) edited" + (f" ({', '.join(e.clip_id for e in edits)})" if edits else
+                                                             ", the CSV matches the dataset"))  # fmt: skip
     return 0
 
 
@@ -159,6 +182,8 @@ def _main(argv: list[str] | None) -> int:
         return 0
     if args.command == "check":
         return _check(args.dataset)
+    if args.command == "captions":
+        return _captions(args)
     cfg = _config(args)
     if args.command == "prepare":
         units = prepare_all(args.footage, args.out, cfg, rebuild=args.rebuild, progress=not args.no_progress,

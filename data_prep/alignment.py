@@ -17,7 +17,8 @@ from hhtune.speech.align import Alignment, PhonemeRecognizer, align
 from hhtune.speech.g2p import phonemize
 from hhtune.speech.vad import energy_activity
 
-from .checks import script_languages, script_mismatch, too_long
+from .checks import UNUSABLE_TRANSCRIPT, script_mismatch, too_long
+from .language import Detected, detect_text_language
 from .segment import shift
 from .transcripts import Segment, Transcript
 from .units import Skip
@@ -33,6 +34,7 @@ class Speech:
     alignment: Alignment
     lines: list[str] = field(default_factory=list)  # transcript text per cue
     word_line: list[int] = field(default_factory=list)  # cue index per aligned word
+    line_source: list[str] = field(default_factory=list)  # where each line came from: srt, vtt, txt, asr
     end: float = 0.0  # clips may not go past this (the end of the transcribed part)
 
     def extend(self, other: Speech) -> None:
@@ -41,25 +43,28 @@ class Speech:
         self.alignment.phonemes += other.alignment.phonemes
         self.word_line += [len(self.lines) + i for i in other.word_line]
         self.lines += other.lines
+        self.line_source += other.line_source
 
 
-def check_language(text: str, language: str, mono16k: np.ndarray, notes: list[str]) -> str:
-    """The language to align ``text`` in: the declared one, or the one its script allows when none is declared.
+def check_language(text: str, declared: Detected, mono16k: np.ndarray, notes: list[str]) -> Detected:
+    """The language to align ``text`` in: the declared one, or the one found in the text (script, then
+    :func:`data_prep.language.detect_text_language`) when none is declared.
 
     Raises :class:`Skip` when the audio is silent under a transcript or the script does not fit the language.
     """
     if text and not energy_activity(mono16k, SPEECH_RATE, VAD_HOP).any():
         raise Skip("the transcript claims speech but the audio is silent")
-    if text and language == "unknown":
-        fits = script_languages(text)
-        if len(fits) == 1:
-            language = next(iter(fits))
-            notes.append(f"no language declared: {language!r} inferred from the transcript's script")
+    if text and declared.language == "unknown":
+        found = detect_text_language(text)
+        if found.language != "unknown":
+            notes.append(f"no language declared: {found.language!r} found in the transcript "
+                         f"({found.method}, confidence {found.confidence:.2f})")  # fmt: skip
+            declared = found
         else:
-            notes.append("transcript present but no language declared: not aligned (set language in metadata)")
-    if text and language != "unknown" and (why := script_mismatch(text, language)):
+            notes.append(UNUSABLE_TRANSCRIPT)
+    if text and declared.language != "unknown" and (why := script_mismatch(text, declared.language)):
         raise Skip(why)
-    return language
+    return declared
 
 
 @functools.lru_cache(maxsize=2)

@@ -15,6 +15,7 @@ import csv
 import json
 import multiprocessing
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -25,9 +26,9 @@ from hhtune.media import VIDEO_EXTENSIONS
 from hhtune.progress import ProgressBar
 from hhtune.quiet import quiet_dependencies
 
-from .checks import check_environment
+from .checks import check_environment, unusable_transcripts
 from .config import DataConfig
-from .prepare import input_fingerprint, prepare_file
+from .prepare import METADATA_KEYS, input_fingerprint, prepare_file
 from .transcripts import TRANSCRIPT_SUFFIXES
 from .units import Unit, unit_name
 
@@ -102,6 +103,9 @@ def load_metadata(footage: Path) -> tuple[dict[str, dict], list[Unit]]:
         name = row.get("file_name")
         if not name or not isinstance(name, str):
             raise BuildError(f"{where}: a metadata row needs a file_name (the footage file it describes): {row}")
+        if unknown := sorted(set(row) - set(METADATA_KEYS)):
+            raise BuildError(f"{where}: unknown metadata key(s) {', '.join(map(repr, unknown))} ({name}); "
+                             f"allowed: {', '.join(METADATA_KEYS)} (see docs/data.md)")  # fmt: skip
         target = (footage / name).resolve()
         if root not in target.parents:
             refused.append(Unit(name, reason=f"{where}: file_name points outside the footage folder; row ignored"))
@@ -159,6 +163,8 @@ def prepare_all(footage: Path, out: Path, cfg: DataConfig, *, rebuild: bool = Fa
                 units[futures[fut]] = fut.result()
                 bar.advance()
     everything = [units[rel] for rel in files] + skipped + refused
+    if warning := unusable_transcripts(everything):
+        print(f"warning: {warning}", file=sys.stderr)
     atomic_write_text(work / "units.json", json.dumps([u.to_json() for u in everything], ensure_ascii=False))
     return everything
 

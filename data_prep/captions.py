@@ -15,6 +15,7 @@ LANGUAGE_NAMES = {"en": "English", "zh": "Mandarin", "yue": "Cantonese", "ja": "
                   "de": "German", "fr": "French"}  # fmt: skip
 NO_BACKGROUND = "No prominent background sound"
 TRIGGER_PLACEHOLDER = "{trigger}"
+SPEAKER_DESCRIPTION = "A person speaks to the camera."  # the description of spoken clips that metadata does not give
 
 
 def is_cjk(ch: str) -> bool:
@@ -79,15 +80,16 @@ def build_caption(description: str, *, lines: list[str], speaker: str, language:
     Every spoken line appears twice, as the official design asks: woven into the description
     (``The speaker says, "..."``) and in the ``Dialogue`` paragraph.
     """
-    desc = insert_trigger(description or "A person speaks to the camera.", trigger, trigger_position)
     spoken = [space_cjk(ln) for ln in lines if ln.strip()]
+    # the stock description only where someone speaks: b-roll without one is never said to show a speaker
+    desc = insert_trigger(description or (SPEAKER_DESCRIPTION if spoken else ""), trigger, trigger_position)
     name = LANGUAGE_NAMES.get(language, language)
     who = (speaker or "the speaker").strip()
     if spoken:
         said = " ".join(f'"{ln}"' for ln in spoken)
         stop = "" if desc.rstrip().endswith((".", "!", "?")) else "."
         desc = f"{desc.rstrip()}{stop} {who[:1].upper()}{who[1:]} says in {name}, {said}"
-    parts = [desc]
+    parts = [desc] if desc else []
     if spoken:
         parts.append("Dialogue:\n" + "\n".join(f'<{who}, {name}>: "{ln}"' for ln in spoken))
     sound = (background or NO_BACKGROUND).strip().strip("<>")

@@ -11,6 +11,9 @@ from hhtune.cli import MissingDependencyError
 from hhtune.speech.languages import LANGUAGES
 
 ALL_LANGUAGES = frozenset(LANGUAGES)
+# The note of a file whose transcript cannot be used (no language declared, none found in its text).
+UNUSABLE_TRANSCRIPT = ("transcript present but its language could not be found from its text: not aligned "
+                       "(set language in metadata.jsonl or in the data config)")
 # Fast read speech is ~15-20 phonemes per second; beyond this a transcript cannot have been said in the clip.
 MAX_PHONEMES_PER_SECOND = 30.0
 
@@ -71,6 +74,17 @@ def script_mismatch(text: str, language: str) -> str | None:
             f"(it could be {', '.join(sorted(fits)) or 'none of the seven languages'})")  # fmt: skip
 
 
+def unusable_transcripts(units: list) -> str | None:
+    """The console warning for files whose transcript could not be used (``units``: data_prep Units), or ``None``."""
+    bad = [u.file for u in units if UNUSABLE_TRANSCRIPT in u.notes]
+    if not bad:
+        return None
+    named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return (f"{len(bad)} file(s) have a transcript that was not used ({named}): its language could not be found "
+            "from its text. Fix: add \"language\": \"en\" (en, zh, yue, ja, ko, de, fr) to their row in "
+            "metadata.jsonl, or set `language:` in the data config")  # fmt: skip
+
+
 def too_long(phonemes: int, seconds: float, limit: float = MAX_PHONEMES_PER_SECOND) -> str | None:
     """Why a transcript of ``phonemes`` cannot fit ``seconds`` of audio, or ``None``."""
     if seconds <= 0 or phonemes / seconds > limit:
@@ -85,7 +99,8 @@ SYSTEM_TOOLS = {"ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "espeak-ng": "espeak-ng
 PYTHON_MODULES = {"av": "av", "librosa": "librosa", "soundfile": "soundfile", "phonemizer": "phonemizer",
                   "jinja2": "jinja2", "silero_vad": "silero-vad", "pypinyin": "pypinyin", "jieba": "jieba",
                   "pycantonese": "pycantonese", "pyopenjtalk": "pyopenjtalk-plus",
-                  "num2words": "num2words"}  # fmt: skip
+                  "num2words": "num2words", "lingua": "lingua-language-detector", "dlib": "dlib-bin",
+                  "face_recognition_models": "face_recognition_models"}  # fmt: skip
 
 
 class EnvironmentProblem(MissingDependencyError):  # noqa: N818 -- public name; the base class says error

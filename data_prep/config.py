@@ -74,6 +74,11 @@ class DataConfig(BaseModel):
     untranscribed: Literal["asr", "speech_without_dialogue", "drop"] = Field(
         "speech_without_dialogue", description="speech outside every transcript cue: transcribe it with asr_model, "
         "keep it as clips with no Dialogue line, or drop it (always accounted in the report)")
+    keep_silent_video: bool = Field(True, description="footage with no audio track becomes clips that train the "
+                                    "picture only (silence encoded, the audio loss masked); false skips it")
+    mouth_regions: bool = Field(True, description="find the mouth in every frame (dlib face landmarks, ~10 ms a "
+                                "frame) and store its box per latent frame: the mouth_boxes column that "
+                                "loss.mouth_weight needs")
     workers: int = Field(2, ge=1)
     captioner: CaptionerConfig | None = Field(
         None, description="write each clip's description, speaker and background sound with a captioning model")

@@ -21,10 +21,13 @@ from hhtune.contract import (
     BUCKETS,
     COLUMN_TYPES,
     FORMAT_VERSION,
+    HAS_AUDIO_COLUMN,
     LANGUAGES,
     LATENT_COLUMNS,
     MANIFEST,
     META_COLUMNS,
+    MOUTH_BOXES,
+    NO_MOUTH,
     REFERENCE_LATENTS,
     ROWS,
     SPEAKER_COLUMN,
@@ -49,9 +52,10 @@ from .units import Clip, Unit
 LANGUAGE_CODES = (*LANGUAGES, UNKNOWN_LANGUAGE)
 
 
-def features(encoded: bool, sr: bool = False):
-    """The Arrow schema of the rows: the contract's column types, latents only when ``encoded``, the clips at the
-    super-resolution size only with ``sr``."""
+def features(encoded: bool, mouth: bool = False, sr: bool = False):
+    """The Arrow schema of the rows: the contract's column types, latents only when ``encoded``, the mouth boxes
+    only with ``mouth`` (data config ``mouth_regions``), the clips at the super-resolution size only when
+    ``encoded`` with ``sr`` (data config ``sr_resolution``)."""
     import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only the Arrow schema needs it
 
     def arrow(kind: str):
@@ -61,9 +65,9 @@ def features(encoded: bool, sr: bool = False):
             feature = datasets.List(feature)
         return feature
 
-    latent = (*LATENT_COLUMNS, REFERENCE_LATENTS)
-    return datasets.Features({k: arrow(t) for k, t in COLUMN_TYPES.items()
-                              if (encoded or k not in latent) and ((sr and encoded) or k != SR_VIDEO_LATENTS)})
+    left_out = (() if encoded else (*LATENT_COLUMNS, REFERENCE_LATENTS)) + (() if mouth else (MOUTH_BOXES,))
+    left_out += () if encoded and sr else (SR_VIDEO_LATENTS,)
+    return datasets.Features({k: arrow(t) for k, t in COLUMN_TYPES.items() if k not in left_out})
 
 
 def manifest_fingerprint(cfg: DataConfig, encoders_fp: str | None) -> str:
@@ -78,6 +82,9 @@ def _rows(clips: list[Clip], latents: Path | None, sr: bool = False):
         row = {k: getattr(c, k) for k in META_COLUMNS}
         row["speech_mask"] = list(c.speech_mask)
         row[SPEAKER_COLUMN] = c.speaker
+        row[HAS_AUDIO_COLUMN] = c.has_audio
+        if c.mouth_boxes is not None:
+            row[MOUTH_BOXES] = [list(b) for b in c.mouth_boxes]
         if latents is not None:
             lat = load_file(latents / f"{c.clip_id}.safetensors")
             row |= {k: lat[k].numpy() for k in (*LATENTS, *((SR_VIDEO_LATENTS,) if sr else ()))}
@@ -110,8 +117,10 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
     cache = Path(tempfile.mkdtemp(prefix=".hf-cache.", dir=out / ".work"))
     try:
         with atomic_dir(out / ROWS) as tmp:
+            # the mouth column when every clip was searched (data config mouth_regions)
+            mouth = all(c.mouth_boxes is not None for c in clips) if clips else cfg.mouth_regions
             sr = cfg.sr_resolution is not None
-            schema = features(encoders is not None, sr)
+            schema = features(encoders is not None, mouth, sr)
             ds = datasets.Dataset.from_generator(_rows, gen_kwargs={"clips": clips, "latents": latents, "sr": sr},
                                                  features=schema, cache_dir=str(cache),
                                                  keep_in_memory=False) if clips else \
@@ -129,10 +138,29 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
                 # where the clips were cut from: evaluation compares samples with the training footage
                 "footage": str(Path(footage).resolve()) if footage is not None else None,
                 # how each clip's words and speech mask were found (dtw/ctc alignment; phonemes, Silero VAD or energy)
-                "clip_sources": {c.clip_id: {"alignment": c.alignment_method, "speech_mask": c.mask_source}
+                # and where its Dialogue lines and its language came from (how sure the language is)
+                "clip_sources": {c.clip_id: {"alignment": c.alignment_method, "speech_mask": c.mask_source,
+                                             "transcript": c.transcript_source, "language": c.language_source,
+                                             "language_confidence": c.language_confidence}
                                  for c in clips}}  # fmt: skip
+    if kept := kept_edits(out, clips):  # captions edited in review that this build still has
+        manifest["edits"] = kept
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
     return out / ROWS
+
+
+def caption_digest(caption: str) -> str:
+    """A short hash of a caption: a review edit in the manifest names the caption it wrote by it."""
+    return hashlib.sha1(caption.encode()).hexdigest()[:12]
+
+
+def kept_edits(out: Path, clips: list[Clip]) -> list[dict]:
+    """The caption review edits of the manifest in ``out`` whose clip still has the caption the edit wrote (a file
+    prepared again has fresh captions, and its edits are gone)."""
+    path = Path(out) / MANIFEST
+    edits = json.loads(path.read_text()).get("edits", []) if path.is_file() else []
+    captions = {c.clip_id: caption_digest(c.caption) for c in clips}
+    return [e for e in edits if captions.get(e.get("clip_id")) == e.get("caption")]
 
 
 def load_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerprint: str | None = None,
@@ -151,7 +179,8 @@ def load_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerp
 
 
 def _check_rows(path: Path, ds, encoded: bool) -> None:
-    meta = ds.select_columns([c for c in META_COLUMNS if c != "caption"])
+    mouth = [MOUTH_BOXES] if MOUTH_BOXES in ds.column_names else []
+    meta = ds.select_columns([c for c in META_COLUMNS if c != "caption"] + mouth)
     seen: dict[tuple, int] = {}
     ids = set()
     for i, r in enumerate(meta):
@@ -170,6 +199,8 @@ def _check_rows(path: Path, ds, encoded: bool) -> None:
         a = json.loads(r["alignment"])
         if not set(str(a.get("method")).split("+")) <= {"ctc", "dtw", "none"} or not isinstance(a.get("words"), list):
             raise DatasetError(f"{where}: alignment JSON lacks method/words")
+        if mouth:
+            _check_mouth(where, r)
         seen.setdefault((r["num_frames"], r["height"], r["width"]), i)
     if not encoded:
         return
@@ -185,4 +216,18 @@ def _check_rows(path: Path, ds, encoded: bool) -> None:
                                f"expected [<={TEXT_LENGTH}, C]")  # fmt: skip
 
 
-__all__ = ["LANGUAGE_CODES", "features", "load_dataset_dir", "manifest_fingerprint", "write_dataset"]
+def _check_mouth(where: str, r: dict) -> None:
+    """A row's mouth boxes: one per latent frame, each inside the latent grid and not empty, or ``NO_MOUTH``."""
+    shape = LatentShape.from_pixels(r["width"], r["height"], r["num_frames"])
+    boxes = r[MOUTH_BOXES]
+    if len(boxes) != shape.latent_frames:
+        raise DatasetError(f"{where}: {MOUTH_BOXES} has {len(boxes)} boxes for {shape.latent_frames} latent frames")
+    for box in boxes:
+        x0, y0, x1, y1 = box
+        if tuple(box) != NO_MOUTH and not (0 <= x0 < x1 <= shape.latent_width and 0 <= y0 < y1 <= shape.latent_height):
+            raise DatasetError(f"{where}: {MOUTH_BOXES} box {box} is outside the "
+                               f"{shape.latent_width}x{shape.latent_height} latent grid")  # fmt: skip
+
+
+__all__ = ["LANGUAGE_CODES", "caption_digest", "features", "kept_edits", "load_dataset_dir", "manifest_fingerprint",
+           "write_dataset"]

@@ -1,4 +1,5 @@
-"""Stages 1-7 for one footage file: probe, decode, transcript, G2P, alignment, cutting, captions, buckets.
+"""Stages 1-7 for one footage file: probe, decode, transcript, G2P, alignment, cutting (and the mouth in each
+frame), captions, buckets.
 
 :func:`prepare_file` drives one function per stage (``_probe``, ``_transcript``, ``_align``, ``_segment``, ``_cut``,
 ``_caption``), each filling in the file's :class:`~data_prep.units.Unit`. It runs in a worker process. Its result,
@@ -34,8 +35,11 @@ from .accounting import UNTRANSCRIBED, coverage, timeline, whole_file
 from .alignment import VAD_HOP, Speech, align_transcript, check_language
 from .captions import build_caption, join_words
 from .config import DataConfig
-from .segment import Plan, PlannedClip, plan, runs, window
-from .transcripts import TRANSCRIPT_SUFFIXES, Segment, Transcript, find_sidecar, parse_transcript, transcribe
+from .language import Detected
+from .mouth import mouth_regions
+from .segment import Plan, PlannedClip, fixed_clips, plan, runs, window
+from .transcribe import asr_untranscribed, file_transcript
+from .transcripts import TRANSCRIPT_SUFFIXES, Transcript
 from .units import Clip, Skip, Unit, unit_name
 
 CAPTION_SUFFIXES = (".caption.txt", ".caption")
@@ -93,8 +97,9 @@ def prepare_file(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path) 
 
 def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit: Unit) -> None:
     """The driver: one call per stage, each filling in ``unit``."""
-    info, audio, language = _probe(path, meta, cfg, unit)
-    spoken, transcript, language, heard = _listen(path, audio.mono16k, language, info.duration, cfg, unit)
+    info, audio, declared = _probe(path, meta, cfg, unit)
+    spoken, transcript, found, heard = _listen(path, audio.mono16k, declared, info.duration, cfg, unit)
+    language = found.language
     cut = _segment(spoken, transcript, heard.active, audio.mono16k, info.duration, language, cfg, unit)
     bucket = nearest_bucket(info.width, info.height, list(cfg.buckets))
     width, height = bucket_size(bucket, cfg.base_resolution)
@@ -111,32 +116,41 @@ def _prepare(path: Path, rel: str, meta: dict, cfg: DataConfig, work: Path, unit
     try:
         for k, planned in enumerate(cut.clips):
             clip_id = f"{Path(rel).stem}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}-{k:03d}"
-            _cut(reader, audio.stereo, planned, reference, work / "clips" / f"{clip_id}.npz")
+            frames = _cut(reader, audio.stereo, planned, reference, work / "clips" / f"{clip_id}.npz")
+            mouth = mouth_regions(frames) if cfg.mouth_regions else None
             clip_align = window(spoken.alignment, planned.start, planned.end)
             mask, mask_source = _speech_mask(clip_align, spoken.alignment.method in ("ctc", "dtw"), heard,
                                              planned.start, planned.frames)  # fmt: skip
-            lines = _clip_lines(spoken, planned.start, planned.end, language)
+            lines, said_by = _clip_lines(spoken, planned.start, planned.end, language)
             unit.clips.append(Clip(
                 clip_id=clip_id, source_file=rel, start_s=round(planned.start, 4), end_s=round(planned.end, 4),
                 language=language, caption=_caption(description, lines, speaker, language, meta, cfg),
                 transcript=" ".join(lines), alignment=clip_align.to_json(),
                 alignment_method=clip_align.method if clip_align.words else "none",
                 speech_mask=tuple(mask.tolist()), mask_source=mask_source, bucket=bucket, width=width, height=height,
-                num_frames=planned.frames, speaker=speaker))  # fmt: skip
+                num_frames=planned.frames, speaker=speaker,
+                transcript_source="asr" if "asr" in said_by else transcript.source if said_by else "none",
+                language_source=found.method, language_confidence=found.confidence,
+                has_audio=info.audio_channels > 0, mouth_boxes=None if mouth is None else mouth.boxes,
+                no_face_frames=None if mouth is None else mouth.no_face_frames))  # fmt: skip
     finally:
         reader.close()
 
 
-def _probe(path: Path, meta: dict, cfg: DataConfig, unit: Unit) -> tuple[Probe, Audio, str]:
+def _probe(path: Path, meta: dict, cfg: DataConfig, unit: Unit) -> tuple[Probe, Audio, Detected]:
     """Stage 1: probe and decode (the audio once; both rates are resampled in memory); the declared language."""
     notes = unit.notes
-    unknown = sorted(set(meta) - set(METADATA_KEYS))
-    if unknown:
-        notes.append(f"metadata keys ignored: {', '.join(unknown)} (known: {', '.join(METADATA_KEYS[1:])})")
     info = unit.probe = probe(path)
+    declared = (Detected(normalise_language(meta["language"]), 1.0, "metadata") if meta.get("language") else
+                Detected(cfg.language, 1.0, "config") if cfg.language else Detected("unknown", 0.0, "none"))
     if info.audio_channels == 0:
-        raise Skip("no audio track: HappyHorse learns picture and sound together")
-    language = normalise_language(meta.get("language") or cfg.language or "unknown")
+        if not cfg.keep_silent_video:
+            raise Skip("no audio track (keep_silent_video: false)")
+        unit.kind = "silent video"
+        notes.append("no audio track: its clips train the picture only (silence encoded, audio loss masked)")
+        n = int(info.duration * SPEECH_RATE)
+        return info, Audio(np.zeros((2, int(info.duration * AUDIO_RATE)), np.float32), np.zeros(n, np.float32)), \
+            declared  # fmt: skip
     audio = decode_audio(path)
     if info.audio_rate and info.audio_rate < 16000:
         notes.append(f"low audio sample rate {info.audio_rate} Hz (upsampled to {AUDIO_RATE}; "
@@ -151,22 +165,25 @@ def _probe(path: Path, meta: dict, cfg: DataConfig, unit: Unit) -> tuple[Probe, 
         notes.append(f"odd frame size {info.width}x{info.height}: resized and cropped to the bucket")
     if abs(info.fps - FPS) > 0.01:
         notes.append(f"{info.fps:.3g} fps resampled to {FPS} fps")
-    return info, audio, language
+    return info, audio, declared
 
 
-def _listen(path: Path, mono16k: np.ndarray, language: str, duration: float, cfg: DataConfig,
-            unit: Unit) -> tuple[Speech, Transcript, str, _Heard]:  # fmt: skip
-    """Stages 2-4: the transcript, its language checked against its script, G2P and alignment; meanwhile where
-    speech is (Silero VAD, in a thread while the words are aligned: its torch kernels and the aligner's espeak-ng
-    processes leave each other room; energy only when Silero is missing)."""
+def _listen(path: Path, mono16k: np.ndarray, declared: Detected, duration: float, cfg: DataConfig,
+            unit: Unit) -> tuple[Speech, Transcript, Detected, _Heard]:  # fmt: skip
+    """Stages 2-4: the transcript, its language (declared, else found from its text or by Whisper) checked against
+    its script, G2P and alignment; meanwhile where speech is (Silero VAD, in a thread while the words are aligned:
+    its torch kernels and the aligner's espeak-ng processes leave each other room; energy only when Silero is
+    missing). Whisper waits for the VAD: it transcribes only where speech was heard."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         vad_job = pool.submit(speech_activity, mono16k, VAD_HOP)
-        transcript = _transcript(path, language, mono16k, cfg, unit)
-        language = unit.language = check_language(transcript.text(), language, mono16k, unit.notes)
-        spoken = _align(mono16k, transcript, language, duration, cfg, unit)
+        transcript, found = file_transcript(path, declared, mono16k, lambda: vad_job.result()[0], cfg, unit)
+        found = check_language(transcript.text(), found, mono16k, unit.notes)
+        unit.language, unit.language_source, unit.language_confidence = found.language, found.method, found.confidence
+        spoken = _align(mono16k, transcript, found.language, duration, cfg, unit)
         active, vad = vad_job.result()
     unit.vad, unit.speech_seconds = vad, round(float(active.sum()) * VAD_HOP, 2)
-    return spoken, transcript, language, _Heard(active, vad)
+    spoken.line_source = [transcript.source] * len(spoken.lines)
+    return spoken, transcript, found, _Heard(active, vad)
 
 
 def _align(mono16k: np.ndarray, transcript: Transcript, language: str, duration: float, cfg: DataConfig,
@@ -186,16 +203,15 @@ def _segment(spoken: Speech, transcript: Transcript, active: np.ndarray, mono16k
     notes = unit.notes
     speech = runs(active.tolist(), VAD_HOP)
     energy = _levels(mono16k)
-    if not spoken.alignment.words and not speech and cfg.untranscribed != "drop":  # no speech at all: kept whole
-        notes.append("no speech detected: kept as clips without a Dialogue line (ambient footage)")
-        loose = _untranscribed([Interval(0.0, frames_for(duration) / FPS, "")], [], transcript, energy, cfg)
-    else:
-        loose = _untranscribed(speech, spoken.alignment.words, transcript, energy, cfg)
-    if loose and cfg.untranscribed == "asr":
-        spoken.extend(_asr_words(mono16k, loose, language, cfg, notes))
+    if not spoken.alignment.words and (not speech or cfg.untranscribed != "drop"):
+        return _ambient(duration, speech, cfg, unit)
+    unit.kind = "speech"
+    loose = _untranscribed(speech, spoken.alignment.words, transcript, energy, cfg)
+    if loose and cfg.untranscribed == "asr" and transcript.source != "asr":
+        spoken.extend(asr_untranscribed(mono16k, loose, language, cfg, unit))
         loose = []
     words = spoken.alignment.words
-    keep_loose = cfg.untranscribed == "speech_without_dialogue"
+    keep_loose = cfg.untranscribed != "drop"
     items = sorted(words + (loose if keep_loose else []), key=lambda w: w.start)
     cut = plan(items, spoken.end or duration, cfg.min_seconds, cfg.max_seconds)
     if loose:
@@ -209,13 +225,30 @@ def _segment(spoken: Speech, transcript: Transcript, active: np.ndarray, mono16k
     return cut
 
 
+def _ambient(duration: float, speech: list[Interval], cfg: DataConfig, unit: Unit) -> Plan:
+    """Stage 5 for footage with no transcribed word to cut between (music, ambience, no audio track, talk nobody
+    transcribed): all of it, in clips of equal length within ``min_seconds``-``max_seconds``."""
+    unit.kind = unit.kind or ("ambient" if not speech else "speech without transcript")
+    unit.notes.append(f"no transcribed words ({unit.kind}): kept whole as clips of equal length without a "
+                      "Dialogue line")  # fmt: skip
+    cut = fixed_clips(duration, cfg.min_seconds, cfg.max_seconds)
+    spans = [(c.start, c.end) for c in cut.clips]
+    rest = [(0.0, duration, "left between clips by the 4k+1 frame rounding")] if cut.clips else []
+    unit.timeline = timeline(duration, spans, [], speech, rest + [(d.start, d.end, d.reason) for d in cut.dropped])
+    unit.speech_coverage = {"transcribed_used_s": 0.0, "transcribed_s": 0.0}
+    unit.speech_coverage.update(zip(("detected_used_s", "detected_s"), coverage(speech, spans)))
+    return cut
+
+
 def _cut(reader: FrameReader, stereo: np.ndarray, planned: PlannedClip, reference: np.ndarray | None,
-         npz: Path) -> None:  # fmt: skip
-    """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``."""
+         npz: Path) -> np.ndarray:  # fmt: skip
+    """Stage 6: the clip's frames (in its bucket) and 51200 Hz stereo audio, written atomically to ``npz``; returns
+    the frames."""
     frames = reader.read(planned.start, planned.frames)
     wave = _slice(stereo, round(planned.start * AUDIO_RATE), audio_samples_for(planned.frames))
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
         np.savez(f, frames=frames, audio=wave, **({"reference": reference} if reference is not None else {}))
+    return frames
 
 
 def _caption(description: str, lines: list[str], speaker: str, language: str, meta: dict, cfg: DataConfig) -> str:
@@ -290,48 +323,18 @@ def _speech_mask(clip_align: Alignment, real: bool, heard_at: _Heard, start: flo
     return heard.astype(np.float32), vad
 
 
-def _clip_lines(speech: Speech, start: float, end: float, language: str) -> list[str]:
-    """The clip's spoken lines: a cue said wholly inside the clip keeps its transcript text (punctuation and
-    all); a cue cut by the clip's edges contributes the aligned words that fall inside."""
+def _clip_lines(speech: Speech, start: float, end: float, language: str) -> tuple[list[str], set[str]]:
+    """The clip's spoken lines, and where they came from (``srt``, ``asr``, ...): a cue said wholly inside the clip
+    keeps its transcript text (punctuation and all); a cue cut by the clip's edges contributes the aligned words
+    that fall inside."""
     inside: dict[int, list[str]] = {}
     count: dict[int, int] = {}
     for w, line in zip(speech.alignment.words, speech.word_line):
         count[line] = count.get(line, 0) + 1
         if w.start >= start - 1e-6 and w.end <= end + 1e-6:
             inside.setdefault(line, []).append(w.label)
-    return [speech.lines[i] if len(ws) == count[i] else join_words(ws, language) for i, ws in sorted(inside.items())]
-
-
-def _transcript(path: Path, language: str, mono16k: np.ndarray, cfg: DataConfig, unit: Unit) -> Transcript:
-    """Stage 2: the transcript sidecar, else the local ASR when configured, else none (speech is untranscribed)."""
-    side = find_sidecar(path)
-    if side is not None:
-        try:
-            t = parse_transcript(side)
-        except Exception as e:  # whatever the parser raises, the file's fate names the sidecar and the problem
-            raise Skip(f"transcript {side.name} could not be read: {e}") from e
-        unit.transcript_source = f"sidecar {side.name}"
-        return t
-    if cfg.asr_model:
-        unit.transcript_source = "asr"
-        unit.notes.append(f"transcript from local ASR ({cfg.asr_model})")
-        return transcribe(mono16k, language, cfg.asr_model)
-    unit.transcript_source = "none"
-    unit.notes.append("no transcript sidecar and no asr_model: its speech is handled as untranscribed "
-                      f"({cfg.untranscribed})")
-    return Transcript()
-
-
-def _asr_words(mono16k: np.ndarray, loose: list[Interval], language: str, cfg: DataConfig, notes: list[str]) -> Speech:
-    """Transcribe each stretch of untranscribed speech with the local ASR model and align it like a cue."""
-    segs = []
-    for s in loose:
-        t = transcribe(mono16k[int(s.start * SPEECH_RATE) : int(s.end * SPEECH_RATE)], language, cfg.asr_model)
-        if t.text():
-            segs.append(Segment(s.start, s.end, t.text()))
-    notes.append(f"{len(segs)} stretch(es) of untranscribed speech transcribed by the local ASR ({cfg.asr_model})")
-    return align_transcript(mono16k, Transcript(segs, "asr"), language, len(mono16k) / SPEECH_RATE,
-                            cfg.acoustic_model, notes)  # fmt: skip
+    lines = [speech.lines[i] if len(ws) == count[i] else join_words(ws, language) for i, ws in sorted(inside.items())]
+    return lines, {speech.line_source[i] for i in inside}
 
 
 def _caption_sidecar(path: Path) -> str:

@@ -23,7 +23,7 @@ import soundfile
 from jinja2 import Environment, FileSystemLoader
 from PIL import Image, ImageDraw
 
-from hhtune.contract import AUDIO_SAMPLE_RATE
+from hhtune.contract import AUDIO_SAMPLE_RATE, MANIFEST, NO_MOUTH, VIDEO_STRIDE, latent_frame_of
 from hhtune.io import atomic_write_text
 
 from .accounting import NOT_IN_CLIP, SILENCE, UNTRANSCRIBED, USED, seconds_by_reason
@@ -48,9 +48,9 @@ def summarise(units: list[Unit]) -> dict:
     fates = Counter(u.fate for u in units)
     files = []
     for u in units:
-        entry = {k: getattr(u, k) for k in ("file", "fate", "reason", "language", "transcript_source",
-                                            "alignment_method", "alignment_confidence", "bucket",
-                                            "speech_seconds")}  # fmt: skip
+        entry = {k: getattr(u, k) for k in ("file", "fate", "reason", "kind", "language", "language_source",
+                                            "language_confidence", "transcript_source", "alignment_method",
+                                            "alignment_confidence", "bucket", "speech_seconds")}  # fmt: skip
         entry["notes"] = [n for n in u.notes if "Traceback" not in n]
         entry["clips"] = len(u.clips)
         entry["clip_ids"] = [c.clip_id for c in u.clips]
@@ -61,6 +61,8 @@ def summarise(units: list[Unit]) -> dict:
         entry["seconds"] = seconds_by_reason(entry["timeline"])
         entry["speech_coverage"] = u.speech_coverage or {}
         entry["mask_sources"] = sorted({c.mask_source for c in u.clips} - {""})
+        # per clip: latent frames without a face (data config mouth_regions; no mouth weight there)
+        entry["no_face_frames"] = {c.clip_id: c.no_face_frames for c in u.clips if c.no_face_frames is not None}
         files.append(entry)
     seconds: Counter = Counter()
     cover: Counter = Counter()
@@ -73,12 +75,19 @@ def summarise(units: list[Unit]) -> dict:
                    "split": fates["split"], "skipped": fates["skipped"], "clips": len(clips), "seconds": dur(clips),
                    "source_seconds": round(sum(u.probe.duration for u in units if u.probe is not None), 2),
                    "dropped_seconds": round(sum(v for k, v in seconds.items() if k != "used"), 2),
+                   # data config mouth_regions: latent frames searched for a face, and those where none was found
+                   "mouth_frames": sum(len(c.mouth_boxes) for c in clips if c.mouth_boxes is not None),
+                   "no_face_frames": sum(c.no_face_frames or 0 for c in clips),
                    **{k: round(cover.get(k, 0.0), 2) for k in ("transcribed_used_s", "transcribed_s", "detected_used_s",
                                                               "detected_s")}},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "mask_sources": dict(Counter(c.mask_source for c in clips)),
         "skip_reasons": dict(Counter(_reason_kind(u.reason) for u in units if u.fate == "skipped")),
         "by_language": by("language"), "by_bucket": by("bucket"), "by_speaker": by("speaker"),
+        # speech, ambient (music, sound), silent video ...; and where the Dialogue lines came from
+        "by_kind": {k: {"clips": len(v), "seconds": dur(v)}
+                    for k, v in sorted(_group_units(units).items())},
+        "by_transcript_source": by("transcript_source"),
         "alignment": {
             "methods": dict(methods),
             "mean_word_confidence": round(float(np.mean(confidence)), 3) if confidence else None,
@@ -91,6 +100,15 @@ def summarise(units: list[Unit]) -> dict:
 def _reason_kind(reason: str) -> str:
     """A reason without its specifics (numbers, quoted names), for counting."""
     return reason.split(" (")[0].split(":")[0][:80]
+
+
+def _group_units(units: list[Unit]) -> dict[str, list[Clip]]:
+    """Clips by the kind of footage they were cut from."""
+    out: dict[str, list[Clip]] = defaultdict(list)
+    for u in units:
+        if u.clips:
+            out[u.kind or "speech"] += u.clips
+    return out
 
 
 def _group(clips: list[Clip], key: str) -> dict[str, list[Clip]]:
@@ -106,11 +124,24 @@ def _b64png(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def thumbnail_strip(frames: np.ndarray, columns: int = 6) -> tuple[str, int]:
+def thumbnail_strip(frames: np.ndarray, columns: int = 6,
+                    mouth_boxes: tuple[tuple[int, int, int, int], ...] | None = None) -> tuple[str, int]:
     """Base64 PNG of ``columns`` frames side by side, 96 px high, and its width. Tile ``i`` stands for the ``i``-th
-    ``columns``-th of the clip and shows the frame at its middle, so x is time as on :func:`waveform_picture`."""
-    pick = frames[np.minimum(len(frames) - 1, ((np.arange(columns) + 0.5) * len(frames) / columns).astype(int))]
-    strip = Image.fromarray(np.concatenate(list(pick), axis=1))
+    ``columns``-th of the clip and shows the frame at its middle, so x is time as on :func:`waveform_picture`.
+    With ``mouth_boxes`` (per latent frame, in latent cells) each tile has its latent frame's box drawn in
+    :data:`MOUTH_COLOUR`, as the loss sees it: whole 16 px cells."""
+    index = np.minimum(len(frames) - 1, ((np.arange(columns) + 0.5) * len(frames) / columns).astype(int))
+    tiles = [Image.fromarray(frames[i]) for i in index]
+    if mouth_boxes is not None:
+        _, sy, sx = VIDEO_STRIDE
+        line = max(2, round(2 * frames.shape[1] / 96))  # still 2 px once the strip is scaled to 96 px high
+        for tile, i in zip(tiles, index):
+            box = mouth_boxes[min(latent_frame_of(int(i)), len(mouth_boxes) - 1)]
+            if tuple(box) != NO_MOUTH:
+                x0, y0, x1, y1 = box
+                ImageDraw.Draw(tile).rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=MOUTH_COLOUR,
+                                               width=line)  # fmt: skip
+    strip = Image.fromarray(np.concatenate([np.asarray(t) for t in tiles], axis=1))
     strip = strip.resize((max(1, round(strip.width * 96 / strip.height)), 96))
     return _b64png(strip), strip.width
 
@@ -165,12 +196,12 @@ def _clip_view(c: Clip, out: Path) -> dict:
                 strip=None, wave=None, sound=None, picture_width=None,
                 timing_text=plain_timing(a.method, a.mean_confidence if a.words else None),
                 timing_detail=_timing_detail(a.method, a.mean_confidence if a.words else None),
-                mask_text=plain_mask_source(c.mask_source),
+                mask_text=plain_mask_source(c.mask_source), mouth_text=mouth_text(c),
                 caption_format=check_caption(c.caption, transcript=c.transcript))  # fmt: skip
     npz = out / ".work" / "clips" / f"{c.clip_id}.npz"
     if npz.is_file():
         with np.load(npz) as data:
-            view["strip"], view["picture_width"] = thumbnail_strip(data["frames"])
+            view["strip"], view["picture_width"] = thumbnail_strip(data["frames"], mouth_boxes=c.mouth_boxes)
             audio = data["audio"] if "audio" in data else None
         view["wave"] = waveform_picture(audio, c.end_s - c.start_s, a, list(c.speech_mask), view["picture_width"])
         if audio is not None and audio.size:
@@ -185,6 +216,7 @@ CATEGORY_COLOURS = {USED: "#2e8b3e", SILENCE: "#b4b4b4", UNTRANSCRIBED: "#e0a030
 # everywhere.
 OTHER_COLOURS = ("#7a5ca8", "#4a7ab0", "#a0607a", "#5f8f8f", "#8a7050", "#6b6bb5")
 MASK_COLOUR = (40, 50, 110)  # dark navy: speech in the clip's speech mask
+MOUTH_COLOUR = (230, 30, 200)  # magenta: the mouth box on the thumbnails (data config mouth_regions)
 
 
 def category_colour(category: str) -> str:
@@ -217,6 +249,16 @@ def plain_mask_source(source: str) -> str:
         text = "from the timed speech sounds"
         return text + (", checked by a voice detector" if "silero" in source else "")
     return {"silero": "from a voice detector", "energy": "from loudness"}.get(source, source)
+
+
+def mouth_text(c: Clip) -> str:
+    """Whether a clip's mouth was found, in plain words ("" when the data config's mouth_regions was off)."""
+    if c.mouth_boxes is None:
+        return ""
+    n = len(c.mouth_boxes)
+    if not c.no_face_frames:
+        return f"mouth found in all {n} latent frames"
+    return f"no face in {c.no_face_frames} of {n} latent frames (no mouth weight there)"
 
 
 def plural(n: int, word: str) -> str:
@@ -312,7 +354,7 @@ def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
     categories = [USED, *sorted({r["reason"] for f in summary["files"] for r in f["timeline"]
                                  if r["status"] != "used"})]
-    files = []
+    files, edited = [], edited_captions(out)
     for f, u in zip(summary["files"], units):
         cov = f["speech_coverage"]
         confidence = f["alignment_confidence"]
@@ -321,15 +363,26 @@ def _html(summary: dict, units: list[Unit], charts: list[tuple[str, str]], out: 
                       "timing_text": plain_timing(f["alignment_method"], confidence) if f["alignment_method"] else "",
                       "timing_detail": _timing_detail(f["alignment_method"], confidence),
                       "mask_text": "; ".join(plain_mask_source(m) for m in f["mask_sources"]),
-                      "clip_views": [_clip_view(c, out) for c in u.clips]})  # fmt: skip
+                      "clip_views": [{**_clip_view(c, out), "edited": edited.get(c.clip_id)}
+                                     for c in u.clips]})  # fmt: skip
     tables = [(name, summary[key]) for name, key in (("language", "by_language"), ("bucket", "by_bucket"),
-                                                     ("speaker", "by_speaker"))]  # fmt: skip
+                                                     ("speaker", "by_speaker"), ("kind of footage", "by_kind"),
+                                                     ("transcript", "by_transcript_source"))]  # fmt: skip
     return env.get_template("report.html.j2").render(
         t=summary["totals"], seconds=summary["seconds"], files=files, tables=tables, alignment=summary["alignment"],
         mask_sources=summary["mask_sources"], charts=charts, charts_drawn_with=summary["charts_drawn_with"],
         legend=[(c, category_colour(c)) for c in categories], colour=category_colour, plural=plural,
         mask_colour="#{:02x}{:02x}{:02x}".format(*MASK_COLOUR), pct=_pct,
+        mouth_colour="#{:02x}{:02x}{:02x}".format(*MOUTH_COLOUR),
         width=lambda r, d: round(100 * (r["end"] - r["start"]) / d, 3) if d else 0)  # fmt: skip
+
+
+def edited_captions(out: Path) -> dict[str, str]:
+    """Clip id -> when its caption was last edited in review (``python -m data_prep captions --import``), from the
+    manifest's ``edits``."""
+    manifest = Path(out) / MANIFEST
+    edits = json.loads(manifest.read_text()).get("edits", []) if manifest.is_file() else []
+    return {e["clip_id"]: e["at"] for e in edits}
 
 
 def _pct(part: float, whole: float) -> str:

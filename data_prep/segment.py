@@ -18,6 +18,7 @@ How words become clips (:func:`plan`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hhtune.contract import FPS, frames_for, frames_holding
@@ -140,6 +141,20 @@ def _place(first: float, last: float, lo: float, hi: float, min_s: float, limit:
     if start + n / FPS < last - _EPS:
         return None
     return start, n
+
+
+def fixed_clips(duration: float, min_s: float, max_s: float) -> Plan:
+    """Footage with no words to cut between (music, ambience, no audio track): the fewest equal pieces of at most
+    ``max_s``, each the longest 4k+1 frames that fits its piece; none when a piece would be under ``min_s``."""
+    out = Plan()
+    n = max(1, math.ceil(duration / max_s - _EPS))
+    piece = duration / n
+    frames = frames_for(piece)
+    if frames / FPS < min_s - _EPS:
+        out.dropped.append(Dropped(0.0, duration, f"too short: under min_seconds ({min_s} s)"))
+        return out
+    out.clips = [PlannedClip(round(k * piece, 6), frames) for k in range(n)]
+    return out
 
 
 def segment(words: list[Interval], duration: float, min_s: float, max_s: float,

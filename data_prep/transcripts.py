@@ -1,15 +1,10 @@
-"""Transcript sidecars (SRT, WebVTT, plain text) and optional local ASR."""
+"""Transcript sidecars (SRT, WebVTT, plain text); Whisper transcripts are made by :mod:`data_prep.asr`."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-
-from hhtune.contract import SPEECH_SAMPLE_RATE
-from hhtune.speech.languages import NAMES
 
 TRANSCRIPT_SUFFIXES = (".srt", ".vtt", ".txt")  # sidecars next to a footage file, in the order they are looked for
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")
@@ -97,15 +92,3 @@ def parse_transcript(path: str | Path) -> Transcript:
 def find_sidecar(path: Path) -> Path | None:
     """The transcript sidecar of a footage file (same stem, first of :data:`TRANSCRIPT_SUFFIXES`), if any."""
     return next((p for s in TRANSCRIPT_SUFFIXES if (p := path.with_name(path.stem + s)).is_file()), None)
-
-
-def transcribe(audio_16k: np.ndarray, language: str, asr_model_path: str | Path) -> Transcript:
-    """Speech to text with a local Whisper model through transformers (only when a path is configured)."""
-    from transformers import pipeline  # noqa: PLC0415 -- heavy: transformers loads in ~1 s, only ASR needs it
-
-    asr = pipeline("automatic-speech-recognition", model=str(asr_model_path), return_timestamps=True)
-    lang = None if language == "unknown" else NAMES[language].lower().replace("mandarin", "chinese")
-    kwargs = {"language": lang} if lang else {}
-    out = asr({"raw": audio_16k, "sampling_rate": SPEECH_SAMPLE_RATE}, generate_kwargs=kwargs)
-    chunks = out.get("chunks") or [{"timestamp": (None, None), "text": out["text"]}]
-    return Transcript([Segment(c["timestamp"][0], c["timestamp"][1], c["text"].strip()) for c in chunks], "asr")

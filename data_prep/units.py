@@ -40,14 +40,27 @@ class Clip:
     height: int
     num_frames: int
     speaker: str
+    transcript_source: str = "none"  # where its Dialogue lines came from: srt, vtt, txt, asr, or none
+    language_source: str = "none"  # metadata, config, script, lingua, characters, whisper (or none)
+    language_confidence: float = 0.0  # 1.0 when declared
+    has_audio: bool = True  # False: the footage had no audio track (silence encoded, audio loss masked)
+    # data config mouth_regions (None when off): the mouth per latent frame, in latent cells (contract.MOUTH_BOXES),
+    # and how many video frames had no face
+    mouth_boxes: tuple[tuple[int, int, int, int], ...] | None = None
+    no_face_frames: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The clip as a JSON object (the mask as a list)."""
-        return {**asdict(self), "speech_mask": list(self.speech_mask)}
+        """The clip as a JSON object (the mask and the boxes as lists; the mouth fields left out when not searched)."""
+        data = {**asdict(self), "speech_mask": list(self.speech_mask)}
+        if self.mouth_boxes is None:
+            return {k: v for k, v in data.items() if k not in ("mouth_boxes", "no_face_frames")}
+        return {**data, "mouth_boxes": [list(b) for b in self.mouth_boxes]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Clip:
-        return cls(**{**data, "speech_mask": tuple(data["speech_mask"])})
+        boxes = data.get("mouth_boxes")
+        return cls(**{**data, "speech_mask": tuple(data["speech_mask"]),
+                      "mouth_boxes": None if boxes is None else tuple(tuple(b) for b in boxes)})  # fmt: skip
 
 
 @dataclass
@@ -63,7 +76,10 @@ class Unit:
     inputs: str | None = None  # fingerprint of what the unit was made from (file, sidecars, metadata row, settings)
     probe: Probe | None = None
     transcript_source: str | None = None  # "sidecar NAME", "asr" or "none"
+    kind: str | None = None  # speech, speech without transcript, ambient (music, sound), silent video
     language: str | None = None
+    language_source: str | None = None  # see Clip.language_source
+    language_confidence: float | None = None
     alignment_method: str | None = None
     alignment_confidence: float | None = None
     vad: str | None = None  # what found the speech: "silero" or "energy"

@@ -8,7 +8,11 @@
 * pictures are resized and centre-cropped to one of :data:`BUCKETS` at a base (short side) resolution;
   :class:`LatentShape` gives the latent sizes of a clip from its pixel sizes;
 * a dataset folder holds ``manifest.json`` and ``dataset/`` (Arrow rows with :data:`META_COLUMNS`, and with
-  :data:`LATENT_COLUMNS` when encoded); :data:`FORMAT_VERSION` is the version of that layout;
+  :data:`LATENT_COLUMNS` when encoded); :data:`FORMAT_VERSION` is the version of that layout, and
+  :data:`READABLE_FORMAT_VERSIONS` the older ones still read (their rows lack the columns added since);
+* the optional :data:`MOUTH_BOXES` column holds, per latent frame, the mouth's box on the latent grid
+  (:data:`NO_MOUTH` where no face was found); :func:`latent_frame_span` says which video frames a latent frame
+  covers;
 * the allowed values of the settings shared across the project are the ``Literal`` types below
   (:data:`Preset`, :data:`Bucket`, :data:`ComputeDtype`, :data:`Language`).
 
@@ -61,8 +65,9 @@ assert tuple(SR_SCALES) == SR_RESOLUTIONS
 TEXT_LENGTH = 640  # text features are padded or trimmed to this many tokens (official ``t5_gemma_target_length``)
 
 # -- the dataset folder ---------------------------------------------------------------------------------------------
-FORMAT_VERSION = 2  # 2: the optional SR_VIDEO_LATENTS column (version 1 datasets load without it)
-#: Versions this hhtune reads: a version 1 dataset is a version 2 one without the optional columns.
+FORMAT_VERSION = 2
+#: Versions this hhtune reads: a version 1 dataset lacks :data:`HAS_AUDIO_COLUMN` (every clip had sound),
+#: :data:`MOUTH_BOXES` and the optional :data:`SR_VIDEO_LATENTS`.
 READABLE_FORMAT_VERSIONS = (1, 2)
 VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS = "video_latents", "audio_latents", "text_embeds"
 REFERENCE_LATENTS = "reference_latents"  # optional: the first frame's latents, null where a clip has none
@@ -73,6 +78,15 @@ SR_VIDEO_LATENTS = "sr_video_latents"
 META_COLUMNS = ("clip_id", "source_file", "start_s", "end_s", "language", "caption", "transcript", "alignment",
                 "speech_mask", "bucket", "width", "height", "num_frames")  # fmt: skip
 SPEAKER_COLUMN = "speaker"  # optional metadata: who speaks, as the captions name them
+#: Optional (format 2): ``False`` where the footage had no audio track; its audio latents encode silence and the
+#: audio loss is masked for it. Absent (version 1 datasets) means ``True`` for every row.
+HAS_AUDIO_COLUMN = "has_audio"
+
+#: Optional metadata (``data_prep`` option ``mouth_regions``): per latent frame ``[x0, y0, x1, y1]`` in latent cells
+#: (16x16 pixels of the stored clip; x0, y0 inclusive, x1, y1 exclusive): every cell the mouth touches in any of the
+#: video frames the latent frame covers (:func:`latent_frame_span`); :data:`NO_MOUTH` when none of them has a face.
+MOUTH_BOXES = "mouth_boxes"
+NO_MOUTH = (-1, -1, -1, -1)
 #: Columns an encoded dataset has on top (``manifest["encoded"]``); :data:`REFERENCE_LATENTS` may follow.
 LATENT_COLUMNS = (VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS)
 #: The Arrow type of every column, in the order of the rows: a value type, ``[]`` per list level (latent shapes
@@ -80,11 +94,13 @@ LATENT_COLUMNS = (VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS)
 COLUMN_TYPES: dict[str, str] = {
     "clip_id": "string", "source_file": "string", "start_s": "float64", "end_s": "float64", "language": "string",
     "caption": "string", "transcript": "string", "alignment": "string", "speech_mask": "float32[]", "bucket": "string",
-    "width": "int32", "height": "int32", "num_frames": "int32", SPEAKER_COLUMN: "string",
+    "width": "int32", "height": "int32", "num_frames": "int32", SPEAKER_COLUMN: "string", HAS_AUDIO_COLUMN: "bool",
+    MOUTH_BOXES: "int32[][]",
     VIDEO_LATENTS: "float32[][][][]", AUDIO_LATENTS: "float32[][]", TEXT_EMBEDS: "float32[][]",
     REFERENCE_LATENTS: "float32[][][][]", SR_VIDEO_LATENTS: "float32[][][][]",
 }  # fmt: skip
-assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, *LATENT_COLUMNS, REFERENCE_LATENTS, SR_VIDEO_LATENTS)
+assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, HAS_AUDIO_COLUMN, MOUTH_BOXES, *LATENT_COLUMNS,
+                               REFERENCE_LATENTS, SR_VIDEO_LATENTS)
 # {"format_version", "fingerprint", "encoders", "settings", "encoded", "clips", "footage", ...}
 MANIFEST = "manifest.json"
 ROWS = "dataset"  # the Arrow rows (``Dataset.save_to_disk``)
@@ -110,6 +126,19 @@ def seconds_of(frames: int) -> float:
 def audio_samples_for(frames: int) -> int:
     """Audio samples at :data:`AUDIO_SAMPLE_RATE` that go with ``frames`` video frames (one latent each)."""
     return frames * SAMPLES_PER_LATENT
+
+
+def latent_frame_span(latent_frame: int) -> tuple[int, int]:
+    """``(first, end)`` video frames (end exclusive) latent frame ``latent_frame`` covers: frame 0 alone for latent
+    frame 0, then :data:`VIDEO_STRIDE` ``[0]`` frames each (latent frame 1 covers frames 1-4)."""
+    if latent_frame == 0:
+        return 0, 1
+    return VIDEO_STRIDE[0] * (latent_frame - 1) + 1, VIDEO_STRIDE[0] * latent_frame + 1
+
+
+def latent_frame_of(frame: int) -> int:
+    """The latent frame that covers video frame ``frame`` (the inverse of :func:`latent_frame_span`)."""
+    return (frame + VIDEO_STRIDE[0] - 1) // VIDEO_STRIDE[0]
 
 
 def bucket_size(bucket: str, base: int) -> tuple[int, int]:
@@ -175,11 +204,12 @@ class LatentShape(NamedTuple):
 
 
 __all__ = ["AUDIO_LATENTS", "AUDIO_LATENTS_PER_SECOND", "AUDIO_LATENT_CHANNELS", "AUDIO_SAMPLE_RATE", "BUCKETS",
-           "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "LANGUAGES", "LATENT_COLUMNS", "MANIFEST",
-           "META_COLUMNS", "PRESETS", "READABLE_FORMAT_VERSIONS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT",
-           "SPEAKER_COLUMN", "SPEECH_SAMPLE_RATE", "SR_RESOLUTIONS", "SR_SCALES", "SR_VARIANTS", "SR_VIDEO_LATENTS",
-           "TEXT_EMBEDS", "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VARIANTS",
-           "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket", "ComputeDtype", "Language",
-           "LatentShape", "Preset", "SrResolution", "Variant",
-           "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "nearest_bucket",
+           "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "HAS_AUDIO_COLUMN", "LANGUAGES",
+           "LATENT_COLUMNS", "MANIFEST", "META_COLUMNS", "MOUTH_BOXES", "NO_MOUTH", "PRESETS",
+           "READABLE_FORMAT_VERSIONS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN",
+           "SPEECH_SAMPLE_RATE", "SR_RESOLUTIONS", "SR_SCALES", "SR_VARIANTS", "SR_VIDEO_LATENTS", "TEXT_EMBEDS",
+           "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VARIANTS", "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE",
+           "Bucket", "ComputeDtype", "Language", "LatentShape", "Preset", "SrResolution", "Variant",
+           "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "latent_frame_of",
+           "latent_frame_span", "nearest_bucket",
            "seconds_of", "sr_size"]  # fmt: skip

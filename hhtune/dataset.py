@@ -1,9 +1,11 @@
 """Opening a ``DATASET_DIR``: the one reader of the dataset contract, shared by training and data_prep.
 
-It checks what every user needs before reading a row: ``manifest.json`` is there and names a
-format version this hhtune reads (:data:`~hhtune.contract.READABLE_FORMAT_VERSIONS`), the Arrow rows
-load, they have the contract's columns (and the latent columns when the manifest says ``encoded``),
-and their count is the manifest's. Row-by-row checks of the values belong to ``data_prep check``.
+It checks what every user needs before reading a row: ``manifest.json`` is there and names a format version
+this hhtune reads (:data:`~hhtune.contract.READABLE_FORMAT_VERSIONS`: an older dataset loads with the columns
+added since absent, and the training checks say which option of data_prep adds one a recipe needs), the Arrow
+rows load, they have the contract's
+columns (and the latent columns when the manifest says ``encoded``), and their count is the
+manifest's. Row-by-row checks of the values belong to ``data_prep check``.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ def open_dataset_dir(path: str | Path, *, require_encoded: bool = False, fingerp
                            f"`python -m data_prep build FOOTAGE_DIR --out {path}{encode}`")  # fmt: skip
     manifest = json.loads(manifest_path.read_text())
     version = manifest.get("format_version")
-    if version not in READABLE_FORMAT_VERSIONS:  # version 1: version 2 without its optional columns
-        raise DatasetError(f"{path}: dataset format_version {version!r}, this hhtune reads "
-                           f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} (writes {FORMAT_VERSION}); "
-                           "rebuild it with this hhtune's data_prep")  # fmt: skip
+    if version not in READABLE_FORMAT_VERSIONS:
+        readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
+        raise DatasetError(f"{path}: dataset format_version {version!r}, this hhtune reads {readable} (writes "
+                           f"{FORMAT_VERSION}); rebuild it with this hhtune's data_prep")  # fmt: skip
     if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
         raise DatasetError(f"{path} was built with other settings or encoders (fingerprint "
                            f"{manifest.get('fingerprint')}, expected {fingerprint}); rebuild it")  # fmt: skip

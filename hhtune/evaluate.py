@@ -20,10 +20,12 @@ from pathlib import Path
 
 from hhtune.cli import run_command
 from hhtune.evaluation.plan import DEFAULT_STRENGTHS, EvaluationError
+from hhtune.quiet import quiet_dependencies
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit codes as in :mod:`hhtune.cli`."""
+    quiet_dependencies()  # e.g. torch's weight_norm FutureWarning when the audio VAE loads
     return run_command(_main, argv)
 
 

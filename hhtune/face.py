@@ -23,6 +23,7 @@ _MOUTH = slice(48, 68)  # outer and inner lip points of the 68-point layout
 _INNER_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper and lower inner lip, left to right
 _EYE_CORNERS = (36, 45)  # outer corners: the face's scale, which mouth movement leaves alone
 _FACE_PX = 110  # face width the window search scales to (the HOG detector finds faces from about 80 px)
+_TRACK_MARGIN = 0.25  # the window: the previous face widened by this share of its size on each side
 _FULL_PX = 640  # longest side a whole frame is scaled to when no window is known (faces from 1/8 of it)
 
 
@@ -56,8 +57,8 @@ def _detect(frame: np.ndarray, window: Box | None, detector) -> Box | None:
     if window is not None:
         left, top, right, bottom = window
         size = max(right - left, bottom - top)
-        region = (max(0, left - size // 2), max(0, top - size // 2),
-                  min(w, right + size // 2), min(h, bottom + size // 2))
+        pad = round(size * _TRACK_MARGIN)
+        region = (max(0, left - pad), max(0, top - pad), min(w, right + pad), min(h, bottom + pad))
         scale = _FACE_PX / max(size, 1)
     else:
         region, scale = (0, 0, w, h), _FULL_PX / max(h, w)
@@ -121,4 +122,9 @@ def opening(points: np.ndarray) -> float:
 
 def mouth_opening(frames: np.ndarray) -> np.ndarray:
     """Mouth opening per ``[T, H, W, 3]`` frame (see :func:`opening`), ``[T]`` float32, ``NaN`` without a face."""
-    return np.array([np.nan if p is None else opening(p) for p in landmarks(frames)], dtype=np.float32)
+    return mouth_openings(landmarks(frames))
+
+
+def mouth_openings(points: list[np.ndarray | None]) -> np.ndarray:
+    """Mouth opening of each frame's :func:`landmarks` (``None``: no face, ``NaN`` in the ``[T]`` float32 result)."""
+    return np.array([np.nan if p is None else opening(p) for p in points], dtype=np.float32)

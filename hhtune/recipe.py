@@ -101,6 +101,43 @@ class LossSection(_Section):
     speech_weight: float = Field(1.0, ge=1.0, description="loss multiplier on spoken frames (1 = off)")
     i2v_probability: float = Field(0.0, ge=0, le=1, description="share of samples trained as image-to-video")
     caption_dropout: float | None = Field(None, ge=0, le=1, description="null = 0.1 for base, 0 for distill")
+    mouth_weight: float = Field(1.0, ge=1.0, description="loss multiplier on the video latents of the mouth (1 = off); "
+                                "needs the dataset's mouth_boxes (data config mouth_regions: true)")
+    mouth_weight_on: Literal["spoken", "always"] = Field(
+        "spoken", description="spoken: only on latent frames where someone speaks (the speech mask); always: on "
+        "every frame with a face")
+    # -- audio noise and modality balance (README: "Voice, accent and lip-sync adapters") --
+    audio_sigma: Literal["tied", "independent"] = Field(
+        "tied", description="tied: audio is noised at the video's sigma, as both samplers do; independent: audio "
+        "draws its own sigma from the audio_* settings below")
+    audio_sigma_distribution: Literal["uniform", "logit_normal"] | None = Field(
+        None, description="with audio_sigma: independent; null = sigma_distribution")
+    audio_logit_normal_mean: float | None = Field(None, description="null = logit_normal_mean")
+    audio_logit_normal_std: float | None = Field(None, gt=0, description="null = logit_normal_std")
+    audio_shift: float | None = Field(None, gt=0, description="null = shift")
+    balance: Literal["none", "ema"] = Field(
+        "none", description="ema: each modality's loss is divided by its bias-corrected running mean")
+    balance_decay: float = Field(0.99, gt=0, lt=1, description="decay of the running means of balance: ema")
+
+    @model_validator(mode="after")
+    def _audio_settings_need_independent(self) -> LossSection:
+        stray = [f"loss.audio_{k}" for k in _AUDIO_SIGMA_KEYS if getattr(self, f"audio_{k}") is not None]
+        if stray and self.audio_sigma == "tied":
+            raise ValueError(f"{', '.join(stray)} set with loss.audio_sigma: tied, which noises audio at the video's "
+                             "sigma and would ignore it; set loss.audio_sigma: independent or remove it")
+        return self
+
+    def sigma_settings(self, modality: Literal["video", "audio"]) -> tuple[str, float, float, float]:
+        """``(distribution, logit-normal mean, logit-normal std, shift)`` of one modality's training sigma."""
+        video = (self.sigma_distribution, self.logit_normal_mean, self.logit_normal_std, self.shift)
+        if modality == "video":
+            return video
+        audio = (getattr(self, f"audio_{k}") for k in _AUDIO_SIGMA_KEYS)
+        return tuple(v if a is None else a for a, v in zip(audio, video))  # type: ignore[return-value]
+
+
+#: The audio sigma settings of :class:`LossSection`, ``audio_<key>``, each defaulting to ``<key>``.
+_AUDIO_SIGMA_KEYS = ("sigma_distribution", "logit_normal_mean", "logit_normal_std", "shift")
 
 
 class OptimizerSection(_Section):

@@ -34,8 +34,16 @@ from .plan import Checkpoint, EvalPlan, EvaluationError, choose_checkpoints, par
 from .publish import publish
 from .references import training_references
 from .report import write_report
-from .sampling import Features, Sample, SampleSettings, sample_variant, with_adapter
-from .scoring import choose_checkpoint, quality_values, result_dict, score_samples, score_value
+from .sampling import Decoders, Features, Sample, SampleSettings, sample_variant, with_adapter
+from .scoring import (
+    METRICS,
+    QUALITY_METRICS,
+    choose_checkpoint,
+    quality_values,
+    result_dict,
+    score_samples,
+    score_value,
+)
 from .transfer import measure_transfer
 
 
@@ -44,7 +52,7 @@ class _Session:
     """What every sampling call of one evaluation shares."""
 
     plan: EvalPlan
-    encoders: EncoderPaths
+    decoders: Decoders  # the VAEs, loaded once for every clip of the evaluation
     settings: SampleSettings
     brand: list[Features]  # text features of the brand prompts
     drift: list[Features]  # ... of the neutral drift prompts
@@ -59,12 +67,13 @@ class _Session:
         p = self.plan
         self.log(f"sampling {label}: {len(p.prompts)} prompts + {len(p.drift_prompts)} drift prompts "
                  f"x {len(p.seeds)} seeds")
-        kw = dict(encoders=self.encoders, settings=self.settings)
+        kw = dict(decoders=self.decoders, settings=self.settings)
         return (sample_variant(model, label, self.brand, p.seeds, out_dir=self.out / "videos" / label, **kw),
                 sample_variant(model, label, self.drift, p.seeds, **kw))  # fmt: skip
 
-    def score(self, samples: list[Sample]) -> dict[str, MetricResult]:
-        return score_samples([s.clip for s in samples], self.references, no_references=self.no_references)
+    def score(self, samples: list[Sample], names: tuple[str, ...] = METRICS) -> dict[str, MetricResult]:
+        return score_samples([s.clip for s in samples], self.references, no_references=self.no_references,
+                             names=names)  # fmt: skip
 
 
 def make_plan(run_dir: Path, recipe: Recipe, *, checkpoints: str, prompts_file: Path | None, seeds: int,
@@ -130,7 +139,8 @@ def evaluate_run(run_dir: Path, *, checkpoints: str = "all", prompts_file: Path 
     texts = [*plan.prompts, *plan.drift_prompts, NEGATIVE_PROMPT]
     feats = encode_prompts(texts, enc.text_encoder, dev)
     v = recipe.validation
-    session = _Session(plan, enc, SampleSettings(seconds=v.seconds, aspect=v.aspect, base_resolution=v.base_resolution),
+    settings = SampleSettings(seconds=v.seconds, aspect=v.aspect, base_resolution=v.base_resolution)
+    session = _Session(plan, Decoders(enc, dev), settings,
                        feats[: len(plan.prompts)], feats[len(plan.prompts) : -1], feats[-1],
                        *training_references(data.ds, data.manifest), run_dir / "eval", log)  # fmt: skip
     samples = {"base": session.run(distilled.eval(), "base")}
@@ -155,14 +165,15 @@ def _transfer(session: _Session, best: Checkpoint, distilled: torch.nn.Module, b
     models = {"base": base, "distilled": distilled}
 
     def sample(model: str, sampler: str, strength: float | None) -> list[Sample]:
-        kw = dict(encoders=session.encoders, settings=session.settings, sampler=sampler, negative=session.negative,
+        kw = dict(decoders=session.decoders, settings=session.settings, sampler=sampler, negative=session.negative,
                   decode=sampler == "distilled")  # fmt: skip
         if strength is None:
             return sample_variant(models[model].eval(), model, session.brand, plan.seeds, **kw)
         with with_adapter(models[model], best.path, strength, check_base=False) as m:
             return sample_variant(m, f"{model}@{strength:g}", session.brand, plan.seeds, **kw)
 
-    return measure_transfer(sample, plan.strengths, lambda samples: quality_values(session.score(samples))).as_json()
+    quality = lambda samples: quality_values(session.score(samples, QUALITY_METRICS))  # only what decides
+    return measure_transfer(sample, plan.strengths, quality).as_json()
 
 
 def _result(plan: EvalPlan, out: Path, samples, metrics, drifts, best: Checkpoint, why: dict, transfer: dict) -> dict:

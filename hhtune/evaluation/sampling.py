@@ -3,6 +3,7 @@
 Every variant (the base without adapter, a checkpoint, an adapter at a strength) is sampled at
 the same seeds from the same text features, so two variants differ only by the adapter. The
 distilled sampler runs 8 steps, the base sampler 32 UniPC steps with CFG, as in validation.
+The VAEs that decode the clips are loaded once for the whole evaluation (:class:`Decoders`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..adapters import load
-from ..encoders import EncoderPaths
-from ..sampling.generate import OUTPUT_AUDIO_RATE, generate, write_mp4
+from ..encoders import EncoderPaths, load_audio_vae, load_video_vae
+from ..sampling.generate import OUTPUT_AUDIO_RATE, generate, to_output_rate, write_mp4
 from .clips import AVClip
 
 Features = tuple[Tensor, int]
@@ -32,6 +34,26 @@ class SampleSettings:
     base_resolution: int = 256
     video_guidance: float = 5.0
     audio_guidance: float = 5.0
+
+
+class Decoders:
+    """The video and audio VAEs of an evaluation, each loaded on first use and kept for every later clip."""
+
+    def __init__(self, paths: EncoderPaths, device: str | torch.device = "cpu") -> None:
+        self.paths = paths
+        self.device = torch.device(device)
+        self._video = self._audio = None
+
+    def decode(self, video: Tensor, audio: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Latents of one clip -> ``(frames [F, H, W, 3] uint8, audio [N, 2] float32 at 44100 Hz)``, as
+        :func:`~hhtune.sampling.generate.generate` decodes them."""
+        if self._video is None:
+            self._video = load_video_vae(self.paths.video_vae, self.device)
+            self._audio = load_audio_vae(self.paths.audio_vae, self.device)
+        frames = self._video.decode(video.to(self.device))[0].permute(1, 2, 3, 0).float().cpu().numpy()
+        frames = ((frames + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        wave = self._audio.decode(audio.to(self.device))[0].float().cpu().numpy().T  # [N, 2] at 51200 Hz
+        return frames, to_output_rate(wave)
 
 
 @dataclass
@@ -64,7 +86,7 @@ def with_adapter(model: torch.nn.Module, adapter: str | Path, strength: float,
 
 
 def sample_variant(model: torch.nn.Module, variant: str, features: list[Features], seeds: tuple[int, ...], *,
-                   encoders: EncoderPaths, settings: SampleSettings, sampler: str = "distilled",
+                   decoders: Decoders, settings: SampleSettings, sampler: str = "distilled",
                    negative: Features | None = None, out_dir: Path | None = None,
                    decode: bool = True) -> list[Sample]:  # fmt: skip
     """Sample every prompt (by its text features) at every seed with ``model``.
@@ -72,24 +94,27 @@ def sample_variant(model: torch.nn.Module, variant: str, features: list[Features
     ``sampler="base"`` (32 UniPC steps with CFG) needs ``negative``, the features of
     :data:`~hhtune.sampling.generate.NEGATIVE_PROMPT`. With ``out_dir`` each clip is written to
     ``out_dir/p{prompt:02d}_s{seed}.mp4``; ``decode=False`` keeps latents only (no clip, no mp4).
+    ``decoders`` (one for the whole evaluation) decodes the latents.
     """
     device = next(model.parameters()).device
     out: list[Sample] = []
     for i, feats in enumerate(features):
         for seed in seeds:
-            g = generate(model, "", encoders, seconds=settings.seconds, aspect=settings.aspect,
-                         base_resolution=settings.base_resolution, sampler=sampler, seed=seed, device=device,
-                         text_features=feats, negative_features=negative, decode=decode,
-                         video_guidance=settings.video_guidance, audio_guidance=settings.audio_guidance)  # fmt: skip
+            video, audio = generate(model, "", decoders.paths, seconds=settings.seconds, aspect=settings.aspect,
+                                    base_resolution=settings.base_resolution, sampler=sampler, seed=seed,
+                                    device=device, text_features=feats, negative_features=negative, decode=False,
+                                    video_guidance=settings.video_guidance,
+                                    audio_guidance=settings.audio_guidance)  # fmt: skip
+            video, audio = video.cpu(), audio.cpu()
             if not decode:
-                video, audio = g
-                out.append(Sample(variant, i, seed, video.cpu(), audio.cpu()))
+                out.append(Sample(variant, i, seed, video, audio))
                 continue
-            clip = AVClip(frames=g.frames, audio=g.audio.mean(axis=1).astype("float32"), sample_rate=OUTPUT_AUDIO_RATE,
+            frames, wave = decoders.decode(video, audio)
+            clip = AVClip(frames=frames, audio=wave.mean(axis=1).astype("float32"), sample_rate=OUTPUT_AUDIO_RATE,
                           label=f"{variant} p{i:02d} s{seed}")  # fmt: skip
             mp4 = None
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
-                mp4 = write_mp4(g.frames, g.audio, out_dir / f"p{i:02d}_s{seed}.mp4")
-            out.append(Sample(variant, i, seed, g.video_latents.cpu(), g.audio_latents.cpu(), clip, mp4))
+                mp4 = write_mp4(frames, wave, out_dir / f"p{i:02d}_s{seed}.mp4")
+            out.append(Sample(variant, i, seed, video, audio, clip, mp4))
     return out

@@ -20,6 +20,8 @@ from .metrics import MetricResult
 HIGHER_IS_BETTER = {"voice_similarity": True, "speech_quality": True, "lip_sync": True, "face_similarity": True,
                     "look_distance": False}  # fmt: skip
 QUALITY_METRICS = ("voice_similarity", "lip_sync", "speech_quality")  # what the recommended strength must keep
+# Scored on each variant's samples; each is the function of that name in hhtune.evaluation.metrics.
+METRICS = ("speech_quality", "lip_sync", "voice_similarity", "face_similarity", "look_distance")
 
 
 def result_dict(r: MetricResult) -> dict:
@@ -53,18 +55,27 @@ def _lip_sync_all(clips: Sequence[AVClip]) -> MetricResult:
     return MetricResult("lip_sync", float(np.mean([r.value for r in ok])), details)
 
 
-def score_samples(clips: Sequence[AVClip], references: Sequence[AVClip], *,
-                  no_references: str | None = None) -> dict[str, MetricResult]:  # fmt: skip
-    """Voice, speech quality, lip-sync, face and look of ``clips``, against the training ``references``.
+def score_samples(clips: Sequence[AVClip], references: Sequence[AVClip], *, no_references: str | None = None,
+                  names: Sequence[str] = METRICS) -> dict[str, MetricResult]:  # fmt: skip
+    """The metrics ``names`` (default: voice, speech quality, lip-sync, face and look) of ``clips``, against the
+    training ``references``.
 
     Without references (``no_references`` says why) the metrics that compare with the footage
     are reported as unavailable.
     """
-    out = {"speech_quality": m.speech_quality(list(clips)), "lip_sync": _lip_sync_all(clips)}
-    for name, fn in (("voice_similarity", m.voice_similarity), ("face_similarity", m.face_similarity),
-                     ("look_distance", m.look_distance)):  # fmt: skip
-        out[name] = (fn(list(clips), list(references)) if references
-                     else _unavailable(name, no_references or "no training footage"))
+    unknown = set(names) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {', '.join(METRICS)}")
+    out = {}
+    for name in names:
+        if name == "speech_quality":
+            out[name] = m.speech_quality(list(clips))
+        elif name == "lip_sync":
+            out[name] = _lip_sync_all(clips)
+        elif references:
+            out[name] = getattr(m, name)(list(clips), list(references))  # the others compare with the footage
+        else:
+            out[name] = _unavailable(name, no_references or "no training footage")
     return out
 
 

@@ -1,12 +1,15 @@
-"""Numbers a team can track on generated clips: speech intelligibility, audio-visual sync, reference fidelity."""
+"""Numbers a team can track on generated clips: speech intelligibility, lip-sync at the mouth, reference fidelity."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..contract import FPS
 
 _DIALOGUE = re.compile(r'<[^,<>]+,\s*([^<>]+)>:\s*"+([^"]+)"+')
 
@@ -37,37 +40,76 @@ def phoneme_error_rate(recognised: list[str], reference: list[str]) -> float:
     return edit_distance(recognised, reference) / len(reference)
 
 
-def motion_energy(frames: np.ndarray) -> np.ndarray:
-    """Per-frame motion in the lower-centre of the picture (where a speaking mouth is), ``[F]``."""
-    _f, h, w, _ = frames.shape
-    roi = frames[:, h // 2 : h * 5 // 6, w // 3 : w * 2 // 3].astype(np.float32).mean(axis=3)
-    diff = np.abs(np.diff(roi, axis=0)).mean(axis=(1, 2))
-    return np.concatenate([[diff[0] if len(diff) else 0.0], diff])
+MAX_SYNC_OFFSET = 10  # frames each way (0.4 s at 25 fps)
+MIN_SYNC_FRAMES = 8  # overlapping frames with a face an offset needs to be scored
+# Mouth opening (inner-lip gap over eye distance) varies this much on a still face: landmark jitter. A mouth
+# that moves less is scaled as if it moved this much, so jitter cannot correlate its way to a high confidence.
+MOUTH_NOISE = 0.02
 
 
-def av_sync(audio: np.ndarray, sample_rate: int, frames: np.ndarray,
-            fps: int = 25, max_offset: int = 10) -> tuple[int, float]:
-    """Offset in frames (positive: picture lags sound) and confidence between speech energy and mouth motion.
+@dataclass(frozen=True)
+class MouthSync:
+    """Lip-sync of one clip: the mouth's opening per frame against the loudness of the speech.
 
-    Normalised cross-correlation of the audio envelope at the frame rate with the motion
-    energy; the confidence is the peak correlation minus the median over offsets.
+    ``offset_frames`` (positive: the picture lags the sound), ``confidence`` (the correlation peak minus its
+    median over offsets, as SyncNet reports it) and ``peak_correlation`` are ``None`` when fewer than
+    :data:`MIN_SYNC_FRAMES` frames show a face: those frames are counted, never guessed.
     """
-    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
-    hop = sample_rate // fps
-    n = min(len(frames), len(mono) // hop)
-    if n < 4:
-        return 0, 0.0
-    env = np.sqrt((mono[: n * hop].reshape(n, hop) ** 2).mean(axis=1))
-    mot = motion_energy(frames[:n])
-    z = lambda x: (x - x.mean()) / (x.std() + 1e-8)
-    env, mot = z(env), z(mot)
+
+    frames: int
+    frames_without_face: int
+    offset_frames: int | None = None
+    confidence: float | None = None
+    peak_correlation: float | None = None
+
+
+def speech_envelope(audio: np.ndarray, sample_rate: int, frames: int, fps: int = FPS) -> np.ndarray:
+    """RMS loudness of mono ``audio`` over each video frame's span, ``[frames]`` (0 past the end of the audio)."""
+    hop = sample_rate / fps
+    out = np.zeros(frames, dtype=np.float32)
+    for i in range(frames):
+        chunk = audio[round(i * hop) : round((i + 1) * hop)]
+        out[i] = np.sqrt(np.mean(np.square(chunk, dtype=np.float64))) if len(chunk) else 0.0
+    return out
+
+
+def _z(x: np.ndarray, floor: float = 1e-8) -> np.ndarray:
+    return (x - x.mean()) / max(float(x.std()), floor)
+
+
+def sync_offset(envelope: np.ndarray, mouth: np.ndarray,
+                max_offset: int = MAX_SYNC_OFFSET) -> tuple[int, float, float]:  # fmt: skip
+    """``(offset, confidence, peak)`` between a speech envelope and mouth opening per frame (``NaN``: no face).
+
+    Positive offset: the picture lags the sound (``mouth[t + offset]`` follows ``envelope[t]``). ``peak`` is
+    the highest normalised correlation (a mouth moving less than :data:`MOUTH_NOISE` counts as that much);
+    ``confidence`` is the peak minus the median over offsets.
+    Returns ``(0, 0.0, 0.0)`` when no offset has enough frames to compare.
+    """
+    n = min(len(envelope), len(mouth))
+    reach = min(max_offset, n - 1)  # an offset as long as the clip leaves nothing to compare
     scores = {}
-    for k in range(-max_offset, max_offset + 1):
-        a, b = (env[: n - k], mot[k:]) if k >= 0 else (env[-k:], mot[: n + k])
-        if len(a) >= 4 and len(a) == len(b):  # offsets beyond the clip (k >= n) leave nothing to compare
-            scores[k] = float(np.mean(a * b))
+    for k in range(-reach, reach + 1):
+        a, b = (envelope[: n - k], mouth[k:n]) if k >= 0 else (envelope[-k:n], mouth[: n + k])
+        keep = np.isfinite(b)
+        if keep.sum() >= MIN_SYNC_FRAMES:
+            scores[k] = float(np.mean(_z(a[keep]) * _z(b[keep], MOUTH_NOISE)))
+    if not scores:
+        return 0, 0.0, 0.0
     best = max(scores, key=scores.get)
-    return best, float(scores[best] - np.median(list(scores.values())))
+    return best, float(scores[best] - np.median(list(scores.values()))), scores[best]
+
+
+def mouth_sync(audio: np.ndarray, sample_rate: int, mouth: np.ndarray) -> MouthSync:
+    """Lip-sync of mono ``audio`` against ``mouth``, the mouth opening per video frame (``NaN`` where no face was
+    found; :func:`hhtune.face.mouth_opening`)."""
+    mouth = np.asarray(mouth, dtype=np.float32)
+    missing = int(np.isnan(mouth).sum())
+    if len(mouth) - missing < MIN_SYNC_FRAMES:
+        return MouthSync(len(mouth), missing)
+    env = speech_envelope(np.asarray(audio, dtype=np.float32), sample_rate, len(mouth))
+    offset, confidence, peak = sync_offset(env, mouth)
+    return MouthSync(len(mouth), missing, offset, confidence, peak)
 
 
 def reference_fidelity(frames: np.ndarray, reference: np.ndarray, first: int = 5) -> float:

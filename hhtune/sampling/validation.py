@@ -12,9 +12,10 @@ from hhtune.media import resize_crop
 from hhtune.speech.align import PhonemeRecognizer
 from hhtune.speech.g2p import phonemize
 
+from .. import face
 from ..encoders import EncoderPaths
 from .generate import OUTPUT_AUDIO_RATE, write_mp4, write_previews
-from .metrics import av_sync, dialogue_lines, nearest_clip_distance, phoneme_error_rate, reference_fidelity
+from .metrics import dialogue_lines, mouth_sync, nearest_clip_distance, phoneme_error_rate, reference_fidelity
 from .super_resolution import SrStage, render
 
 _LANG_CODES = {"english": "en", "mandarin": "zh", "chinese": "zh", "cantonese": "yue", "japanese": "ja",
@@ -37,6 +38,11 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
     ``nearest_clip_distance`` is scored: near 0 means the run reproduces a training clip. With ``sr``
     (:class:`~hhtune.sampling.super_resolution.SrStage`) the main process renders each prompt through it, so
     clips, stills and scores are at the delivered size; the other processes take part in the first stage only.
+
+    Lip-sync is measured at the mouth (:func:`~hhtune.sampling.metrics.mouth_sync`, face landmarks of
+    :mod:`hhtune.face`): ``lip_sync_frames_without_face`` is logged for every sample, and
+    ``lip_sync_confidence`` and ``lip_sync_offset_frames`` (positive: the picture lags the sound) for the
+    samples with enough frames showing a face; each is the mean over those samples.
     """
     if text_features is not None and len(text_features) != len(prompts):
         raise ValueError(f"{len(text_features)} text features for {len(prompts)} prompts")
@@ -47,6 +53,7 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
         out.mkdir(parents=True, exist_ok=True)
     if acoustic_model and write:
         recognizer = PhonemeRecognizer(acoustic_model)
+    lip_sync = face.available() is None
     scores: dict[str, list[float]] = {}
     for i, prompt in enumerate(prompts):
         image = None
@@ -60,9 +67,8 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
             continue
         mp4 = write_mp4(g.frames, g.audio, out / f"prompt{i:02d}.mp4")
         write_previews(g, out / f"prompt{i:02d}")
-        offset, conf = av_sync(g.audio, OUTPUT_AUDIO_RATE, g.frames)
-        scores.setdefault("av_offset_frames", []).append(float(offset))
-        scores.setdefault("av_sync_confidence", []).append(conf)
+        if lip_sync:
+            _add_lip_sync(scores, g.audio, g.frames)
         if training_clips:
             distance = nearest_clip_distance(g.video_latents[0], training_clips)
             scores.setdefault("nearest_clip_distance", []).append(distance)
@@ -85,3 +91,12 @@ def run_validation(model: torch.nn.Module, prompts: list[str], *, encoders: Enco
             wandb_run.log({f"samples/prompt{i:02d}": wandb.Video(str(mp4), format="mp4", caption=prompt[:200])},
                           step=step)
     return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def _add_lip_sync(scores: dict[str, list[float]], audio: np.ndarray, frames: np.ndarray) -> None:
+    """Append one sample's mouth-level lip-sync to ``scores`` (confidence and offset only when a face was seen)."""
+    sync = mouth_sync(audio.mean(axis=1), OUTPUT_AUDIO_RATE, face.mouth_opening(frames))
+    scores.setdefault("lip_sync_frames_without_face", []).append(float(sync.frames_without_face))
+    if sync.confidence is not None:
+        scores.setdefault("lip_sync_confidence", []).append(sync.confidence)
+        scores.setdefault("lip_sync_offset_frames", []).append(float(sync.offset_frames))

@@ -57,18 +57,31 @@ def _check_model(recipe: Recipe) -> None:
 
 def _check_sr(recipe: Recipe) -> None:
     """An SR run's validation would render with a first-stage sampler; it renders nothing until SR validation
-    (a base model, then this adapter's SR stage) is wired in."""
-    if recipe.trains_sr and validation_enabled(recipe):
+    (a base model, then this adapter's SR stage) is wired in. The first stage's audio and mouth options have no
+    meaning in the SR objective (no audio loss; mouth boxes on the base grid), so they are refused, not ignored."""
+    if not recipe.trains_sr:
+        return
+    loss = recipe.loss
+    first_stage = [key for key, on in (("loss.mouth_weight", loss.mouth_weight != 1.0),
+                                       ("loss.balance", loss.balance != "none"),
+                                       ("loss.audio_sigma", loss.audio_sigma != "tied")) if on]  # fmt: skip
+    if first_stage:
+        raise RecipeConflict(f"{', '.join(first_stage)} shape(s) the first stage's objective; the SR objective of "
+                             f"model.variant {recipe.model.variant} has no audio loss and no mouth boxes at its "
+                             "size: leave them at their defaults")  # fmt: skip
+    if validation_enabled(recipe):
         raise RecipeConflict(f"model.variant {recipe.model.variant} trains a super-resolution stage, which the "
                              "first-stage validation sampler cannot render: set validation.prompts: [] (judge the "
                              "adapter with python -m hhtune.sample --sr ... --sr-adapter)")  # fmt: skip
 
 
 def check_dataset(recipe: Recipe, data: TrainingDataset) -> None:
-    """Raise if the dataset does not suit the recipe: text width against the preset, encoders for validation,
-    the clips at the SR size for an SR variant (and at that variant's resolution, where the manifest says)."""
+    """Raise if the dataset does not suit the recipe: text width against the preset, encoders for validation, the
+    mouth boxes for ``loss.mouth_weight``, the clips at the SR size for an SR variant (and at that variant's
+    resolution, where the manifest says)."""
     if recipe.trains_sr:
         _check_sr_dataset(recipe, data)
+    check_mouth_boxes(recipe, data)
     config = recipe.preset_config()
     if config is not None:  # else the checkpoint's config is known once it loads; the trainer checks it then
         check_text_channels(data, config.text_in_channels)
@@ -95,4 +108,15 @@ def check_text_channels(data: TrainingDataset, model_channels: int) -> None:
         raise RecipeConflict(
             f"the dataset's text features have {data.text_channels} channels but the model takes {model_channels}: "
             "the dataset was encoded for another model (e.g. tiny encoders for the 15b preset)"
+        )
+
+
+def check_mouth_boxes(recipe: Recipe, data: TrainingDataset) -> None:
+    """Raise if ``loss.mouth_weight`` is on and the dataset has no mouth boxes (format 1, or built without them)."""
+    if recipe.loss.mouth_weight != 1.0 and not data.has_mouth_boxes:
+        raise RecipeConflict(
+            f"loss.mouth_weight is {recipe.loss.mouth_weight:g} but {data.path} has no mouth_boxes column (a dataset "
+            "of format 1, or built with mouth_regions: false): rebuild it with `mouth_regions: true` in the data "
+            "config (python -m data_prep build FOOTAGE_DIR --out DATASET_DIR --config DATA_CONFIG --encode), "
+            "or set loss.mouth_weight: 1"
         )

@@ -1,4 +1,5 @@
-"""Where training numbers go: ``metrics.jsonl`` in the run folder, wandb, and a loss-curve PNG."""
+"""Where training numbers go: a step's losses, read once (:class:`StepStats`); ``metrics.jsonl`` in the run
+folder, wandb, and a loss-curve PNG."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 import torch
 
 from ..io import atomic_path
+from ..recipe import LossSection
+from .objective import LossOutput, sigma_bucket
 
 
 class MetricsLogger:
@@ -57,6 +60,70 @@ class MetricsLogger:
     def finish(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+class StepStats:
+    """The losses of one optimizer step's micro-batches: kept on the device, read to the host once by :meth:`read`."""
+
+    def __init__(self, loss: LossSection) -> None:
+        self.paired = loss.audio_sigma == "independent"  # per-sample losses bucketed by the (video, audio) sigma pair
+        self.balanced = loss.balance != "none"  # effective modality weights logged
+        # per micro-batch: finite, loss, video, audio, [weights if balanced], sigmas, audio sigmas, per-sample
+        self._pending: list[torch.Tensor] = []
+        self.losses: list[float] = []
+        self.video: list[float] = []
+        self.audio: list[float] = []
+        self.weights: list[tuple[float, float]] = []
+        self.tokens = 0
+        self.buckets: dict[str, list[float]] = {}
+        self.all_finite = True
+
+    def add(self, out: LossOutput, finite: torch.Tensor) -> None:
+        self.tokens += out.tokens
+        head = torch.stack([finite.float(), out.loss.detach().float(), out.video_loss.float(), out.audio_loss.float()])
+        weights = out.weights.float() if self.balanced else head[:0]
+        self._pending.append(torch.cat([head, weights, out.sigmas.float(), out.audio_sigmas.float(),
+                                        out.per_sample.float()]))  # fmt: skip
+
+    def read(self) -> None:
+        """Copy the step's numbers to the host in one transfer; non-finite micro-batches are left out of the means."""
+        for values in torch.cat(self._pending).cpu().split([len(t) for t in self._pending]):
+            finite, loss, video, audio, *rest = values.tolist()
+            self.all_finite &= finite == 1.0
+            if finite != 1.0:
+                continue
+            self.losses.append(loss)
+            self.video.append(video)
+            self.audio.append(audio)
+            if self.balanced:
+                self.weights.append((rest[0], rest[1]))
+                rest = rest[2:]
+            n = len(rest) // 3
+            for s, s_audio, sample_loss in zip(rest[:n], rest[n : 2 * n], rest[2 * n :]):
+                bucket = sigma_bucket(s, audio=s_audio if self.paired else None)
+                self.buckets.setdefault(bucket, []).append(sample_loss)
+        self._pending = []
+
+    def mean_loss(self) -> float:
+        return _mean(self.losses)
+
+    def summary(self, *, lr, grad_norm, step_time, data_wait, world, memory, nonfinite) -> dict:
+        out = {
+            "loss": self.mean_loss(), "loss_video": _mean(self.video), "loss_audio": _mean(self.audio),
+            "lr": lr, "tokens_per_s": self.tokens * world / step_time, "step_time_s": step_time,
+            "data_wait_share": data_wait / step_time, "peak_memory_gb": memory, "nonfinite_steps": nonfinite,
+        }  # fmt: skip
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        if self.weights:
+            out["weight_video"] = _mean([w for w, _ in self.weights])
+            out["weight_audio"] = _mean([w for _, w in self.weights])
+        out.update({f"loss_{k}": _mean(v) for k, v in sorted(self.buckets.items())})
+        return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> None:

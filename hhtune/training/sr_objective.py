@@ -44,6 +44,7 @@ from ..contract import VIDEO_STRIDE
 from ..model.packing import window_coords
 from ..recipe import LossSection, Recipe
 from ..sampling.samplers import SR_AUDIO_NOISE_SCALE, SR_NOISE_VALUE, SR_STEPS, official_sigmas, zero_snr_signal
+from .balance import EmaBalance
 from .data import Batch
 from .objective import LossOutput, flow_matching_loss, noise_generator, sample_generator, video_frame_weights
 
@@ -137,14 +138,16 @@ def sr_flow_matching_loss(model: torch.nn.Module, batch: Batch, cfg: LossSection
     tokens = int(bsz * hr.shape[2] * (hr.shape[3] // 2) * (hr.shape[4] // 2) + batch.audio_lengths.sum()
                  + text_lengths.sum())  # fmt: skip
     return LossOutput(cfg.video_weight * video_loss, video_loss.detach(), torch.zeros((), device=dev), sigmas,
-                      per_sample.detach(), tokens)  # fmt: skip
+                      per_sample.detach(), tokens, audio_sigmas=sigmas)  # fmt: skip
 
 
-def training_loss(model: torch.nn.Module, batch: Batch, recipe: Recipe) -> LossOutput:
+def training_loss(model: torch.nn.Module, batch: Batch, recipe: Recipe,
+                  balance: EmaBalance | None = None) -> LossOutput:  # fmt: skip
     """The loss of one micro-batch for ``recipe``'s variant: the SR objective for the SR stages, else the
-    first-stage flow matching (:func:`~hhtune.training.objective.flow_matching_loss`)."""
+    first-stage flow matching (:func:`~hhtune.training.objective.flow_matching_loss`, with ``balance``). The
+    first stage's audio and mouth options are refused for SR runs by the recipe checks."""
     if recipe.trains_sr:
         return sr_flow_matching_loss(model, batch, recipe.loss, seed=recipe.train.seed,
                                      caption_dropout=recipe.caption_dropout, crop=recipe.data.sr_crop)  # fmt: skip
     return flow_matching_loss(model, batch, recipe.loss, seed=recipe.train.seed,
-                              caption_dropout=recipe.caption_dropout)  # fmt: skip
+                              caption_dropout=recipe.caption_dropout, balance=balance)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Resumable training state: adapter, optimizer, scheduler, RNG, data position and run fingerprint.
+"""Resumable training state: adapter, optimizer, scheduler, RNG, data position, run fingerprint and loss balance.
 
 A checkpoint is a folder ``RUN_DIR/checkpoints/step-00000100`` written through a
 temporary folder and one rename, so a killed run never leaves a half checkpoint that
@@ -29,6 +29,7 @@ from ..io import atomic_dir, atomic_save_file
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 _STALE_TMP = re.compile(r"^\.step-\d{8}\..*\.tmp$")
 FINGERPRINT_FILE = "fingerprint.json"
+BALANCE_FILE = "balance.pt"  # only in runs with loss.balance: ema
 RUN_INFO_FILE = "run_info.json"  # written by the run's end (hhtune.training.outputs.finish_run)
 
 
@@ -55,6 +56,7 @@ class Snapshot:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     fingerprint: dict[str, Any] | None = None
+    balance: dict[str, torch.Tensor] | None = None  # running loss means of loss.balance: ema (balance.pt)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -121,6 +123,9 @@ def save_state(run_dir: Path, snapshot: Snapshot, keep_last: int,
                             ("rng.pt", _rng_state())):  # fmt: skip
             torch.save(state, tmp / name)
             written(tmp / name)
+        if snapshot.balance is not None:
+            torch.save(snapshot.balance, tmp / BALANCE_FILE)
+            written(tmp / BALANCE_FILE)
         if snapshot.fingerprint is not None:
             (tmp / FINGERPRINT_FILE).write_text(json.dumps(snapshot.fingerprint, indent=2, sort_keys=True))
             written(tmp / FINGERPRINT_FILE)
@@ -142,7 +147,9 @@ def load_state(path: Path) -> Snapshot:
     optimizer = _safe_load(path / "optimizer.pt")
     scheduler = _safe_load(path / "scheduler.pt")
     _set_rng_state(_safe_load(path / "rng.pt"))
-    return Snapshot(progress, load_file(path / "adapter.safetensors"), optimizer, scheduler, read_fingerprint(path))
+    balance = _safe_load(path / BALANCE_FILE) if (path / BALANCE_FILE).is_file() else None
+    return Snapshot(progress, load_file(path / "adapter.safetensors"), optimizer, scheduler, read_fingerprint(path),
+                    balance)  # fmt: skip
 
 
 def _safe_load(path: Path) -> Any:

@@ -19,6 +19,8 @@ from ..contract import (
     LATENT_COLUMNS,
     MANIFEST,
     META_COLUMNS,
+    MOUTH_BOXES,
+    NO_MOUTH,
     REFERENCE_LATENTS,
     ROWS,
     SR_VIDEO_LATENTS,
@@ -42,9 +44,13 @@ def write_synthetic_dataset(
     seed: int = 0,
     buckets: int = 1,
     with_reference: bool = False,
+    mouth_boxes: bool = False,
     sr_scale: int | None = None,
 ) -> Path:
     """Write ``clips`` random clips (``buckets`` different latent sizes) and return the dataset folder.
+
+    ``mouth_boxes``: with the :data:`~hhtune.contract.MOUTH_BOXES` column, the mouth in the 2x2 latent cells at the
+    centre of every latent frame but the last, which has no face.
 
     ``sr_scale`` adds :data:`~hhtune.contract.SR_VIDEO_LATENTS` (format 2): random latents ``sr_scale`` times the
     base grid on each side, and the base ``video_latents`` become their block averages, as a clip encoded at
@@ -57,6 +63,8 @@ def write_synthetic_dataset(
     rows: dict[str, list] = {k: [] for k in (*META_COLUMNS, *LATENT_COLUMNS)}
     if with_reference:
         rows[REFERENCE_LATENTS] = []
+    if mouth_boxes:
+        rows[MOUTH_BOXES] = []
     if sr_scale is not None:
         rows[SR_VIDEO_LATENTS] = []
     for i in range(clips):
@@ -78,7 +86,9 @@ def write_synthetic_dataset(
                "bucket": "16:9", "width": w * VIDEO_STRIDE[2], "height": h * VIDEO_STRIDE[1], "num_frames": frames,
                VIDEO_LATENTS: video, AUDIO_LATENTS: rng.standard_normal(shape.audio, dtype=np.float32),
                TEXT_EMBEDS: rng.standard_normal((lt, text_channels), dtype=np.float32),
-               REFERENCE_LATENTS: video[:, :1].copy(), SR_VIDEO_LATENTS: sr_video}  # fmt: skip
+               REFERENCE_LATENTS: video[:, :1].copy(), SR_VIDEO_LATENTS: sr_video,
+               MOUTH_BOXES: [[w // 2 - 1, h // 2 - 1, w // 2 + 1, h // 2 + 1]] * (shape.latent_frames - 1)
+               + [list(NO_MOUTH)]}  # fmt: skip
         for k, column in rows.items():
             column.append(row[k])
     path.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from ..model.precision import resolve_compute_dtype
 from ..plan import PlanError, check_memory_plan
 from ..progress import ProgressBar
 from ..recipe import Recipe
+from .balance import EmaBalance
 from .builders import build_batches, build_metrics, build_model, build_optimizer, build_scheduler
 from .callbacks import Callback, CallbackList
 from .checks import check_dataset, check_recipe, check_text_channels
@@ -45,8 +46,7 @@ from .distributed import (
 )
 from .errors import RecipeConflict, RunInterrupted, TrainingError
 from .heldout import hold_out_validation_clips
-from .metrics import peak_memory_gb
-from .objective import LossOutput, sigma_bucket
+from .metrics import StepStats, peak_memory_gb
 from .outputs import (
     check_output_dependencies,
     encode_validation_prompts,
@@ -199,6 +199,7 @@ class LoraTrainer:
         # the scheduler sets the lr when built: build it first, then restore the saved lr with the optimizer state
         self.scheduler = build_scheduler(self.optimizer, recipe.optimizer, recipe.train.max_steps)
         self.progress = Progress()
+        self.balance = self._build_balance(snapshot)
         if snapshot is None:
             return
         if self.fsdp:
@@ -207,6 +208,18 @@ class LoraTrainer:
             self.optimizer.load_state_dict(snapshot.optimizer)
         self.scheduler.load_state_dict(snapshot.scheduler)
         self.progress = snapshot.progress
+
+    def _build_balance(self, snapshot: Snapshot | None) -> EmaBalance | None:
+        """The running loss means of ``loss.balance: ema`` (restored from ``snapshot``), or ``None``."""
+        loss = self.recipe.loss
+        if loss.balance == "none":
+            return None
+        acc = self.accelerator
+        reduce = (lambda t: acc.reduce(t, reduction="mean")) if self.world > 1 else None
+        balance = EmaBalance(loss.balance_decay, self.device, reduce)
+        if snapshot is not None and snapshot.balance is not None:
+            balance.load_state_dict(snapshot.balance)
+        return balance
 
     def step(self) -> float:
         """One optimizer step: ``train.gradient_accumulation_steps`` micro-batches, then the update and the schedule.
@@ -217,13 +230,13 @@ class LoraTrainer:
         """
         recipe, accum = self.recipe, self.recipe.train.gradient_accumulation_steps
         t0 = time.perf_counter()
-        data_wait, stats = 0.0, _StepStats()
+        data_wait, stats = 0.0, StepStats(recipe.loss)
         for micro in range(accum):
             t_data = time.perf_counter()
             batch = next(self.batches).to(self.device)
             data_wait += time.perf_counter() - t_data
             with _grad_sync(self.accelerator, self.wrapped, self.fsdp, last=micro == accum - 1):
-                out = training_loss(self.wrapped, batch, recipe)  # first-stage or SR flow matching
+                out = training_loss(self.wrapped, batch, recipe, balance=self.balance)  # first-stage or SR
                 finite = torch.isfinite(out.loss)
                 self.accelerator.backward(torch.where(finite, out.loss / accum, out.loss * 0.0))
             stats.add(out, finite)
@@ -270,7 +283,8 @@ class LoraTrainer:
         optim_state = full_optimizer_state(self.wrapped, self.optimizer) if self.fsdp else self.optimizer.state_dict()
         if self.main:
             snap = Snapshot(self.progress, get_peft_model_state_dict(self.model, state_dict=adapter), optim_state,
-                            self.scheduler.state_dict(), self.fingerprint)  # fmt: skip
+                            self.scheduler.state_dict(), self.fingerprint,
+                            None if self.balance is None else self.balance.state_dict())  # fmt: skip
             step = self.progress.step
             path = save_state(self.run_dir, snap, self.recipe.checkpointing.keep_last,
                               on_file=lambda f: self.hooks.on_checkpoint_file(step, f))  # fmt: skip
@@ -306,53 +320,6 @@ class LoraTrainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.run_dir
-
-
-class _StepStats:
-    """The losses of one optimizer step's micro-batches: kept on the device, read to the host once by :meth:`read`."""
-
-    def __init__(self) -> None:
-        self._pending: list[torch.Tensor] = []  # per micro-batch: finite, loss, video, audio, sigmas, per-sample
-        self.losses: list[float] = []
-        self.video: list[float] = []
-        self.audio: list[float] = []
-        self.tokens = 0
-        self.buckets: dict[str, list[float]] = {}
-        self.all_finite = True
-
-    def add(self, out: LossOutput, finite: torch.Tensor) -> None:
-        self.tokens += out.tokens
-        head = torch.stack([finite.float(), out.loss.detach().float(), out.video_loss.float(), out.audio_loss.float()])
-        self._pending.append(torch.cat([head, out.sigmas.float(), out.per_sample.float()]))
-
-    def read(self) -> None:
-        """Copy the step's numbers to the host in one transfer; non-finite micro-batches are left out of the means."""
-        for values in torch.cat(self._pending).cpu().split([len(t) for t in self._pending]):
-            finite, loss, video, audio, *rest = values.tolist()
-            self.all_finite &= finite == 1.0
-            if finite != 1.0:
-                continue
-            self.losses.append(loss)
-            self.video.append(video)
-            self.audio.append(audio)
-            n = len(rest) // 2
-            for s, sample_loss in zip(rest[:n], rest[n:]):
-                self.buckets.setdefault(sigma_bucket(s), []).append(sample_loss)
-        self._pending = []
-
-    def mean_loss(self) -> float:
-        return _mean(self.losses)
-
-    def summary(self, *, lr, grad_norm, step_time, data_wait, world, memory, nonfinite) -> dict:
-        out = {
-            "loss": self.mean_loss(), "loss_video": _mean(self.video), "loss_audio": _mean(self.audio),
-            "lr": lr, "tokens_per_s": self.tokens * world / step_time, "step_time_s": step_time,
-            "data_wait_share": data_wait / step_time, "peak_memory_gb": memory, "nonfinite_steps": nonfinite,
-        }  # fmt: skip
-        if grad_norm is not None:
-            out["grad_norm"] = grad_norm
-        out.update({f"loss_{k}": _mean(v) for k, v in sorted(self.buckets.items())})
-        return out
 
 
 def _quiet(*_: object) -> None:
@@ -415,10 +382,6 @@ def _grad_sync(accelerator: Accelerator, wrapped: torch.nn.Module, fsdp: bool, l
         wrapped.set_requires_gradient_sync(last)
         return accelerator.autocast()
     return contextlib.nullcontext() if last else accelerator.no_sync(wrapped)
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def _any_process(accelerator: Accelerator, flag: bool) -> bool:

@@ -18,6 +18,7 @@ from _dp_footage import SAMPLE, SENTENCE, ffmpeg, make_clip, speech_clip, write_
 
 from data_prep.build import BuildError, build, load_metadata, prepare_all
 from data_prep.config import load_data_config
+from hhtune.contract import FORMAT_VERSION
 
 ROOT = Path(__file__).parents[2]
 SMALL = {"min_seconds": 0.5, "max_seconds": 3.0, "base_resolution": 64, "workers": 2}
@@ -93,7 +94,6 @@ def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
         "fake.mov": "not a readable media file",
         "audio_only.mp4": r"no video stream \(audio-only file\)",
         "voiceover.wav": r"audio-only file \(.wav\)",
-        "no_audio.mp4": "no audio track",
         "silent_claims_speech.mp4": "claims speech but the audio is silent",
         "wrong_language.mp4": r"script \(han\) does not match the declared language 'en'",
         "late.mp4": "longer than the clip: every cue starts after its end",
@@ -105,7 +105,7 @@ def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     for name, pattern in skipped.items():
         assert fates[name]["fate"] == "skipped", (name, fates[name])
         assert re.search(pattern, fates[name]["reason"]), (name, fates[name]["reason"])
-    for name in ("good.mp4", "odd_8khz.mkv", "surround.mp4", "rotated.mp4", "hevc.mkv"):
+    for name in ("good.mp4", "odd_8khz.mkv", "surround.mp4", "rotated.mp4", "hevc.mkv", "no_audio.mp4"):
         assert fates[name]["fate"] in ("used", "split"), (name, fates[name])
     assert fates["good.mp4"]["fate"] == "split" and fates["good.mp4"]["clips"] == 2
     assert fates["good.mp4"]["reason"] == "split into 2 clips"
@@ -114,7 +114,9 @@ def test_every_bad_input_gets_a_reason_and_the_build_goes_on(broken_build):
     assert "6-channel audio" in notes["surround.mp4"] and "down-mixed to stereo" in notes["surround.mp4"]
     assert re.search("rotation (90|270) degrees applied", notes["rotated.mp4"])
     assert "no transcript sidecar and no asr_model" in notes["surround.mp4"]
-    assert "no speech detected: kept as clips without a Dialogue line" in notes["surround.mp4"]
+    assert "no transcribed words (ambient): kept whole as clips of equal length" in notes["surround.mp4"]
+    assert "no audio track: its clips train the picture only" in notes["no_audio.mp4"]
+    assert fates["no_audio.mp4"]["kind"] == "silent video" and fates["surround.mp4"]["kind"] == "ambient"
     assert "30 fps resampled to 25 fps" in notes["good.mp4"] and fates["good.mp4"]["alignment_method"] == "dtw"
     totals = json.loads((broken_build / "report.json").read_text())["totals"]
     assert totals["files"] == len(fates) == 19 and totals["skipped"] == len(skipped)
@@ -151,9 +153,12 @@ def test_clips_land_in_buckets_with_captions_and_masks(broken_build):
     surround = rows["surround.mp4"][0]
     assert "Dialogue:" not in surround["caption"] and surround["transcript"] == ""
     sources = json.loads((broken_build / "manifest.json").read_text())["clip_sources"]
-    assert sources[surround["clip_id"]] == {"alignment": "none", "speech_mask": "silero"}  # a tone: no speech heard
+    assert sources[surround["clip_id"]] == {"alignment": "none", "speech_mask": "silero", "transcript": "none",
+                                            "language": "none", "language_confidence": 0.0}  # a tone: no speech heard
     assert sum(surround["speech_mask"]) == 0
-    assert all(sources[g["clip_id"]] == {"alignment": "dtw", "speech_mask": "phonemes (dtw) & silero"} for g in good)
+    assert all(sources[g["clip_id"]] == {"alignment": "dtw", "speech_mask": "phonemes (dtw) & silero",
+                                         "transcript": "srt", "language": "metadata", "language_confidence": 1.0}
+               for g in good)  # fmt: skip
     html = (broken_build / "report.html").read_text()
     assert "data:image/png;base64" in html and "no audio track" in html and "split into 2 clips" in html
     assert "matplotlib" in html
@@ -334,7 +339,8 @@ def test_sample_footage_all_languages_then_encoded(tmp_path):
     out = build(footage, tmp_path / "ds", cfg, encode=True, progress=False)
     d = load_dataset_dir(out, require_encoded=True)
     ds = d.dataset.with_format("numpy")
-    assert d.manifest["encoded"] and d.manifest["format_version"] == 2 and len(ds) == d.manifest["clips"] >= 2
+    assert d.manifest["encoded"] and d.manifest["format_version"] == FORMAT_VERSION
+    assert len(ds) == d.manifest["clips"] >= 2
     for r in ds:
         f, t = r["num_frames"], (r["num_frames"] - 1) // 4 + 1
         assert r["video_latents"].shape == (48, t, r["height"] // 16, r["width"] // 16)

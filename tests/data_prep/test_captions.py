@@ -19,7 +19,9 @@ def test_caption_layout_follows_the_official_prompt_format():
 
 def test_no_speech_no_dialogue_and_custom_background():
     cap = build_caption("", lines=[], speaker="x", language="unknown", background="<Soft piano music>")
-    assert cap == "A person speaks to the camera.\n\nBackground Sound:\n<Soft piano music>"
+    assert cap == "Background Sound:\n<Soft piano music>"  # b-roll is never said to show a speaker
+    cap = build_caption("", lines=[], speaker="x", language="unknown", trigger="northwind", background="Rain")
+    assert cap == "northwind\n\nBackground Sound:\n<Rain>"
 
 
 def test_cjk_lines_are_spaced_per_character():

@@ -7,6 +7,7 @@ import html
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,6 +61,8 @@ def built(tmp_path_factory):
     units = [_unit("de", 2, caption=CAPTION, transcript="<b>Willkommen</b> bei uns", frames=25),
              _unit("zh", 1, "zh", caption='Dialogue:\n<a presenter, Mandarin>: "欢 迎"', transcript="欢迎", frames=25),
              _unit("brief", 0)]  # fmt: skip
+    units[0].clips[0] = replace(units[0].clips[0], mouth_boxes=((0, 0, 2, 1),) * 6 + ((-1, -1, -1, -1),) * 1,
+                                no_face_frames=1)  # a mouth box in every latent frame but the last  # fmt: skip
     _clip_files(units, out, width=56)
     write_dataset(units, out, load_data_config(None, {"base_resolution": 32}), None)
     write_report(units, out)
@@ -82,6 +85,7 @@ def test_report_renders_in_chromium_with_every_caption_and_picture(built, tmp_pa
     assert probe["transcripts"] == list(rows["transcript"])
     assert '<a presenter in a studio, German>: "Willkommen"' in probe["text"] and "<b>Willkommen</b>" in probe["text"]
     assert len(set(probe["rows"])) == 1, probe["rows"]  # used, split and skipped rows look alike: the fate is text
+    assert "no face in 1 of 7 latent frames" in probe["text"] and "Mouth found in 6 of 7 latent frames" in probe["text"]
 
 
 def test_report_screenshot_is_not_blank(built, tmp_path):

@@ -25,6 +25,16 @@ def test_a_missing_metric_model_does_not_stop_the_others(monkeypatch):
     assert no_refs["speech_quality"].unavailable is None
 
 
+def test_the_strength_search_scores_only_the_quality_metrics(monkeypatch):
+    def never(*_a):
+        raise AssertionError("the strength search does not need face or look")
+
+    monkeypatch.setattr(scoring.m, "face_similarity", never)
+    monkeypatch.setattr(scoring.m, "look_distance", never)
+    got = scoring.score_samples([_clip(10)], [_clip(20)], names=scoring.QUALITY_METRICS)
+    assert sorted(got) == sorted(scoring.QUALITY_METRICS)
+
+
 def _r(name, value, unavailable=None):
     return MetricResult(name, value, {}, unavailable)
 

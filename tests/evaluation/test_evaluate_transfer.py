@@ -13,7 +13,7 @@ from adapter_helpers import base_model, trained
 
 from hhtune.adapters.formats.peft import from_peft_model, write_peft
 from hhtune.encoders import EncoderPaths
-from hhtune.evaluation.sampling import Sample, SampleSettings, sample_variant, with_adapter
+from hhtune.evaluation.sampling import Decoders, Sample, SampleSettings, sample_variant, with_adapter
 from hhtune.evaluation.transfer import latent_gap, measure_transfer, recommend_strength
 
 SETTINGS = SampleSettings(seconds=0.2, base_resolution=32)
@@ -38,7 +38,7 @@ def _transfer(adapter: Path, strengths=(0.5, 1.0)):
     negative = (torch.randn(1, 3, 32, generator=g), 3)
 
     def sample(model, sampler, strength):
-        kw = dict(encoders=NO_ENCODERS, settings=SETTINGS, sampler=sampler, negative=negative, decode=False)
+        kw = dict(decoders=Decoders(NO_ENCODERS), settings=SETTINGS, sampler=sampler, negative=negative, decode=False)
         if strength is None:
             return sample_variant(models[model], model, feats, (0,), **kw)
         with with_adapter(models[model], adapter, strength, check_base=False) as m:

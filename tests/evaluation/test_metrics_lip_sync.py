@@ -37,3 +37,16 @@ def test_no_face_at_all_is_not_measured():
     frames, audio = talking_clip(0, frames=12)
     r = lip_sync(AVClip(np.full_like(frames, 128), audio, RATE))
     assert r.value is None and r.details["frames_without_face"] == 12 and "face" in r.unavailable
+
+
+def test_lip_sync_and_face_identity_find_the_faces_of_a_clip_once(monkeypatch):
+    from hhtune import face
+    from hhtune.evaluation.metrics import face_similarity
+
+    frames, audio = talking_clip(3, frames=12)
+    calls, real = [], face.landmarks
+    monkeypatch.setattr(face, "landmarks", lambda f: calls.append(len(f)) or real(f))
+    clip = AVClip(frames, audio, RATE)
+    assert lip_sync(clip).details["frames_without_face"] == 0
+    assert face_similarity([clip], [clip]).value > 0.99  # the clip against itself
+    assert calls == [12]  # face detection ran once, over every frame, for both metrics

@@ -3,29 +3,58 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from hhtune.sampling.metrics import av_sync, dialogue_lines, edit_distance, phoneme_error_rate, reference_fidelity
+from hhtune.sampling.metrics import (
+    MIN_SYNC_FRAMES,
+    dialogue_lines,
+    edit_distance,
+    mouth_sync,
+    phoneme_error_rate,
+    reference_fidelity,
+)
 
 
-def _talking_clip(offset_frames: int, n: int = 100, rate: int = 44100, seed: int = 0):
-    """Speech bursts in the audio, and a mouth that moves ``offset_frames`` later in the picture."""
+def _talking(offset_frames: int, n: int = 100, rate: int = 16000, seed: int = 0):
+    """Speech bursts in the audio, and a mouth opening that follows them ``offset_frames`` later."""
     rng = np.random.default_rng(seed)
-    on = (rng.random(n) > 0.5).astype(np.float32)
-    on = np.convolve(on, np.ones(3) / 3, mode="same") > 0.5
+    on = np.convolve(rng.random(n) > 0.5, np.ones(3) / 3, mode="same") > 0.5
     hop = rate // 25
     audio = np.concatenate([rng.standard_normal(hop) * (0.5 if o else 0.01) for o in on]).astype(np.float32)
-    frames = np.zeros((n, 48, 48, 3), dtype=np.uint8)
-    moved = np.roll(on, offset_frames)
-    for i in range(n):
-        frames[i, 30:36, 18:30] = (rng.integers(0, 255, (6, 12, 3)) if moved[i] else 128)
-    return audio, frames
+    mouth = 0.05 + 0.2 * np.roll(on, offset_frames) + 0.005 * rng.standard_normal(n)
+    return audio, mouth.astype(np.float32)
 
 
-def test_av_sync_finds_a_known_offset():
-    for offset in (0, 3, -2):
-        audio, frames = _talking_clip(offset)
-        found, confidence = av_sync(audio, 44100, frames)
-        assert found == offset and confidence > 0.3
+@pytest.mark.parametrize("offset", [0, 3, -2])
+def test_mouth_sync_finds_a_known_offset(offset):
+    audio, mouth = _talking(offset)
+    sync = mouth_sync(audio, 16000, mouth)
+    assert sync.offset_frames == offset and sync.confidence > 0.5 and sync.frames_without_face == 0
+
+
+@pytest.mark.parametrize("frames", [MIN_SYNC_FRAMES, 9, 13])
+def test_clips_shorter_than_the_offset_range_are_measured(frames):
+    audio, mouth = _talking(2, n=frames)
+    sync = mouth_sync(audio, 16000, mouth)
+    assert sync.frames_without_face == 0 and sync.confidence is not None
+
+
+def test_a_still_mouth_gives_low_confidence():
+    audio, mouth = _talking(3)
+    still = 0.05 + 0.002 * np.random.default_rng(1).standard_normal(len(mouth))  # landmark jitter only
+    assert mouth_sync(audio, 16000, still).confidence < 0.2
+
+
+def test_frames_without_a_face_are_counted_not_guessed():
+    audio, mouth = _talking(3)
+    mouth[10:30] = np.nan
+    sync = mouth_sync(audio, 16000, mouth)
+    assert sync.frames == 100 and sync.frames_without_face == 20 and sync.offset_frames == 3
+    few = np.full(100, np.nan, dtype=np.float32)
+    few[:MIN_SYNC_FRAMES - 1] = 0.1
+    none = mouth_sync(audio, 16000, few)
+    assert none.frames_without_face == 100 - MIN_SYNC_FRAMES + 1
+    assert none.confidence is None and none.offset_frames is None
 
 
 def test_reference_fidelity_and_per():

@@ -136,7 +136,7 @@ def test_validation_with_sr_renders_and_the_model_card_shows_stills_at_the_deliv
     accelerator = SimpleNamespace(is_main_process=True, device=torch.device("cpu"), wait_for_everyone=lambda: None)
     run_dir, logs = tmp_path / "run", []
     run_validation_step(recipe, accelerator, first, None, None, run_dir, 5, None, logs.append, sharded=False)
-    assert "av_sync_confidence" in logs[0] and first.training  # put back in training mode
+    assert "lip_sync_frames_without_face" in logs[0] and first.training  # put back in training mode
     width, height = sr_size("16:9", 32, "540p")
     assert (width, height) == (128, 64)
     streams = _streams(run_dir / "samples" / "step-00000005" / "prompt00.mp4")

@@ -102,3 +102,12 @@ def test_a_checkpoint_of_another_stage_is_refused_naming_its_layout(tmp_path, sa
             build_model(recipe.model)
     same = _recipe(tmp_path, tmp_path / "run", checkpoint=str(tmp_path / "ckpt"), preset=None, variant=saved)
     assert build_model(same.model).config.sr_variant == (saved if saved.startswith("sr") else None)
+
+
+@pytest.mark.parametrize("loss", [{"mouth_weight": 3.0}, {"balance": "ema"}, {"audio_sigma": "independent"}])
+def test_first_stage_loss_options_are_refused_for_sr_runs(tmp_path, loss):
+    # mutation: _check_sr without the first-stage options -> they would be silently ignored by the SR objective
+    recipe = _recipe(tmp_path, tmp_path / "run").model_copy(deep=True)
+    recipe.loss = recipe.loss.model_copy(update=loss)
+    with pytest.raises(RecipeConflict, match=f"loss.{next(iter(loss))} shape"):
+        check_recipe(recipe, device_type="cpu", fsdp=False)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ... import face
 from ..clips import AVClip
+from .landmarks import clip_landmarks
 from .memo import ArrayMemo
 from .result import MetricResult, unavailable
 
@@ -57,7 +58,9 @@ def _describe(clip: AVClip) -> tuple[np.ndarray | None, int]:
     model = _model(face_recognition_models.face_recognition_model_location())
     idx = np.unique(np.linspace(0, len(clip.frames) - 1, _FRAMES_PER_CLIP).round().astype(int))
     found, missing = [], 0
-    for i, points in zip(idx, face.landmarks(clip.frames[idx])):
+    every = clip_landmarks(clip.frames)  # lip-sync's landmarks of the same clip, when it ran first
+    for i in idx:
+        points = every[i]
         if points is None:
             missing += 1
             continue

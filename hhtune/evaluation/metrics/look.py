@@ -9,11 +9,13 @@ import librosa
 import numpy as np
 
 from ..clips import AVClip
+from .memo import ArrayMemo
 from .result import MetricResult
 
 _BINS = 32
 _FRAMES_PER_CLIP = 16
 _PIXEL_STRIDE = 2  # every other row and column: the histogram does not need every pixel
+_LOG_MELS = ArrayMemo()  # by clip audio: the base model's drift clips are compared with every checkpoint's
 
 
 def colour_histogram(clips: Sequence[AVClip]) -> np.ndarray:
@@ -62,6 +64,10 @@ def _numpy(x) -> np.ndarray:
 
 
 def _log_mel(clip: AVClip) -> np.ndarray:
+    return _LOG_MELS.get(clip.audio, lambda: _compute_log_mel(clip))
+
+
+def _compute_log_mel(clip: AVClip) -> np.ndarray:
     mel = librosa.feature.melspectrogram(y=np.asarray(clip.audio, dtype=np.float32), sr=clip.sample_rate, n_mels=64)
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).clip(-100.0, None)
 
@@ -72,7 +78,7 @@ def pair_distance(a: AVClip, b: AVClip) -> tuple[float, float]:
     if a.frames.shape[1:] != b.frames.shape[1:] or a.sample_rate != b.sample_rate:
         raise ValueError(f"clips to compare differ in size or sample rate: {a.frames.shape} vs {b.frames.shape}")
     n = min(len(a.frames), len(b.frames))
-    video = float(np.abs(a.frames[:n].astype(np.float32) - b.frames[:n].astype(np.float32)).mean() / 255.0)
+    video = float(np.abs(a.frames[:n].astype(np.int16) - b.frames[:n].astype(np.int16)).mean() / 255.0)
     ma, mb = _log_mel(a), _log_mel(b)
     m = min(ma.shape[1], mb.shape[1])
     audio = float(np.abs(ma[:, :m] - mb[:, :m]).mean() / 100.0) if m else 0.0
