@@ -21,6 +21,10 @@ balance setting for three seeds and prints the table of ``benchmarks/RESULTS.md`
     python benchmarks/learning.py [--steps 2000] [--clips 1] [--seeds 8]
     python benchmarks/learning.py --voice [--steps 600]
     python benchmarks/learning.py --proxy [--steps 600]
+    python benchmarks/learning.py --sr [--steps 200] [--seeds 4]
+
+``--sr`` runs the super-resolution variant (:func:`sr_learning_check`): an SR adapter trained on one clip's
+high-resolution latents, then the SR stage started from that clip's upsampled base-size latents.
 """
 
 from __future__ import annotations
@@ -37,12 +41,12 @@ import numpy as np
 import torch
 
 from hhtune import adapters
-from hhtune.contract import AUDIO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
+from hhtune.contract import AUDIO_LATENTS, SR_VIDEO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune.model import ModelConfig, save_checkpoint
 from hhtune.recipe import validate_recipe
 from hhtune.sampling.generate import model_velocity_fn
 from hhtune.sampling.metrics import nearest_clip_distance
-from hhtune.sampling.samplers import sample_distilled
+from hhtune.sampling.samplers import sample_distilled, sample_super_resolution
 from hhtune.training import TrainingDataset, build_model, train
 from hhtune.training.synthetic import denoising_base, write_synthetic_dataset
 
@@ -186,6 +190,56 @@ def proxy_table(steps: int = VOICE_STEPS, seeds: int = 3, only: list[int] | None
     return "\n".join(lines)
 
 
+# -- the super-resolution variant --------------------------------------------------------------------------------
+
+#: A smaller model than :data:`CONFIG` learns the SR task in a few hundred steps: the start point already holds
+#: the clip's coarse picture, so the adapter only has to add its detail.
+SR_CONFIG = ModelConfig(num_layers=4, hidden_size=256, head_dim=64, num_query_groups=2, text_in_channels=32,
+                        mm_layers=[0, 3], gelu7_layers=[0]).with_variant("sr_1080p")  # fmt: skip
+
+
+def sr_learning_check(work: Path, *, steps: int = 200, seeds: int = 4, rank: int = 64, lr: float = 2e-3,
+                      log=lambda *_: None) -> LearningResult:  # fmt: skip
+    """Train an SR adapter on one synthetic clip's high-resolution latents (twice the base grid) for ``steps``
+    steps, then compare the SR stage's outputs (:func:`~hhtune.sampling.samplers.sample_super_resolution`, from
+    the clip's upsampled base latents) with and without it."""
+    work = Path(work)
+    save_checkpoint(denoising_base(SR_CONFIG, seed=0), work / "sr_base")
+    dataset = write_synthetic_dataset(work / "sr_dataset", clips=1, frames=5, latent_hw=(4, 4), text_len=(6, 6),
+                                      text_channels=SR_CONFIG.text_in_channels, seed=0, sr_scale=2)  # fmt: skip
+    recipe = validate_recipe({
+        "model": {"checkpoint": str(work / "sr_base"), "variant": "sr_1080p", "block_dtype": "fp32",
+                  "gradient_checkpointing": False},
+        "lora": {"rank": rank},
+        "data": {"dataset": str(dataset), "batch_size": 1},
+        "optimizer": {"lr": lr, "weight_decay": 0.01},
+        "train": {"max_steps": steps, "output_dir": str(work / "sr_run"), "mixed_precision": "no", "seed": 0,
+                  "max_grad_norm": None},
+        "checkpointing": {"every_steps": steps},
+        "validation": {"at_end": False},
+        "logging": {"wandb_mode": "disabled"},
+        "export": {"formats": ["peft"]},
+    })  # fmt: skip
+    t0 = time.perf_counter()
+    run = train(recipe, log=log)
+    seconds = time.perf_counter() - t0
+    row = TrainingDataset(dataset).ds[0]
+    lr_video, hr, audio, text = (torch.tensor(np.asarray(row[k]))[None] for k in
+                                 (VIDEO_LATENTS, SR_VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS))  # fmt: skip
+
+    def median_distance(model: torch.nn.Module) -> float:
+        fn = model_velocity_fn(model, text, text.shape[1])
+        return statistics.median(
+            nearest_clip_distance(sample_super_resolution(fn, lr_video, audio, tuple(hr.shape[-2:]),
+                                                          generator=torch.Generator().manual_seed(1000 + seed))[0][0],
+                                  [hr[0]])
+            for seed in range(seeds))  # fmt: skip
+
+    base = median_distance(build_model(recipe.model).eval())
+    adapted = median_distance(adapters.load(run / "adapter", build_model(recipe.model)).eval())
+    return LearningResult(base=base, adapted=adapted, train_seconds=seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help=f"default 2000; {VOICE_STEPS} with --voice/--proxy")
@@ -194,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--voice", action="store_true", help="the voice recipe's audio-focused adapter")
     mode.add_argument("--proxy", action="store_true", help="the audio-sigma and balance table (3 seeds each)")
+    mode.add_argument("--sr", action="store_true", help="the super-resolution variant (one clip; 200 steps)")
     parser.add_argument("--only", type=int, nargs="+", help="with --proxy: these rows only (0-based; to run the "
                         "rows in parallel processes)")
     args = parser.parse_args(argv)
@@ -203,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.voice:
             r = voice_check(Path(tmp), steps=args.steps or VOICE_STEPS)
+        elif args.sr:
+            r = sr_learning_check(Path(tmp), steps=args.steps or 200, seeds=min(args.seeds, 4))
         else:
             r = learning_check(Path(tmp), steps=args.steps or 2000, clips=args.clips, seeds=args.seeds)
     print(f"median distance to the nearest training clip: base {r.base:.3f}, adapted {r.adapted:.3f} "

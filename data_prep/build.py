@@ -272,7 +272,8 @@ def build(footage: str | Path, out: str | Path, cfg: DataConfig, *, encode: bool
             encoders = resolve_encoders(cfg, out)
         state.wait_for_everyone()
         encoders = resolve_encoders(cfg, out)
-        encode_clips(units, out / ".work", encoders, cfg, progress=progress and main, reencode=reencode)
+        encode_clips(units, out / ".work", encoders, cfg, progress=progress and main, reencode=reencode,
+                     footage=footage)  # fmt: skip
     if main:
         write_dataset(units, out, cfg, encoders, footage=footage)
         write_report(units, out)

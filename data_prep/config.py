@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hhtune.contract import BUCKETS, Bucket
+from hhtune.contract import BUCKETS, Bucket, SrResolution
 from hhtune.speech.languages import normalise_language
 
 
@@ -59,6 +59,9 @@ class DataConfig(BaseModel):
     background_sound: str = "No prominent background sound"
     buckets: list[Bucket] = Field(default_factory=lambda: list(BUCKETS))
     base_resolution: int = Field(256, ge=32, multiple_of=32, description="short side in pixels")
+    sr_resolution: SrResolution | None = Field(
+        None, description="also encode each clip at this super-resolution stage's size (sr_video_latents, read "
+        "again from the footage), for an SR LoRA (model.variant sr_540p / sr_1080p); null = base size only")
     min_seconds: float = Field(1.0, gt=0)
     max_seconds: float = Field(5.0, gt=0)
     encoders: str | EncoderFolders | None = Field(
@@ -95,8 +98,9 @@ class DataConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes what stages 1-7 produce (the captioner runs after them, with its own
-        cache keyed by clip, model and prompt)."""
-        keep = self.model_dump(exclude={"workers", "encoders", "tiny_encoders", "encode_batch_size", "captioner"})
+        cache keyed by clip, model and prompt; sr_resolution only changes the encoding, keyed per clip)."""
+        keep = self.model_dump(exclude={"workers", "encoders", "tiny_encoders", "encode_batch_size", "captioner",
+                                        "sr_resolution"})  # fmt: skip
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

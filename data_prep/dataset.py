@@ -31,6 +31,7 @@ from hhtune.contract import (
     REFERENCE_LATENTS,
     ROWS,
     SPEAKER_COLUMN,
+    SR_VIDEO_LATENTS,
     TEXT_EMBEDS,
     TEXT_LENGTH,
     UNKNOWN_LANGUAGE,
@@ -51,9 +52,10 @@ from .units import Clip, Unit
 LANGUAGE_CODES = (*LANGUAGES, UNKNOWN_LANGUAGE)
 
 
-def features(encoded: bool, mouth: bool = False):
+def features(encoded: bool, mouth: bool = False, sr: bool = False):
     """The Arrow schema of the rows: the contract's column types, latents only when ``encoded``, the mouth boxes
-    only with ``mouth`` (data config ``mouth_regions``)."""
+    only with ``mouth`` (data config ``mouth_regions``), the clips at the super-resolution size only when
+    ``encoded`` with ``sr`` (data config ``sr_resolution``)."""
     import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only the Arrow schema needs it
 
     def arrow(kind: str):
@@ -64,15 +66,18 @@ def features(encoded: bool, mouth: bool = False):
         return feature
 
     left_out = (() if encoded else (*LATENT_COLUMNS, REFERENCE_LATENTS)) + (() if mouth else (MOUTH_BOXES,))
+    left_out += () if encoded and sr else (SR_VIDEO_LATENTS,)
     return datasets.Features({k: arrow(t) for k, t in COLUMN_TYPES.items() if k not in left_out})
 
 
 def manifest_fingerprint(cfg: DataConfig, encoders_fp: str | None) -> str:
-    """Fingerprint of the settings of stages 1-7 and the encoders: equal fingerprints, interchangeable datasets."""
-    return hashlib.sha256(json.dumps([FORMAT_VERSION, cfg.fingerprint(), encoders_fp]).encode()).hexdigest()[:16]
+    """Fingerprint of the settings of stages 1-7, the encoders and the SR size encoded (if any): equal
+    fingerprints, interchangeable datasets."""
+    sr = [cfg.sr_resolution] if cfg.sr_resolution else []  # datasets without SR latents keep their fingerprint
+    return hashlib.sha256(json.dumps([FORMAT_VERSION, cfg.fingerprint(), encoders_fp, *sr]).encode()).hexdigest()[:16]
 
 
-def _rows(clips: list[Clip], latents: Path | None):
+def _rows(clips: list[Clip], latents: Path | None, sr: bool = False):
     for c in clips:
         row = {k: getattr(c, k) for k in META_COLUMNS}
         row["speech_mask"] = list(c.speech_mask)
@@ -82,7 +87,7 @@ def _rows(clips: list[Clip], latents: Path | None):
             row[MOUTH_BOXES] = [list(b) for b in c.mouth_boxes]
         if latents is not None:
             lat = load_file(latents / f"{c.clip_id}.safetensors")
-            row |= {k: lat[k].numpy() for k in LATENTS}
+            row |= {k: lat[k].numpy() for k in (*LATENTS, *((SR_VIDEO_LATENTS,) if sr else ()))}
         yield row
 
 
@@ -101,7 +106,7 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
     latents = out / ".work" / "latents" if encoders is not None else None
     if latents is not None:
         bad = [c.clip_id for u in units for c in u.clips
-               if latents_key(latents / f"{c.clip_id}.safetensors") != clip_key(c, u.inputs)]  # fmt: skip
+               if latents_key(latents / f"{c.clip_id}.safetensors") != clip_key(c, u.inputs, cfg.sr_resolution)]
         if bad:
             raise DatasetError(f"{len(bad)} clip(s) have no up-to-date latents (e.g. {bad[0]}); run the encode stage")
     with atomic_dir(out / "alignments") as tmp:
@@ -114,8 +119,9 @@ def write_dataset(units: list[Unit], out: Path, cfg: DataConfig, encoders: Encod
         with atomic_dir(out / ROWS) as tmp:
             # the mouth column when every clip was searched (data config mouth_regions)
             mouth = all(c.mouth_boxes is not None for c in clips) if clips else cfg.mouth_regions
-            schema = features(encoders is not None, mouth)
-            ds = datasets.Dataset.from_generator(_rows, gen_kwargs={"clips": clips, "latents": latents},
+            sr = cfg.sr_resolution is not None
+            schema = features(encoders is not None, mouth, sr)
+            ds = datasets.Dataset.from_generator(_rows, gen_kwargs={"clips": clips, "latents": latents, "sr": sr},
                                                  features=schema, cache_dir=str(cache),
                                                  keep_in_memory=False) if clips else \
                 datasets.Dataset.from_dict({k: [] for k in schema}, features=schema)  # fmt: skip

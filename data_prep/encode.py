@@ -6,6 +6,10 @@ key of what they were made from (the clip's content and caption), so an interrup
 resumes clip by clip and a changed clip is encoded again. Under ``accelerate launch`` the
 batches are split across processes (``PartialState.split_between_processes``), each on its GPU.
 Latents made by other encoders are never mixed in: the build stops and says how to re-encode.
+
+With ``sr_resolution`` each clip is also read again from the footage at that super-resolution stage's size
+(:func:`~hhtune.contract.sr_size` of its bucket) and encoded as ``sr_video_latents``, what an SR LoRA learns to
+reach from the base-size latents (the clip cache holds base-size frames only, and a 1080p clip would be GBs).
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ import torch
 from accelerate import PartialState
 from safetensors import safe_open
 
-from hhtune.contract import AUDIO_LATENTS, LATENT_COLUMNS, REFERENCE_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
+from hhtune.contract import (
+    AUDIO_LATENTS,
+    LATENT_COLUMNS,
+    REFERENCE_LATENTS,
+    SR_VIDEO_LATENTS,
+    TEXT_EMBEDS,
+    VIDEO_LATENTS,
+    sr_size,
+)
 from hhtune.encoders import (
     EncoderPaths,
     build_tiny_encoders,
@@ -30,6 +42,7 @@ from hhtune.encoders import (
     load_video_vae,
 )
 from hhtune.io import atomic_save_file, atomic_write_text
+from hhtune.media import FrameReader, probe
 from hhtune.progress import ProgressBar
 
 from .config import DataConfig, EncoderFolders
@@ -63,22 +76,28 @@ def resolve_encoders(cfg: DataConfig, out: Path) -> EncoderPaths:
     return paths
 
 
-def clip_key(clip: Clip, inputs: str | None) -> str:
+def clip_key(clip: Clip, inputs: str | None, sr_resolution: str | None = None) -> str:
     """What a clip's latents depend on besides the encoders: its pixels/audio (source range, bucket) and caption,
-    and the ``inputs`` fingerprint of its unit."""
+    the ``inputs`` fingerprint of its unit, and the super-resolution size it is also encoded at, if any."""
     parts = [clip.source_file, clip.start_s, clip.end_s, clip.width, clip.height, clip.num_frames, clip.caption]
-    return hashlib.sha1(json.dumps([*parts, inputs or ""], ensure_ascii=False).encode()).hexdigest()[:16]
+    sr = [sr_resolution] if sr_resolution else []  # keys of base-only latents stay as they were
+    return hashlib.sha1(json.dumps([*parts, inputs or "", *sr], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataConfig, progress: bool = True,
-                 reencode: bool = False) -> int:  # fmt: skip
-    """Encode every clip whose latents are missing or stale; returns how many this process encoded."""
+                 reencode: bool = False, footage: Path | None = None) -> int:  # fmt: skip
+    """Encode every clip whose latents are missing or stale; returns how many this process encoded.
+
+    ``footage`` (the footage folder) is needed with ``cfg.sr_resolution``: the clips are read again there.
+    """
+    if cfg.sr_resolution and footage is None:
+        raise ValueError("sr_resolution re-reads the clips from the footage: pass the footage folder")
     state = PartialState()
     folder = work / "latents"
     if state.is_main_process:
         _check_encoders(folder, paths, reencode)
     state.wait_for_everyone()
-    clips = [(c, clip_key(c, u.inputs)) for u in units for c in u.clips]
+    clips = [(c, clip_key(c, u.inputs, cfg.sr_resolution)) for u in units for c in u.clips]
     clips = [(c, key) for c, key in clips if latents_key(folder / f"{c.clip_id}.safetensors") != key]
     if not clips:
         return 0
@@ -90,7 +109,10 @@ def encode_clips(units: list[Unit], work: Path, paths: EncoderPaths, cfg: DataCo
     with state.split_between_processes(batches) as mine, \
             ProgressBar("stage 8: encode", sum(len(b) for b in mine), enabled=progress) as bar:  # fmt: skip
         for batch in mine:
-            for (clip, key), tensors in zip(batch, _encode_batch([c for c, _ in batch], work, video, audio, text)):
+            encoded = _encode_batch([c for c, _ in batch], work, video, audio, text)
+            if cfg.sr_resolution:
+                encoded = _with_sr([c for c, _ in batch], encoded, video, footage, cfg)
+            for (clip, key), tensors in zip(batch, encoded):
                 atomic_save_file({k: v.contiguous() for k, v in tensors.items()},
                                  folder / f"{clip.clip_id}.safetensors",
                                  metadata={"key": key})  # fmt: skip
@@ -129,6 +151,23 @@ def _encode_batch(batch: list[Clip], work: Path, video, audio, text) -> list[dic
     v, a, r = video.encode(frames).cpu(), audio.encode(waves).cpu(), video.encode(refs).cpu()
     return [{VIDEO_LATENTS: v[b], AUDIO_LATENTS: a[b], TEXT_EMBEDS: feats[b, : int(lengths[b])].cpu(),
              REFERENCE_LATENTS: r[b]} for b in range(len(batch))]  # fmt: skip
+
+
+@torch.no_grad()
+def _with_sr(batch: list[Clip], encoded: list[dict[str, torch.Tensor]], video, footage: Path,
+             cfg: DataConfig) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+    """``encoded`` with each clip's :data:`SR_VIDEO_LATENTS`: its frames read again from the footage at the SR
+    size of its bucket (resized and centre-cropped as the base-size ones), encoded by the same video VAE."""
+    frames = []
+    for c in batch:
+        path = footage / c.source_file
+        reader = FrameReader(path, probe(path), sr_size(c.bucket, cfg.base_resolution, cfg.sr_resolution))
+        try:
+            frames.append(torch.from_numpy(reader.read(c.start_s, c.num_frames)))
+        finally:
+            reader.close()
+    hr = video.encode(torch.stack(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1).cpu()
+    return [{**tensors, SR_VIDEO_LATENTS: hr[b]} for b, tensors in enumerate(encoded)]
 
 
 def _stereo(wave: np.ndarray) -> np.ndarray:

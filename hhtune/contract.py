@@ -66,11 +66,14 @@ TEXT_LENGTH = 640  # text features are padded or trimmed to this many tokens (of
 
 # -- the dataset folder ---------------------------------------------------------------------------------------------
 FORMAT_VERSION = 2
-#: Versions this hhtune reads: a version 1 dataset lacks :data:`HAS_AUDIO_COLUMN` (every clip had sound) and
-#: :data:`MOUTH_BOXES`.
+#: Versions this hhtune reads: a version 1 dataset lacks :data:`HAS_AUDIO_COLUMN` (every clip had sound),
+#: :data:`MOUTH_BOXES` and the optional :data:`SR_VIDEO_LATENTS`.
 READABLE_FORMAT_VERSIONS = (1, 2)
 VIDEO_LATENTS, AUDIO_LATENTS, TEXT_EMBEDS = "video_latents", "audio_latents", "text_embeds"
 REFERENCE_LATENTS = "reference_latents"  # optional: the first frame's latents, null where a clip has none
+#: Optional (format 2): the clip encoded again at a super-resolution size (:func:`sr_size`, the manifest's
+#: ``settings.sr_resolution``) next to :data:`VIDEO_LATENTS` at the base size; what an SR LoRA learns to reach.
+SR_VIDEO_LATENTS = "sr_video_latents"
 #: Columns every dataset has, in the order data_prep writes them.
 META_COLUMNS = ("clip_id", "source_file", "start_s", "end_s", "language", "caption", "transcript", "alignment",
                 "speech_mask", "bucket", "width", "height", "num_frames")  # fmt: skip
@@ -94,10 +97,10 @@ COLUMN_TYPES: dict[str, str] = {
     "width": "int32", "height": "int32", "num_frames": "int32", SPEAKER_COLUMN: "string", HAS_AUDIO_COLUMN: "bool",
     MOUTH_BOXES: "int32[][]",
     VIDEO_LATENTS: "float32[][][][]", AUDIO_LATENTS: "float32[][]", TEXT_EMBEDS: "float32[][]",
-    REFERENCE_LATENTS: "float32[][][][]",
+    REFERENCE_LATENTS: "float32[][][][]", SR_VIDEO_LATENTS: "float32[][][][]",
 }  # fmt: skip
 assert tuple(COLUMN_TYPES) == (*META_COLUMNS, SPEAKER_COLUMN, HAS_AUDIO_COLUMN, MOUTH_BOXES, *LATENT_COLUMNS,
-                               REFERENCE_LATENTS)
+                               REFERENCE_LATENTS, SR_VIDEO_LATENTS)
 # {"format_version", "fingerprint", "encoders", "settings", "encoded", "clips", "footage", ...}
 MANIFEST = "manifest.json"
 ROWS = "dataset"  # the Arrow rows (``Dataset.save_to_disk``)
@@ -204,8 +207,9 @@ __all__ = ["AUDIO_LATENTS", "AUDIO_LATENTS_PER_SECOND", "AUDIO_LATENT_CHANNELS",
            "COLUMN_TYPES", "COMPUTE_DTYPES", "FORMAT_VERSION", "FPS", "HAS_AUDIO_COLUMN", "LANGUAGES",
            "LATENT_COLUMNS", "MANIFEST", "META_COLUMNS", "MOUTH_BOXES", "NO_MOUTH", "PRESETS",
            "READABLE_FORMAT_VERSIONS", "REFERENCE_LATENTS", "ROWS", "SAMPLES_PER_LATENT", "SPEAKER_COLUMN",
-           "SPEECH_SAMPLE_RATE", "SR_RESOLUTIONS", "SR_SCALES", "SR_VARIANTS", "TEXT_EMBEDS", "TEXT_LENGTH",
-           "UNKNOWN_LANGUAGE", "VARIANTS", "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE", "Bucket",
-           "ComputeDtype", "Language", "LatentShape", "Preset", "SrResolution", "Variant", "audio_samples_for",
-           "bucket_size", "frames_for", "frames_holding", "latent_frame_of", "latent_frame_span", "nearest_bucket",
+           "SPEECH_SAMPLE_RATE", "SR_RESOLUTIONS", "SR_SCALES", "SR_VARIANTS", "SR_VIDEO_LATENTS", "TEXT_EMBEDS",
+           "TEXT_LENGTH", "UNKNOWN_LANGUAGE", "VARIANTS", "VIDEO_LATENTS", "VIDEO_LATENT_CHANNELS", "VIDEO_STRIDE",
+           "Bucket", "ComputeDtype", "Language", "LatentShape", "Preset", "SrResolution", "Variant",
+           "audio_samples_for", "bucket_size", "frames_for", "frames_holding", "latent_frame_of",
+           "latent_frame_span", "nearest_bucket",
            "seconds_of", "sr_size"]  # fmt: skip

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .adapters.settings import LoraSettings, adapted_layers
-from .contract import PRESETS, Bucket, ComputeDtype, Preset, SrResolution
+from .contract import PRESETS, SR_VARIANTS, Bucket, ComputeDtype, Preset, SrResolution, Variant
 from .model.config import ModelConfig
 
 
@@ -29,7 +29,9 @@ class ModelSection(_Section):
     checkpoint: str | None = Field(None,
                                    description="official-layout checkpoint folder; null = random init of `preset`")
     preset: Preset | None = Field(None, description="architecture when no checkpoint (or to check it)")
-    variant: Literal["distill", "base"] = Field("distill", description="the checkpoint being trained")
+    variant: Variant = Field("distill", description="the checkpoint being trained: distill, base, or a "
+                             "super-resolution stage (sr_540p, sr_1080p: the adapter learns the SR stage from the "
+                             "dataset's sr_video_latents; README, Super-resolution LoRA)")
     eval_checkpoint: str | None = Field(None, description="distilled checkpoint the adapter is validated on")
     block_dtype: Literal["bf16", "fp32"] = Field("bf16", description="storage of frozen block linears")
     fp8_base: bool = Field(False, description="keep an FP8 checkpoint's frozen weights in FP8 (dequantised on the fly)")
@@ -68,6 +70,17 @@ class DataSection(_Section):
     num_workers: int | None = Field(None, ge=0, description="loader worker processes; null = min(4, CPU cores) "
                                     "on CUDA, 0 on CPU (where workers would compete with the step for cores)")
     repeat: int = Field(1, ge=1, description="passes over the dataset per epoch (small datasets)")
+    sr_crop: list[int] | None = Field(
+        None, description="SR variants: train on a random [height, width] window (pixels, multiples of 32) of each "
+        "high-resolution clip, all frames, instead of the whole frame; null = whole frames")
+
+    @model_validator(mode="after")
+    def _crop_in_patches(self) -> DataSection:
+        crop = self.sr_crop
+        if crop is not None and (len(crop) != 2 or any(side < 32 or side % 32 for side in crop)):
+            raise ValueError(f"data.sr_crop {self.sr_crop}: [height, width], each side a positive multiple of 32 "
+                             "pixels (whole 2x2 latent patches)")
+        return self
 
     def workers(self, device_type: str, cpus: int) -> int:
         """Worker processes for a run on ``device_type`` with ``cpus`` host cores: ``num_workers`` or its default."""
@@ -239,6 +252,10 @@ class Recipe(_Section):
         cfg = self.preset_config()
         if cfg is not None:
             adapted_layers(cfg, self.lora)  # raises naming the allowed layers
+        if self.data.sr_crop is not None and not self.trains_sr:
+            raise ValueError(f"data.sr_crop crops the high-resolution clips of a super-resolution run, but "
+                             f"model.variant is {self.model.variant!r}: set model.variant to one of "
+                             f"{', '.join(SR_VARIANTS)} or remove data.sr_crop")  # fmt: skip
         return self
 
     @property
@@ -248,9 +265,14 @@ class Recipe(_Section):
             return self.loss.caption_dropout
         return 0.1 if self.model.variant == "base" else 0.0
 
+    @property
+    def trains_sr(self) -> bool:
+        """Whether the run trains a super-resolution stage (``model.variant`` sr_540p or sr_1080p)."""
+        return self.model.variant in SR_VARIANTS
+
     def preset_config(self) -> ModelConfig | None:
-        """The preset's config, when one is named."""
-        return ModelConfig.preset(self.model.preset) if self.model.preset else None
+        """The preset's config as ``model.variant`` runs it, when a preset is named."""
+        return ModelConfig.preset(self.model.preset, self.model.variant) if self.model.preset else None
 
     def hash(self) -> str:
         """Stable hash of the resolved recipe (for adapter metadata)."""

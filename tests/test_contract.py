@@ -30,6 +30,7 @@ NUMBERS = {contract.AUDIO_SAMPLE_RATE: "AUDIO_SAMPLE_RATE", contract.SAMPLES_PER
            contract.SPEECH_SAMPLE_RATE: "SPEECH_SAMPLE_RATE", contract.TEXT_LENGTH: "TEXT_LENGTH"}  # fmt: skip
 #: Strings that name a part of the dataset folder; only contract.py spells them.
 NAMES = {contract.VIDEO_LATENTS, contract.AUDIO_LATENTS, contract.TEXT_EMBEDS, contract.REFERENCE_LATENTS,
+         contract.SR_VIDEO_LATENTS,
          contract.MANIFEST}  # fmt: skip
 #: Allowed-value lists: a literal holding all of one (or all of META_COLUMNS) is a copy; a part of one is a choice.
 VALUE_LISTS = {"buckets": set(BUCKETS), "presets": set(PRESETS), "compute dtypes": set(COMPUTE_DTYPES),

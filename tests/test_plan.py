@@ -167,3 +167,34 @@ def test_validation_sr_plans_the_sr_dit_alone_on_the_device_and_the_decode_at_th
         c["frozen_weights"] + c["lora_params"] + c["optimizer_state"] + c["vaes"] + c["vae_decode_workspace"],
         c["optimizer_state"] + c["sr_model"] + c["sr_forward"]))  # fmt: skip
     assert sr.validation_peak_gb > plain.validation_peak_gb and sr.train_peak_gb == plain.train_peak_gb
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_sr_models_local_layers_trace_and_scale_like_the_others(checkpointing):
+    """The 1080p SR model's local layers need the forward's frame window, and are a layer kind of their own."""
+    # mutation: _trace calling forward_tokens without the plan -> "a local attention layer needs the plan's local
+    # window"; _scale without the local kind -> local_attn_layers outside the reduced model (or a wrong total)
+    config = ModelConfig.preset("mid", "sr_1080p")
+    lora, shape = LoraSettings(rank=8), StepShape(1, (3, 4, 6), 9, 16)
+    full = scaled_trace(config, lora, shape, training=True, checkpointing=checkpointing, full=True)
+    scaled = scaled_trace(config, lora, shape, training=True, checkpointing=checkpointing)
+    assert full.activations > 0 and (scaled.activations, scaled.peak) == (full.activations, full.peak)
+    assert scaled_trace(ModelConfig.preset("15b", "sr_1080p"), lora, shape, training=False).peak > 0
+
+
+def test_an_sr_run_is_planned_at_the_sr_size_and_its_crop():
+    """An SR recipe trains on the dataset bucket at the SR size (the SR stage's own rounding), or on its crop."""
+    def plan(variant, **data):
+        r = validate_recipe({"model": {"preset": "15b", "variant": variant}, "lora": {"rank": 32},
+                             "data": {"dataset": "unused", **data},
+                             "validation": {"seconds": 2.0, "base_resolution": 256}})  # fmt: skip
+        return plan_settings(r, MemorySettings(True))
+
+    first, sr540, sr1080 = plan("distill"), plan("sr_540p"), plan("sr_1080p")
+    crop = plan("sr_1080p", sr_crop=[512, 896])
+    # mutation: training_shape ignoring the variant -> every plan at 480x256
+    assert first.train_shape.video == (13, 16, 30)
+    assert sr540.train_shape.video == (13, 32, 60) and sr1080.train_shape.video == (13, 68, 128)  # 960x512, 2048x1088
+    # mutation: the crop not applied -> the whole 1080p frame
+    assert crop.train_shape.video == (13, 32, 56) and "cut to data.sr_crop [512, 896]" in crop.train_source
+    assert first.train_peak_gb < crop.train_peak_gb < sr1080.train_peak_gb

@@ -24,6 +24,8 @@ import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
+from ..contract import SR_VARIANTS
+from ..model.variants import detect_variant
 from .base_identity import base_model_id
 from .experts import set_expert_strengths
 from .formats.fitting import fit, model_shapes
@@ -75,7 +77,9 @@ def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_
 
     Checked in order: every module exists (a plain or sandwich-expert linear, or an
     embedder) and every ``A``/``B`` shape fits it (see :func:`~hhtune.adapters.formats.fitting.fit`),
-    the rank agrees with the file's metadata, and the base model id
+    the rank agrees with the file's metadata, the stage the adapter was trained for is the model's
+    (:func:`check_same_stage`, always: an SR adapter on a first-stage model, or the reverse, is refused), and the
+    base model id
     (:func:`~hhtune.adapters.base_identity.base_model_id`) recorded in the file (or its run's
     ``run_info.json``) equals the model's (:func:`check_same_base`; ``check_base="warn"`` warns instead, and
     ``False``, for a deliberate transfer such as evaluation's base adapter on the distilled model, skips it).
@@ -85,9 +89,42 @@ def check_compatible(w: LoraWeights, model: torch.nn.Module, source: str, check_
     for path, (a, _, _) in sorted(w.modules.items()):
         if meta.rank is not None and a.shape[0] != meta.rank:
             raise AdapterError(f"{source}: metadata says rank {meta.rank} but {path} has rank {a.shape[0]}")
+    check_same_stage(meta, model_stage(model), source)
     if check_base and meta.base_fingerprint:
         check_same_base(meta, base_model_id(model), source, refuse=check_base is True)
     return w
+
+
+_FIRST_STAGE = "first stage"
+
+
+def _stage(variant: str) -> str:
+    return variant if variant in SR_VARIANTS else _FIRST_STAGE
+
+
+def model_stage(model: torch.nn.Module) -> str:
+    """The stage a model in memory (plain or PEFT-wrapped) runs: ``sr_540p``, ``sr_1080p`` or ``"first stage"``
+    (base or distill, which share a configuration)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "sr_variant", None) or _FIRST_STAGE
+
+
+def checkpoint_stage(path: str | Path) -> str | None:
+    """The stage of a checkpoint folder or file (:func:`~hhtune.model.variants.detect_variant`), ``None`` if unknown."""
+    found = detect_variant(path)
+    return None if found.sr is None else (found.variant if found.sr else _FIRST_STAGE)
+
+
+def check_same_stage(meta: AdapterMetadata, stage: str | None, source: str) -> None:
+    """Refuse (:class:`AdapterError`) an adapter trained for another stage than ``stage`` (:func:`model_stage`):
+    a super-resolution adapter on a first-stage model, the reverse, or one SR resolution's on the other. A file
+    that names no variant, or a model of unknown stage, passes."""
+    if meta.variant is None or stage is None or _stage(meta.variant) == stage:
+        return
+    where = ("the SR stage (--sr-adapter, validation.sr_adapter)" if meta.variant in SR_VARIANTS
+             else "the first stage (--adapter)")  # fmt: skip
+    raise AdapterError(f"{source} was trained on the {meta.variant} model, but this model is the "
+                       f"{stage}: apply it to {where}")
 
 
 def check_same_base(meta: AdapterMetadata, base_id: str, source: str, *, refuse: bool = True) -> None:

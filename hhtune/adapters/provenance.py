@@ -20,7 +20,7 @@ RUN_INFO = "run_info.json"
 #: ``run_info.json`` key -> :class:`AdapterMetadata` field
 RUN_INFO_FIELDS = {"base_fingerprint": "base_fingerprint", "steps": "training_steps", "recipe_hash": "recipe_hash",
                    "trigger_words": "trigger_words", "languages": "languages", "dataset_summary": "dataset_summary",
-                   "base": "base_name"}  # fmt: skip
+                   "base": "base_name", "variant": "variant"}  # fmt: skip
 
 
 def run_info_path(path: str | Path) -> Path | None:

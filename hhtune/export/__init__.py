@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.apply import BaseCheck, check_same_base
+from ..adapters.apply import BaseCheck, check_same_base, check_same_stage, checkpoint_stage, model_stage
 from ..adapters.base_identity import base_model_id
 from ..adapters.formats.fitting import checkpoint_shapes, fit, model_shapes
 from ..adapters.formats.modelspec import modelspec_header
@@ -36,6 +36,7 @@ from ..adapters.formats.read import read_adapter
 from ..adapters.formats.single import write_single
 from ..adapters.formats.weights import AdapterError, AdapterMetadata, LoraWeights, drop_experts, scale_modalities
 from ..adapters.provenance import read_run_adapter
+from ..contract import SR_VARIANTS
 from ..model import HappyHorseTransformer, ModelConfig
 from .merge import merge_into_checkpoint
 from .model_card import write_model_card
@@ -62,6 +63,8 @@ def as_weights(source: AdapterSource, metadata: AdapterMetadata | dict | None = 
     elif isinstance(source, torch.nn.Module):
         w = fit(from_peft_model(source, adapter_name), model_shapes(source), "the model")
         w.metadata.base_fingerprint = base_model_id(source)
+        if model_stage(source) in SR_VARIANTS:  # base and distill share a configuration: the run names those
+            w.metadata.variant = model_stage(source)
     else:
         w = read_run_adapter(source)  # a run's adapter or checkpoint: run_info.json in the metadata
     if metadata:
@@ -104,7 +107,9 @@ def export_adapter(source: AdapterSource, fmt: str, out: str | Path, *, base: st
     shapes = checkpoint_shapes(base) if base is not None else None
     if shapes is not None or not w.fitted:  # a foreign file's sandwich updates: fit to --base, else the 15B model
         w = fit(w, shapes or _preset_shapes("15b"), name, f"base {base}" if shapes else "the 15B model (pass --base)")
-    if base is not None and check_base:  # shapes first; then the rule of hhtune.sample for another base
+    if base is not None:  # shapes first; then the rules of hhtune.sample for another stage or base
+        check_same_stage(w.metadata, checkpoint_stage(base), name)
+    if base is not None and check_base:
         check_same_base(w.metadata, base_model_id(base), name, refuse=check_base is True)
     if drop:
         w = drop_experts(w, drop)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..adapters.formats.weights import AdapterMetadata
+from ..contract import SR_VARIANTS
 from ..io import atomic_write_text
 
 #: The card's consent line when the run recorded none.
@@ -58,7 +59,7 @@ def write_model_card(folder: str | Path, info: dict, meta: AdapterMetadata | Non
         "## Use",
         f"- trigger words: {', '.join(f'`{t}`' for t in trig) if trig else 'none'}",
         f"- languages: {', '.join(langs) if langs else 'unknown'}",
-        "- `python -m hhtune.sample --adapter PATH[:video=1.0,audio=1.0] ...`",
+        *_stage_lines(info.get("variant") or (meta.variant if meta else None)),
         "- other front-ends: `python -m hhtune.export PATH --format FORMAT`, FORMAT one of:",
         *(f"  - `{fmt}`: {use}" for fmt, use in FORMAT_USE.items()),
         "",
@@ -104,6 +105,20 @@ def _evaluation_lines(evaluation: dict | None) -> list[str]:
         f"- recommended checkpoint: `{evaluation.get('recommended_checkpoint') or 'unknown'}`",
         f"- report: `{evaluation.get('report') or 'eval/report.html'}`",
     ]
+
+
+def _stage_lines(variant: str | None) -> list[str]:
+    """Where the adapter applies: the first stage or a super-resolution stage, in hhtune and in Wan2GP."""
+    if variant in SR_VARIANTS:
+        return [f"- stage: the {variant} super-resolution model only (an adapter of another stage is refused)",
+                "- `python -m hhtune.sample --sr " + variant.removeprefix("sr_") + " --sr-model SR_DIR "
+                "--sr-adapter PATH ...`",
+                "- Wan2GP loads every LoRA into both DiTs: set this one's multiplier to `0;1` (SR stage only)",
+                ]  # fmt: skip
+    return ["- stage: the first stage (base or distill); not the super-resolution models",
+            "- `python -m hhtune.sample --adapter PATH[:video=1.0,audio=1.0] ...`",
+            "- Wan2GP loads every LoRA into both DiTs: set this one's multiplier to `1;0` (a plain `1` applies it to "
+            "the SR stage too)"]  # fmt: skip
 
 
 def _hours(hours: float | None, seconds: float | None) -> str:

@@ -84,6 +84,22 @@ def video_coords(latent_shape: tuple[int, int, int]) -> Tensor:
     return grid_coords(grid, grid)
 
 
+def window_coords(latent_shape: tuple[int, int, int], window: tuple[int, int, int, int]) -> Tensor:
+    """Coordinates of the video tokens of ``window`` ``(top, left, height, width)`` (latents, even) of a
+    ``(T, H, W)`` latent: the ones those tokens have in the whole grid (:func:`video_coords`), frame by frame.
+
+    Video positions are centred on the frame while audio and text sit at ``h = w = 0``, so attention between
+    them sees where a token is in the frame: a crop run with its own :func:`video_coords` would move every
+    token towards the centre. With these, a crop's tokens are where the full frame has them.
+    """
+    t, h, w = latent_shape
+    top, left, wh, ww = window
+    if min(top, left, wh, ww) < 0 or top % 2 or left % 2 or wh % 2 or ww % 2 or top + wh > h or left + ww > w:
+        raise ValueError(f"window {window} is not a whole-patch window of a {h}x{w} latent frame")
+    grid = video_coords(latent_shape).reshape(t, h // PATCH[1], w // PATCH[2], 9)
+    return grid[:, top // 2 : (top + wh) // 2, left // 2 : (left + ww) // 2].reshape(-1, 9)
+
+
 def audio_coords(num_audio: int, style: CoordsStyle = "v2", num_frames: int | None = None) -> Tensor:
     """Coordinates of ``num_audio`` audio tokens in ``style`` (v1 needs ``num_frames``, the video latent frames)."""
     if style == "v1":

@@ -280,7 +280,8 @@ class HappyHorseTransformer(nn.Module):
     # -- batched API -----------------------------------------------------------
 
     def forward(self, video: Tensor, audio: Tensor, text: Tensor, *, text_lengths: Tensor | None = None,
-                audio_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+                audio_lengths: Tensor | None = None,
+                video_positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Velocities for a batch of samples that share one video latent shape.
 
         Args:
@@ -288,6 +289,9 @@ class HappyHorseTransformer(nn.Module):
             audio: ``[B, La, 64]`` noisy audio latents, padded to the longest.
             text: ``[B, Lt, C]`` text features, padded to the longest.
             text_lengths / audio_lengths: ``[B]`` real lengths; padding is cut off or masked out of attention.
+            video_positions: ``[B, Nv, 9]`` coordinates of the video tokens instead of the latent grid's own
+                (``video_coords``): a crop passes where its tokens sit in the full frame
+                (:func:`~hhtune.model.packing.window_coords`).
         Returns:
             ``(video_velocity [B, 48, T, H, W], audio_velocity [B, La, 64])``; padded audio rows are zero.
         """
@@ -302,7 +306,11 @@ class HappyHorseTransformer(nn.Module):
         tokens = patchify(video)
         nv = tokens.shape[1]
         style = self.config.coords_style
-        coords = torch.cat([video_coords((t, hh, ww)).to(dev).expand(b, nv, 9),
+        if video_positions is None:
+            video_positions = video_coords((t, hh, ww)).to(dev).expand(b, nv, 9)
+        elif video_positions.shape != (b, nv, 9):
+            raise ValueError(f"video_positions must be [{b}, {nv}, 9], got {list(video_positions.shape)}")
+        coords = torch.cat([video_positions.to(dev),
                             padded_audio_coords(a_len, a_max, style, t).to(dev),
                             padded_text_coords(t_len, t_max, style)], dim=1)  # fmt: skip
         valid = None

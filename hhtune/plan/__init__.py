@@ -22,7 +22,16 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from ..adapters.settings import expected_trainable_parameters
-from ..contract import BUCKETS, TEXT_LENGTH, VIDEO_STRIDE, LatentShape, bucket_size, frames_for, sr_size
+from ..contract import (
+    BUCKETS,
+    TEXT_LENGTH,
+    VIDEO_STRIDE,
+    LatentShape,
+    bucket_size,
+    frames_for,
+    nearest_bucket,
+    sr_size,
+)
 from ..model import HappyHorseTransformer, ModelConfig
 from ..model.placement import swapped_layers
 from ..recipe import Recipe
@@ -126,7 +135,28 @@ def training_shape(recipe: Recipe, *, seconds: float | None = None, resolution: 
     Explicit ``seconds``/``resolution`` (``--seconds``/``--resolution``) win. Otherwise, when
     ``data.dataset`` exists, the dataset's bucket with the most tokens (its clips at their own
     frame count and size; text at the 640-token maximum). Otherwise the validation clip, said so.
+    An SR run (``model.variant`` sr_540p/sr_1080p) trains on that bucket at the SR size
+    (:func:`~hhtune.contract.sr_size`), cut to ``data.sr_crop``.
     """
+    shape, source = _base_training_shape(recipe, seconds=seconds, resolution=resolution, aspect=aspect)
+    if not recipe.trains_sr:
+        return shape, source
+    t, h, w = shape.video
+    width, height = w * VIDEO_STRIDE[2], h * VIDEO_STRIDE[1]
+    bucket = next((b for b in BUCKETS if bucket_size(b, min(width, height)) == (width, height)),
+                  nearest_bucket(width, height, list(BUCKETS)))  # fmt: skip
+    resolution_name = recipe.model.variant.removeprefix("sr_")
+    sides = [side // stride for side, stride in zip(sr_size(bucket, min(width, height), resolution_name)[::-1],
+                                                     VIDEO_STRIDE[1:])]  # fmt: skip
+    crop = recipe.data.sr_crop
+    if crop is not None:
+        sides = [min(side, c // stride) for side, c, stride in zip(sides, crop, VIDEO_STRIDE[1:])]
+    cut = f", cut to data.sr_crop {list(crop)}" if crop is not None else ""
+    return replace(shape, video=(t, *sides)), f"{source}; at the {resolution_name} SR size{cut}"
+
+
+def _base_training_shape(recipe: Recipe, *, seconds: float | None, resolution: int | None,
+                         aspect: str | None) -> tuple[StepShape, str]:  # fmt: skip
     v, batch = recipe.validation, recipe.data.batch_size
     if seconds is None and resolution is None:
         try:
@@ -238,7 +268,8 @@ def plan_settings(recipe: Recipe, settings: MemorySettings, *, world_size: int =
     # validation.sr: the SR DiT (the same architecture, bf16) runs while the trained model waits on the host; the
     # optimizer state stays on the device
     sr_model = (outside + sum(_weight_bytes(config, "bf16", False)[1])) if sr_shape else 0
-    sr_forward = scaled_trace(config, recipe.lora, sr_shape, training=False, **kw).peak if sr_shape else 0
+    sr_forward = (scaled_trace(config.with_variant(f"sr_{v.sr}"), recipe.lora, sr_shape, training=False, **kw).peak
+                  if sr_shape else 0)  # the SR model's own attention (local layers at 1080p)
     text_encoder = TEXT_ENCODER_PARAMS * 2 * real_encoders
     resident = frozen + lora + optimizer + eval_copy
     components = {

@@ -178,12 +178,14 @@ def trace(config: ModelConfig, lora: LoraSettings | None, shape: StepShape, *, t
         layer.register_forward_pre_hook(lambda *_, i=i: mark(i))
     with mode, tracker:
         video, audio, text, coords = _inputs(config, shape)
+        t = shape.video[0]  # the plan of one full-length bucket: no padding mask; the local layers' frame window
+        plan = base.attention_plan(None, video.shape[1], t, coords.shape[1], video.device)
         if not training:
             with torch.no_grad():
-                out = base.forward_tokens(video, audio, text, coords)
+                out = base.forward_tokens(video, audio, text, coords, plan)
             del out
             return Trace(activations=0, peak=tracker.peak, layer_retained={})
-        out_v, out_a = base.forward_tokens(video, audio, text, coords)
+        out_v, out_a = base.forward_tokens(video, audio, text, coords, plan)
         loss = out_v.float().square().mean() + out_a.float().square().mean()
         del out_v, out_a
         activations = tracker.live

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..model import HappyHorseTransformer, ModelConfig, load_checkpoint
+from ..model import HappyHorseTransformer, ModelConfig, check_variant, load_checkpoint, load_variant
 from ..model.linears import enable_fp8_compute
 from ..model.placement import place_model
 from ..recipe import ModelSection, OptimizerSection, Recipe
@@ -26,14 +26,21 @@ from .state import Progress
 def build_model(section: ModelSection, device: torch.device | str = "cpu") -> HappyHorseTransformer:
     """The frozen base: a checkpoint streamed into a meta model, or a seeded random init of a preset.
 
+    Either is run as ``section.variant`` (v1 coordinates and local attention for the SR stages); a checkpoint
+    of another stage is refused (:func:`~hhtune.model.variants.check_variant`, naming the layout it found).
+
     Compute dtype and activation offload are set here; block swap is applied after LoRA
     (:func:`hhtune.model.placement.apply_block_swap`), since it only moves frozen weights.
     """
-    config = ModelConfig.preset(section.preset) if section.preset else None
+    config = ModelConfig.preset(section.preset, section.variant) if section.preset else None
     if section.checkpoint:
         dtype = torch.float32 if section.block_dtype == "fp32" else torch.bfloat16
-        model = load_checkpoint(section.checkpoint, config=config, dtype=dtype, device=device,
-                                fp8_storage=section.fp8_base, swap_blocks=section.blocks_to_swap)  # fmt: skip
+        kwargs = dict(dtype=dtype, device=device, fp8_storage=section.fp8_base, swap_blocks=section.blocks_to_swap)
+        if config is None:
+            model = load_variant(section.checkpoint, section.variant, **kwargs)
+        else:  # the preset's shapes, checked against the checkpoint's as it loads
+            check_variant(section.checkpoint, section.variant)
+            model = load_checkpoint(section.checkpoint, config=config, **kwargs)
     else:
         torch.manual_seed(section.init_seed)
         model = HappyHorseTransformer(config)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ as the same conflict is when ``python -m hhtune.plan`` finds it.
 
 from __future__ import annotations
 
+from ..contract import SR_VIDEO_LATENTS
 from ..model.placement import SWAP_WITH_DORA, swapped_layers
 from ..recipe import Recipe
 from .data import TrainingDataset
@@ -21,6 +22,7 @@ def check_recipe(recipe: Recipe, *, device_type: str, fsdp: bool) -> None:
     """Raise if the recipe cannot run on ``device_type`` (``"cuda"``, ``"cpu"`` ...) with or without FSDP2."""
     _check_launch(recipe, device_type, fsdp)
     _check_model(recipe)
+    _check_sr(recipe)
     merged = [f for f in recipe.export.formats if f.startswith("merged")]
     if merged and recipe.model.checkpoint is None:
         raise RecipeConflict(f"export.formats {merged} merge into a base checkpoint on disk, but model.checkpoint is "
@@ -53,15 +55,51 @@ def _check_model(recipe: Recipe) -> None:
         swapped_layers(config.num_layers, swap)  # raises for a count outside 0..num_layers
 
 
+def _check_sr(recipe: Recipe) -> None:
+    """An SR run's validation would render with a first-stage sampler; it renders nothing until SR validation
+    (a base model, then this adapter's SR stage) is wired in. The first stage's audio and mouth options have no
+    meaning in the SR objective (no audio loss; mouth boxes on the base grid), so they are refused, not ignored."""
+    if not recipe.trains_sr:
+        return
+    loss = recipe.loss
+    first_stage = [key for key, on in (("loss.mouth_weight", loss.mouth_weight != 1.0),
+                                       ("loss.balance", loss.balance != "none"),
+                                       ("loss.audio_sigma", loss.audio_sigma != "tied")) if on]  # fmt: skip
+    if first_stage:
+        raise RecipeConflict(f"{', '.join(first_stage)} shape(s) the first stage's objective; the SR objective of "
+                             f"model.variant {recipe.model.variant} has no audio loss and no mouth boxes at its "
+                             "size: leave them at their defaults")  # fmt: skip
+    if validation_enabled(recipe):
+        raise RecipeConflict(f"model.variant {recipe.model.variant} trains a super-resolution stage, which the "
+                             "first-stage validation sampler cannot render: set validation.prompts: [] (judge the "
+                             "adapter with python -m hhtune.sample --sr ... --sr-adapter)")  # fmt: skip
+
+
 def check_dataset(recipe: Recipe, data: TrainingDataset) -> None:
     """Raise if the dataset does not suit the recipe: text width against the preset, encoders for validation, the
-    mouth boxes for ``loss.mouth_weight``."""
+    mouth boxes for ``loss.mouth_weight``, the clips at the SR size for an SR variant (and at that variant's
+    resolution, where the manifest says)."""
+    if recipe.trains_sr:
+        _check_sr_dataset(recipe, data)
     check_mouth_boxes(recipe, data)
     config = recipe.preset_config()
     if config is not None:  # else the checkpoint's config is known once it loads; the trainer checks it then
         check_text_channels(data, config.text_in_channels)
     if validation_enabled(recipe):
         encoder_paths(recipe, data)  # raises when neither validation.encoders nor the manifest names them
+
+
+def _check_sr_dataset(recipe: Recipe, data: TrainingDataset) -> None:
+    variant, resolution = recipe.model.variant, recipe.model.variant.removeprefix("sr_")
+    if not data.has_sr:
+        raise RecipeConflict(f"model.variant {variant} learns from the clips at the SR size, but {data.path} has no "
+                             f"{SR_VIDEO_LATENTS} column (format {data.manifest.get('format_version')}): rebuild it "
+                             f"with `sr_resolution: {resolution}` in the data config (python -m data_prep encode)")
+    built = (data.manifest.get("settings") or {}).get("sr_resolution")
+    if built is not None and built != resolution:
+        raise RecipeConflict(f"{data.path} holds the clips at {built} ({SR_VIDEO_LATENTS}), but model.variant "
+                             f"{variant} is the {resolution} stage: train sr_{built}, or rebuild the dataset with "
+                             f"`sr_resolution: {resolution}`")  # fmt: skip
 
 
 def check_text_channels(data: TrainingDataset, model_channels: int) -> None:

@@ -24,6 +24,7 @@ from ..contract import (
     LATENT_COLUMNS,
     MOUTH_BOXES,
     REFERENCE_LATENTS,
+    SR_VIDEO_LATENTS,
     TEXT_EMBEDS,
     VIDEO_LATENTS,
 )
@@ -48,6 +49,7 @@ class Batch:
     index: int  # global micro-batch index (seeds the noise of its samples)
     has_audio: Tensor | None = None  # [B] bool: False where the footage had no audio track (audio loss masked)
     mouth_boxes: Tensor | None = None  # [B, T, 4] int64 latent cells (contract.MOUTH_BOXES) when the dataset has them
+    sr_video: Tensor | None = None  # [B, 48, T, H', W']: the clips at the SR size, where the dataset has them
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch with every tensor on ``device`` (copies to CUDA are asynchronous from pinned memory)."""
@@ -79,10 +81,12 @@ class TrainingDataset:
         # absent in format 1 datasets: every clip had sound
         self._has_audio = list(ds[HAS_AUDIO_COLUMN]) if HAS_AUDIO_COLUMN in ds.column_names else [True] * len(ds)
         self.has_mouth_boxes = MOUTH_BOXES in ds.column_names  # format 1, or data_prep's mouth_regions off: absent
+        self.has_sr = SR_VIDEO_LATENTS in ds.column_names  # format 2, built with data_prep's sr_resolution
         self.ds = ds
         # the array columns as numpy (zero-copy from Arrow where possible), not nested Python lists
         optional = [c for c, present in ((REFERENCE_LATENTS, self._has_reference),
-                                         (MOUTH_BOXES, self.has_mouth_boxes)) if present]  # fmt: skip
+                                         (MOUTH_BOXES, self.has_mouth_boxes), (SR_VIDEO_LATENTS, self.has_sr))
+                    if present]  # fmt: skip
         self._arrays = ds.with_format("numpy", columns=[*_ARRAY_COLUMNS, *optional])
         keys = zip(ds["num_frames"], ds["height"], ds["width"])
         groups: dict[tuple[int, int, int], list[int]] = {}
@@ -136,7 +140,9 @@ class TrainingDataset:
         mouth = None
         if self.has_mouth_boxes:
             mouth = torch.stack([torch.from_numpy(np.asarray(it[MOUTH_BOXES], dtype=np.int64)) for it in items])
-        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index, has_audio, mouth)
+        sr_video = torch.stack([_tensor(it[SR_VIDEO_LATENTS]) for it in items]) if self.has_sr else None
+        return Batch(video, audio, audio_len, text, text_len, speech, reference, has_ref, index, has_audio, mouth,
+                     sr_video)  # fmt: skip
 
 
 def _tensor(array: np.ndarray) -> Tensor:

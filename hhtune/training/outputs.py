@@ -182,6 +182,7 @@ def finish_run(recipe: Recipe, peft_model, data: TrainingDataset, run_dir: Path,
                             "fingerprint": data.manifest.get("fingerprint")},
         "base_fingerprint": base_model_id(peft_model),
         "base": recipe.model.checkpoint or recipe.model.preset,
+        "variant": recipe.model.variant,  # an SR stage's adapter applies to that stage only
     }
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
 
@@ -203,7 +204,7 @@ def _export(recipe: Recipe, peft_model, run_dir: Path, info: dict, log) -> None:
     meta = {
         "base_fingerprint": info["base_fingerprint"], "training_steps": info["steps"],
         "recipe_hash": info["recipe_hash"], "trigger_words": info["trigger_words"], "languages": info["languages"],
-        "dataset_summary": info["dataset_summary"], "base_name": info["base"],
+        "dataset_summary": info["dataset_summary"], "base_name": info["base"], "variant": info["variant"],
     }  # fmt: skip
     for fmt in recipe.export.formats:
         base = recipe.model.checkpoint if fmt.startswith("merged") else None

@@ -23,6 +23,7 @@ from ..contract import (
     NO_MOUTH,
     REFERENCE_LATENTS,
     ROWS,
+    SR_VIDEO_LATENTS,
     TEXT_EMBEDS,
     VIDEO_LATENTS,
     VIDEO_STRIDE,
@@ -44,11 +45,16 @@ def write_synthetic_dataset(
     buckets: int = 1,
     with_reference: bool = False,
     mouth_boxes: bool = False,
+    sr_scale: int | None = None,
 ) -> Path:
     """Write ``clips`` random clips (``buckets`` different latent sizes) and return the dataset folder.
 
     ``mouth_boxes``: with the :data:`~hhtune.contract.MOUTH_BOXES` column, the mouth in the 2x2 latent cells at the
     centre of every latent frame but the last, which has no face.
+
+    ``sr_scale`` adds :data:`~hhtune.contract.SR_VIDEO_LATENTS` (format 2): random latents ``sr_scale`` times the
+    base grid on each side, and the base ``video_latents`` become their block averages, as a clip encoded at
+    both sizes holds the same picture.
     """
     import datasets  # noqa: PLC0415 -- heavy: datasets (pyarrow) loads in ~1 s, only writing the Arrow table needs it
 
@@ -59,10 +65,17 @@ def write_synthetic_dataset(
         rows[REFERENCE_LATENTS] = []
     if mouth_boxes:
         rows[MOUTH_BOXES] = []
+    if sr_scale is not None:
+        rows[SR_VIDEO_LATENTS] = []
     for i in range(clips):
         h, w = latent_hw[0], latent_hw[1] + 2 * (i % buckets)
         shape = LatentShape.from_pixels(w * VIDEO_STRIDE[2], h * VIDEO_STRIDE[1], frames)
         video = rng.standard_normal(shape.video, dtype=np.float32)
+        sr_video = None
+        if sr_scale is not None:
+            c, t = shape.video[:2]
+            sr_video = rng.standard_normal((c, t, h * sr_scale, w * sr_scale), dtype=np.float32)
+            video = sr_video.reshape(c, t, h, sr_scale, w, sr_scale).mean(axis=(3, 5))
         lt = int(rng.integers(text_len[0], text_len[1] + 1))
         speech = np.zeros(frames, dtype=np.float32)
         speech[frames // 4 : 3 * frames // 4 + 1] = 1.0
@@ -73,7 +86,7 @@ def write_synthetic_dataset(
                "bucket": "16:9", "width": w * VIDEO_STRIDE[2], "height": h * VIDEO_STRIDE[1], "num_frames": frames,
                VIDEO_LATENTS: video, AUDIO_LATENTS: rng.standard_normal(shape.audio, dtype=np.float32),
                TEXT_EMBEDS: rng.standard_normal((lt, text_channels), dtype=np.float32),
-               REFERENCE_LATENTS: video[:, :1].copy(),
+               REFERENCE_LATENTS: video[:, :1].copy(), SR_VIDEO_LATENTS: sr_video,
                MOUTH_BOXES: [[w // 2 - 1, h // 2 - 1, w // 2 + 1, h // 2 + 1]] * (shape.latent_frames - 1)
                + [list(NO_MOUTH)]}  # fmt: skip
         for k, column in rows.items():

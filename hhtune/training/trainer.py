@@ -47,7 +47,6 @@ from .distributed import (
 from .errors import RecipeConflict, RunInterrupted, TrainingError
 from .heldout import hold_out_validation_clips
 from .metrics import StepStats, peak_memory_gb
-from .objective import flow_matching_loss
 from .outputs import (
     check_output_dependencies,
     encode_validation_prompts,
@@ -56,6 +55,7 @@ from .outputs import (
     training_clip_summaries,
 )
 from .resume import check_resume, run_fingerprint
+from .sr_objective import training_loss
 from .state import Progress, Snapshot, finished_step, latest_checkpoint, load_state, read_fingerprint, save_state
 
 Log = Callable[[str], object]
@@ -236,8 +236,7 @@ class LoraTrainer:
             batch = next(self.batches).to(self.device)
             data_wait += time.perf_counter() - t_data
             with _grad_sync(self.accelerator, self.wrapped, self.fsdp, last=micro == accum - 1):
-                out = flow_matching_loss(self.wrapped, batch, recipe.loss, seed=recipe.train.seed,
-                                         caption_dropout=recipe.caption_dropout, balance=self.balance)  # fmt: skip
+                out = training_loss(self.wrapped, batch, recipe, balance=self.balance)  # first-stage or SR
                 finite = torch.isfinite(out.loss)
                 self.accelerator.backward(torch.where(finite, out.loss / accum, out.loss * 0.0))
             stats.add(out, finite)

@@ -43,3 +43,14 @@ def test_card_ships_with_its_stills_and_names_every_format_and_the_real_hours(tm
     assert set(FORMAT_USE) == set(FORMATS)
     for fmt in FORMATS:
         assert f"  - `{fmt}`: " in card, fmt
+
+
+def test_the_card_says_which_stage_the_adapter_applies_to_and_its_wan2gp_multiplier(tmp_path):
+    """Wan2GP loads every LoRA into both DiTs (phase 1: first stage, phase 2: SR), so the card names the multiplier."""
+    (tmp_path / "a").mkdir()
+    # mutation: _stage_lines ignoring the variant -> an SR adapter's card says first stage and 1;0
+    sr = write_model_card(tmp_path / "a", {"variant": "sr_1080p"}).read_text()
+    assert "the sr_1080p super-resolution model only" in sr and "--sr 1080p --sr-model SR_DIR --sr-adapter" in sr
+    assert "multiplier to `0;1`" in sr
+    first = write_model_card(tmp_path / "a", {"variant": "distill"}).read_text()
+    assert "the first stage (base or distill)" in first and "multiplier to `1;0`" in first

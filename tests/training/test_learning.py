@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from learning import CONFIG, VIDEO_TOLERANCE, learning_check, voice_check, voice_settings
+from learning import CONFIG, VIDEO_TOLERANCE, learning_check, sr_learning_check, voice_check, voice_settings
 
 from hhtune.model import ModelConfig
 from hhtune.recipe import load_recipe
@@ -48,3 +48,13 @@ def test_the_voice_check_trains_the_voice_recipes_selection():
     assert {k: getattr(recipe.loss, k) for k in weights} == weights
     lora, _ = voice_settings(CONFIG)
     assert lora == {"layers": [0, 4, 5], "experts": ["audio"], "embedders": ["audio"]}
+
+
+@pytest.mark.slow  # 200 training steps, ~30 s
+@pytest.mark.timeout(600)
+def test_an_sr_adapter_pulls_the_sr_stage_at_most_half_as_far_from_the_clip_as_the_base(tmp_path):
+    """The SR stage started from the clip's upsampled base-size latents lands near the clip's high-resolution
+    latents with the adapter, not without: the SR objective and the SR stage agree."""
+    result = sr_learning_check(tmp_path, steps=200, seeds=4)
+    assert result.base > 1.0  # the base SR model passes its noisy start through: far from the clip's detail
+    assert result.adapted <= 0.5 * result.base, result

@@ -63,7 +63,8 @@ def test_unknown_section_lists_sections(tmp_path):
 
 
 def test_bad_values_name_key_value_and_allowed_values():
-    with pytest.raises(RecipeError, match=r"model.variant = 'distiled': Input should be 'distill' or 'base'"):
+    with pytest.raises(RecipeError,
+                       match=r"model.variant = 'distiled': Input should be 'base', 'distill', 'sr_540p' or 'sr_1080p'"):
         validate_recipe({"model": {"preset": "tiny", "variant": "distiled"}, "data": {"dataset": "ds"}})
     with pytest.raises(RecipeError, match=r"lora.rank = 0: Input should be greater than or equal to 1"):
         validate_recipe({**MINIMAL, "lora": {"rank": 0}})

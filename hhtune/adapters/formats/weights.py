@@ -52,6 +52,9 @@ class AdapterMetadata(BaseModel):
     license: str | None = None
     recommended_strength: float | None = Field(None, description="strength on the distilled model found by "
                                                "python -m hhtune.evaluate (absent in files written before it)")
+    variant: str | None = Field(None, description="the published checkpoint it was trained on (base, distill, "
+                                "sr_540p, sr_1080p; absent in files written before): an SR stage's adapter applies "
+                                "to that SR stage only, a first stage's to base or distill")
 
 
 @dataclass
