@@ -58,8 +58,8 @@ def check_resume(stored: dict[str, Any], current: dict[str, Any],
         if _free(key):
             continue  # fingerprints written by another hhtune may hold keys that no longer count
         old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
-        if old == new:
-            continue
+        if old == new or (key not in stored and _is_default(key, new)):
+            continue  # a setting added by a later hhtune, left at its default, trains the same run
         line = f"{key}: {json.dumps(old)} -> {json.dumps(new)}"
         if any(_covers(shape, key) for shape in SHAPE_KEYS):
             reshaped.append(line)
@@ -95,6 +95,20 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _covers(pattern: str, key: str) -> bool:
     return key == pattern or key.startswith(pattern + ".")
+
+
+def _is_default(key: str, value: Any) -> bool:
+    """Whether ``value`` (a fingerprint's JSON value) is the recipe's default for the dotted ``key``; ``False``
+    where the key names no recipe setting with a default."""
+    section: Any = Recipe
+    *path, name = key.split(".")
+    for part in path:
+        field = getattr(section, "model_fields", {}).get(part)
+        section = field.annotation if field is not None else None
+    field = getattr(section, "model_fields", {}).get(name)
+    if field is None or field.is_required():
+        return False
+    return json.loads(json.dumps(field.get_default(call_default_factory=True), default=str)) == value
 
 
 def _free(key: str) -> bool:

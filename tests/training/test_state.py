@@ -152,3 +152,12 @@ def test_missing_validation_or_export_dependency_stops_the_run_before_the_model_
     merged = _recipe(data, tmp_path / "run2", export={"formats": ["peft", "merged_single"]})
     with pytest.raises(RecipeConflict, match=r"export.formats \['merged_single'\] merge into a base checkpoint"):
         train(validate_recipe(merged), log=lambda *_: None)
+
+
+def test_a_setting_added_by_a_later_hhtune_resumes_at_its_default_only():
+    a = validate_recipe(_recipe(Path("d"), Path("o")))
+    stored = {k: v for k, v in run_fingerprint(a, 1, "f").items() if k not in ("data.sr_crop", "loss.balance")}
+    assert check_resume(stored, run_fingerprint(a, 1, "f"), [], "ckpt") == []  # both absent before, both default
+    b = validate_recipe(_recipe(Path("d"), Path("o"), loss={"balance": "ema"}))
+    with pytest.raises(ResumeMismatch, match=r'loss.balance: "<absent>" -> "ema"'):
+        check_resume(stored, run_fingerprint(b, 1, "f"), [], "ckpt")
