@@ -56,3 +56,11 @@ def test_a_metric_error_in_a_worker_is_reported_as_serial_scoring_reports_it(cap
         ended[workers] = code, capsys.readouterr().err
     assert ended[0][0] != 0 and ended[0][1].startswith("error: ")
     assert ended[1] == ended[0]  # the same exit code and the same lines (no worker traceback)
+
+
+def test_a_negative_worker_count_is_one_error_line(tmp_path, capsys):
+    from hhtune import evaluate
+
+    (tmp_path / "recipe.yaml").write_text("{}\n")
+    assert evaluate.main([str(tmp_path), "--metric-workers", "-1"]) == 2
+    assert capsys.readouterr().err == "error: --metric-workers must be 0 or more\n"
