@@ -2,6 +2,7 @@
 
     python -m hhtune.evaluate RUN_DIR [--checkpoints all|last|STEP,...] [--prompts FILE] [--seeds K]
         [--strengths 0.25,0.5,0.75,1.0,1.25] [--encoders DIR] [--base-checkpoint DIR] [--device cpu|cuda]
+        [--metric-workers N]
 
 Samples the base without adapter (the control) and each chosen checkpoint at fixed seeds through
 the validation pipeline (the distilled sampler, 8 steps), on the run's validation prompts (or
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 from hhtune.cli import run_command
-from hhtune.evaluation.plan import DEFAULT_STRENGTHS, EvaluationError
+from hhtune.evaluation.plan import DEFAULT_METRIC_WORKERS, DEFAULT_STRENGTHS, EvaluationError
 from hhtune.quiet import quiet_dependencies
 
 
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base-checkpoint", help="the base (non-distilled) checkpoint, for the transfer measurement of a "
                                              "run trained on the distilled model")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--metric-workers", type=int, default=DEFAULT_METRIC_WORKERS,
+                   help="processes that score each clip while the next one samples; 0 scores after sampling, "
+                        f"in this process (default {DEFAULT_METRIC_WORKERS}; the numbers are the same)")
     return p
 
 
@@ -52,13 +56,16 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.seeds < 1:
         raise EvaluationError("--seeds must be at least 1")
+    if args.metric_workers < 0:
+        raise EvaluationError("--metric-workers must be 0 or more")
     if not (args.run_dir / "recipe.yaml").is_file():
         raise EvaluationError(f"{args.run_dir} is not a training run folder (no recipe.yaml): pass a run's output_dir")
     from hhtune.evaluation.runner import evaluate_run  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
 
     result = evaluate_run(args.run_dir, checkpoints=args.checkpoints, prompts_file=args.prompts, seeds=args.seeds,
                           strengths=args.strengths, drift_languages=args.drift_languages, encoders=args.encoders,
-                          base_checkpoint=args.base_checkpoint, device=args.device, log=print)  # fmt: skip
+                          base_checkpoint=args.base_checkpoint, device=args.device,
+                          metric_workers=args.metric_workers, log=print)  # fmt: skip
     rec = result["recommendation"]
     print(json.dumps({"recommended_checkpoint": rec["checkpoint"], "recommended_strength": rec["strength"],
                       "report": str(args.run_dir / "eval" / "report.html")}))  # fmt: skip

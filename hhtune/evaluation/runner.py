@@ -25,12 +25,21 @@ from ..speech.languages import LANGUAGES
 from ..training.data import TrainingDataset
 from ..training.outputs import encoder_paths
 from ..training.trainer import build_model
+from .background import BackgroundScorer
 from .clips import AVClip
 from .curves import plot_curves
 from .drift_prompts import drift_prompts
 from .metrics import DESCRIPTIONS, MetricResult
 from .metrics import drift as drift_metric
-from .plan import Checkpoint, EvalPlan, EvaluationError, choose_checkpoints, parse_strengths, read_prompts
+from .plan import (
+    DEFAULT_METRIC_WORKERS,
+    Checkpoint,
+    EvalPlan,
+    EvaluationError,
+    choose_checkpoints,
+    parse_strengths,
+    read_prompts,
+)
 from .publish import publish
 from .references import training_references
 from .report import write_report
@@ -61,6 +70,11 @@ class _Session:
     no_references: str | None
     out: Path
     log: Callable[[str], None]
+    scorer: BackgroundScorer  # scores each brand clip while the next one samples
+
+    def queue(self, names: tuple[str, ...]) -> Callable[[AVClip], None]:
+        """What :func:`sample_variant` calls with each new clip: start computing the metrics ``names`` of it."""
+        return lambda clip: self.scorer.submit(clip, names)
 
     def run(self, model: torch.nn.Module, label: str) -> tuple[list[Sample], list[Sample]]:
         """``label``'s brand samples (mp4s under ``eval/videos/label``) and drift samples, distilled sampler."""
@@ -68,10 +82,12 @@ class _Session:
         self.log(f"sampling {label}: {len(p.prompts)} prompts + {len(p.drift_prompts)} drift prompts "
                  f"x {len(p.seeds)} seeds")
         kw = dict(decoders=self.decoders, settings=self.settings)
-        return (sample_variant(model, label, self.brand, p.seeds, out_dir=self.out / "videos" / label, **kw),
+        return (sample_variant(model, label, self.brand, p.seeds, out_dir=self.out / "videos" / label,
+                               on_clip=self.queue(METRICS), **kw),
                 sample_variant(model, label, self.drift, p.seeds, **kw))  # fmt: skip
 
     def score(self, samples: list[Sample], names: tuple[str, ...] = METRICS) -> dict[str, MetricResult]:
+        self.scorer.finish()  # what the background workers computed is then in the metrics' caches
         return score_samples([s.clip for s in samples], self.references, no_references=self.no_references,
                              names=names)  # fmt: skip
 
@@ -126,8 +142,12 @@ def _encoders(recipe: Recipe, data, given: Path | None) -> EncoderPaths:
 def evaluate_run(run_dir: Path, *, checkpoints: str = "all", prompts_file: Path | None = None, seeds: int = 2,
                  strengths: str = "0.25,0.5,0.75,1.0,1.25", drift_languages: str = "all",
                  encoders: Path | None = None, base_checkpoint: str | None = None, device: str | None = None,
-                 log: Callable[[str], None] = print) -> dict:  # fmt: skip
-    """Evaluate ``run_dir``; write ``eval/eval.json`` and ``eval/report.html``; return eval.json's content."""
+                 metric_workers: int = DEFAULT_METRIC_WORKERS, log: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """Evaluate ``run_dir``; write ``eval/eval.json`` and ``eval/report.html``; return eval.json's content.
+
+    ``metric_workers`` processes score each clip while the next one samples (0: after sampling, in this process);
+    the numbers are the same either way.
+    """
     recipe = validate_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir / "recipe.yaml"))
     plan = make_plan(run_dir, recipe, checkpoints=checkpoints, prompts_file=prompts_file, seeds=seeds,
                      strengths=strengths, drift_languages=drift_languages)  # fmt: skip
@@ -140,19 +160,22 @@ def evaluate_run(run_dir: Path, *, checkpoints: str = "all", prompts_file: Path 
     feats = encode_prompts(texts, enc.text_encoder, dev)
     v = recipe.validation
     settings = SampleSettings(seconds=v.seconds, aspect=v.aspect, base_resolution=v.base_resolution)
-    session = _Session(plan, Decoders(enc, dev), settings,
-                       feats[: len(plan.prompts)], feats[len(plan.prompts) : -1], feats[-1],
-                       *training_references(data.ds, data.manifest), run_dir / "eval", log)  # fmt: skip
-    samples = {"base": session.run(distilled.eval(), "base")}
-    for c in plan.checkpoints:
-        with with_adapter(distilled, c.path, 1.0, check_base=False) as m:
-            samples[c.label] = session.run(m, c.label)
-    metrics = {k: session.score(brand_s) for k, (brand_s, _) in samples.items()}
-    drifts = {c.label: drift_metric([s.clip for s in samples[c.label][1]], [s.clip for s in samples["base"][1]])
-              for c in plan.checkpoints}  # fmt: skip
-    best_label, why = choose_checkpoint({c.label: metrics[c.label] for c in plan.checkpoints})
-    best = next(c for c in plan.checkpoints if c.label == best_label)
-    transfer = _transfer(session, best, distilled, base) if base is not None else {"unavailable": why_no_base}
+    with BackgroundScorer(metric_workers) as scorer:
+        session = _Session(plan, Decoders(enc, dev), settings,
+                           feats[: len(plan.prompts)], feats[len(plan.prompts) : -1], feats[-1],
+                           *training_references(data.ds, data.manifest), run_dir / "eval", log, scorer)  # fmt: skip
+        for ref in session.references:  # their voice and face, compared with every variant's
+            scorer.submit(ref, ("voice_similarity", "face_similarity"))
+        samples = {"base": session.run(distilled.eval(), "base")}
+        for c in plan.checkpoints:
+            with with_adapter(distilled, c.path, 1.0, check_base=False) as m:
+                samples[c.label] = session.run(m, c.label)
+        metrics = {k: session.score(brand_s) for k, (brand_s, _) in samples.items()}
+        drifts = {c.label: drift_metric([s.clip for s in samples[c.label][1]], [s.clip for s in samples["base"][1]])
+                  for c in plan.checkpoints}  # fmt: skip
+        best_label, why = choose_checkpoint({c.label: metrics[c.label] for c in plan.checkpoints})
+        best = next(c for c in plan.checkpoints if c.label == best_label)
+        transfer = _transfer(session, best, distilled, base) if base is not None else {"unavailable": why_no_base}
     result = _result(plan, session.out, samples, metrics, drifts, best, why, transfer)
     _write(result, session.out, run_dir, log)
     return result
@@ -165,8 +188,9 @@ def _transfer(session: _Session, best: Checkpoint, distilled: torch.nn.Module, b
     models = {"base": base, "distilled": distilled}
 
     def sample(model: str, sampler: str, strength: float | None) -> list[Sample]:
+        scored = session.queue(QUALITY_METRICS) if sampler == "distilled" and strength is not None else None
         kw = dict(decoders=session.decoders, settings=session.settings, sampler=sampler, negative=session.negative,
-                  decode=sampler == "distilled")  # fmt: skip
+                  decode=sampler == "distilled", on_clip=scored)  # fmt: skip
         if strength is None:
             return sample_variant(models[model].eval(), model, session.brand, plan.seeds, **kw)
         with with_adapter(models[model], best.path, strength, check_base=False) as m:

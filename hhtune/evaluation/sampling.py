@@ -8,7 +8,7 @@ The VAEs that decode the clips are loaded once for the whole evaluation (:class:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,14 +87,15 @@ def with_adapter(model: torch.nn.Module, adapter: str | Path, strength: float,
 
 def sample_variant(model: torch.nn.Module, variant: str, features: list[Features], seeds: tuple[int, ...], *,
                    decoders: Decoders, settings: SampleSettings, sampler: str = "distilled",
-                   negative: Features | None = None, out_dir: Path | None = None,
-                   decode: bool = True) -> list[Sample]:  # fmt: skip
+                   negative: Features | None = None, out_dir: Path | None = None, decode: bool = True,
+                   on_clip: Callable[[AVClip], None] | None = None) -> list[Sample]:  # fmt: skip
     """Sample every prompt (by its text features) at every seed with ``model``.
 
     ``sampler="base"`` (32 UniPC steps with CFG) needs ``negative``, the features of
     :data:`~hhtune.sampling.generate.NEGATIVE_PROMPT`. With ``out_dir`` each clip is written to
     ``out_dir/p{prompt:02d}_s{seed}.mp4``; ``decode=False`` keeps latents only (no clip, no mp4).
-    ``decoders`` (one for the whole evaluation) decodes the latents.
+    ``decoders`` (one for the whole evaluation) decodes the latents. ``on_clip`` receives each decoded clip as
+    soon as it exists (the evaluation starts scoring it in the background while the next one samples).
     """
     device = next(model.parameters()).device
     out: list[Sample] = []
@@ -112,6 +113,8 @@ def sample_variant(model: torch.nn.Module, variant: str, features: list[Features
             frames, wave = decoders.decode(video, audio)
             clip = AVClip(frames=frames, audio=wave.mean(axis=1).astype("float32"), sample_rate=OUTPUT_AUDIO_RATE,
                           label=f"{variant} p{i:02d} s{seed}")  # fmt: skip
+            if on_clip is not None:
+                on_clip(clip)
             mp4 = None
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,15 @@ import librosa
 import numpy as np
 
 from ..clips import AVClip
+from .memo import ArrayMemo
 from .result import MetricResult, unavailable
 
 NAME = "speech_quality"
 _RATE = 16000  # what DNSMOS reads
 SILENT_SCORE = 1.0  # what a silent sample scores: the bottom of the 1-5 scale
 _WINDOW = 144160  # DNSMOS scores 9.01 s windows, one per second of audio; a shorter clip is looped to one window
+_KEYS = ("ovrl_mos", "sig_mos", "bak_mos", "p808_mos")
+SCORES = ArrayMemo()  # by clip audio: filled ahead by a background worker while the next clip samples
 
 
 def available() -> str | None:
@@ -48,18 +51,26 @@ def speech_quality(samples: Sequence[AVClip]) -> MetricResult:
         return unavailable(NAME, why)
     if not samples:
         raise ValueError("speech_quality needs samples")
-    from speechmos import dnsmos  # noqa: PLC0415 -- optional package, checked by available() above
-
-    scores, overall = [], []
-    for clip in samples:
-        audio = _mono16k(clip)
-        if audio.size == 0 or np.abs(audio).max() < 1e-4:
-            overall.append(SILENT_SCORE)
-            continue
-        s = dnsmos.run(audio, _RATE)
-        scores.append({k: float(s[k]) for k in ("sig_mos", "bak_mos", "p808_mos")})
-        overall.append(float(s["ovrl_mos"]))
+    each = [clip_scores(clip) for clip in samples]
+    scores = [s for s in each if s is not None]
+    overall = [SILENT_SCORE if s is None else s["ovrl_mos"] for s in each]
     details: dict = {"per_sample": overall, "silent_samples": len(samples) - len(scores)}
     for k in ("sig_mos", "bak_mos", "p808_mos"):
         details[k] = float(np.mean([s[k] for s in scores])) if scores else None
     return MetricResult(NAME, float(np.mean(overall)), details)
+
+
+def clip_scores(clip: AVClip) -> dict[str, float] | None:
+    """DNSMOS's overall, signal, background and P.808 scores of one clip (``None`` when it is silent), computed
+    once per clip audio."""
+    return SCORES.get(clip.audio, lambda: _score(clip))
+
+
+def _score(clip: AVClip) -> dict[str, float] | None:
+    from speechmos import dnsmos  # noqa: PLC0415 -- optional package (see available())
+
+    audio = _mono16k(clip)
+    if audio.size == 0 or np.abs(audio).max() < 1e-4:
+        return None
+    s = dnsmos.run(audio, _RATE)
+    return {k: float(s[k]) for k in _KEYS}

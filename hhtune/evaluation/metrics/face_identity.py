@@ -22,7 +22,7 @@ from .result import MetricResult, unavailable
 NAME = "face_similarity"
 SAME_PERSON_DISTANCE = 0.6  # dlib's documented threshold for its face-recognition model
 _FRAMES_PER_CLIP = 4
-_DESCRIPTORS = ArrayMemo()  # by clip frames: the references are described once per evaluation
+DESCRIPTORS = ArrayMemo()  # by clip frames: the references are described once per evaluation
 
 
 def available() -> str | None:
@@ -48,7 +48,7 @@ def _model(path: str):
 
 def clip_descriptor(clip: AVClip) -> tuple[np.ndarray | None, int]:
     """The mean face descriptor over a few evenly spread frames, and how many of those frames had no face."""
-    return _DESCRIPTORS.get(clip.frames, lambda: _describe(clip))
+    return DESCRIPTORS.get(clip.frames, lambda: _describe(clip))
 
 
 def _describe(clip: AVClip) -> tuple[np.ndarray | None, int]:

@@ -8,9 +8,9 @@ import numpy as np
 from ... import face
 from .memo import ArrayMemo
 
-_LANDMARKS = ArrayMemo()  # by clip frames
+LANDMARKS = ArrayMemo()  # by clip frames
 
 
 def clip_landmarks(frames: np.ndarray) -> list[np.ndarray | None]:
     """:func:`hhtune.face.landmarks` of every ``[T, H, W, 3]`` frame, computed on first use for this array."""
-    return _LANDMARKS.get(frames, lambda: face.landmarks(frames))
+    return LANDMARKS.get(frames, lambda: face.landmarks(frames))

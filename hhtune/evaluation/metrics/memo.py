@@ -24,3 +24,7 @@ class ArrayMemo:
             self._values[key] = compute()
             weakref.finalize(array, self._values.pop, key, None)
         return self._values[key]
+
+    def put(self, array: np.ndarray, value: Any) -> None:
+        """Keep ``value`` for ``array`` (computed elsewhere, e.g. by a background worker on a copy of it)."""
+        self.get(array, lambda: value)

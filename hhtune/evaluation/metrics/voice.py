@@ -21,7 +21,7 @@ from .result import MetricResult, unavailable
 NAME = "voice_similarity"
 _THRESHOLD_PERCENTILE = 10
 _MIN_SPEECH_S = 0.5  # Resemblyzer's shortest window is 1.6 s; it pads, but under half a second is no voice
-_EMBEDDINGS = ArrayMemo()  # by clip audio: the references are embedded once per evaluation
+EMBEDDINGS = ArrayMemo()  # by clip audio: the references are embedded once per evaluation
 
 
 def available() -> str | None:
@@ -42,9 +42,9 @@ def _encoder():
     return VoiceEncoder("cpu", verbose=False)
 
 
-def _embedding(clip: AVClip) -> np.ndarray | None:
+def clip_embedding(clip: AVClip) -> np.ndarray | None:
     """The clip's speaker embedding (unit length), ``None`` when the clip holds too little speech."""
-    return _EMBEDDINGS.get(clip.audio, lambda: _embed(clip))
+    return EMBEDDINGS.get(clip.audio, lambda: _embed(clip))
 
 
 def _embed(clip: AVClip) -> np.ndarray | None:
@@ -72,11 +72,11 @@ def voice_similarity(samples: Sequence[AVClip], references: Sequence[AVClip]) ->
     why = available()
     if why:
         return unavailable(NAME, why)
-    refs = [e for e in (_embedding(c) for c in references) if e is not None]
+    refs = [e for e in (clip_embedding(c) for c in references) if e is not None]
     if not refs:
         return unavailable(NAME, "no training clip holds enough speech to know the speaker's voice")
     speaker = np.mean(refs, axis=0)
-    per = [None if (e := _embedding(c)) is None else _cosine(e, speaker) for c in samples]
+    per = [None if (e := clip_embedding(c)) is None else _cosine(e, speaker) for c in samples]
     measured = [s for s in per if s is not None]
     details: dict = {"per_sample": per, "samples_without_speech": len(per) - len(measured), "references": len(refs)}
     if len(refs) >= 2:
