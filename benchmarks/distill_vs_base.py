@@ -36,12 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from learning import CONFIG
+from learning import CONFIG, proxy_recipe
 
 from hhtune import adapters
 from hhtune.contract import AUDIO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune.model import load_checkpoint, save_checkpoint
-from hhtune.recipe import validate_recipe
 from hhtune.sampling.generate import model_velocity_fn
 from hhtune.sampling.samplers import official_sigmas, sample_base, sample_distilled
 from hhtune.training import TrainingDataset, train
@@ -89,19 +88,7 @@ def _distill(base, texts: list[torch.Tensor], targets: dict, steps: int, lr: flo
 
 
 def _train_adapter(work: Path, checkpoint: Path, variant: str, dataset: Path, steps: int, log) -> Path:
-    recipe = validate_recipe({
-        "model": {"checkpoint": str(checkpoint), "variant": variant, "block_dtype": "fp32",
-                  "gradient_checkpointing": False},
-        "lora": {"rank": 64},
-        "data": {"dataset": str(dataset), "batch_size": 1},
-        "optimizer": {"lr": 1e-3, "weight_decay": 0.01},
-        "train": {"max_steps": steps, "output_dir": str(work / f"run-{variant}"), "mixed_precision": "no", "seed": 0,
-                  "max_grad_norm": None},
-        "checkpointing": {"every_steps": steps},
-        "validation": {"at_end": False},
-        "logging": {"wandb_mode": "disabled"},
-        "export": {"formats": ["peft"]},
-    })  # fmt: skip
+    recipe = proxy_recipe(checkpoint, dataset, work / f"run-{variant}", steps=steps, model={"variant": variant})
     return train(recipe, log=log) / "adapter"
 
 

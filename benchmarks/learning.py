@@ -43,7 +43,7 @@ import torch
 from hhtune import adapters
 from hhtune.contract import AUDIO_LATENTS, SR_VIDEO_LATENTS, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune.model import ModelConfig, save_checkpoint
-from hhtune.recipe import validate_recipe
+from hhtune.recipe import Recipe, validate_recipe
 from hhtune.sampling.generate import model_velocity_fn
 from hhtune.sampling.metrics import nearest_clip_distance
 from hhtune.sampling.samplers import sample_distilled, sample_super_resolution
@@ -90,6 +90,27 @@ def voice_settings(config: ModelConfig) -> tuple[dict, dict]:
     return lora, {"video_weight": 0.2, "audio_weight": 1.0, "mouth_weight": 3.0, "mouth_weight_on": "spoken"}
 
 
+def proxy_recipe(checkpoint: Path, dataset: Path, output_dir: Path, *, steps: int, lr: float = 1e-3, rank: int = 64,
+                 seed: int = 0, model: dict | None = None, lora: dict | None = None,
+                 loss: dict | None = None) -> Recipe:  # fmt: skip
+    """The recipe every CPU proxy of ``benchmarks/`` trains with: fp32, no validation, no logging, one checkpoint
+    at the end, PEFT export; ``model``, ``lora`` and ``loss`` add settings (a variant, a selection, weights)."""
+    return validate_recipe({
+        "model": {"checkpoint": str(checkpoint), "block_dtype": "fp32", "gradient_checkpointing": False,
+                  **(model or {})},
+        "lora": {"rank": rank, **(lora or {})},
+        "loss": loss or {},
+        "data": {"dataset": str(dataset), "batch_size": 1},
+        "optimizer": {"lr": lr, "weight_decay": 0.01},
+        "train": {"max_steps": steps, "output_dir": str(output_dir), "mixed_precision": "no", "seed": seed,
+                  "max_grad_norm": None},
+        "checkpointing": {"every_steps": steps},
+        "validation": {"at_end": False},
+        "logging": {"wandb_mode": "disabled"},
+        "export": {"formats": ["peft"]},
+    })  # fmt: skip
+
+
 def learning_check(work: Path, *, steps: int = 2000, clips: int = 1, seeds: int = 4, rank: int = 64,
                    lr: float = 1e-3, lora: dict | None = None, loss: dict | None = None, seed: int = 0,
                    log=lambda *_: None) -> LearningResult:  # fmt: skip
@@ -103,19 +124,8 @@ def learning_check(work: Path, *, steps: int = 2000, clips: int = 1, seeds: int 
     dataset = write_synthetic_dataset(work / "dataset", clips=clips, frames=5, latent_hw=(4, 4), text_len=(6, 6),
                                       text_channels=CONFIG.text_in_channels, seed=seed,
                                       mouth_boxes=(loss or {}).get("mouth_weight", 1.0) > 1)  # fmt: skip
-    recipe = validate_recipe({
-        "model": {"checkpoint": str(work / "base"), "block_dtype": "fp32", "gradient_checkpointing": False},
-        "lora": {"rank": rank, **(lora or {})},
-        "loss": loss or {},
-        "data": {"dataset": str(dataset), "batch_size": 1},
-        "optimizer": {"lr": lr, "weight_decay": 0.01},
-        "train": {"max_steps": steps, "output_dir": str(work / "run"), "mixed_precision": "no", "seed": seed,
-                  "max_grad_norm": None},
-        "checkpointing": {"every_steps": steps},
-        "validation": {"at_end": False},
-        "logging": {"wandb_mode": "disabled"},
-        "export": {"formats": ["peft"]},
-    })  # fmt: skip
+    recipe = proxy_recipe(work / "base", dataset, work / "run", steps=steps, lr=lr, rank=rank, seed=seed, lora=lora,
+                          loss=loss)
     t0 = time.perf_counter()
     run = train(recipe, log=log)
     seconds = time.perf_counter() - t0
@@ -207,19 +217,8 @@ def sr_learning_check(work: Path, *, steps: int = 200, seeds: int = 4, rank: int
     save_checkpoint(denoising_base(SR_CONFIG, seed=0), work / "sr_base")
     dataset = write_synthetic_dataset(work / "sr_dataset", clips=1, frames=5, latent_hw=(4, 4), text_len=(6, 6),
                                       text_channels=SR_CONFIG.text_in_channels, seed=0, sr_scale=2)  # fmt: skip
-    recipe = validate_recipe({
-        "model": {"checkpoint": str(work / "sr_base"), "variant": "sr_1080p", "block_dtype": "fp32",
-                  "gradient_checkpointing": False},
-        "lora": {"rank": rank},
-        "data": {"dataset": str(dataset), "batch_size": 1},
-        "optimizer": {"lr": lr, "weight_decay": 0.01},
-        "train": {"max_steps": steps, "output_dir": str(work / "sr_run"), "mixed_precision": "no", "seed": 0,
-                  "max_grad_norm": None},
-        "checkpointing": {"every_steps": steps},
-        "validation": {"at_end": False},
-        "logging": {"wandb_mode": "disabled"},
-        "export": {"formats": ["peft"]},
-    })  # fmt: skip
+    recipe = proxy_recipe(work / "sr_base", dataset, work / "sr_run", steps=steps, lr=lr, rank=rank,
+                          model={"variant": "sr_1080p"})
     t0 = time.perf_counter()
     run = train(recipe, log=log)
     seconds = time.perf_counter() - t0

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from learning import CONFIG
+from learning import CONFIG, proxy_recipe
 
 from hhtune import adapters
 from hhtune.contract import AUDIO_LATENTS, MOUTH_BOXES, NO_MOUTH, TEXT_EMBEDS, VIDEO_LATENTS
 from hhtune.model import save_checkpoint
-from hhtune.recipe import validate_recipe
 from hhtune.sampling.generate import model_velocity_fn
 from hhtune.sampling.samplers import sample_distilled
 from hhtune.training import TrainingDataset, build_model, train
@@ -36,19 +35,8 @@ from hhtune.training.synthetic import denoising_base, write_synthetic_dataset
 
 
 def _recipe(work: Path, dataset: Path, *, weight: float, seed: int, steps: int) -> object:
-    return validate_recipe({
-        "model": {"checkpoint": str(work / "base"), "block_dtype": "fp32", "gradient_checkpointing": False},
-        "lora": {"rank": 64},
-        "data": {"dataset": str(dataset), "batch_size": 1},
-        "optimizer": {"lr": 1e-3, "weight_decay": 0.01},
-        "loss": {"mouth_weight": weight, "mouth_weight_on": "spoken"},
-        "train": {"max_steps": steps, "output_dir": str(work / f"run-w{weight:g}-s{seed}"), "mixed_precision": "no",
-                  "seed": seed, "max_grad_norm": None},
-        "checkpointing": {"every_steps": steps},
-        "validation": {"at_end": False},
-        "logging": {"wandb_mode": "disabled"},
-        "export": {"formats": ["peft"]},
-    })  # fmt: skip
+    return proxy_recipe(work / "base", dataset, work / f"run-w{weight:g}-s{seed}", steps=steps, seed=seed,
+                        loss={"mouth_weight": weight, "mouth_weight_on": "spoken"})
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
