@@ -21,7 +21,7 @@ from torch import Tensor
 from ..recipe import LossSection
 from .balance import EmaBalance
 from .data import Batch
-from .mouth import fold_mouth_weights, mouth_weights
+from .mouth import fold_mouth_weights, latent_frame_speech, mouth_weights
 
 
 def shift_sigma(u: Tensor, shift: float) -> Tensor:
@@ -72,21 +72,12 @@ class LossOutput:
 
 
 def video_frame_weights(speech_mask: Tensor, latent_frames: int, speech_weight: float) -> Tensor:
-    """Per latent-frame weights ``[B, T]`` from a per-video-frame speech mask ``[B, F]``.
-
-    Latent frame 0 covers video frame 0; latent frame ``j >= 1`` covers frames
-    ``4j-3 .. 4j`` (the VAE's 4x causal temporal stride). A latent frame is spoken
-    when any of its frames is.
-    """
-    b, f = speech_mask.shape
-    out = torch.ones(b, latent_frames, device=speech_mask.device)
+    """Per latent-frame weights ``[B, T]`` from a per-video-frame speech mask ``[B, F]``: ``speech_weight`` on
+    spoken latent frames, scaled by how spoken each is (:func:`~hhtune.training.mouth.latent_frame_speech`: the
+    mask's maximum over the video frames it covers), 1 elsewhere."""
     if speech_weight == 1.0:
-        return out
-    for j in range(latent_frames):
-        lo, hi = (0, 1) if j == 0 else (4 * j - 3, 4 * j + 1)
-        if lo < f:
-            out[:, j] += (speech_weight - 1) * speech_mask[:, lo:min(hi, f)].amax(dim=1)
-    return out
+        return torch.ones(speech_mask.shape[0], latent_frames, device=speech_mask.device)
+    return 1 + (speech_weight - 1) * latent_frame_speech(speech_mask, latent_frames)
 
 
 def flow_matching_loss(
