@@ -54,6 +54,26 @@ def zero_snr_signal(index: int, timesteps: int = 1000) -> float:
     return float((root[index] - last) * first / (first - last))
 
 
+def upsample(lr_video: Tensor, size: tuple[int, int]) -> Tensor:
+    """Base-size latents ``[B, C, T, h, w]`` upsampled to ``size`` ``(H, W)`` as the SR stage does (trilinear,
+    corners aligned, frames kept)."""
+    return torch.nn.functional.interpolate(lr_video.float(), size=(lr_video.shape[2], *size), mode="trilinear",
+                                           align_corners=True)  # fmt: skip
+
+
+def renoise(video: Tensor, noise: Tensor, noise_value: int = SR_NOISE_VALUE) -> Tensor:
+    """``video`` mixed with ``noise`` at the ZeroSNR-DDPM signal level of ``noise_value`` (unchanged at 0)."""
+    if not noise_value:
+        return video
+    signal = zero_snr_signal(noise_value)
+    return signal * video + (1 - signal**2) ** 0.5 * noise
+
+
+def sr_heard_audio(audio: Tensor, noise: Tensor, scale: float = SR_AUDIO_NOISE_SCALE) -> Tensor:
+    """The audio the SR model hears: the base audio mixed with ``noise`` (``scale`` of noise)."""
+    return noise * scale + audio * (1 - scale)
+
+
 def _unipc(steps: int, shift: float, device: str | torch.device = "cpu"):
     """A fresh flow-UniPC scheduler (order 2, data prediction) over the official ``steps``-step schedule."""
     from diffusers import UniPCMultistepScheduler  # noqa: PLC0415 -- heavy: diffusers loads in ~2 s, only the UniPC samplers need it
@@ -167,12 +187,10 @@ def sample_super_resolution(
     the CFG trick off. The noise is drawn from ``generator``: the video's, then the audio's.
     """
     device = base_video.device
-    video = torch.nn.functional.interpolate(base_video.float(), size=(base_video.shape[2], *latent_size),
-                                            mode="trilinear", align_corners=True)  # fmt: skip
+    video = upsample(base_video, latent_size)
     if noise_value:
-        signal = zero_snr_signal(noise_value)
-        video = signal * video + (1 - signal**2) ** 0.5 * _start(video.shape, generator, device)
-    heard = _start(base_audio.shape, generator, device) * audio_noise_scale + base_audio * (1 - audio_noise_scale)
+        video = renoise(video, _start(video.shape, generator, device), noise_value)
+    heard = sr_heard_audio(base_audio, _start(base_audio.shape, generator, device), audio_noise_scale)
     guidance = torch.full((1, 1, video.shape[2], 1, 1), video_guidance, device=device)
     if cfg_trick_guidance is not None:
         guidance[:, :, :cfg_trick_frames] = min(cfg_trick_guidance, video_guidance)

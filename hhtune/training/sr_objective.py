@@ -20,7 +20,7 @@ exactly the inputs it will be run on:
   is ``z1 - hr``, ``hr`` the clip's latent at the SR size, and ``s`` is drawn uniformly from the 5 sigmas.
 * **Audio.** The SR model hears the base audio mixed with fresh noise, ``0.7 * noise + 0.3 * audio``, the
   same at every step, and its audio output is thrown away (the base audio ships). So the clip's audio
-  latents are mixed the same way (:func:`sr_heard_audio`) and there is no audio loss.
+  latents are mixed the same way (:func:`~hhtune.sampling.samplers.sr_heard_audio`) and there is no audio loss.
 * **Crops** (``data.sr_crop``). The model is run on a random window of the high-resolution frames, all
   frames kept, so a step holds about as many tokens as a 256p-540p one. Local attention (1080p) is a window
   over *frames* (the official ``calc_local_qk_range``), so a spatial crop leaves the frames every token sees
@@ -37,13 +37,12 @@ The random choices of a sample come from the same generators as the first-stage 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..contract import VIDEO_STRIDE
 from ..model.packing import window_coords
 from ..recipe import LossSection, Recipe
-from ..sampling.samplers import SR_AUDIO_NOISE_SCALE, SR_NOISE_VALUE, SR_STEPS, official_sigmas, zero_snr_signal
+from ..sampling.samplers import SR_NOISE_VALUE, SR_STEPS, official_sigmas, renoise, sr_heard_audio, upsample
 from .balance import EmaBalance
 from .data import Batch
 from .objective import LossOutput, flow_matching_loss, noise_generator, sample_generator, video_frame_weights
@@ -57,29 +56,10 @@ def sr_sigmas(steps: int = SR_STEPS, shift: float = SR_SHIFT) -> Tensor:
     return official_sigmas(steps, shift)[:-1]
 
 
-def upsample(lr_video: Tensor, size: tuple[int, int]) -> Tensor:
-    """Base-size latents ``[B, C, T, h, w]`` upsampled to ``size`` ``(H, W)`` as the SR stage does (trilinear,
-    corners aligned, frames kept)."""
-    return F.interpolate(lr_video.float(), size=(lr_video.shape[2], *size), mode="trilinear", align_corners=True)
-
-
-def renoise(video: Tensor, noise: Tensor, noise_value: int = SR_NOISE_VALUE) -> Tensor:
-    """``video`` mixed with ``noise`` at the ZeroSNR-DDPM signal level of ``noise_value`` (unchanged at 0)."""
-    if not noise_value:
-        return video
-    signal = zero_snr_signal(noise_value)
-    return signal * video + (1 - signal**2) ** 0.5 * noise
-
-
 def sr_start(lr_video: Tensor, size: tuple[int, int], noise: Tensor, noise_value: int = SR_NOISE_VALUE) -> Tensor:
     """The SR stage's start point from base-size latents ``[B, C, T, h, w]``: upsampled to ``size`` ``(H, W)``
     and re-noised with ``noise`` ``[B, C, T, H, W]`` at ``noise_value``."""
     return renoise(upsample(lr_video, size), noise, noise_value)
-
-
-def sr_heard_audio(audio: Tensor, noise: Tensor, scale: float = SR_AUDIO_NOISE_SCALE) -> Tensor:
-    """The audio the SR model hears: the base audio mixed with ``noise`` (``scale`` of noise)."""
-    return noise * scale + audio * (1 - scale)
 
 
 def crop_window(full: tuple[int, int], crop: list[int] | tuple[int, int] | None,
