@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import load
-from ..encoders import EncoderPaths, load_audio_vae, load_video_vae
+from ..encoders import EncoderPaths, decode_video, load_audio_vae, load_video_vae
 from ..sampling.generate import OUTPUT_AUDIO_RATE, generate, to_output_rate, write_mp4
 from .clips import AVClip
 
@@ -50,8 +50,7 @@ class Decoders:
         if self._video is None:
             self._video = load_video_vae(self.paths.video_vae, self.device)
             self._audio = load_audio_vae(self.paths.audio_vae, self.device)
-        frames = self._video.decode(video.to(self.device))[0].permute(1, 2, 3, 0).float().cpu().numpy()
-        frames = ((frames + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        frames = decode_video(self._video, video.to(self.device))
         wave = self._audio.decode(audio.to(self.device))[0].float().cpu().numpy().T  # [N, 2] at 51200 Hz
         return frames, to_output_rate(wave)
 
