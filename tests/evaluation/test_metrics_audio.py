@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -60,6 +61,19 @@ def test_dnsmos_scores_clean_speech_above_noisy_clipped_speech(tmp_path):
     good, bad = speech_quality([clean]), speech_quality([_damaged(clean)])
     assert good.unavailable is None and 1.0 <= bad.value < good.value - 0.3 <= 5.0
     assert good.details["silent_samples"] == 0 and set(good.details) >= {"sig_mos", "bak_mos", "p808_mos"}
+
+
+def test_dnsmos_on_one_thread_scores_as_speechmos_itself_does(tmp_path):
+    from speechmos import dnsmos
+
+    clip = _speech(tmp_path, "en+m3", TEXTS[1])
+    got = speech_quality([clip]).details
+    audio = librosa.resample(clip.audio, orig_sr=clip.sample_rate, target_sr=16000, res_type="soxr_hq")
+    window = np.resize(np.clip(audio, -1, 1), 144160)  # looped to one 9.01 s window, as speech_quality does
+    want = dnsmos.run(window, 16000)  # its own sessions, on every core
+    assert got["per_sample"][0] == pytest.approx(want["ovrl_mos"], abs=1e-4)
+    for k in ("sig_mos", "bak_mos", "p808_mos"):
+        assert got[k] == pytest.approx(want[k], abs=1e-4)
 
 
 def test_a_silent_sample_is_the_worst_speech_not_a_gap():
