@@ -21,6 +21,9 @@ from .metrics import per_clip
 class BackgroundScorer:
     """Computes the per-clip part of the metrics of each :meth:`submit`\\ ted clip in ``workers`` processes.
 
+    The workers start at once and load the metric models (:func:`~.metrics.per_clip.prepare`), so a caller that
+    creates this before loading its own models overlaps the two.
+
     :meth:`finish` waits until every submitted clip is done and its values are in this process's caches. At
     most ``2 * workers`` clips wait at once (submit waits for the oldest beyond that), so memory stays bounded
     when sampling outruns the metrics. ``workers=0`` does nothing: the metrics compute everything when scored.
@@ -32,9 +35,12 @@ class BackgroundScorer:
         if workers < 0:
             raise ValueError(f"metric workers must be 0 or more, got {workers}")
         self.workers = workers
-        self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-                      if workers else None)  # spawn: a fork of a process holding CUDA or torch threads is unsafe
+        # spawn: a fork of a process holding CUDA or torch threads is unsafe
+        self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=per_clip.prepare) if workers else None)  # fmt: skip
         self._pending: deque[tuple[AVClip, Future]] = deque()
+        for _ in range(workers):  # each start spawns a worker now: its imports and models load while the DiT does
+            self._pool.submit(int)
 
     def submit(self, clip: AVClip, metrics: Sequence[str]) -> None:
         """Start computing what ``metrics`` (names) need of ``clip``; returns at once unless 2 x workers wait."""

@@ -64,3 +64,21 @@ def test_a_negative_worker_count_is_one_error_line(tmp_path, capsys):
     (tmp_path / "recipe.yaml").write_text("{}\n")
     assert evaluate.main([str(tmp_path), "--metric-workers", "-1"]) == 2
     assert capsys.readouterr().err == "error: --metric-workers must be 0 or more\n"
+
+
+def test_a_worker_runs_torch_on_one_thread_with_its_models_loaded_before_the_first_clip():
+    import torch
+
+    from hhtune.evaluation.metrics import per_clip
+
+    threads = torch.get_num_threads()
+    for cached in (dnsmos._model, voice._encoder, face_identity._model):
+        cached.cache_clear()
+    try:
+        torch.set_num_threads(2)  # as a process starts on a 2-core machine
+        per_clip.prepare()
+        assert torch.get_num_threads() == 1  # the sampler keeps the other cores
+        assert all(f.cache_info().currsize == 1 for f in (dnsmos._model, voice._encoder, face_identity._model))
+    finally:
+        torch.set_num_threads(threads)
+

@@ -39,6 +39,13 @@ def available() -> str | None:
     return None
 
 
+def load() -> None:
+    """Load the face-recognition network now (a background worker does before its first clip)."""
+    import face_recognition_models  # noqa: PLC0415 -- optional package (see available())
+
+    _model(face_recognition_models.face_recognition_model_location())
+
+
 @lru_cache(maxsize=1)
 def _model(path: str):
     import dlib  # noqa: PLC0415 -- optional package (see available())

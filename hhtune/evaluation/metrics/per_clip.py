@@ -7,8 +7,11 @@ clip) into this process's caches, where the metrics find them instead of computi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
+
+import torch
 
 from ... import face
 from ..clips import AVClip
@@ -24,10 +27,25 @@ _CACHES = {
 # metric -> (why it cannot run here, or None; the caches it reads, in the order they are computed)
 _NEEDS = {
     "speech_quality": (dnsmos.available, ("dnsmos",)),
-    "lip_sync": (face.available, ("landmarks",)),
+    "lip_sync": (face.available, ("landmarks",)),  # available() loads the landmark models
     "voice_similarity": (voice.available, ("voice",)),
     "face_similarity": (face_identity.available, ("landmarks", "face")),
 }
+_LOAD = {"speech_quality": dnsmos.load, "voice_similarity": voice.load, "face_similarity": face_identity.load}
+
+
+def prepare() -> None:
+    """Ready a worker process: torch on one thread (the sampler has the other cores), and the model of every metric
+    that can run here loaded before the first clip arrives.
+
+    A model that fails to load is left for its metric to load again when it runs, in the main process: it fails
+    there as serial scoring does, and the worker goes on with the other metrics.
+    """
+    torch.set_num_threads(1)
+    for name, (why, _) in _NEEDS.items():
+        with contextlib.suppress(Exception):
+            if why() is None and name in _LOAD:
+                _LOAD[name]()
 
 
 def compute(clip: AVClip, metrics: Sequence[str]) -> dict[str, Any]:

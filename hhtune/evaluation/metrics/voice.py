@@ -35,6 +35,11 @@ def available() -> str | None:
     return None
 
 
+def load() -> None:
+    """Load the speaker encoder now (a background worker does before its first clip)."""
+    _encoder()
+
+
 @lru_cache(maxsize=1)
 def _encoder():
     from resemblyzer import VoiceEncoder  # noqa: PLC0415 -- optional package (see available())
