@@ -9,9 +9,16 @@ from pathlib import Path
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 DEFAULT_STRENGTHS = (0.25, 0.5, 0.75, 1.0, 1.25)
-# Processes that score clips while the next one samples: one keeps up with the 15B model on a GPU (metrics about
-# 1.2 CPU s a clip, sampling about 2 s); 0 scores serially after sampling.
-DEFAULT_METRIC_WORKERS = 1
+# Processes that score clips while the next one samples, by the device that samples. On a GPU the sampler leaves the
+# CPU cores idle and one worker keeps up with the 15B model (metrics about 1.1 CPU s a clip, sampling about 2 s). On
+# the CPU a worker takes a core the sampler would use: scoring after sampling, with every core sampling, was faster
+# (benchmarks/RESULTS.md, "Evaluation metrics vs sampling").
+DEFAULT_METRIC_WORKERS = {"cuda": 1, "cpu": 0}
+
+
+def metric_workers_for(device_type: str, asked: int | None) -> int:
+    """The metric worker processes of an evaluation sampling on ``device_type``: ``asked``, or the default for it."""
+    return asked if asked is not None else DEFAULT_METRIC_WORKERS.get(device_type, 1)
 
 
 class EvaluationError(ValueError):
@@ -28,8 +35,20 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class SrRequest:
+    """The super-resolution stage the brand clips are rendered through, as ``validation.sr`` names it: the
+    resolution (``540p``, ``1080p``; ``none`` on the command line turns the recipe's off), the SR checkpoint folder
+    (or a preset name: tests) and an adapter for the SR stage."""
+
+    resolution: str
+    model: str | None
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
 class EvalPlan:
-    """Everything sampled: checkpoints (by step), brand prompts, drift prompts, seeds and strengths."""
+    """Everything sampled: checkpoints (by step), brand prompts, drift prompts, seeds, strengths, and the SR stage
+    of the brand clips (``None``: the base size, as the first stage renders it)."""
 
     run_dir: Path
     checkpoints: tuple[Checkpoint, ...]
@@ -37,6 +56,7 @@ class EvalPlan:
     drift_prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     strengths: tuple[float, ...]
+    sr: SrRequest | None = None
 
 
 def run_checkpoints(run_dir: Path) -> list[Checkpoint]:

@@ -41,7 +41,8 @@ def report_context(result: dict, out_dir: Path) -> dict:
     return {"run_dir": result["run_dir"], "variants": variants, "grid": grid, "curves": curves,
             "recommendation": result["recommendation"], "transfer": result.get("transfer"),
             "metrics": result["metrics"], "drift": result.get("drift", {}), "descriptions": result["descriptions"],
-            "not_measured": result["not_measured"], "strengths": result["strengths"]}  # fmt: skip
+            "not_measured": result["not_measured"], "strengths": result["strengths"],
+            "super_resolution": result.get("super_resolution")}  # fmt: skip
 
 
 def write_report(result: dict, out_dir: Path) -> Path:

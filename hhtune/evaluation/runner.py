@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from ..encoders import EncoderPaths
 from ..io import atomic_write_text
 from ..model import load_checkpoint
 from ..recipe import Recipe, validate_recipe
-from ..sampling.generate import NEGATIVE_PROMPT, encode_prompts
+from ..sampling.generate import NEGATIVE_PROMPT, encode_prompts, held_on
+from ..sampling.super_resolution import SrStage, load_sr_stage
 from ..speech.languages import LANGUAGES
 from ..training.data import TrainingDataset
 from ..training.outputs import encoder_paths
@@ -32,18 +34,27 @@ from .drift_prompts import drift_prompts
 from .metrics import DESCRIPTIONS, MetricResult
 from .metrics import drift as drift_metric
 from .plan import (
-    DEFAULT_METRIC_WORKERS,
     Checkpoint,
     EvalPlan,
     EvaluationError,
+    SrRequest,
     choose_checkpoints,
+    metric_workers_for,
     parse_strengths,
     read_prompts,
 )
 from .publish import publish
 from .references import training_references
 from .report import write_report
-from .sampling import Decoders, Features, Sample, SampleSettings, sample_variant, with_adapter
+from .sampling import (
+    Decoders,
+    Features,
+    Sample,
+    SampleSettings,
+    sample_variant,
+    super_resolve_samples,
+    with_adapter,
+)
 from .scoring import (
     METRICS,
     QUALITY_METRICS,
@@ -71,6 +82,7 @@ class _Session:
     out: Path
     log: Callable[[str], None]
     scorer: BackgroundScorer  # scores each brand clip while the next one samples
+    sr: SrStage | None = None  # renders the brand clips at the delivered size, as validation.sr does
 
     def queue(self, names: tuple[str, ...]) -> Callable[[AVClip], None]:
         """What :func:`sample_variant` calls with each new clip: start computing the metrics ``names`` of it."""
@@ -83,8 +95,24 @@ class _Session:
                  f"x {len(p.seeds)} seeds")
         kw = dict(decoders=self.decoders, settings=self.settings)
         return (sample_variant(model, label, self.brand, p.seeds, out_dir=self.out / "videos" / label,
-                               on_clip=self.queue(METRICS), **kw),
+                               on_clip=self.queue(METRICS), decode=self.sr is None, **kw),
                 sample_variant(model, label, self.drift, p.seeds, **kw))  # fmt: skip
+
+    def super_resolve(self, samples: dict[str, tuple[list[Sample], list[Sample]]],
+                      first_stage: list[torch.nn.Module]) -> dict[str, tuple[list[Sample], list[Sample]]]:  # fmt: skip
+        """Every variant's brand samples refined by the SR stage; ``first_stage`` waits on the host meanwhile."""
+        if self.sr is None:
+            return samples
+        device = self.decoders.device
+        self.log(f"super-resolution to {self.sr.resolution}: {sum(len(b) for b, _ in samples.values())} clips")
+        with ExitStack() as stack:
+            for m in {id(m): m for m in first_stage}.values():
+                stack.enter_context(held_on(m, "cpu"))
+            stack.enter_context(held_on(self.sr.model, device))
+            return {label: (super_resolve_samples(brand, self.sr, self.brand, decoders=self.decoders,
+                                                  settings=self.settings, device=device, out_dir=self.out / "videos",
+                                                  on_clip=self.queue(METRICS)), drift)
+                    for label, (brand, drift) in samples.items()}  # fmt: skip
 
     def score(self, samples: list[Sample], names: tuple[str, ...] = METRICS) -> dict[str, MetricResult]:
         self.scorer.finish()  # what the background workers computed is then in the metrics' caches
@@ -93,8 +121,15 @@ class _Session:
 
 
 def make_plan(run_dir: Path, recipe: Recipe, *, checkpoints: str, prompts_file: Path | None, seeds: int,
-              strengths: str, drift_languages: str) -> EvalPlan:  # fmt: skip
-    """The :class:`EvalPlan` of a request; :class:`EvaluationError` for anything that cannot be served."""
+              strengths: str, drift_languages: str, sr: SrRequest | None = None) -> EvalPlan:  # fmt: skip
+    """The :class:`EvalPlan` of a request; :class:`EvaluationError` for anything that cannot be served.
+
+    ``sr`` (the command line's ``--sr``) overrides the recipe's ``validation.sr`` stage.
+    """
+    if recipe.trains_sr:
+        raise EvaluationError(f"{run_dir} trains the {recipe.model.variant} stage, and hhtune.evaluate judges "
+                              "first-stage adapters: render it with python -m hhtune.sample --sr ... --sr-model "
+                              "SR_DIR --sr-adapter RUN_DIR/adapter")  # fmt: skip
     chosen = choose_checkpoints(run_dir, checkpoints)
     if prompts_file is not None:
         prompts = read_prompts(prompts_file)
@@ -108,8 +143,11 @@ def make_plan(run_dir: Path, recipe: Recipe, *, checkpoints: str, prompts_file: 
     except ValueError as e:
         raise EvaluationError(f"--drift-languages: {e}") from None
     first = recipe.validation.seed
+    v = recipe.validation
+    if sr is None and v.sr is not None:
+        sr = SrRequest(v.sr, v.sr_model, v.sr_adapter)
     return EvalPlan(run_dir, tuple(chosen), tuple(prompts), tuple(drift), tuple(range(first, first + seeds)),
-                    parse_strengths(strengths))  # fmt: skip
+                    parse_strengths(strengths), sr if sr is None or sr.resolution != "none" else None)  # fmt: skip
 
 
 def _models(recipe: Recipe, device: torch.device, base_checkpoint: str | None):
@@ -142,34 +180,42 @@ def _encoders(recipe: Recipe, data, given: Path | None) -> EncoderPaths:
 def evaluate_run(run_dir: Path, *, checkpoints: str = "all", prompts_file: Path | None = None, seeds: int = 2,
                  strengths: str = "0.25,0.5,0.75,1.0,1.25", drift_languages: str = "all",
                  encoders: Path | None = None, base_checkpoint: str | None = None, device: str | None = None,
-                 metric_workers: int = DEFAULT_METRIC_WORKERS, log: Callable[[str], None] = print) -> dict:  # fmt: skip
+                 metric_workers: int | None = None, sr: SrRequest | None = None,
+                 log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Evaluate ``run_dir``; write ``eval/eval.json`` and ``eval/report.html``; return eval.json's content.
 
-    ``metric_workers`` processes score each clip while the next one samples (0: after sampling, in this process);
-    the numbers are the same either way.
+    ``metric_workers`` processes score each clip while the next one samples (0: after sampling, in this process;
+    ``None``: one on a GPU, none on the CPU); the numbers are the same either way. ``sr`` overrides the recipe's
+    ``validation.sr``: with an SR stage the brand clips are judged at the delivered size; drift and transfer compare
+    the first stage.
     """
     recipe = validate_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir / "recipe.yaml"))
     plan = make_plan(run_dir, recipe, checkpoints=checkpoints, prompts_file=prompts_file, seeds=seeds,
-                     strengths=strengths, drift_languages=drift_languages)  # fmt: skip
+                     strengths=strengths, drift_languages=drift_languages, sr=sr)  # fmt: skip
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = TrainingDataset(recipe.data.dataset)
-    enc = _encoders(recipe, data, encoders)
-    distilled, base, why_no_base, check_base = _models(recipe, dev, base_checkpoint)
-    _check_adapters(plan.checkpoints, distilled, check_base)
-    texts = [*plan.prompts, *plan.drift_prompts, NEGATIVE_PROMPT]
-    feats = encode_prompts(texts, enc.text_encoder, dev)
-    v = recipe.validation
-    settings = SampleSettings(seconds=v.seconds, aspect=v.aspect, base_resolution=v.base_resolution)
-    with BackgroundScorer(metric_workers) as scorer:
+    workers = metric_workers_for(dev.type, metric_workers)
+    with BackgroundScorer(workers) as scorer:  # started first: its workers load their models while the DiTs load
+        data = TrainingDataset(recipe.data.dataset)
+        enc = _encoders(recipe, data, encoders)
+        distilled, base, why_no_base, check_base = _models(recipe, dev, base_checkpoint)
+        _check_adapters(plan.checkpoints, distilled, check_base)
+        sr_stage = (None if plan.sr is None else load_sr_stage(plan.sr.resolution, plan.sr.model, plan.sr.adapter,
+                                                               compute_dtype=recipe.model.compute_dtype))
+        texts = [*plan.prompts, *plan.drift_prompts, NEGATIVE_PROMPT]
+        feats = encode_prompts(texts, enc.text_encoder, dev)
+        v = recipe.validation
+        settings = SampleSettings(seconds=v.seconds, aspect=v.aspect, base_resolution=v.base_resolution)
         session = _Session(plan, Decoders(enc, dev), settings,
                            feats[: len(plan.prompts)], feats[len(plan.prompts) : -1], feats[-1],
-                           *training_references(data.ds, data.manifest), run_dir / "eval", log, scorer)  # fmt: skip
+                           *training_references(data.ds, data.manifest), run_dir / "eval", log, scorer,
+                           sr_stage)  # fmt: skip
         for ref in session.references:  # their voice and face, compared with every variant's
             scorer.submit(ref, ("voice_similarity", "face_similarity"))
         samples = {"base": session.run(distilled.eval(), "base")}
         for c in plan.checkpoints:
             with with_adapter(distilled, c.path, 1.0, check_base=False) as m:
                 samples[c.label] = session.run(m, c.label)
+        samples = session.super_resolve(samples, [distilled] if base is None else [distilled, base])
         metrics = {k: session.score(brand_s) for k, (brand_s, _) in samples.items()}
         drifts = {c.label: drift_metric([s.clip for s in samples[c.label][1]], [s.clip for s in samples["base"][1]])
                   for c in plan.checkpoints}  # fmt: skip
@@ -215,6 +261,8 @@ def _result(plan: EvalPlan, out: Path, samples, metrics, drifts, best: Checkpoin
         "checkpoints": [{"label": c.label, "step": c.step, "path": str(c.path)} for c in plan.checkpoints],
         "prompts": list(plan.prompts), "drift_prompts": list(plan.drift_prompts), "seeds": list(plan.seeds),
         "strengths": list(plan.strengths),
+        "super_resolution": None if plan.sr is None else {"resolution": plan.sr.resolution, "model": plan.sr.model,
+                                                          "adapter": plan.sr.adapter},
         "samples": [{"variant": s.variant, "prompt": s.prompt, "seed": s.seed, "mp4": s.mp4.relative_to(out).as_posix()}
                     for brand_s, _ in samples.values() for s in brand_s if s.mp4 is not None],
         "metrics": {k: {n: result_dict(r) for n, r in per.items()} for k, per in metrics.items()},

@@ -3,6 +3,8 @@
 Every variant (the base without adapter, a checkpoint, an adapter at a strength) is sampled at
 the same seeds from the same text features, so two variants differ only by the adapter. The
 distilled sampler runs 8 steps, the base sampler 32 UniPC steps with CFG, as in validation.
+With a super-resolution stage (``validation.sr``) the first stage's latents are kept and refined afterwards
+(:func:`super_resolve_samples`), each from its own noise generator, as ``python -m hhtune.sample --sr`` renders.
 The VAEs that decode the clips are loaded once for the whole evaluation (:class:`Decoders`).
 """
 
@@ -20,6 +22,7 @@ from torch import Tensor
 from ..adapters import load
 from ..encoders import EncoderPaths, decode_video, load_audio_vae, load_video_vae
 from ..sampling.generate import OUTPUT_AUDIO_RATE, generate, to_output_rate, write_mp4
+from ..sampling.super_resolution import SrStage, super_resolve
 from .clips import AVClip
 
 Features = tuple[Tensor, int]
@@ -66,6 +69,7 @@ class Sample:
     audio_latents: Tensor
     clip: AVClip | None = None
     mp4: Path | None = None
+    generator_state: Tensor | None = None  # the noise generator after this stage: a second stage continues it
 
 
 @contextmanager
@@ -100,23 +104,50 @@ def sample_variant(model: torch.nn.Module, variant: str, features: list[Features
     out: list[Sample] = []
     for i, feats in enumerate(features):
         for seed in seeds:
+            generator = torch.Generator().manual_seed(seed)
             video, audio = generate(model, "", decoders.paths, seconds=settings.seconds, aspect=settings.aspect,
                                     base_resolution=settings.base_resolution, sampler=sampler, seed=seed,
                                     device=device, text_features=feats, negative_features=negative, decode=False,
-                                    video_guidance=settings.video_guidance,
-                                    audio_guidance=settings.audio_guidance)  # fmt: skip
-            video, audio = video.cpu(), audio.cpu()
-            if not decode:
-                out.append(Sample(variant, i, seed, video, audio))
-                continue
-            frames, wave = decoders.decode(video, audio)
-            clip = AVClip(frames=frames, audio=wave.mean(axis=1).astype("float32"), sample_rate=OUTPUT_AUDIO_RATE,
-                          label=f"{variant} p{i:02d} s{seed}")  # fmt: skip
-            if on_clip is not None:
-                on_clip(clip)
-            mp4 = None
-            if out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                mp4 = write_mp4(frames, wave, out_dir / f"p{i:02d}_s{seed}.mp4")
-            out.append(Sample(variant, i, seed, video, audio, clip, mp4))
+                                    video_guidance=settings.video_guidance, audio_guidance=settings.audio_guidance,
+                                    generator=generator)  # fmt: skip
+            sample = Sample(variant, i, seed, video.cpu(), audio.cpu(), generator_state=generator.get_state())
+            out.append(_decoded(sample, decoders, out_dir, on_clip) if decode else sample)
     return out
+
+
+def super_resolve_samples(samples: list[Sample], stage: SrStage, features: list[Features], *, decoders: Decoders,
+                          settings: SampleSettings, device: str | torch.device, out_dir: Path | None = None,
+                          negative: Features | None = None,
+                          on_clip: Callable[[AVClip], None] | None = None) -> list[Sample]:  # fmt: skip
+    """First-stage ``samples`` (latents, from ``sample_variant(decode=False)``) refined by ``stage`` at its size.
+
+    Each continues its own noise generator, so a clip equals ``python -m hhtune.sample --sr`` at its seed. The
+    refined clips are decoded (``out_dir/VARIANT/p{prompt:02d}_s{seed}.mp4``) and handed to ``on_clip`` as
+    :func:`sample_variant` does; ``features`` are the prompts' text features, by prompt index. The caller puts
+    ``stage.model`` on ``device`` (and the first stage's models away).
+    """
+    out = []
+    for s in samples:
+        generator = torch.Generator()
+        generator.set_state(s.generator_state)
+        video, audio = super_resolve(stage, s.video_latents, s.audio_latents, encoders=decoders.paths,
+                                     aspect=settings.aspect, base_resolution=settings.base_resolution,
+                                     generator=generator, text_features=features[s.prompt],
+                                     negative_features=negative, device=device)  # fmt: skip
+        refined = Sample(s.variant, s.prompt, s.seed, video.cpu(), audio.cpu(), generator_state=generator.get_state())
+        out.append(_decoded(refined, decoders, None if out_dir is None else out_dir / s.variant, on_clip))
+    return out
+
+
+def _decoded(sample: Sample, decoders: Decoders, out_dir: Path | None,
+             on_clip: Callable[[AVClip], None] | None) -> Sample:  # fmt: skip
+    """``sample`` with its clip (handed to ``on_clip`` at once) and, with ``out_dir``, its mp4."""
+    frames, wave = decoders.decode(sample.video_latents, sample.audio_latents)
+    sample.clip = AVClip(frames=frames, audio=wave.mean(axis=1).astype("float32"), sample_rate=OUTPUT_AUDIO_RATE,
+                         label=f"{sample.variant} p{sample.prompt:02d} s{sample.seed}")  # fmt: skip
+    if on_clip is not None:
+        on_clip(sample.clip)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sample.mp4 = write_mp4(frames, wave, out_dir / f"p{sample.prompt:02d}_s{sample.seed}.mp4")
+    return sample

@@ -81,6 +81,18 @@ class SrStage:
         return SR_STEPS
 
 
+def load_sr_stage(resolution: SrResolution, spec: str, adapter: str | None = None, *,
+                  compute_dtype: str = "auto") -> SrStage:  # fmt: skip
+    """An unguided SR stage (as the official SR examples run) loaded on the host, where it waits between its own
+    steps on the device: ``spec`` a ``540p_sr/`` or ``1080p_sr/`` folder or a preset name, ``adapter`` a
+    ``PATH[:STRENGTH]`` spec for it. Validation (``validation.sr``) and ``python -m hhtune.evaluate`` render with it."""
+    from ..adapters import parse_spec  # noqa: PLC0415 -- heavy: peft loads in ~1 s, only with adapters
+
+    adapters = [parse_spec(adapter)] if adapter else []
+    model = load_stage_model(spec, "cpu", sr=resolution, adapters=adapters, compute_dtype=compute_dtype)
+    return SrStage(resolution, model)
+
+
 def super_resolve(stage: SrStage, video: Tensor, audio: Tensor, *, encoders: EncoderPaths, aspect: str,
                   base_resolution: int, generator: torch.Generator, text_features: tuple[Tensor, int],
                   negative_features: tuple[Tensor, int] | None = None, reference_image: np.ndarray | None = None,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import parse_spec
 from ..adapters.base_identity import base_model_id
 from ..contract import TEXT_EMBEDS, VIDEO_LATENTS
 from ..encoders import EncoderPaths
@@ -25,7 +24,7 @@ from ..io import atomic_write_text
 from ..recipe import Recipe
 from ..sampling.generate import encode_prompts
 from ..sampling.metrics import clip_summary
-from ..sampling.super_resolution import SrStage, load_stage_model
+from ..sampling.super_resolution import SrStage, load_sr_stage
 from ..sampling.validation import run_validation
 from .data import TrainingDataset
 from .errors import TrainingError
@@ -153,9 +152,7 @@ def validation_sr_stage(recipe: Recipe) -> SrStage | None:
     v = recipe.validation
     if v.sr is None:
         return None
-    adapters = [parse_spec(v.sr_adapter)] if v.sr_adapter else []
-    model = load_stage_model(v.sr_model, "cpu", sr=v.sr, adapters=adapters, compute_dtype=recipe.model.compute_dtype)
-    return SrStage(v.sr, model)
+    return load_sr_stage(v.sr, v.sr_model, v.sr_adapter, compute_dtype=recipe.model.compute_dtype)
 
 
 def format_scores(step: int, scores: dict[str, float]) -> str:

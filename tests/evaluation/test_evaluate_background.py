@@ -82,3 +82,9 @@ def test_a_worker_runs_torch_on_one_thread_with_its_models_loaded_before_the_fir
     finally:
         torch.set_num_threads(threads)
 
+
+def test_metric_workers_default_to_one_on_a_gpu_and_none_on_the_cpu():
+    from hhtune.evaluation.plan import metric_workers_for
+
+    assert metric_workers_for("cuda", None) == 1 and metric_workers_for("cpu", None) == 0
+    assert metric_workers_for("cpu", 2) == 2 and metric_workers_for("cuda", 0) == 0

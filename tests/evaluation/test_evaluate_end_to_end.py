@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from safetensors import safe_open
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 from _runs import _recipe, _run_cli
 
+from hhtune.contract import sr_size
 from hhtune.encoders import build_tiny_encoders
 from hhtune.evaluate import main
 from hhtune.training.synthetic import write_synthetic_dataset
@@ -55,3 +57,39 @@ def test_evaluate_a_tiny_run(tmp_path, capsys):
     assert len(seen["videos"]) == 3 and all(v["ready"] >= 1 and v["error"] is None for v in seen["videos"])
     assert seen["images"] and all(i["width"] > 0 for i in seen["images"])
     assert all(link["ok"] for link in seen["links"]) and CAPTION in seen["text"]
+
+
+@pytest.mark.slow
+def test_evaluate_judges_the_clips_as_delivered_through_the_recipes_sr_stage(tmp_path):
+    """validation.sr in the recipe: the brand clips are rendered at 540p as validation renders them, and said so."""
+    dataset = write_synthetic_dataset(tmp_path / "ds", clips=1)
+    build_tiny_encoders(tmp_path / "enc")
+    recipe = _recipe(dataset, tmp_path / "run", train={"max_steps": 2},
+                     checkpointing={"every_steps": 2, "keep_last": 1},
+                     validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
+                                 "encoders": str(tmp_path / "enc"), "sr": "540p", "sr_model": "tiny"})  # fmt: skip
+    trained = _run_cli(recipe, tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = tmp_path / "run"
+
+    argv = [str(run), "--checkpoints", "last", "--seeds", "1", "--strengths", "1.0", "--drift-languages", "en",
+            "--metric-workers", "0"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["super_resolution"] == {"resolution": "540p", "model": "tiny", "adapter": None}
+    width, height = sr_size("16:9", 32, "540p")
+    for s in result["samples"]:  # the base and the checkpoint, each at the delivered size
+        assert _size(run / "eval" / s["mp4"]) == (width, height)
+    assert 'id="super-resolution"' in (run / "eval" / "report.html").read_text()
+
+    assert main([*argv, "--sr", "none"]) == 0  # the first stage only, at the base size
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["super_resolution"] is None
+    assert _size(run / "eval" / result["samples"][0]["mp4"]) == (64, 32)
+
+
+def _size(mp4: Path) -> tuple[int, int]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
+                          "-of", "csv=p=0", str(mp4)], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    width, height = out.strip().split(",")
+    return int(width), int(height)

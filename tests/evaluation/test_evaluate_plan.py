@@ -33,11 +33,12 @@ def _checkpoint(run: Path, step: int, model) -> Path:
     return path
 
 
-def _run(tmp_path: Path, *, prompts=("hello",), checkpoint: bool = True) -> Path:
+def _run(tmp_path: Path, *, prompts=("hello",), checkpoint: bool = True, variant: str = "distill") -> Path:
     run = tmp_path / "run"
     run.mkdir()
     dataset = write_synthetic_dataset(tmp_path / "ds", clips=1)
-    recipe = {"model": {"preset": "tiny"}, "lora": {"rank": 4, "alpha": 8.0}, "data": {"dataset": str(dataset)},
+    recipe = {"model": {"preset": "tiny", "variant": variant}, "lora": {"rank": 4, "alpha": 8.0},
+              "data": {"dataset": str(dataset)},
               "validation": {"prompts": list(prompts), "encoders": str(tmp_path / "no-encoders")}}  # fmt: skip
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     if checkpoint:
@@ -73,10 +74,12 @@ def test_prompt_files_and_drift_prompts(tmp_path):
     assert len(drift_prompts()) == 7 and len(set(drift_prompts())) == 7
 
 
-@pytest.mark.parametrize("case", ["no checkpoints", "empty prompt file", "adapter for another model"])
+@pytest.mark.parametrize("case", ["no checkpoints", "empty prompt file", "adapter for another model",
+                                  "an SR run", "--sr without its model", "--sr-model without --sr"])
 def test_bad_input_gives_one_error_line(tmp_path, capsys, case):
-    run = _run(tmp_path, checkpoint=case != "no checkpoints")
-    argv = [str(run)]
+    run = _run(tmp_path, checkpoint=case != "no checkpoints", variant="sr_540p" if case == "an SR run" else "distill")
+    argv = [str(run), *{"--sr without its model": ["--sr", "1080p"],
+                        "--sr-model without --sr": ["--sr-model", "/models/540p_sr"]}.get(case, [])]  # fmt: skip
     if case == "empty prompt file":
         (tmp_path / "empty.txt").write_text("# nothing here\n\n")
         argv += ["--prompts", str(tmp_path / "empty.txt")]
@@ -91,5 +94,8 @@ def test_bad_input_gives_one_error_line(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     want = {"no checkpoints": "holds no checkpoints", "empty prompt file": "holds no prompts",
-            "adapter for another model": "trained on another base model"}[case]  # fmt: skip
+            "adapter for another model": "trained on another base model",
+            "an SR run": "trains the sr_540p stage, and hhtune.evaluate judges first-stage adapters",
+            "--sr without its model": "--sr 1080p needs --sr-model",
+            "--sr-model without --sr": "--sr-model and --sr-adapter need --sr 540p or --sr 1080p"}[case]  # fmt: skip
     assert want in err[0]
