@@ -71,3 +71,13 @@ def test_report_loads_in_a_real_browser(tmp_path):
     assert "no face model <dlib> installed" in seen["text"]
     for name, text in DESCRIPTIONS.items():
         assert name in seen["text"] and text in seen["text"]
+
+
+def test_a_transfer_not_measured_is_said_with_its_reason(tmp_path):
+    """The default run trains on the distilled checkpoint: without --base-checkpoint there is no transfer."""
+    result, out = _result(tmp_path)
+    result["transfer"] = {"unavailable": "the run trained on the distilled checkpoint; pass --base-checkpoint"}
+    result["recommendation"]["strength"] = None
+    page = write_report(result, out).read_text()
+    assert "Transfer not measured: the run trained on the distilled checkpoint; pass --base-checkpoint" in page
+    assert 'id="recommended-strength">not measured' in page
