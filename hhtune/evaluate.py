@@ -3,6 +3,7 @@
     python -m hhtune.evaluate RUN_DIR [--checkpoints all|last|STEP,...] [--prompts FILE] [--seeds K]
         [--strengths 0.25,0.5,0.75,1.0,1.25] [--encoders DIR] [--base-checkpoint DIR] [--device cpu|cuda]
         [--metric-workers N] [--sr 540p|1080p|none --sr-model SR_DIR [--sr-adapter PATH[:STRENGTH]]]
+        [--first-stage DIR [--first-stage-adapter PATH[:STRENGTH]]]
 
 Samples the base without adapter (the control) and each chosen checkpoint at fixed seeds through
 the validation pipeline (the distilled sampler, 8 steps), on the run's validation prompts (or
@@ -14,6 +15,10 @@ the adapter's model card and file headers.
 With the recipe's validation.sr (or --sr) the brand clips are judged as delivered: refined by the
 super-resolution stage at 540p or 1080p after the first stage, as python -m hhtune.sample --sr renders
 them. Drift and the transfer compare the first stage. --sr none judges the base size only.
+
+A run that trains a super-resolution stage (model.variant sr_540p or sr_1080p) is judged on that
+stage: --first-stage renders every prompt once at the base size, and the SR model without adapter
+(the control) and with each checkpoint refines those clips. There is no strength to transfer.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                         "validation.sr; none: the base size only)")
     p.add_argument("--sr-model", help="with --sr: the SR checkpoint folder (540p_sr/ or 1080p_sr/)")
     p.add_argument("--sr-adapter", help="with --sr: an adapter for the SR stage, PATH[:STRENGTH]")
+    p.add_argument("--first-stage", help="for a run that trains an SR stage: the first-stage checkpoint folder "
+                                         "(distill/ or base/) whose clips its checkpoints refine")  # fmt: skip
+    p.add_argument("--first-stage-adapter", help="with --first-stage: an adapter for it, PATH[:STRENGTH]")
     return p
 
 
@@ -81,6 +89,9 @@ def _main(argv: list[str] | None) -> int:
     if args.metric_workers is not None and args.metric_workers < 0:
         raise EvaluationError("--metric-workers must be 0 or more")
     sr = _sr_request(args)
+    if args.first_stage_adapter and not args.first_stage:
+        raise EvaluationError("--first-stage-adapter needs --first-stage")
+    first_stage = (args.first_stage, args.first_stage_adapter) if args.first_stage else None
     if not (args.run_dir / "recipe.yaml").is_file():
         raise EvaluationError(f"{args.run_dir} is not a training run folder (no recipe.yaml): pass a run's output_dir")
     from hhtune.evaluation.runner import evaluate_run  # noqa: PLC0415 -- entry point: torch loads after argparse so --help is instant
@@ -88,7 +99,8 @@ def _main(argv: list[str] | None) -> int:
     result = evaluate_run(args.run_dir, checkpoints=args.checkpoints, prompts_file=args.prompts, seeds=args.seeds,
                           strengths=args.strengths, drift_languages=args.drift_languages, encoders=args.encoders,
                           base_checkpoint=args.base_checkpoint, device=args.device,
-                          metric_workers=args.metric_workers, sr=sr, log=print)  # fmt: skip
+                          metric_workers=args.metric_workers, sr=sr, first_stage=first_stage,
+                          log=print)  # fmt: skip
     rec = result["recommendation"]
     print(json.dumps({"recommended_checkpoint": rec["checkpoint"], "recommended_strength": rec["strength"],
                       "report": str(args.run_dir / "eval" / "report.html")}))  # fmt: skip

@@ -57,6 +57,7 @@ class EvalPlan:
     seeds: tuple[int, ...]
     strengths: tuple[float, ...]
     sr: SrRequest | None = None
+    first_stage: tuple[str, str | None] | None = None  # an SR run's first stage: (checkpoint or preset, adapter)
 
 
 def run_checkpoints(run_dir: Path) -> list[Checkpoint]:

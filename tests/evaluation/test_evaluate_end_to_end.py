@@ -93,3 +93,31 @@ def _size(mp4: Path) -> tuple[int, int]:
                           "-of", "csv=p=0", str(mp4)], capture_output=True, text=True, check=True).stdout  # fmt: skip
     width, height = out.strip().split(",")
     return int(width), int(height)
+
+
+@pytest.mark.slow
+def test_an_sr_run_is_judged_on_its_stage_over_one_first_stage_render(tmp_path):
+    """A run that trains the 540p SR stage: the first stage renders once, the SR model refines it without adapter
+    (the control) and with each checkpoint; no strength to transfer, and the report says how the clips were made."""
+    dataset = write_synthetic_dataset(tmp_path / "ds", clips=2, latent_hw=(4, 6), sr_scale=2)
+    build_tiny_encoders(tmp_path / "enc")
+    recipe = _recipe(dataset, tmp_path / "run", model={"variant": "sr_540p"}, data={"sr_crop": [64, 64]},
+                     train={"max_steps": 2}, checkpointing={"every_steps": 2, "keep_last": 1},
+                     validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
+                                 "encoders": str(tmp_path / "enc")})  # fmt: skip
+    trained = _run_cli(recipe, tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = tmp_path / "run"
+
+    argv = [str(run), "--first-stage", "tiny", "--checkpoints", "last", "--seeds", "1", "--drift-languages", "en",
+            "--metric-workers", "0"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    sr = result["super_resolution"]
+    assert sr["trained"] and sr["resolution"] == "540p" and sr["first_stage"] == "tiny"
+    assert result["recommended_strength"] is None and "no distilled counterpart" in result["transfer"]["unavailable"]
+    width, height = sr_size("16:9", 32, "540p")
+    assert {s["variant"] for s in result["samples"]} == {"base", "final"}
+    assert all(_size(run / "eval" / s["mp4"]) == (width, height) for s in result["samples"])
+    assert result["drift"]["final"]["value"] > 0  # the adapter changes the refined clips of the neutral prompt
+    assert "the base column is\nthe SR stage without adapter" in (run / "eval" / "report.html").read_text()

@@ -75,11 +75,17 @@ def test_prompt_files_and_drift_prompts(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no checkpoints", "empty prompt file", "adapter for another model",
-                                  "an SR run", "--sr without its model", "--sr-model without --sr"])
+                                  "an SR run without its first stage", "--sr without its model",
+                                  "--sr-model without --sr", "--sr for an SR run",
+                                  "--first-stage for a first-stage run", "--first-stage-adapter alone"])  # fmt: skip
 def test_bad_input_gives_one_error_line(tmp_path, capsys, case):
-    run = _run(tmp_path, checkpoint=case != "no checkpoints", variant="sr_540p" if case == "an SR run" else "distill")
+    sr_run = case in ("an SR run without its first stage", "--sr for an SR run")
+    run = _run(tmp_path, checkpoint=case != "no checkpoints", variant="sr_540p" if sr_run else "distill")
     argv = [str(run), *{"--sr without its model": ["--sr", "1080p"],
-                        "--sr-model without --sr": ["--sr-model", "/models/540p_sr"]}.get(case, [])]  # fmt: skip
+                        "--sr-model without --sr": ["--sr-model", "/models/540p_sr"],
+                        "--sr for an SR run": ["--sr", "540p", "--sr-model", "tiny", "--first-stage", "tiny"],
+                        "--first-stage for a first-stage run": ["--first-stage", "/models/distill"],
+                        "--first-stage-adapter alone": ["--first-stage-adapter", "x.safetensors"]}.get(case, [])]
     if case == "empty prompt file":
         (tmp_path / "empty.txt").write_text("# nothing here\n\n")
         argv += ["--prompts", str(tmp_path / "empty.txt")]
@@ -95,7 +101,10 @@ def test_bad_input_gives_one_error_line(tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("error: "), err
     want = {"no checkpoints": "holds no checkpoints", "empty prompt file": "holds no prompts",
             "adapter for another model": "trained on another base model",
-            "an SR run": "trains the sr_540p stage, and hhtune.evaluate judges first-stage adapters",
+            "an SR run without its first stage": "trains the sr_540p stage: pass --first-stage, the first-stage",
+            "--sr for an SR run": "--sr is for first-stage runs",
+            "--first-stage for a first-stage run": "--first-stage is for runs that train an SR stage",
+            "--first-stage-adapter alone": "--first-stage-adapter needs --first-stage",
             "--sr without its model": "--sr 1080p needs --sr-model",
             "--sr-model without --sr": "--sr-model and --sr-adapter need --sr 540p or --sr 1080p"}[case]  # fmt: skip
     assert want in err[0]
