@@ -121,3 +121,36 @@ def test_an_sr_run_is_judged_on_its_stage_over_one_first_stage_render(tmp_path):
     assert all(_size(run / "eval" / s["mp4"]) == (width, height) for s in result["samples"])
     assert result["drift"]["final"]["value"] > 0  # the adapter changes the refined clips of the neutral prompt
     assert "the base column is\nthe SR stage without adapter" in (run / "eval" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_on_a_distilled_checkpoint_reports_without_transfer_and_measures_it_with_the_base(tmp_path):
+    """The recipe default: model.checkpoint is the distilled folder. Without --base-checkpoint the report says the
+    transfer was not measured (it crashed once); with it the strength is measured against that base."""
+    import torch
+
+    from hhtune.model import HappyHorseTransformer, ModelConfig, save_checkpoint
+
+    for name, seed in (("distill", 0), ("base", 1)):
+        torch.manual_seed(seed)
+        save_checkpoint(HappyHorseTransformer(ModelConfig.preset("tiny")), tmp_path / name)
+    dataset = write_synthetic_dataset(tmp_path / "ds", clips=1)
+    build_tiny_encoders(tmp_path / "enc")
+    recipe = _recipe(dataset, tmp_path / "run", model={"checkpoint": str(tmp_path / "distill"), "variant": "distill"},
+                     train={"max_steps": 2}, checkpointing={"every_steps": 2, "keep_last": 1},
+                     validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
+                                 "encoders": str(tmp_path / "enc")})  # fmt: skip
+    trained = _run_cli(recipe, tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = tmp_path / "run"
+
+    argv = [str(run), "--checkpoints", "last", "--seeds", "1", "--strengths", "0.5,1.0", "--drift-languages", "en"]
+    assert main(argv) == 0
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["recommended_strength"] is None and "--base-checkpoint" in result["transfer"]["unavailable"]
+    page = (run / "eval" / "report.html").read_text()
+    assert "Transfer not measured: the run trained on the distilled checkpoint" in page
+
+    assert main([*argv, "--base-checkpoint", str(tmp_path / "base")]) == 0
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["recommended_strength"] in (0.5, 1.0) and result["transfer"]["no_adapter_gap"] > 0
