@@ -22,17 +22,22 @@ from hhtune.training.synthetic import write_synthetic_dataset
 CAPTION = "A host smiles. Dialogue: <a presenter, German>: \"Hallo.\""
 
 
+def _trained_run(tmp_path: Path, synthetic: dict, **sections) -> Path:
+    """A tiny run trained by the training command on a synthetic dataset (``synthetic``: its options), with the tiny
+    encoders and one validation prompt rendered small; ``sections`` are recipe sections on top."""
+    dataset = write_synthetic_dataset(tmp_path / "ds", **synthetic)
+    build_tiny_encoders(tmp_path / "enc")
+    validation = {"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
+                  "encoders": str(tmp_path / "enc"), **sections.pop("validation", {})}  # fmt: skip
+    trained = _run_cli(_recipe(dataset, tmp_path / "run", validation=validation, **sections), tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    return tmp_path / "run"
+
+
 @pytest.mark.slow
 def test_evaluate_a_tiny_run(tmp_path, capsys):
-    dataset = write_synthetic_dataset(tmp_path / "ds", clips=2)
-    build_tiny_encoders(tmp_path / "enc")
-    recipe = _recipe(dataset, tmp_path / "run", train={"max_steps": 4},
-                     checkpointing={"every_steps": 2, "keep_last": 3},
-                     validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
-                                 "encoders": str(tmp_path / "enc")})  # fmt: skip
-    trained = _run_cli(recipe, tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    run = tmp_path / "run"
+    run = _trained_run(tmp_path, dict(clips=2), train={"max_steps": 4},
+                       checkpointing={"every_steps": 2, "keep_last": 3})  # fmt: skip
 
     argv = [str(run), "--checkpoints", "all", "--seeds", "1", "--strengths", "0.5,1.0", "--drift-languages", "en"]
     assert main(argv) == 0
@@ -62,15 +67,9 @@ def test_evaluate_a_tiny_run(tmp_path, capsys):
 @pytest.mark.slow
 def test_evaluate_judges_the_clips_as_delivered_through_the_recipes_sr_stage(tmp_path):
     """validation.sr in the recipe: the brand clips are rendered at 540p as validation renders them, and said so."""
-    dataset = write_synthetic_dataset(tmp_path / "ds", clips=1)
-    build_tiny_encoders(tmp_path / "enc")
-    recipe = _recipe(dataset, tmp_path / "run", train={"max_steps": 2},
-                     checkpointing={"every_steps": 2, "keep_last": 1},
-                     validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
-                                 "encoders": str(tmp_path / "enc"), "sr": "540p", "sr_model": "tiny"})  # fmt: skip
-    trained = _run_cli(recipe, tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    run = tmp_path / "run"
+    run = _trained_run(tmp_path, dict(clips=1), train={"max_steps": 2},
+                       checkpointing={"every_steps": 2, "keep_last": 1},
+                       validation={"sr": "540p", "sr_model": "tiny"})  # fmt: skip
 
     argv = [str(run), "--checkpoints", "last", "--seeds", "1", "--strengths", "1.0", "--drift-languages", "en",
             "--metric-workers", "0"]  # fmt: skip
@@ -99,15 +98,9 @@ def _size(mp4: Path) -> tuple[int, int]:
 def test_an_sr_run_is_judged_on_its_stage_over_one_first_stage_render(tmp_path):
     """A run that trains the 540p SR stage: the first stage renders once, the SR model refines it without adapter
     (the control) and with each checkpoint; no strength to transfer, and the report says how the clips were made."""
-    dataset = write_synthetic_dataset(tmp_path / "ds", clips=2, latent_hw=(4, 6), sr_scale=2)
-    build_tiny_encoders(tmp_path / "enc")
-    recipe = _recipe(dataset, tmp_path / "run", model={"variant": "sr_540p"}, data={"sr_crop": [64, 64]},
-                     train={"max_steps": 2}, checkpointing={"every_steps": 2, "keep_last": 1},
-                     validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
-                                 "encoders": str(tmp_path / "enc")})  # fmt: skip
-    trained = _run_cli(recipe, tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    run = tmp_path / "run"
+    run = _trained_run(tmp_path, dict(clips=2, latent_hw=(4, 6), sr_scale=2), model={"variant": "sr_540p"},
+                       data={"sr_crop": [64, 64]}, train={"max_steps": 2},
+                       checkpointing={"every_steps": 2, "keep_last": 1})  # fmt: skip
 
     argv = [str(run), "--first-stage", "tiny", "--checkpoints", "last", "--seeds", "1", "--drift-languages", "en",
             "--metric-workers", "0"]  # fmt: skip
@@ -134,15 +127,8 @@ def test_a_run_on_a_distilled_checkpoint_reports_without_transfer_and_measures_i
     for name, seed in (("distill", 0), ("base", 1)):
         torch.manual_seed(seed)
         save_checkpoint(HappyHorseTransformer(ModelConfig.preset("tiny")), tmp_path / name)
-    dataset = write_synthetic_dataset(tmp_path / "ds", clips=1)
-    build_tiny_encoders(tmp_path / "enc")
-    recipe = _recipe(dataset, tmp_path / "run", model={"checkpoint": str(tmp_path / "distill"), "variant": "distill"},
-                     train={"max_steps": 2}, checkpointing={"every_steps": 2, "keep_last": 1},
-                     validation={"prompts": [CAPTION], "at_end": False, "seconds": 0.2, "base_resolution": 32,
-                                 "encoders": str(tmp_path / "enc")})  # fmt: skip
-    trained = _run_cli(recipe, tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    run = tmp_path / "run"
+    run = _trained_run(tmp_path, dict(clips=1), model={"checkpoint": str(tmp_path / "distill"), "variant": "distill"},
+                       train={"max_steps": 2}, checkpointing={"every_steps": 2, "keep_last": 1})  # fmt: skip
 
     argv = [str(run), "--checkpoints", "last", "--seeds", "1", "--strengths", "0.5,1.0", "--drift-languages", "en"]
     assert main(argv) == 0
