@@ -64,8 +64,7 @@ class Session:
                                on_clip=self.queue(METRICS), decode=self.sr is None, **kw),
                 sample_variant(model, label, self.drift, p.seeds, **kw))  # fmt: skip
 
-    def super_resolve(self, samples: dict[str, tuple[list[Sample], list[Sample]]],
-                      first_stage: list[torch.nn.Module]) -> dict[str, tuple[list[Sample], list[Sample]]]:  # fmt: skip
+    def super_resolve(self, samples: Samples, first_stage: list[torch.nn.Module]) -> Samples:
         """Every variant's brand samples refined by the SR stage; ``first_stage`` waits on the host meanwhile."""
         if self.sr is None:
             return samples
