@@ -56,9 +56,10 @@ def _check_model(recipe: Recipe) -> None:
 
 
 def _check_sr(recipe: Recipe) -> None:
-    """An SR run's validation would render with a first-stage sampler; it renders nothing until SR validation
-    (a base model, then this adapter's SR stage) is wired in. The first stage's audio and mouth options have no
-    meaning in the SR objective (no audio loss; mouth boxes on the base grid), so they are refused, not ignored."""
+    """An SR run's validation would render with a first-stage sampler; it renders nothing during training, and
+    ``python -m hhtune.evaluate --first-stage`` judges its checkpoints after it. The first stage's audio and mouth
+    options have no meaning in the SR objective (no audio loss; mouth boxes on the base grid), so they are refused,
+    not ignored."""
     if not recipe.trains_sr:
         return
     loss = recipe.loss
@@ -71,8 +72,9 @@ def _check_sr(recipe: Recipe) -> None:
                              "size: leave them at their defaults")  # fmt: skip
     if validation_enabled(recipe):
         raise RecipeConflict(f"model.variant {recipe.model.variant} trains a super-resolution stage, which the "
-                             "first-stage validation sampler cannot render: set validation.prompts: [] (judge the "
-                             "adapter with python -m hhtune.sample --sr ... --sr-adapter)")  # fmt: skip
+                             "first-stage validation sampler cannot render: set validation.prompts: [] and judge "
+                             "the checkpoints after the run with python -m hhtune.evaluate RUN_DIR --first-stage "
+                             "FIRST_STAGE_DIR")  # fmt: skip
 
 
 def check_dataset(recipe: Recipe, data: TrainingDataset) -> None:

@@ -111,3 +111,11 @@ def test_first_stage_loss_options_are_refused_for_sr_runs(tmp_path, loss):
     recipe.loss = recipe.loss.model_copy(update=loss)
     with pytest.raises(RecipeConflict, match=f"loss.{next(iter(loss))} shape"):
         check_recipe(recipe, device_type="cpu", fsdp=False)
+
+
+def test_an_sr_run_with_validation_prompts_is_told_to_judge_it_with_evaluate(tmp_path):
+    # mutation: _check_sr without the validation check -> the first-stage sampler would render the SR model
+    recipe = _recipe(tmp_path, tmp_path / "run").model_copy(deep=True)
+    recipe.validation = recipe.validation.model_copy(update={"prompts": ["A host smiles."], "at_end": True})
+    with pytest.raises(RecipeConflict, match=r"python -m hhtune.evaluate RUN_DIR --first-stage FIRST_STAGE_DIR"):
+        check_recipe(recipe, device_type="cpu", fsdp=False)
