@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import parse_spec
 from ..recipe import Recipe
 from ..sampling.generate import NEGATIVE_PROMPT, encode_prompts, held_on
 from ..sampling.super_resolution import SrStage, load_stage_model
@@ -40,7 +41,7 @@ def evaluate_sr_run(recipe: Recipe, plan: EvalPlan, *, encoders: Path | None, de
         enc = evaluation_encoders(recipe, data, encoders)
         sr_model = build_model(recipe.model, "cpu").eval()  # on the host until its own steps
         check_adapters(plan.checkpoints, sr_model, True)
-        first = load_stage_model(first_spec, device, adapters=_specs(first_adapter),
+        first = load_stage_model(first_spec, device, adapters=[parse_spec(first_adapter)] if first_adapter else [],
                                  compute_dtype=recipe.model.compute_dtype)  # fmt: skip
         feats = encode_prompts([*plan.prompts, *plan.drift_prompts, NEGATIVE_PROMPT], enc.text_encoder, device)
         v = recipe.validation
@@ -75,9 +76,3 @@ def _refine(session: Session, stage: SrStage, label: str, brand: list[Sample],
     return (super_resolve_samples([replace(s, variant=label) for s in brand], stage, session.brand,
                                   out_dir=session.out / "videos", on_clip=session.queue(METRICS), **kw),
             super_resolve_samples([replace(s, variant=label) for s in drift], stage, session.drift, **kw))  # fmt: skip
-
-
-def _specs(adapter: str | None) -> list:
-    from ..adapters import parse_spec  # noqa: PLC0415 -- heavy: peft loads in ~1 s, only with adapters
-
-    return [parse_spec(adapter)] if adapter else []
